@@ -1,0 +1,152 @@
+"""Letterbox preprocessing into a buffer allocated once.
+
+The geometry matches Ultralytics' ``LetterBox`` (aspect kept, centered, pad 114, ``round(d - 0.1)``
+for the top/left pad), so boxes map back exactly with per-axis gains, as Ultralytics' own
+``scale_boxes`` does. The calibration package imports this module: there is one letterbox.
+
+Speed: the pad border only changes when the frame size changes, so it is written once per size and
+each frame writes only its resized content; the uint8 → float conversion goes straight into the
+model's CHW buffer per channel (no intermediate float image).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import InputImageError
+
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class LetterboxGeometry:
+    """How one source frame was placed into the model input.
+
+    Attributes:
+        src_hw: source frame (height, width).
+        dst_hw: model input (height, width).
+        new_hw: resized content (height, width) inside the input.
+        top, left: padding before the content.
+    """
+
+    src_hw: tuple[int, int]
+    dst_hw: tuple[int, int]
+    new_hw: tuple[int, int]
+    top: int
+    left: int
+
+    @classmethod
+    def fit(cls, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> "LetterboxGeometry":
+        """The centered, aspect-preserving placement of ``src_hw`` into ``dst_hw``."""
+        h, w = src_hw
+        r = min(dst_hw[0] / h, dst_hw[1] / w)
+        new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+        dw, dh = (dst_hw[1] - new_w) / 2, (dst_hw[0] - new_h) / 2
+        return cls((h, w), tuple(dst_hw), (new_h, new_w), round(dh - 0.1), round(dw - 0.1))
+
+    def boxes_to_source(self, xyxy: np.ndarray) -> np.ndarray:
+        """Map ``(N, 4)`` xyxy boxes from model-input pixels to source pixels, in place, clipped."""
+        gx, gy = self.new_hw[1] / self.src_hw[1], self.new_hw[0] / self.src_hw[0]
+        xyxy[:, [0, 2]] -= self.left
+        xyxy[:, [1, 3]] -= self.top
+        xyxy[:, [0, 2]] /= gx
+        xyxy[:, [1, 3]] /= gy
+        xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, self.src_hw[1])
+        xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, self.src_hw[0])
+        return xyxy
+
+
+def as_bgr(frame: np.ndarray) -> np.ndarray:
+    """Validate a frame and return it as an ``(H, W, 3)`` uint8 BGR array.
+
+    Grayscale ``(H, W)`` / ``(H, W, 1)`` and BGRA ``(H, W, 4)`` are converted; non-contiguous arrays
+    are accepted (OpenCV copies as needed). 16-bit, float, empty or wrongly shaped arrays are refused
+    with :class:`InputImageError`.
+    """
+    if not isinstance(frame, np.ndarray):
+        raise InputImageError(f"a frame must be a numpy array, got {type(frame).__name__}",
+                              "pass a BGR uint8 image as read by cv2.imread or cv2.VideoCapture")
+    if frame.dtype != np.uint8:
+        raise InputImageError(f"a frame must be uint8, got {frame.dtype} with shape {frame.shape}",
+                              "convert first, e.g. (img16 >> 8).astype(np.uint8) for 16-bit images")
+    if frame.size == 0:
+        raise InputImageError(f"the frame is empty (shape {frame.shape})",
+                              "check that the image was read successfully (cv2.imread returns None on failure)")
+    if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+        return cv2.cvtColor(np.ascontiguousarray(frame.reshape(frame.shape[:2])), cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_BGRA2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    raise InputImageError(f"a frame must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); got shape {frame.shape}",
+                          "pass one image per call or a list of images; batches go in a list, not a 4-D array")
+
+
+class Letterbox:
+    """Letterbox frames into an NCHW float buffer owned by this object.
+
+    Args:
+        imgsz: model input (height, width).
+        batch: number of frames the buffer holds.
+        dtype: ``np.float32`` or ``np.float16``.
+        out: an existing ``(batch, 3, H, W)`` array to write into (e.g. CUDA-pinned host memory);
+            allocated here when omitted.
+
+    Call it with a list of BGR uint8 frames; it returns the buffer (a view of the first ``len(frames)``
+    rows) and each frame's :class:`LetterboxGeometry`. Nothing is allocated per call for frames of a
+    size seen before, other than OpenCV's resize of the content.
+    """
+
+    def __init__(self, imgsz: tuple[int, int], batch: int = 1, dtype=np.float32, out: np.ndarray | None = None) -> None:
+        self.imgsz = (int(imgsz[0]), int(imgsz[1]))
+        shape = (batch, 3, *self.imgsz)
+        if out is None:
+            out = np.empty(shape, dtype=dtype)
+        elif out.shape != shape:
+            raise ValueError(f"out buffer has shape {out.shape}, expected {shape}")
+        self.buffer = out
+        self._geometry: list[LetterboxGeometry | None] = [None] * batch
+        self._resized: dict[tuple[int, int], np.ndarray] = {}
+        self._scale = np.float32(1.0 / 255.0)
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[LetterboxGeometry]]:
+        n = len(frames)
+        if n > self.buffer.shape[0]:
+            raise ValueError(f"{n} frames do not fit a buffer of batch {self.buffer.shape[0]}")
+        geoms = [self._fill(i, as_bgr(f)) for i, f in enumerate(frames)]
+        return self.buffer[:n], geoms
+
+    def _fill(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
+        g = self._geometry[i]
+        if g is None or g.src_hw != frame.shape[:2]:
+            g = LetterboxGeometry.fit(frame.shape[:2], self.imgsz)
+            self.buffer[i].fill(PAD_VALUE / 255.0)  # border written once per frame size
+            self._geometry[i] = g
+        nh, nw = g.new_hw
+        if (nh, nw) != frame.shape[:2]:
+            dst = self._resized.get((nh, nw))
+            if dst is None:
+                dst = self._resized[(nh, nw)] = np.empty((nh, nw, 3), np.uint8)
+            frame = cv2.resize(frame, (nw, nh), dst=dst, interpolation=cv2.INTER_LINEAR)
+        region = self.buffer[i, :, g.top : g.top + nh, g.left : g.left + nw]
+        for c in range(3):  # BGR -> RGB while converting
+            np.multiply(frame[:, :, 2 - c], self._scale, out=region[c], casting="unsafe")
+        return g
+
+
+def letterbox_image(frame: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, LetterboxGeometry]:
+    """Letterbox one frame into a new uint8 ``(H, W, 3)`` BGR image (for calibration and tools).
+
+    Same geometry and interpolation as :class:`Letterbox`.
+    """
+    frame = as_bgr(frame)
+    g = LetterboxGeometry.fit(frame.shape[:2], imgsz)
+    out = np.full((*g.dst_hw, 3), PAD_VALUE, np.uint8)
+    nh, nw = g.new_hw
+    out[g.top : g.top + nh, g.left : g.left + nw] = (
+        cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != frame.shape[:2] else frame
+    )
+    return out, g
