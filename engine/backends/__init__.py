@@ -1,0 +1,50 @@
+"""Backends, chosen by file suffix through a lazy registry (heavy libraries load only when used).
+
+``REGISTRY`` maps a backend name to ``"module:Class"``; ``SUFFIXES`` maps a file suffix to a name.
+Adding a backend is one line in each table and one module; nothing here imports its library.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailableError
+from .base import Backend, TensorSpec
+
+REGISTRY: dict[str, str] = {
+    "onnxruntime": "engine.backends.onnxruntime:OnnxRuntimeBackend",
+}
+SUFFIXES: dict[str, str] = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+INSTALL_HINTS: dict[str, str] = {
+    "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu, see README)",
+    "tensorrt": "the TensorRT backend is not part of this version yet; export to ONNX and use the .onnx file",
+}
+
+__all__ = ["Backend", "TensorSpec", "REGISTRY", "SUFFIXES", "backend_for", "load_backend"]
+
+
+def backend_for(path: str | Path, backend: str = "auto") -> type[Backend]:
+    """The backend class for ``path`` (by suffix when ``backend == "auto"``)."""
+    path = Path(path)
+    name = SUFFIXES.get(path.suffix.lower()) if backend == "auto" else backend
+    if name is None:
+        raise BackendUnavailableError(
+            f"no backend handles '{path.suffix}' files ({path})",
+            f"pass a model file ending in one of {', '.join(sorted(SUFFIXES))}")
+    target = REGISTRY.get(name)
+    if target is None:
+        raise BackendUnavailableError(
+            f"backend '{name}' for {path} is not available; available: {', '.join(sorted(REGISTRY))}",
+            INSTALL_HINTS.get(name, "check the backend name"))
+    module, cls = target.split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as e:
+        raise BackendUnavailableError(f"backend '{name}' cannot load its library ({e})",
+                                      INSTALL_HINTS.get(name, "")) from None
+
+
+def load_backend(path: str | Path, backend: str = "auto", **options: Any) -> Backend:
+    """Instantiate the backend for ``path`` with backend-specific ``options``."""
+    return backend_for(path, backend)(path, **options)

@@ -1,0 +1,1 @@
+"""INT8 calibration: data readers and strategies (see the INT8 issue). Uses engine.preprocess for the letterbox."""

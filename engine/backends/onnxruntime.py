@@ -1,0 +1,107 @@
+"""ONNX Runtime backend: CUDA when onnxruntime-gpu is installed, else CPU.
+
+Outputs are written into arrays allocated once per batch size through ``IOBinding``, so the hot
+path allocates no output memory.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ModelLoadError
+from ..metadata import HeadLayout, ModelMetadata, from_onnx_props
+from .base import Backend, TensorSpec
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+           "tensor(int64)": np.int64, "tensor(uint8)": np.uint8}
+
+
+class OnnxRuntimeBackend(Backend):
+    """Run an ``.onnx`` file with ONNX Runtime.
+
+    Options:
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"`` or ``"cuda"``.
+        intra_op_threads: threads inside an operator (0 = ONNX Runtime's default: all cores).
+        inter_op_threads: threads across operators (0 = default).
+        optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: str = "auto", intra_op_threads: int = 0,
+                 inter_op_threads: int = 0, optimization: str = "all", **options: Any) -> None:
+        super().__init__(path, **options)
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise ModelLoadError(f"model file not found: {self.path}", "check the path, or export one with python -m exporters.build")
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise BackendUnavailableError(f"device 'cuda' asked for {self.path}, but ONNX Runtime offers only {available}",
+                                          "install onnxruntime-gpu in place of onnxruntime (see README), or use device='cpu'")
+        use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        self.providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = intra_op_threads
+        so.inter_op_num_threads = inter_op_threads
+        so.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[optimization]
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
+            raise ModelLoadError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                                 "the file is truncated, corrupt or not ONNX: export it again") from None
+        self.inputs = [self._spec(i) for i in self.session.get_inputs()]
+        self.outputs = [self._spec(o) for o in self.session.get_outputs()]
+        self.metadata = from_onnx_props(self.session.get_modelmeta().custom_metadata_map) or self._infer_metadata()
+        self._binding = self.session.io_binding()
+        self._out_buffers: dict[int, list[np.ndarray]] = {}
+
+    @staticmethod
+    def _spec(arg) -> TensorSpec:
+        shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
+        return TensorSpec(arg.name, shape, np.dtype(_DTYPES.get(arg.type, np.float32)))
+
+    def _infer_metadata(self) -> ModelMetadata:
+        """For an ONNX file without metadata: sizes from the graph, class count from the output."""
+        _, _, h, w = self.inputs[0].shape
+        imgsz = (h or 640, w or 640)
+        channels = self.outputs[0].shape[1]
+        if channels is None:
+            probe = self.session.run(None, {self.inputs[0].name: np.zeros((1, 3, *imgsz), self.inputs[0].dtype)})
+            channels = probe[0].shape[1]
+        nc = channels - 4
+        if nc < 1 or len(self.outputs) != 1:
+            raise ModelLoadError(f"{self.path} has no metadata and its outputs {[o.shape for o in self.outputs]} "
+                                 "are not a raw detect head (B, 4+classes, anchors)",
+                                 "export it with python -m exporters.build --onnx ... to add metadata")
+        return ModelMetadata(names=tuple(f"class{i}" for i in range(nc)), imgsz=imgsz,
+                             batch=self.inputs[0].shape[0], head=HeadLayout.RAW, tool_version="")
+
+    def _outputs_for(self, batch: int) -> list[np.ndarray]:
+        bufs = self._out_buffers.get(batch)
+        if bufs is None:
+            shape = (batch, 3, *self.metadata.imgsz)
+            probe = self.session.run(None, {self.inputs[0].name: np.zeros(shape, self.inputs[0].dtype)})
+            bufs = self._out_buffers[batch] = [np.empty_like(p) for p in probe]
+        return bufs
+
+    def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.ascontiguousarray(x)
+        outs = self._outputs_for(x.shape[0])
+        b = self._binding
+        b.clear_binding_inputs()
+        b.clear_binding_outputs()
+        b.bind_cpu_input(self.inputs[0].name, x)
+        for spec, buf in zip(self.outputs, outs):
+            b.bind_output(spec.name, "cpu", 0, buf.dtype, buf.shape, buf.ctypes.data)
+        self.session.run_with_iobinding(b)
+        return outs
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)
+        self._out_buffers = {}

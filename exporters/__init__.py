@@ -1,0 +1,1 @@
+"""Build-side tools: export to ONNX/TensorRT and the Ultralytics reference predictor."""

@@ -1,0 +1,235 @@
+"""``.pt`` (or an Ultralytics ONNX) → ``<out>/<stem>.onnx`` with our metadata, simplified, parity-checked.
+
+The torch → ONNX step is Ultralytics' own exporter (it knows every head's export quirks), run on a
+copy of the checkpoint in a temporary folder so nothing is written beside the user's weights. It is
+always exported with dynamic axes and then pinned: height and width are fixed to ``imgsz`` and the
+batch to ``batch`` unless ``dynamic``, so shape arithmetic folds away in onnxslim while a dynamic
+batch stays correct (a static export would bake batch 1 into the head's Reshapes).
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from engine.errors import ExportError, ModelLoadError, UnsupportedModelError
+from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, file_sha256, from_onnx_props
+
+from .checkpoint import inspect_checkpoint, load_checkpoint_model
+from .config import ExportConfig, check_imgsz
+from .io import atomic_path, ensure_out_dir
+from .parity import ParityReport, check_parity, parity_inputs
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class OnnxArtifact:
+    """The result of :func:`export_onnx`."""
+
+    path: Path
+    metadata: ModelMetadata
+    parity: ParityReport
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("ONNX export needs the 'onnx' package", "pip install -e .[export]") from None
+    return onnx
+
+
+def num_anchors(imgsz: tuple[int, int], strides=(8, 16, 32)) -> int:
+    """Anchor points of a three-level detect head at ``imgsz``."""
+    return sum((imgsz[0] // s) * (imgsz[1] // s) for s in strides)
+
+
+def pin_shapes(model, imgsz: tuple[int, int], batch: int | None) -> None:
+    """Fix the input's height/width (and batch unless ``None``) and the output's shape in place."""
+    def set_dims(value_info, dims):
+        for d, v in zip(value_info.type.tensor_type.shape.dim, dims):
+            if isinstance(v, int):
+                d.ClearField("dim_param")
+                d.dim_value = v
+            elif v is not None:
+                d.ClearField("dim_value")
+                d.dim_param = v
+
+    b = "batch" if batch is None else batch
+    set_dims(model.graph.input[0], [b, 3, imgsz[0], imgsz[1]])
+    out = model.graph.output[0]
+    set_dims(out, [b, None, num_anchors(imgsz)])
+
+
+def write_metadata(model, meta: ModelMetadata) -> None:
+    """Put ``meta`` under our key and refresh Ultralytics' own ``imgsz``/``batch`` keys (its loader reads them)."""
+    props = {p.key: p.value for p in model.metadata_props}
+    props[METADATA_KEY] = meta.to_json()
+    if "imgsz" in props:
+        props["imgsz"] = str(list(meta.imgsz))
+        props["batch"] = str(meta.batch or 1)
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+
+
+def _slim(model, log: Log):
+    try:
+        import onnxslim
+    except ImportError:
+        raise ExportError("simplifying needs onnxslim", "pip install -e .[export], or pass --no-simplify") from None
+    n = len(model.graph.node)
+    model = onnxslim.slim(model)
+    log(f"onnxslim: {n} -> {len(model.graph.node)} nodes")
+    return model
+
+
+def _ultralytics_onnx(weights: Path, imgsz: tuple[int, int], opset: int, tmp: Path) -> Path:
+    """Run Ultralytics' exporter on a copy of ``weights`` inside ``tmp``; return the ONNX path."""
+    from ultralytics import YOLO
+    from ultralytics.utils import LOGGER
+
+    copy = tmp / weights.name
+    shutil.copy2(weights, copy)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.WARNING)
+    try:
+        f = YOLO(str(copy)).export(format="onnx", imgsz=list(imgsz), dynamic=True, simplify=False,
+                                   opset=opset, device="cpu", batch=1)
+    except Exception as e:  # Ultralytics raises many types; keep the message, drop the deep traceback
+        raise ExportError(f"Ultralytics' ONNX export of {weights} failed ({type(e).__name__}: {e})",
+                          "check that the checkpoint trains/predicts in Ultralytics; rerun with --debug for the traceback") from e
+    finally:
+        LOGGER.setLevel(level)
+    return Path(f)
+
+
+def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
+    """Build ``<cfg.out>/<stem>.onnx`` from ``cfg.weights`` (or the demo) or from ``cfg.onnx``.
+
+    Raises:
+        ModelLoadError, UnsupportedModelError: a bad source file.
+        ConfigError: a bad ``imgsz`` for this model.
+        OutputDirError: ``cfg.out`` cannot be written.
+        ParityError: the ONNX outputs differ from the source beyond ``cfg.parity_tol``.
+    """
+    onnx = _import_onnx()
+    src = cfg.source
+    if cfg.onnx is not None:
+        return _from_onnx(cfg, log)
+    info = inspect_checkpoint(src)
+    if info.end2end:
+        raise UnsupportedModelError(f"{src} has an NMS-free end-to-end head ({info.head}); not supported yet",
+                                    "use a YOLOv8 / YOLO11 detect checkpoint")
+    imgsz = cfg.imgsz or info.train_imgsz or (640, 640)
+    check_imgsz(imgsz, info.stride)
+    out = ensure_out_dir(cfg.out)
+    meta = ModelMetadata(names=info.names, imgsz=imgsz, stride=info.stride,
+                         batch=None if cfg.dynamic else cfg.batch, source_sha256=file_sha256(src),
+                         source_name=src.name)
+    log(f"exporting {src} ({info.arch or 'unknown arch'}, {len(info.names)} classes) at imgsz {imgsz[0]}x{imgsz[1]}, "
+        f"batch {'dynamic' if cfg.dynamic else cfg.batch}, opset {cfg.opset}")
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
+        raw = _ultralytics_onnx(src, imgsz, cfg.opset, Path(tmp))
+        model = onnx.load(str(raw))
+        pin_shapes(model, imgsz, meta.batch)
+        model = _finish(model, meta, cfg, log)
+        torch_model, _ = load_checkpoint_model(src)
+        return _verify_and_write(model, meta, cfg, out, _torch_runner(torch_model), src.name, log)
+
+
+def _finish(model, meta: ModelMetadata, cfg: ExportConfig, log: Log):
+    onnx = _import_onnx()
+    if cfg.simplify:
+        model = _slim(model, log)
+    write_metadata(model, meta)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _verify_and_write(model, meta, cfg, out: Path, reference, ref_name: str, log: Log) -> OnnxArtifact:
+    onnx = _import_onnx()
+    final = out / f"{cfg.stem}.onnx"
+    with atomic_path(final) as tmp:
+        onnx.save(model, str(tmp))
+        inputs = parity_inputs(meta.imgsz, cfg.parity_images, cfg.parity_count)
+        report = check_parity(reference, str(tmp), inputs, meta.batch, cfg.parity_tol, ref_name)
+        log(report.summary())
+    log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB)")
+    return OnnxArtifact(final, meta, report)
+
+
+def _torch_runner(model):
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            y = model(torch.from_numpy(x))
+        return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+
+    return run
+
+
+def _ort_runner(path: Path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def _read_onnx(path: Path):
+    onnx = _import_onnx()
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX file not found: {path}", "pass --onnx path/to/model.onnx")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as e:  # protobuf DecodeError, ValidationError, OSError...
+        raise ModelLoadError(f"{path} is not a valid ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                             "the file is truncated or corrupt: export it again") from None
+    return model
+
+
+def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
+    """Adopt an existing Ultralytics detect ONNX export (no torch needed)."""
+    src = cfg.onnx
+    model = _read_onnx(src)
+    props = {p.key: p.value for p in model.metadata_props}
+    if props.get("task", "detect") != "detect" or len(model.graph.output) != 1:
+        raise UnsupportedModelError(f"{src} is not a detection export (task {props.get('task', '?')}, "
+                                    f"{len(model.graph.output)} outputs)", "pass an Ultralytics detect ONNX export")
+    prior = from_onnx_props(props)
+    if prior is not None and prior.head is HeadLayout.END2END:
+        raise UnsupportedModelError(f"{src} is an end-to-end (nms=True or NMS-free) export; not supported here yet",
+                                    "export the raw head: yolo export model=best.pt format=onnx (without nms=True)")
+    dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] != 3:
+        raise UnsupportedModelError(f"{src} input is not NCHW with 3 channels (dims {dims})", "pass an image model export")
+    imgsz = cfg.imgsz or (prior.imgsz if prior else None) or ((dims[2], dims[3]) if dims[2] and dims[3] else (640, 640))
+    stride = prior.stride if prior else 32
+    check_imgsz(imgsz, stride)
+    probe = _ort_runner(src)(np.zeros((1 if not dims[0] else dims[0], 3, *imgsz), np.float32))
+    if probe.ndim != 3 or probe.shape[1] <= 4 or probe.shape[2] != num_anchors(imgsz):
+        raise UnsupportedModelError(f"{src} output shape {probe.shape} is not a raw detect head (B, 4+classes, anchors)",
+                                    "pass an Ultralytics YOLOv8/YOLO11 detect export")
+    nc = probe.shape[1] - 4
+    names = prior.names if prior and len(prior.names) == nc else tuple(f"class{i}" for i in range(nc))
+    out = ensure_out_dir(cfg.out)
+    meta = ModelMetadata(names=names, imgsz=imgsz, stride=stride, batch=None if cfg.dynamic else cfg.batch,
+                         source_sha256=file_sha256(src), source_name=src.name)
+    if dims[0] is not None and meta.batch != dims[0]:
+        raise UnsupportedModelError(f"{src} has a fixed batch of {dims[0]}; it cannot become batch {meta.batch or 'dynamic'}",
+                                    "re-export it from the .pt with --weights, or drop --batch/--dynamic")
+    log(f"adopting {src} ({nc} classes) at imgsz {imgsz[0]}x{imgsz[1]}")
+    pin_shapes(model, imgsz, meta.batch)
+    model = _finish(model, meta, cfg, log)
+    if out.resolve() == src.resolve().parent and cfg.stem == src.stem:
+        raise ExportError(f"--out {out} would overwrite the source {src}", "pass a different --out folder")
+    return _verify_and_write(model, meta, cfg, out, _ort_runner(src), src.name, log)

@@ -1,0 +1,88 @@
+"""Parity: the exported ONNX must reproduce its source's raw head outputs on real images."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from engine.errors import ParityError
+from engine.preprocess import Letterbox
+
+from .config import DEMO_DIR
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """Largest absolute differences between the artifact and its source, over ``n_images`` images."""
+
+    max_abs_box: float
+    max_abs_score: float
+    n_images: int
+    tol: float
+    reference: str
+
+    @property
+    def max_abs(self) -> float:
+        return max(self.max_abs_box, self.max_abs_score)
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.tol
+
+    def summary(self) -> str:
+        return (f"parity vs {self.reference} over {self.n_images} images: max |diff| boxes {self.max_abs_box:.2e} px, "
+                f"scores {self.max_abs_score:.2e} (tolerance {self.tol:.0e}) -> {'OK' if self.ok else 'FAIL'}")
+
+
+def parity_inputs(imgsz: tuple[int, int], folder: Path | None, count: int) -> np.ndarray:
+    """``count`` letterboxed images as one float32 NCHW array.
+
+    From ``folder``, else the bundled demo's val images, else seeded noise frames (a user who passes
+    no images on an install without the demo still gets a numeric check).
+    """
+    folder = folder or (DEMO_DIR / "val" / "images")
+    files = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})[:count]
+    frames = [f for f in (cv2.imread(str(p)) for p in files) if f is not None]
+    rng = np.random.default_rng(0)
+    while len(frames) < count:
+        frames.append(rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8))
+    buf, _ = Letterbox(imgsz, batch=count)(frames)
+    return buf.copy()
+
+
+def check_parity(reference: Runner, onnx_path: str, images: np.ndarray, batch: int | None, tol: float,
+                 ref_name: str) -> ParityReport:
+    """Run ``reference`` (per image) and the ONNX file (in its batch size) on ``images``; compare.
+
+    A dynamic-batch model is run with batches of 2 so the dynamic path itself is exercised.
+
+    Raises:
+        ParityError: the largest absolute difference exceeds ``tol``.
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    b = batch or 2
+    ref = np.concatenate([reference(images[i : i + 1]) for i in range(len(images))])
+    ours = []
+    for i in range(0, len(images), b):
+        chunk = images[i : i + b]
+        if len(chunk) < b:  # pad the last static batch by repeating its first image
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], b - len(chunk), 0)])
+        ours.append(sess.run(None, {name: chunk})[0][: len(images[i : i + b])])
+    ours = np.concatenate(ours)
+    if ours.shape != ref.shape:
+        raise ParityError(f"output shape {ours.shape} of {onnx_path} differs from the source's {ref.shape}",
+                          "report this with the model; rerun with --debug")
+    diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+    report = ParityReport(float(diff[:, :4].max()), float(diff[:, 4:].max()), len(images), tol, ref_name)
+    if not report.ok:
+        raise ParityError(report.summary(), "the export is numerically wrong; try --opset 17 or --no-simplify, "
+                                            "or raise --parity-tol if the difference is expected")
+    return report
