@@ -1,0 +1,50 @@
+"""Shared fixtures: the bundled demo model and its ONNX export (made once per session)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "assets" / "demo"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip @pytest.mark.gpu tests, with the reason, where no CUDA device answers."""
+    from tests.gpu import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason() if any("gpu" in i.keywords for i in items) else None
+    if reason:
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=f"no GPU: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def demo_pt() -> Path:
+    p = DEMO / "demo.pt"
+    if not p.is_file():
+        pytest.skip(f"{p} missing: run python scripts/make_demo.py")
+    return p
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    return DEMO / "data.yaml"
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("export")
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(demo_pt, export_dir) -> Path:
+    """The demo model exported by our exporter (static batch 1, training size)."""
+    pytest.importorskip("ultralytics")
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    return export_onnx(ExportConfig(weights=demo_pt, out=export_dir / "static"), log=lambda s: None).path

@@ -1,0 +1,81 @@
+"""python -m exporters.build: bad input gives a typed error, exit code 2, no deep traceback, nothing written."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from exporters.build import main
+from tests.conftest import ROOT
+
+
+def _fail(argv, capsys, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_missing_weights(tmp_path, capsys):
+    _fail(["--weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")], capsys, "nope.pt", "fix:")
+
+
+def test_truncated_checkpoint(demo_pt, tmp_path, capsys):
+    bad = tmp_path / "trunc.pt"
+    bad.write_bytes(demo_pt.read_bytes()[:50_000])
+    _fail(["--weights", str(bad), "--out", str(tmp_path / "o")], capsys, "trunc.pt", "truncated or corrupt")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_not_an_ultralytics_checkpoint(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "plain.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, p)
+    _fail(["--weights", str(p), "--out", str(tmp_path / "o")], capsys, "plain.pt", "does not contain an Ultralytics model")
+
+
+def test_segmentation_checkpoint_is_out_of_scope(tmp_path, capsys):
+    ultralytics = pytest.importorskip("ultralytics")
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "seg.pt"
+    torch.save({"model": ultralytics.YOLO("yolo11n-seg.yaml").model}, p)
+    _fail(["--weights", str(p), "--out", str(tmp_path / "o")], capsys, "seg.pt", "segmentation", "only detection")
+
+
+def test_corrupt_onnx(tmp_path, capsys):
+    p = tmp_path / "bad.onnx"
+    p.write_bytes(b"\x08\x07garbage" * 100)
+    _fail(["--onnx", str(p), "--out", str(tmp_path / "o")], capsys, "bad.onnx", "not a valid ONNX model")
+
+
+def test_unwritable_out_dir(demo_pt, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _fail(["--weights", str(demo_pt), "--out", str(blocker / "sub")], capsys, "--out", "not writable")
+
+
+@pytest.mark.parametrize("imgsz,needle", [("abc", "is not a size"), ("300", "try --imgsz 320,320")])
+def test_bad_imgsz(demo_pt, tmp_path, capsys, imgsz, needle):
+    _fail(["--weights", str(demo_pt), "--imgsz", imgsz, "--out", str(tmp_path / "o")], capsys, "--imgsz", needle)
+
+
+def test_subprocess_exit_code_and_clean_stderr(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "exporters.build", "--weights", str(tmp_path / "missing.pt")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "missing.pt" in p.stderr
+
+
+def test_help_documents_every_flag():
+    p = subprocess.run([sys.executable, "-m", "exporters.build", "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    for flag in ("--weights", "--onnx", "--imgsz", "--batch", "--dynamic", "--opset", "--out", "--parity-tol"):
+        assert flag in p.stdout
+
+
+def test_default_run_builds_the_demo(demo_pt, tmp_path, capsys):
+    assert main(["--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "demo.onnx").is_file() and "parity" in out and "OK" in out

@@ -1,0 +1,96 @@
+"""ONNX export: shapes, dynamic batch, 16:9 input, onnxslim, parity, --onnx adoption, atomic writes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.errors import ConfigError, ParityError
+from exporters.config import ExportConfig, check_imgsz, parse_imgsz
+from exporters.io import atomic_path
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("ultralytics")
+
+from exporters.onnx_export import export_onnx, num_anchors  # noqa: E402
+
+
+def _dims(vi):
+    return [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim]
+
+
+@pytest.mark.parametrize("text,expected", [("640", (640, 640)), ("384,640", (384, 640)), ("384x640", (384, 640)),
+                                           (320, (320, 320)), (None, None)])
+def test_parse_imgsz(text, expected):
+    assert parse_imgsz(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-32", "1,2,3", "640,"  "x"])
+def test_parse_imgsz_rejects(text):
+    with pytest.raises(ConfigError, match="--imgsz"):
+        parse_imgsz(text)
+
+
+def test_imgsz_must_be_stride_multiple_and_fix_is_named():
+    with pytest.raises(ConfigError, match="try --imgsz 384,640"):
+        check_imgsz((380, 640), 32)
+
+
+def test_static_export_shapes_and_slim(demo_onnx, demo_pt, export_dir):
+    m = onnx.load(str(demo_onnx))
+    assert _dims(m.graph.input[0]) == [1, 3, 320, 320]
+    assert _dims(m.graph.output[0]) == [1, 7, num_anchors((320, 320))]
+    raw = export_onnx(ExportConfig(weights=demo_pt, out=export_dir / "noslim", simplify=False), log=lambda s: None)
+    assert len(m.graph.node) < len(onnx.load(str(raw.path)).graph.node)  # onnxslim removed nodes
+
+
+def test_rectangular_dynamic_export_runs_any_batch(demo_pt, export_dir):
+    logs = []
+    art = export_onnx(ExportConfig(weights=demo_pt, imgsz=(384, 640), dynamic=True, out=export_dir / "dyn"),
+                      log=logs.append)
+    m = onnx.load(str(art.path))
+    assert _dims(m.graph.input[0]) == ["batch", 3, 384, 640]
+    assert art.metadata.batch is None and art.metadata.imgsz == (384, 640)
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        out = sess.run(None, {"images": np.zeros((b, 3, 384, 640), np.float32)})[0]
+        assert out.shape == (b, 7, num_anchors((384, 640)))
+    assert any("parity" in line and "OK" in line for line in logs)
+    assert art.parity.ok and art.parity.n_images == 4 and art.parity.max_abs < 1e-2
+
+
+def test_static_batch_export(demo_pt, export_dir):
+    art = export_onnx(ExportConfig(weights=demo_pt, batch=2, out=export_dir / "b2"), log=lambda s: None)
+    assert _dims(onnx.load(str(art.path)).graph.input[0])[0] == 2 and art.metadata.batch == 2
+
+
+def test_adopt_ultralytics_onnx(demo_pt, tmp_path):
+    """--onnx takes Ultralytics' own export (no metadata of ours) and adds ours; parity vs the source."""
+    import shutil
+
+    from ultralytics import YOLO
+
+    shutil.copy(demo_pt, tmp_path / "u.pt")
+    src = YOLO(str(tmp_path / "u.pt")).export(format="onnx", imgsz=320, verbose=False)
+    art = export_onnx(ExportConfig(onnx=tmp_path / "u.onnx", out=tmp_path / "out"), log=lambda s: None)
+    assert str(src).endswith("u.onnx")
+    assert art.metadata.names == ("disc", "box", "triangle") and art.parity.max_abs < 1e-4
+
+
+def test_parity_failure_writes_nothing(demo_pt, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ParityError, match="FAIL"):
+        export_onnx(ExportConfig(weights=demo_pt, out=out, parity_tol=1e-12), log=lambda s: None)
+    assert list(out.iterdir()) == []  # no artifact, no temp file, no temp folder
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    final = tmp_path / "a.onnx"
+    with pytest.raises(RuntimeError):
+        with atomic_path(final) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"whole")
+    assert final.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [final]

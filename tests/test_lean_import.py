@@ -1,0 +1,49 @@
+"""The runtime imports, and runs an ONNX model, with torch, Ultralytics, onnx, TensorRT and CUDA blocked."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import DEMO, ROOT
+
+BLOCKER = textwrap.dedent('''
+    import importlib.abc, sys
+    BLOCKED = {"torch", "torchvision", "ultralytics", "onnx", "onnxslim", "tensorrt", "tensorrt_rtx", "cuda", "pycuda"}
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"blocked in this test: {name}")
+    sys.meta_path.insert(0, _Block())
+''')
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKER + textwrap.dedent(code)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_every_engine_module_imports_without_heavy_libraries():
+    p = _run('''
+        import importlib, pkgutil, engine
+        names = [m.name for m in pkgutil.walk_packages(engine.__path__, "engine.")]
+        for n in names:
+            importlib.import_module(n)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        print("imported", len(names), "heavy", heavy)
+    ''')
+    assert p.returncode == 0, p.stderr
+    assert "heavy []" in p.stdout
+
+
+def test_detector_runs_onnx_without_heavy_libraries(demo_onnx):
+    image = sorted((DEMO / "val" / "images").glob("*.jpg"))[0]
+    p = _run(f'''
+        import cv2
+        from engine import Detector
+        with Detector(r"{demo_onnx}", conf=0.25) as det:
+            r = det(cv2.imread(r"{image}"))
+        print("boxes", len(r))
+    ''')
+    assert p.returncode == 0, p.stderr
+    assert int(p.stdout.split("boxes")[1]) > 0
