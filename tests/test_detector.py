@@ -1,0 +1,134 @@
+"""Detector and backends on the demo ONNX: results, batching, thresholds, registry and load errors."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from engine import Detections, Detector
+from engine.backends import backend_for
+from engine.errors import BackendUnavailableError, ConfigError, InputImageError, ModelLoadError
+from tests.conftest import DEMO
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [cv2.imread(str(p)) for p in sorted((DEMO / "val" / "images").glob("*.jpg"))[:6]]
+
+
+@pytest.fixture(scope="module")
+def det(demo_onnx):
+    with Detector(demo_onnx) as d:
+        yield d
+
+
+def test_single_frame_gives_detections_in_source_pixels(det, frames):
+    r = det(frames[0])
+    assert isinstance(r, Detections) and len(r) > 0
+    h, w = frames[0].shape[:2]
+    assert (r.xyxy[:, [0, 2]] <= w).all() and (r.xyxy[:, [1, 3]] <= h).all() and (r.xyxy >= 0).all()
+    assert r.xyxy.dtype == np.float32 and r.class_id.dtype == np.int32
+    assert set(r.class_name) <= {"disc", "box", "triangle"}
+    assert (r.confidence > 0.25).all() and list(r.confidence) == sorted(r.confidence, reverse=True)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert len(d["detections"]) == len(r) and set(d["detections"][0]) == {"xyxy", "confidence", "class_id", "class_name"}
+    assert set(det.last_timings) == {"preprocess", "inference", "postprocess"}
+
+
+def test_list_of_frames_equals_frame_by_frame(det, frames):
+    batch = det(frames)
+    assert isinstance(batch, list) and len(batch) == len(frames)
+    for f, r in zip(frames, batch):
+        one = det(f)
+        np.testing.assert_allclose(one.xyxy, r.xyxy, atol=1e-4)
+    assert det([]) == []
+
+
+def test_classes_filter_and_max_det(demo_onnx, frames):
+    with Detector(demo_onnx, classes=[1]) as d:
+        assert all(set(r.class_id.tolist()) <= {1} for r in d(frames))
+    with Detector(demo_onnx, conf=0.01, max_det=2) as d:
+        assert max(len(r) for r in d(frames)) == 2
+
+
+def test_blank_frame_gives_empty_detections(det):
+    r = det(np.full((360, 640, 3), 114, np.uint8))
+    assert len(r) == 0 and r.xyxy.shape == (0, 4) and list(r) == [] and r.to_dict() == {"detections": []}
+
+
+def test_gray_frame_runs(det, frames):
+    gray = cv2.cvtColor(frames[0], cv2.COLOR_BGR2GRAY)
+    assert isinstance(det(gray), Detections)
+
+
+def test_bad_input_is_a_typed_error(det):
+    with pytest.raises(InputImageError):
+        det(np.zeros((10, 10, 3), np.uint16))
+    with pytest.raises(InputImageError):
+        det("frame.jpg")
+
+
+def test_dynamic_batch_model(demo_pt, export_dir, frames):
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    path = export_onnx(ExportConfig(weights=demo_pt, dynamic=True, imgsz=(384, 640), out=export_dir / "dyn_det"),
+                       log=lambda s: None).path
+    with Detector(path) as d:
+        batch = d(frames)
+        assert d.backend.max_batch is None and len(batch) == len(frames)
+        np.testing.assert_allclose(d(frames[2]).xyxy, batch[2].xyxy, atol=1e-3)
+
+
+def test_static_batch_model_pads_partial_batches(demo_pt, export_dir, frames):
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    path = export_onnx(ExportConfig(weights=demo_pt, batch=4, out=export_dir / "b4_det"), log=lambda s: None).path
+    with Detector(path) as d, Detector(export_dir / "static" / "demo.onnx") as ref:
+        out = d(frames[:5])  # one full batch of 4, one partial of 1
+        assert len(out) == 5
+        for f, r in zip(frames[:5], out):
+            np.testing.assert_allclose(ref(f).xyxy, r.xyxy, atol=1e-3)
+
+
+def test_ultralytics_onnx_without_our_metadata_loads(demo_pt, tmp_path, frames):
+    import shutil
+
+    ultralytics = pytest.importorskip("ultralytics")
+    shutil.copy(demo_pt, tmp_path / "u.pt")
+    ultralytics.YOLO(str(tmp_path / "u.pt")).export(format="onnx", imgsz=320, verbose=False)
+    with Detector(tmp_path / "u.onnx") as d:
+        assert d.names == ("disc", "box", "triangle") and d.imgsz == (320, 320)
+        assert len(d(frames[0])) > 0
+
+
+@pytest.mark.parametrize("kw", [dict(conf=1.5), dict(iou=-0.1), dict(max_det=0)])
+def test_bad_thresholds(demo_onnx, kw):
+    with pytest.raises(ConfigError):
+        Detector(demo_onnx, **kw)
+
+
+def test_registry_errors(tmp_path):
+    with pytest.raises(BackendUnavailableError, match=".onnx"):
+        backend_for(tmp_path / "model.tflite")
+    with pytest.raises(BackendUnavailableError, match="available"):
+        backend_for(tmp_path / "m.onnx", backend="openvino")
+
+
+def test_missing_and_corrupt_models(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Detector(tmp_path / "missing.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelLoadError, match="bad.onnx"):
+        Detector(bad)
+
+
+def test_ort_backend_reuses_output_buffers(det, frames):
+    x, _ = det._letterbox([frames[0]])
+    a = det.backend.infer(x)[0]
+    b = det.backend.infer(x)[0]
+    assert a is b  # preallocated through IOBinding, not allocated per call
