@@ -61,3 +61,15 @@ class CalibrationError(DeployError):
 
 class EngineBuildError(DeployError):
     """A TensorRT engine build failed (parser errors list each failing node)."""
+
+
+class DatasetError(DeployError):
+    """A data.yaml, image folder or YOLO label file is missing, empty or malformed."""
+
+
+class SourceError(DeployError):
+    """A video source (file, RTSP/HTTP URL, webcam, image folder) is missing, corrupt or unreachable."""
+
+
+class AccuracyGateError(ExportError):
+    """An INT8 artifact lost more mAP than ``--max-map-drop`` allows, even with layers kept float; it was withheld."""

@@ -1,6 +1,7 @@
 """Export configuration: a frozen dataclass the CLI fills and the build functions read."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,12 +19,9 @@ def parse_imgsz(text: str | int | tuple[int, int] | None) -> tuple[int, int] | N
         return text
     if isinstance(text, int):
         text = str(text)
-    parts = [p.strip() for p in str(text).replace("x", ",").split(",") if p.strip()]
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        vals = []
-    if len(vals) not in (1, 2) or min(vals, default=0) <= 0:
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[,x]\s*(\d+)\s*)?", str(text))
+    vals = [int(v) for v in m.groups() if v is not None] if m else []
+    if not vals or min(vals) <= 0:
         raise ConfigError(f"--imgsz {text!r} is not a size", "use one number (640) or height,width (384,640)")
     return (vals[0], vals[0]) if len(vals) == 1 else (vals[0], vals[1])
 
