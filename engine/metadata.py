@@ -49,11 +49,16 @@ class HeadLayout(str, Enum):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Thresholds baked into a graph at export (end-to-end heads only)."""
+    """Thresholds baked into a graph at export (end-to-end heads only).
+
+    ``max_det`` is the graph's rows per image (K). ``nms``: NMS runs inside the graph; ``False`` means the
+    graph keeps the top-K candidates above ``conf`` and the host NMS (at ``iou``) finishes on them.
+    """
 
     conf: float
     iou: float
     max_det: int
+    nms: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,8 @@ class ModelMetadata:
                 batch=None if batch in ("dynamic", None) else int(batch),
                 precision=Precision(d.get("precision", "fp32")),
                 head=HeadLayout(d.get("head", "raw")),
-                thresholds=Thresholds(float(thr["conf"]), float(thr["iou"]), int(thr["max_det"])) if thr else None,
+                thresholds=Thresholds(float(thr["conf"]), float(thr["iou"]), int(thr["max_det"]),
+                                      bool(thr.get("nms", True))) if thr else None,
                 source_sha256=str(d.get("source_sha256", "")),
                 source_name=str(d.get("source_name", "")),
                 tool_version=str(d.get("tool_version", "")),
