@@ -36,6 +36,26 @@ def test_every_engine_module_imports_without_heavy_libraries():
     assert "heavy []" in p.stdout
 
 
+def test_every_project_module_imports_without_tensorrt_or_cuda():
+    """exporters, calibration and benchmarks may use torch or onnx, but never need TensorRT or CUDA to import."""
+    code = BLOCKER.replace('{"torch", "torchvision", "ultralytics", "onnx", "onnxslim", "tensorrt"',
+                           '{"tensorrt"') + textwrap.dedent('''
+        import importlib, pkgutil
+        names = []
+        for pkg in ("engine", "exporters", "calibration", "benchmarks"):
+            mod = importlib.import_module(pkg)
+            names += [pkg] + [m.name for m in pkgutil.walk_packages(mod.__path__, pkg + ".")]
+        for n in names:
+            if not n.endswith("__main__"):
+                importlib.import_module(n)
+        print("imported", len(names), "heavy", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+    ''')
+    assert "tensorrt_rtx" in code and "torchvision" not in code
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "heavy []" in p.stdout
+
+
 def test_detector_runs_onnx_without_heavy_libraries(demo_onnx):
     image = sorted((DEMO / "val" / "images").glob("*.jpg"))[0]
     p = _run(f'''

@@ -14,11 +14,12 @@ from .base import Backend, TensorSpec
 
 REGISTRY: dict[str, str] = {
     "onnxruntime": "engine.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "engine.backends.tensorrt:TensorRTBackend",
 }
 SUFFIXES: dict[str, str] = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 INSTALL_HINTS: dict[str, str] = {
     "onnxruntime": "pip install onnxruntime (or onnxruntime-gpu, see README)",
-    "tensorrt": "the TensorRT backend is not part of this version yet; export to ONNX and use the .onnx file",
+    "tensorrt": "pip install -e .[rtx] (TensorRT-RTX, GeForce RTX) or .[trt] (TensorRT 10/11); both bring cuda-python",
 }
 
 __all__ = ["Backend", "TensorSpec", "REGISTRY", "SUFFIXES", "backend_for", "load_backend"]
