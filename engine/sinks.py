@@ -1,0 +1,202 @@
+"""Where stream results go: callbacks, annotated video files, JSON lines, a window.
+
+A sink has ``write(result)`` and ``close()``. :class:`StreamResult` is what every sink and callback
+receives: the source's name, the frame's index and wall-clock timestamp, the image and its
+:class:`~engine.detections.Detections`. Sinks run on the pipeline's thread, one result at a time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .detections import Detections
+from .errors import ConfigError, OutputDirError
+
+log = logging.getLogger("engine.stream")
+
+DEFAULT_VIDEO_FPS = 10.0
+
+
+@dataclass
+class StreamResult:
+    """One processed frame.
+
+    Attributes:
+        source: the source's name (``s0``… or the ``NAME=`` given with ``--source``).
+        index: the frame's index in its source (live sources skip the indices of dropped frames).
+        timestamp: wall-clock capture time, Unix seconds.
+        image: the BGR frame (do not modify it: sinks share it).
+        detections: boxes in the frame's pixels.
+        latency_ms: capture to detections.
+        fps: the source's nominal frame rate (0 when unknown).
+    """
+
+    source: str
+    index: int
+    timestamp: float
+    image: np.ndarray
+    detections: Detections
+    latency_ms: float
+    fps: float = 0.0
+    _annotated: np.ndarray | None = field(default=None, repr=False)
+
+    def annotated(self) -> np.ndarray:
+        """A copy of the image with boxes and labels drawn (made once, shared by the sinks)."""
+        if self._annotated is None:
+            self._annotated = annotate(self.image, self.detections)
+        return self._annotated
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "frame": self.index, "timestamp": round(self.timestamp, 6),
+                "latency_ms": round(self.latency_ms, 2), **self.detections.to_dict()}
+
+
+def _colour(class_id: int) -> tuple[int, int, int]:
+    hue = (class_id * 47) % 180
+    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    return int(bgr[0]), int(bgr[1]), int(bgr[2])
+
+
+def annotate(image: np.ndarray, detections: Detections) -> np.ndarray:
+    """``image`` copied, with each box and ``name score`` drawn."""
+    out = image.copy()
+    thick = max(1, round(sum(out.shape[:2]) / 600))
+    for (x1, y1, x2, y2), score, class_id, name in detections:
+        colour = _colour(class_id)
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(out, p1, p2, colour, thick, cv2.LINE_AA)
+        text = f"{name} {score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, 1)
+        top = max(p1[1] - th - base, 0)
+        cv2.rectangle(out, (p1[0], top), (p1[0] + tw, top + th + base), colour, -1)
+        cv2.putText(out, text, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1, cv2.LINE_AA)
+    return out
+
+
+class Sink:
+    """Base sink: override :meth:`write`, and :meth:`close` when it holds files or windows."""
+
+    def write(self, result: StreamResult) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class CallbackSink(Sink):
+    """Call ``fn(result)`` for every result, or only for ``source`` when given."""
+
+    def __init__(self, fn: Callable[[StreamResult], None], source: str | None = None) -> None:
+        self.fn, self.source = fn, source
+
+    def write(self, result: StreamResult) -> None:
+        if self.source is None or result.source == self.source:
+            self.fn(result)
+
+
+class JsonLinesSink(Sink):
+    """One JSON object per processed frame: source, frame, timestamp (Unix s), latency_ms, detections.
+
+    Lines are flushed as written, so a stopped or crashed run loses at most the line in progress.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8", newline="\n", buffering=1)
+        except OSError as e:
+            raise OutputDirError(f"cannot write {self.path}: {e}", "choose a writable --save/--jsonl path") from None
+
+    def write(self, result: StreamResult) -> None:
+        self._f.write(json.dumps(result.to_json(), separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "source"
+
+
+class VideoSink(Sink):
+    """An annotated MP4 per source, ``DIR/<source>.mp4``, at the source's frame rate.
+
+    Live sources drop frames; each written frame is repeated over the indices of the frames dropped
+    before it, so the video keeps real time. :meth:`close` finalizes every file (an MP4 without it
+    does not play): the pipeline calls it on Ctrl-C and SIGTERM too.
+    """
+
+    def __init__(self, directory: str | Path, fourcc: str = "mp4v", suffix: str = ".mp4") -> None:
+        self.dir = Path(directory)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputDirError(f"cannot create {self.dir}: {e}", "choose a writable --save folder") from None
+        self.fourcc, self.suffix = fourcc, suffix
+        self._writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int], float]] = {}
+        self._last: dict[str, int] = {}
+        self.paths: dict[str, Path] = {}
+
+    def _writer(self, result: StreamResult) -> tuple[cv2.VideoWriter, tuple[int, int], float]:
+        entry = self._writers.get(result.source)
+        if entry is None:
+            h, w = result.image.shape[:2]
+            fps = result.fps or DEFAULT_VIDEO_FPS
+            path = self.dir / f"{safe_filename(result.source)}{self.suffix}"
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.fourcc), fps, (w, h))
+            if not writer.isOpened():
+                raise OutputDirError(f"OpenCV cannot write {path} with codec {self.fourcc}",
+                                     "check the folder is writable; use another --save folder")
+            entry = self._writers[result.source] = (writer, (w, h), fps)
+            self.paths[result.source] = path
+        return entry
+
+    def write(self, result: StreamResult) -> None:
+        writer, size, fps = self._writer(result)
+        image = result.annotated()
+        if (image.shape[1], image.shape[0]) != size:  # a camera that came back at another resolution
+            image = cv2.resize(image, size)
+        last = self._last.get(result.source)
+        repeats = 1 if last is None else min(max(result.index - last, 1), int(2 * fps) + 1)
+        self._last[result.source] = result.index
+        for _ in range(repeats):
+            writer.write(image)
+
+    def close(self) -> None:
+        for writer, _, _ in self._writers.values():
+            writer.release()
+        self._writers.clear()
+
+
+class WindowSink(Sink):
+    """Show each source in a window (``--show``); ``q`` or Esc in a window asks the stream to stop."""
+
+    def __init__(self, request_stop: Callable[[], None]) -> None:
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            # checked here: OpenCV's GUI aborts the whole process when it finds no display
+            raise ConfigError("--show needs a display, and DISPLAY / WAYLAND_DISPLAY is not set",
+                              "drop --show on a headless machine; use --save DIR to review annotated video")
+        self.request_stop = request_stop
+        self._open: set[str] = set()
+
+    def write(self, result: StreamResult) -> None:
+        cv2.imshow(result.source, result.annotated())
+        self._open.add(result.source)
+        if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+            self.request_stop()
+
+    def close(self) -> None:
+        if self._open:
+            cv2.destroyAllWindows()
+            self._open.clear()

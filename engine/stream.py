@@ -1,0 +1,325 @@
+"""Live video through a :class:`~engine.Detector`: many sources, reconnects, metrics, sinks.
+
+    python -m engine.stream --model model.onnx --source rtsp://cam/1 --source clip.mp4 --save out/
+
+or from Python::
+
+    from engine.stream import Stream
+    with Stream("model.onnx", ["rtsp://cam/1", "clip.mp4"], on_result=print) as s:
+        s.run()
+
+One capture thread per source (:mod:`engine.stream_sources`) feeds the pipeline thread (the one that
+calls :meth:`Stream.run`), which batches the ready frames of several sources when the model takes a
+batch, runs the detector, and hands each :class:`~engine.sinks.StreamResult` to the sinks and the
+callbacks of its source. Ctrl-C and SIGTERM stop it cleanly: capture threads joined, videos finalized.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .errors import ConfigError
+from .metrics import PrometheusExporter, StreamMetrics
+from .sinks import CallbackSink, Sink, StreamResult
+from .stream_sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
+                             SourceKind, SourceSpec, StreamEvent)
+
+log = logging.getLogger("engine.stream")
+
+ResultCallback = Callable[[StreamResult], None]
+EventCallback = Callable[[StreamEvent], None]
+
+__all__ = ["Stream", "StreamConfig", "StreamResult", "StreamEvent", "EventKind", "CaptureConfig", "main"]
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The pipeline's settings (capture settings are in :attr:`capture`).
+
+    Attributes:
+        capture: how sources are read, reconnected and timed out.
+        batch: most frames per detector call; ``None``: the model's static batch, or one frame per
+            source for a dynamic-batch model.
+        log_interval: seconds between metric log lines (0: never).
+        max_frames: stop after this many results in all (``None``: until the sources end or stop).
+        duration: stop after this many seconds (``None``: no limit).
+    """
+
+    capture: CaptureConfig = CaptureConfig()
+    batch: int | None = None
+    log_interval: float = 10.0
+    max_frames: int | None = None
+    duration: float | None = None
+
+
+class Stream:
+    """Run a detector over several video sources until they end or :meth:`stop` is called.
+
+    Args:
+        detector: a :class:`~engine.Detector`, or a model path (the stream then owns and closes it).
+        sources: ``[NAME=]URI`` strings: video files, image folders, rtsp/http URLs, webcam indices.
+        config: :class:`StreamConfig`.
+        sinks: extra :class:`~engine.sinks.Sink` objects (video, JSON lines, window).
+        on_result: a callback for every source, or ``{source_name: callback}``.
+        on_event: called with each :class:`StreamEvent` (connected, disconnected, reconnected, ended, failed).
+        metrics_port: serve Prometheus metrics on this port (needs the ``stream`` extra).
+        metrics_host: the address the metrics server binds.
+        **detector_options: passed to :class:`~engine.Detector` when ``detector`` is a path.
+    """
+
+    def __init__(self, detector: Any, sources: Sequence[str], config: StreamConfig = StreamConfig(),
+                 sinks: Iterable[Sink] = (), on_result: ResultCallback | Mapping[str, ResultCallback] | None = None,
+                 on_event: EventCallback | None = None, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1", **detector_options: Any) -> None:
+        if not sources:
+            raise ConfigError("no source given", "pass at least one --source (file, folder, URL or webcam index)")
+        self.specs = [SourceSpec.parse(s, i) for i, s in enumerate(sources)]
+        names = [s.name for s in self.specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"source names repeat: {names}", "give each source its own NAME= prefix")
+        if config.batch is not None and config.batch < 1:
+            raise ConfigError(f"batch={config.batch}", "use a batch of 1 or more")
+        self.config = config
+        self.sinks: list[Sink] = list(sinks)
+        if callable(on_result):
+            self.sinks.append(CallbackSink(on_result))
+        elif on_result:
+            for name, fn in on_result.items():
+                if name not in names:
+                    raise ConfigError(f"callback for unknown source '{name}'", f"use one of {names}")
+                self.sinks.append(CallbackSink(fn, name))
+        self._on_event = on_event
+        self._metrics_port, self._metrics_host = metrics_port, metrics_host
+        self._detector_arg, self._detector_options = detector, detector_options
+        self.detector: Any = None
+        self._owns_detector = False
+        self.metrics = StreamMetrics()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._threads: list[CaptureThread] = []
+        self._slots: list[FrameSlot] = []
+        self._exporter: PrometheusExporter | None = None
+        self._started = self._closed = False
+        self._next = 0  # round-robin start of the next batch
+        self.frames_out = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def add_callback(self, fn: ResultCallback, source: str | None = None) -> None:
+        """Call ``fn(result)`` for every result (of ``source`` only, when given)."""
+        self.sinks.append(CallbackSink(fn, source))
+
+    def start(self) -> "Stream":
+        """Load the model, start the metrics server and one capture thread per source."""
+        if self._started:
+            return self
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.close()  # a model that loaded, or a metrics server that started, is released
+            raise
+        return self
+
+    def _start(self) -> None:
+        if isinstance(self._detector_arg, (str, Path)):
+            from .detector import Detector
+
+            self.detector, self._owns_detector = Detector(self._detector_arg, **self._detector_options), True
+        elif self._detector_options:
+            raise ConfigError(f"detector options {sorted(self._detector_options)} given with a ready Detector",
+                              "pass the options to Detector(...) or pass a model path to Stream")
+        else:
+            self.detector = self._detector_arg
+        self.batch = self._batch_size()
+        if self._metrics_port is not None:
+            self._exporter = PrometheusExporter(self.metrics, self._metrics_port, self._metrics_host)
+            log.info("metrics: http://%s:%d/metrics", self._exporter.host, self._exporter.port)
+        if any(spec.kind is SourceKind.URL for spec in self.specs):  # now: setenv in threads is unsafe
+            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
+        cap = self.config.capture
+        for spec in self.specs:
+            m = self.metrics.add(spec.name)
+            slot = FrameSlot(cap.queue_size, latest_only=spec.kind.live or cap.realtime, ready=self._ready)
+            m.dropped_fn = lambda slot=slot: slot.dropped
+            thread = CaptureThread(spec, cap, slot, self._stop, self._event, m.record_in)
+            self._slots.append(slot)
+            self._threads.append(thread)
+        log.info("streaming %d source(s), batch %d: %s", len(self.specs), self.batch,
+                 ", ".join(f"{s.name}={s.label} ({s.kind.value})" for s in self.specs))
+        for t in self._threads:
+            t.start()
+
+    def _batch_size(self) -> int:
+        backend = getattr(self.detector, "backend", None)
+        static = getattr(backend if backend is not None else self.detector, "max_batch", 1)
+        if static:  # a static-batch model: up to its batch (Detector pads a short one)
+            return min(self.config.batch, static) if self.config.batch else static
+        return self.config.batch or len(self.specs)
+
+    def stop(self) -> None:
+        """Ask the stream to stop (thread-safe; :meth:`run` returns soon after)."""
+        self._stop.set()
+        self._ready.set()
+
+    def close(self) -> None:
+        """Stop, join the capture threads, close the sinks, the metrics server and an owned detector."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        join_s = self.config.capture.read_timeout + 2.0  # a read in flight ends by its timeout
+        deadline = time.monotonic() + join_s
+        for t in self._threads:
+            if t.ident is None:  # never started (start() failed part-way)
+                continue
+            t.join(timeout=max(deadline - time.monotonic(), 0.1))
+            if t.is_alive():
+                log.warning("capture thread %s did not stop within %.0fs; leaving it (daemon)", t.name, join_s)
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as e:  # noqa: BLE001 - close the others anyway
+                log.error("closing %s failed: %s", type(sink).__name__, e)
+        if self._exporter is not None:
+            self._exporter.close()
+        if self._owns_detector and self.detector is not None:
+            self.detector.close()
+
+    def __enter__(self) -> "Stream":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the pipeline thread -------------------------------------------------------------------
+    def _event(self, ev: StreamEvent) -> None:
+        """Called from capture threads."""
+        m = self.metrics.sources.get(ev.source)
+        if m is not None:
+            if ev.kind in (EventKind.CONNECTED, EventKind.RECONNECTED):
+                m.connected = True
+                m.reconnects += ev.kind is EventKind.RECONNECTED
+            elif ev.kind is EventKind.DISCONNECTED:
+                m.connected, m.disconnects = False, m.disconnects + 1
+            else:
+                m.connected = False
+        level = logging.WARNING if ev.kind in (EventKind.DISCONNECTED, EventKind.FAILED) else logging.INFO
+        log.log(level, "%s %s%s", ev.source, ev.kind.value, f": {ev.detail}" if ev.detail else "")
+        if self._on_event is not None:
+            self._on_event(ev)
+        self._ready.set()  # wake the pipeline: a source may have ended or failed
+
+    def _gather(self) -> list[Frame]:
+        """Up to ``batch`` ready frames, one per source per round, starting after the last served."""
+        batch: list[Frame] = []
+        n = len(self._slots)
+        progress = True
+        while len(batch) < self.batch and progress:
+            progress = False
+            for k in range(n):
+                i = (self._next + k) % n
+                frame = self._slots[i].take()
+                if frame is not None:
+                    batch.append(frame)
+                    progress = True
+                    if len(batch) == self.batch:
+                        self._next = (i + 1) % n
+                        return batch
+        self._next = (self._next + 1) % n
+        return batch
+
+    def _check_sources(self) -> bool:
+        """Raise the first source failure; ``True`` while any source may still produce frames."""
+        for t in self._threads:
+            if t.error is not None:
+                raise t.error
+        return any(t.is_alive() for t in self._threads) or any(len(s) for s in self._slots)
+
+    def _process(self, frames: list[Frame]) -> None:
+        detections = self.detector.predict([f.image for f in frames])
+        done = time.perf_counter()
+        for f, d in zip(frames, detections):
+            latency = done - f.t_capture
+            self.metrics[f.source].record_out(done, latency)
+            result = StreamResult(f.source, f.index, f.timestamp, f.image, d, latency * 1e3, f.fps)
+            for sink in self.sinks:
+                sink.write(result)
+        self.frames_out += len(frames)
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        """Process until every source ended, :meth:`stop`, SIGTERM, ``max_frames`` or ``duration``.
+
+        Returns each source's final metrics. Raises :class:`~engine.errors.SourceError` when a source
+        fails (a dead URL after its connect attempts, a corrupt file). Ctrl-C closes everything, then
+        re-raises ``KeyboardInterrupt``.
+        """
+        restore = self._install_sigterm()
+        try:
+            self.start()
+            self._loop()
+        finally:
+            restore()
+            self.close()
+        snap = self.metrics.snapshot()
+        for name, s in snap.items():
+            log.info("final %s", StreamMetrics.format(name, s))
+        return snap
+
+    def _loop(self) -> None:
+        cfg = self.config
+        t_end = time.monotonic() + cfg.duration if cfg.duration else None
+        next_log = time.monotonic() + cfg.log_interval if cfg.log_interval > 0 else None
+        while not self._stop.is_set():
+            self._ready.clear()
+            alive = self._check_sources()
+            frames = self._gather()
+            if frames:
+                self._process(frames)
+            elif not alive:
+                log.info("every source ended")
+                break
+            else:
+                self._ready.wait(0.1)
+            now = time.monotonic()
+            if next_log is not None and now >= next_log:
+                for name, s in self.metrics.snapshot().items():
+                    log.info(StreamMetrics.format(name, s))
+                next_log = now + cfg.log_interval
+            if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end and now >= t_end):
+                break
+        self._check_sources()
+
+    def _install_sigterm(self) -> Callable[[], None]:
+        """SIGTERM (and SIGBREAK on Windows) → :meth:`stop`, while :meth:`run` runs on the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {}
+        for name in ("SIGTERM", "SIGBREAK"):
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                previous[sig] = signal.signal(sig, lambda *_: self.stop())
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.stream`` (see :mod:`engine.stream_cli` for the flags)."""
+    from .stream_cli import main as cli_main
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
