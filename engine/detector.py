@@ -97,7 +97,8 @@ class Detector:
         """Detections for each frame, in batches of the model's batch size."""
         if not frames:
             return []
-        step = self._static_batch or len(frames)
+        hi = self.backend.batch_range[1]  # a dynamic engine's profile caps the batch
+        step = self._static_batch or min(len(frames), hi or len(frames))
         if self._letterbox.buffer.shape[0] < step:  # dynamic batch: the buffer only grows
             self._letterbox = Letterbox(self.imgsz, batch=step, dtype=self._letterbox.buffer.dtype)
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}

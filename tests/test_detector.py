@@ -132,3 +132,18 @@ def test_ort_backend_reuses_output_buffers(det, frames):
     a = det.backend.infer(x)[0]
     b = det.backend.infer(x)[0]
     assert a is b  # preallocated through IOBinding, not allocated per call
+
+
+def test_dynamic_batch_is_split_at_the_backends_limit(demo_pt, export_dir, frames, monkeypatch):
+    """A dynamic engine's profile caps the batch: Detector splits a long list into calls of at most that."""
+    from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    path = export_onnx(ExportConfig(weights=demo_pt, dynamic=True, out=export_dir / "dyn_cap"), log=lambda s: None).path
+    monkeypatch.setattr(OnnxRuntimeBackend, "batch_range", property(lambda self: (1, 2)))
+    with Detector(path) as d:
+        seen = []
+        real = d.backend.infer
+        d.backend.infer = lambda x: (seen.append(x.shape[0]), real(x))[1]
+        assert len(d(frames[:5])) == 5 and seen == [2, 2, 1]

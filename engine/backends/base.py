@@ -44,6 +44,12 @@ class Backend(abc.ABC):
         """The static batch size, or ``None`` when the batch dimension is dynamic."""
         return self.inputs[0].shape[0]
 
+    @property
+    def batch_range(self) -> tuple[int, int | None]:
+        """Smallest and largest batch one call takes (``None``: no upper limit)."""
+        b = self.max_batch
+        return (b, b) if b else (1, None)
+
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
         """Run the model on an NCHW batch matching ``inputs[0]``."""
         spec = self.inputs[0]
