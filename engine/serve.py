@@ -1,0 +1,337 @@
+"""``python -m engine.serve``: serve a :class:`Detector` through NVIDIA Triton Inference Server.
+
+The Triton here is the one PyPI's ``nvidia-pytriton`` bundles (Triton with its Python backend): Triton
+owns HTTP/gRPC, the dynamic batcher, request validation and Prometheus metrics; our ``Detector`` runs in
+this process behind it. Two models are served:
+
+``<name>`` (default ``yolo``)
+    input ``image``: uint8 BGR frames, shape ``(batch, height, width, 3)`` (any frame size; a request
+    may carry several frames of one size). Triton's dynamic batcher gathers requests into one
+    ``Detector`` call (one batched inference for a dynamic-batch model).
+``<name>_encoded``
+    input ``encoded``: bytes, shape ``(batch, 1)``, each a JPEG/PNG/BMP/WebP file, decoded here.
+    No dynamic batching, so a request whose bytes are not an image fails alone.
+
+Both answer, per request, ``num_detections`` int32 ``(batch, 1)``, ``boxes`` float32 ``(batch, K, 4)``
+(xyxy, source pixels), ``scores`` float32 ``(batch, K)``, ``class_ids`` int32 ``(batch, K)`` and
+``class_names`` bytes ``(batch, K)``; rows past ``num_detections`` are padding (K >= 1).
+:func:`detections_from_outputs` turns them back into :class:`Detections`.
+
+A wrong dtype or shape is refused by Triton before it reaches us; content the ``Detector`` cannot take
+(an empty frame, bytes that are not an image) is an error response naming the request and the fix.
+Either way the server keeps serving.
+
+pytriton is imported only by :func:`serve`, so ``import engine.serve`` works without it. Triton's
+Python-backend stub needs a venv made from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from .detections import Detections
+from .errors import BackendUnavailableError, ConfigError, DeployError, InputImageError
+
+IMAGE_INPUT = "image"
+ENCODED_INPUT = "encoded"
+OUTPUTS = ("num_detections", "boxes", "scores", "class_ids", "class_names")
+SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``python -m engine.serve`` serves, and how.
+
+    Attributes:
+        model: the model file (any file ``Detector`` loads: ``.onnx``, ``.engine``).
+        name: Triton model name of the raw-frame model (``<name>_encoded`` takes encoded images).
+        host: address HTTP, gRPC and metrics bind to (loopback by default).
+        http_port, grpc_port, metrics_port: ports (0 = that endpoint is off; metrics may be off).
+        max_batch: most frames Triton gathers into one ``Detector`` call.
+        dynamic_batching: let Triton's dynamic batcher gather requests (else one request per call).
+        queue_delay_us: how long the batcher may hold a request waiting for more.
+        instances: model instances (each a ``Detector``) running side by side.
+        conf, iou, max_det: the ``Detector``'s thresholds.
+        threads: ONNX Runtime intra-op threads per instance (0 = all cores).
+    """
+
+    model: Path
+    name: str = "yolo"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch: int = 8
+    dynamic_batching: bool = True
+    queue_delay_us: int = 2000
+    instances: int = 1
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if not Path(self.model).is_file():
+            raise ConfigError(f"--model {self.model}: no such file",
+                              "pass a model built by python -m exporters.build (.onnx or .engine)")
+        if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
+            raise ConfigError(f"--name {self.name!r}: Triton model names take letters, digits, '.', '_' and '-'",
+                              "use --name yolo (default)")
+        if not 1 <= self.max_batch <= 1024 or self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
+            raise ConfigError(f"--max-batch {self.max_batch}, --instances {self.instances}, "
+                              f"--queue-delay-us {self.queue_delay_us}, --threads {self.threads} out of range",
+                              "use 1 <= --max-batch <= 1024, --instances >= 1, --queue-delay-us >= 0, --threads >= 0")
+        ports = [p for p in (self.http_port, self.grpc_port, self.metrics_port) if p]
+        if any(not 0 < p < 65536 for p in ports) or len(set(ports)) != len(ports):
+            raise ConfigError(f"ports http {self.http_port}, grpc {self.grpc_port}, metrics {self.metrics_port} "
+                              "must be distinct and in 1..65535 (0 = off)", "pick free ports, e.g. 8000 8001 8002")
+        if not (self.http_port or self.grpc_port):
+            raise ConfigError("--http-port 0 and --grpc-port 0 turn off both endpoints", "keep at least one on")
+
+
+# ---- request/response helpers: pure NumPy, used by the server and by clients/tests ----------------
+
+def frames_from_image_input(batch: np.ndarray, request: int = 0) -> list[np.ndarray]:
+    """The frames of one request's ``image`` input, checked: uint8, ``(batch, H, W, 3)``, H and W >= 1."""
+    where = f"request {request}: input '{IMAGE_INPUT}'"
+    if batch.dtype != np.uint8:
+        raise InputImageError(f"{where} has dtype {batch.dtype}", "send uint8 BGR pixels (TYPE_UINT8 / 'UINT8')")
+    if batch.ndim != 4 or batch.shape[-1] != 3:
+        raise InputImageError(f"{where} has shape {list(batch.shape)}",
+                              "send shape [batch, height, width, 3] (BGR, as cv2.imread gives, with a batch axis)")
+    if batch.shape[1] < 1 or batch.shape[2] < 1:
+        raise InputImageError(f"{where} is an empty frame ({batch.shape[1]}x{batch.shape[2]} pixels)",
+                              "send frames of at least 1x1 pixels")
+    return [np.ascontiguousarray(f) for f in batch]
+
+
+def frames_from_encoded_input(batch: np.ndarray, request: int = 0) -> list[np.ndarray]:
+    """Decode one request's ``encoded`` input (bytes ``(batch, 1)``) into BGR frames."""
+    frames = []
+    for i, blob in enumerate(np.asarray(batch, dtype=object).reshape(-1)):
+        data = blob if isinstance(blob, (bytes, bytearray)) else bytes(blob)
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+        if frame is None:
+            raise InputImageError(
+                f"request {request}: input '{ENCODED_INPUT}' item {i} ({len(data)} bytes, starting {data[:8]!r}) "
+                "is not an image OpenCV can decode",
+                f"send the bytes of a JPEG/PNG/BMP/WebP file, or raw uint8 BGR frames as '{IMAGE_INPUT}'")
+        frames.append(frame)
+    return frames
+
+
+def pack_outputs(dets: Sequence[Detections]) -> dict[str, np.ndarray]:
+    """One request's detections as Triton outputs, padded to the largest count among its frames.
+
+    At least one row (K >= 1) even when nothing was found: pytriton cannot pass zero-size arrays.
+    """
+    k = max(1, max((len(d) for d in dets), default=0))
+    b = len(dets)
+    out = {"num_detections": np.zeros((b, 1), np.int32), "boxes": np.zeros((b, k, 4), np.float32),
+           "scores": np.zeros((b, k), np.float32), "class_ids": np.full((b, k), -1, np.int32)}
+    for i, d in enumerate(dets):
+        n = len(d)
+        out["num_detections"][i, 0] = n
+        out["boxes"][i, :n] = d.xyxy
+        out["scores"][i, :n] = d.confidence
+        out["class_ids"][i, :n] = d.class_id
+    # a bytes array ("S"), not objects: pytriton's output check reads item 0 of object arrays, and K may be 0
+    names = [[s.encode() for s in d.class_name] + [b""] * (k - len(d)) for d in dets]
+    out["class_names"] = np.array(names, dtype=np.bytes_).reshape(b, k)
+    return out
+
+
+def detections_from_outputs(outputs: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> list[Detections]:
+    """A response's outputs (``{name: array}``, e.g. from ``result.as_numpy``) → one Detections per frame.
+
+    ``names`` (the model's class names) default to those found in the response's ``class_names``.
+    """
+    nums = np.asarray(outputs["num_detections"]).reshape(-1)
+    found: dict[int, str] = {}
+    result = []
+    for i, n in enumerate(nums.tolist()):
+        ids = np.asarray(outputs["class_ids"])[i, :n]
+        if "class_names" in outputs:
+            for c, s in zip(ids.tolist(), np.asarray(outputs["class_names"])[i, :n].tolist()):
+                found[c] = s.decode() if isinstance(s, bytes) else str(s)
+        result.append((np.asarray(outputs["boxes"])[i, :n], np.asarray(outputs["scores"])[i, :n], ids))
+    if names is None:
+        size = max(found, default=-1) + 1
+        names = [found.get(c, str(c)) for c in range(size)]
+    return [Detections(b, s, c, names) for b, s, c in result]
+
+
+# ---- the inference callable Triton calls --------------------------------------------------------
+
+class DetectorModel:
+    """Triton's inference callable: a list of requests in, a list of output dicts out.
+
+    All frames of all requests Triton batched together go through one ``Detector.predict`` call
+    (batched inference for a dynamic-batch model; frames one by one for a static one).
+    """
+
+    def __init__(self, detector: Any, input_name: str, lock: threading.Lock | None = None) -> None:
+        self.detector = detector
+        self.input_name = input_name
+        self.lock = lock or threading.Lock()  # shared by the models that share this Detector
+        self._decode = frames_from_encoded_input if input_name == ENCODED_INPUT else frames_from_image_input
+
+    def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
+        per_request = [self._decode(r[self.input_name], i) for i, r in enumerate(requests)]
+        with self.lock:  # a Detector reuses its buffers: one call at a time
+            dets = self.detector.predict([f for frames in per_request for f in frames])
+        out, start = [], 0
+        for frames in per_request:
+            out.append(pack_outputs(dets[start:start + len(frames)]))
+            start += len(frames)
+        return out
+
+
+def _pytriton():
+    try:
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as e:
+        raise BackendUnavailableError(f"python -m engine.serve needs nvidia-pytriton, which {sys.executable} lacks ({e})",
+                                      SETUP_HINT) from None
+    return DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig
+
+
+def _check_ports(cfg: ServeConfig) -> None:
+    """Fail in a second, naming the flag, when a port is taken (Triton itself would time out after a minute)."""
+    for flag, port in (("--http-port", cfg.http_port), ("--grpc-port", cfg.grpc_port),
+                       ("--metrics-port", cfg.metrics_port)):
+        if not port:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # only a listening socket counts
+            try:
+                s.bind((cfg.host, port))
+            except OSError as e:
+                raise ConfigError(f"{flag} {port}: {cfg.host}:{port} is not available ({e.strerror or e})",
+                                  f"stop what listens there, or pass another {flag}") from None
+
+
+def _detector(cfg: ServeConfig):
+    from .detector import Detector
+
+    opts = {"intra_op_threads": cfg.threads} if Path(cfg.model).suffix.lower() == ".onnx" else {}
+    det = Detector(cfg.model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, **opts)
+    # warm up every batch size the batcher may form: a backend's first run at a new shape is several
+    # times slower (ONNX Runtime plans memory per shape), which would land on some client's request
+    blank = np.full((*det.imgsz, 3), 114, np.uint8)
+    for b in range(1, (cfg.max_batch if det.backend.max_batch is None else 1) + 1):
+        det.predict([blank] * b)
+    return det
+
+
+def _interrupt(*_: object) -> None:
+    """SIGTERM (docker stop, a test's teardown) shuts down like Ctrl+C: Triton and its stubs stop too."""
+    raise KeyboardInterrupt
+
+
+def serve(cfg: ServeConfig, log=print) -> None:
+    """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops."""
+    _check_ports(cfg)
+    DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
+    detectors = [_detector(cfg) for _ in range(cfg.instances)]
+    outputs = [Tensor(name="num_detections", dtype=np.int32, shape=(1,)),
+               Tensor(name="boxes", dtype=np.float32, shape=(-1, 4)),
+               Tensor(name="scores", dtype=np.float32, shape=(-1,)),
+               Tensor(name="class_ids", dtype=np.int32, shape=(-1,)),
+               Tensor(name="class_names", dtype=np.bytes_, shape=(-1,))]
+    batcher = DynamicBatcher(max_queue_delay_microseconds=cfg.queue_delay_us) if cfg.dynamic_batching else None
+    tcfg = TritonConfig(http_address=cfg.host, http_port=cfg.http_port or None, allow_http=bool(cfg.http_port),
+                        grpc_address=cfg.host, grpc_port=cfg.grpc_port or None, allow_grpc=bool(cfg.grpc_port),
+                        metrics_address=cfg.host, metrics_port=cfg.metrics_port or None,
+                        allow_metrics=bool(cfg.metrics_port), allow_gpu_metrics=False, exit_on_error=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    locks = [threading.Lock() for _ in detectors]  # the raw and the encoded model share each Detector
+    with Triton(config=tcfg) as triton:
+        triton.bind(model_name=cfg.name, infer_func=[DetectorModel(d, IMAGE_INPUT, k) for d, k in zip(detectors, locks)],
+                    inputs=[Tensor(name=IMAGE_INPUT, dtype=np.uint8, shape=(-1, -1, 3))], outputs=outputs,
+                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=batcher), strict=True)
+        triton.bind(model_name=f"{cfg.name}_encoded",
+                    infer_func=[DetectorModel(d, ENCODED_INPUT, k) for d, k in zip(detectors, locks)],
+                    inputs=[Tensor(name=ENCODED_INPUT, dtype=np.bytes_, shape=(1,))], outputs=outputs,
+                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=None), strict=True)
+        triton.connect()  # raises if Triton or a model fails to start
+        d = detectors[0]
+        where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
+                                                             ("metrics", cfg.metrics_port)) if p)
+        log(f"serving {Path(cfg.model).name} ({len(d.names)} classes, {d.imgsz[0]}x{d.imgsz[1]}, "
+            f"{'dynamic' if d.backend.max_batch is None else 'static'} batch) as '{cfg.name}' (raw frames) and "
+            f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
+            f"{'on' if cfg.dynamic_batching else 'off'}; Ctrl+C stops")
+        sys.stdout.flush()
+        triton.serve()
+    for det in detectors:
+        det.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m engine.serve",
+        description="Serve a YOLO model through NVIDIA Triton Inference Server (bundled in nvidia-pytriton): "
+                    "raw uint8 BGR frames (or encoded images) in, detections out, over HTTP and gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="model file (.onnx; .engine where TensorRT is installed)")
+    ap.add_argument("--name", default="yolo", help="Triton model name (the encoded-image model is <name>_encoded)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    ap.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = off)")
+    ap.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = off)")
+    ap.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0 = off)")
+    ap.add_argument("--max-batch", type=int, default=8, help="most frames Triton gathers into one inference")
+    ap.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone (for comparison)")
+    ap.add_argument("--queue-delay-us", type=int, default=2000,
+                    help="how long the dynamic batcher may hold a request waiting for more (microseconds)")
+    ap.add_argument("--instances", type=int, default=1, help="model instances (Detectors) side by side")
+    ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    ap.add_argument("--max-det", type=int, default=300, help="most detections per frame")
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0 = all cores)")
+    ap.add_argument("--verbose", action="store_true", help="pytriton's and Triton's logs at INFO level")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        cfg = ServeConfig(model=args.model, name=args.name, host=args.host, http_port=args.http_port,
+                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
+                          dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                          instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                          threads=args.threads)
+        serve(cfg)
+    except DeployError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # pytriton/Triton start-up failures: name the likely cause
+        if args.debug:
+            raise
+        print(f"error: Triton did not start ({type(e).__name__}: {e})\n  fix: read Triton's log lines above; if the "
+              "Python-backend stub failed, serve from a venv made from Debian's /usr/bin/python3 "
+              f"({SETUP_HINT}); --debug shows the traceback", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

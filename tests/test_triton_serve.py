@@ -1,0 +1,342 @@
+"""The served path, for real: ``engine.serve`` under the Triton that nvidia-pytriton bundles.
+
+The server runs from ``.venv-triton`` (made by ``bash .ci/setup_triton.sh`` from Debian's python3: the
+pyenv Python's Triton Python-backend stub fails to start) as a subprocess, started once for the module,
+bound to 127.0.0.1 on free ports. Clients are tritonclient's HTTP and gRPC ones from this venv.
+The last test loads a repository written by ``--triton`` into the same Triton binary.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine import Detections, Detector
+from engine.errors import InputImageError
+from engine.serve import detections_from_outputs, frames_from_encoded_input, frames_from_image_input, pack_outputs
+from tests.conftest import DEMO, ROOT
+
+TRITON_VENV = ROOT / ".venv-triton"
+TRITON_PY = TRITON_VENV / "bin" / "python"
+OUTPUTS = ("num_detections", "boxes", "scores", "class_ids", "class_names")
+needs_triton = pytest.mark.skipif(
+    not TRITON_PY.exists(),
+    reason=f"{TRITON_VENV} missing: run `bash .ci/setup_triton.sh` (a venv from Debian's /usr/bin/python3 "
+           "with nvidia-pytriton; .ci/run does this)")
+
+
+# ---- request/response helpers: no server needed -------------------------------------------------
+
+def test_outputs_round_trip_with_padding():
+    a = Detections([[1, 2, 3, 4], [5, 6, 7, 8]], [0.9, 0.5], [2, 0], ("a", "b", "c"))
+    empty = Detections.empty(("a", "b", "c"))
+    out = pack_outputs([a, empty])
+    assert out["boxes"].shape == (2, 2, 4) and out["num_detections"].ravel().tolist() == [2, 0]
+    assert pack_outputs([empty])["boxes"].shape == (1, 1, 4), "never zero-size: pytriton cannot send those"
+    back = detections_from_outputs(out, names=("a", "b", "c"))
+    assert len(back[0]) == 2 and len(back[1]) == 0
+    np.testing.assert_array_equal(back[0].xyxy, a.xyxy)
+    assert back[0].class_name == ["c", "a"]
+    assert detections_from_outputs(out)[0].class_name == ["c", "a"]  # names from the response itself
+
+
+def test_input_checks_name_the_request_and_the_fix():
+    with pytest.raises(InputImageError, match="(?s)request 3: input 'image' has dtype float32.*uint8"):
+        frames_from_image_input(np.zeros((1, 8, 8, 3), np.float32), 3)
+    with pytest.raises(InputImageError, match=r"(?s)shape \[8, 8, 3\].*\[batch, height, width, 3\]"):
+        frames_from_image_input(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(InputImageError, match="empty frame"):
+        frames_from_image_input(np.zeros((1, 0, 8, 3), np.uint8))
+    with pytest.raises(InputImageError, match="item 1 .* not an image"):
+        ok = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+        frames_from_encoded_input(np.array([[ok], [b"GIF89a? no"]], dtype=object))
+
+
+def test_cli_refuses_a_missing_model_and_a_missing_pytriton(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "engine.serve", "--model", str(tmp_path / "nope.onnx")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no such file" in p.stderr and "fix:" in p.stderr
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    p = subprocess.run([sys.executable, "-c", "import sys; sys.modules['pytriton'] = None\n"
+                        "from engine.serve import main; sys.exit(main(['--model', sys.argv[1]]))", str(model)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "needs nvidia-pytriton" in p.stderr and "setup_triton.sh" in p.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "engine.serve", "--model", str(model), "--grpc-port", str(port),
+                            "--http-port", str(_free_ports(1)[0]), "--metrics-port", "0"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"--grpc-port {port}" in p.stderr and "not available" in p.stderr
+
+
+# ---- one server for the module -------------------------------------------------------------------
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _wait_ready(proc: subprocess.Popen, log: Path, url: str, models: list[str], timeout: float = 150) -> None:
+    import tritonclient.http as th
+
+    client = th.InferenceServerClient(url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if all(client.is_model_ready(m) for m in models):
+                return
+        except Exception:  # connection refused while Triton starts
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"server not ready in {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served_model(demo_pt, tmp_path_factory) -> Path:
+    """The demo model with a dynamic batch axis (so Triton's batches run as one inference)."""
+    pytest.importorskip("ultralytics")
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    out = tmp_path_factory.mktemp("served")
+    return export_onnx(ExportConfig(weights=demo_pt, dynamic=True, out=out), log=lambda s: None).path
+
+
+@pytest.fixture(scope="module")
+def images() -> list[np.ndarray]:
+    files = sorted((DEMO / "val" / "images").glob("*.jpg"))[:4]
+    if not files:
+        pytest.skip(f"no demo val images in {DEMO / 'val' / 'images'}")
+    return [cv2.imread(str(f)) for f in files]
+
+
+@pytest.fixture(scope="module")
+def local(served_model):
+    with Detector(served_model) as det:
+        yield det
+
+
+@pytest.fixture(scope="module")
+def server(served_model, tmp_path_factory):
+    pytest.importorskip("tritonclient.http", reason="tritonclient not installed: pip install -e .[dev]")
+    if not TRITON_PY.exists():
+        pytest.skip(needs_triton.kwargs["reason"])
+    http, grpc, metrics = _free_ports(3)
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
+                                 str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                                 "--max-batch", "4"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(proc, log, f"127.0.0.1:{http}", ["yolo", "yolo_encoded"])
+        yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": metrics, "log": log}
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def _client(server, protocol: str):
+    if protocol == "http":
+        import tritonclient.http as mod
+    else:
+        import tritonclient.grpc as mod
+    return mod, mod.InferenceServerClient(server[protocol])
+
+
+def _infer(mod, client, model: str, name: str, array: np.ndarray, dtype: str) -> list[Detections]:
+    inp = mod.InferInput(name, list(array.shape), dtype)
+    inp.set_data_from_numpy(array)
+    result = client.infer(model, [inp])
+    return detections_from_outputs({n: result.as_numpy(n) for n in OUTPUTS})
+
+
+def _same(remote: Detections, expected: Detections) -> None:
+    assert len(remote) == len(expected)
+    np.testing.assert_allclose(remote.xyxy, expected.xyxy, atol=1e-3)
+    np.testing.assert_allclose(remote.confidence, expected.confidence, atol=1e-5)
+    assert remote.class_id.tolist() == expected.class_id.tolist()
+    assert remote.class_name == expected.class_name
+
+
+@needs_triton
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_remote_detections_equal_the_local_detector(server, local, images, protocol):
+    mod, client = _client(server, protocol)
+    total = 0
+    for img in images:
+        remote = _infer(mod, client, "yolo", "image", img[None], "UINT8")[0]
+        _same(remote, local(img))
+        total += len(remote)
+    assert total > 0, "the demo images should have detections"
+    pair = np.stack([images[0], images[0][::-1].copy()])  # one request, two frames: one batched inference
+    remote = _infer(mod, client, "yolo", "image", pair, "UINT8")
+    for r, img in zip(remote, pair):
+        _same(r, local(img))
+    blank = np.full((1, 48, 64, 3), 114, np.uint8)  # no detections: empty outputs, not an error
+    assert len(_infer(mod, client, "yolo", "image", blank, "UINT8")[0]) == 0
+    png = cv2.imencode(".png", images[1])[1].tobytes()  # lossless, so the decoded frame is the same
+    _same(_infer(mod, client, "yolo_encoded", "encoded", np.array([[png]], dtype=object), "BYTES")[0],
+          local(images[1]))
+
+
+@needs_triton
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, local, images, protocol):
+    from tritonclient.utils import InferenceServerException
+
+    mod, client = _client(server, protocol)
+    cases = [
+        ("yolo", "image", images[0][None].astype(np.float32), "FP32", "expects 'UINT8'"),
+        ("yolo", "image", images[0][None, :, :, 0].copy(), "UINT8", "shape"),
+        ("yolo", "image", images[0][None, :, :, :2].copy(), "UINT8", "shape"),
+        ("yolo_encoded", "encoded", np.array([[b"these bytes are not an image"]], dtype=object), "BYTES",
+         "not an image OpenCV can decode"),
+        # a 0-pixel frame stops in pytriton's own stub, before our check, with pytriton's message
+        ("yolo", "image", np.zeros((1, 0, 64, 3), np.uint8), "UINT8", "zeros in shape"),
+    ]
+    for model, name, array, dtype, message in cases:
+        with pytest.raises(InferenceServerException, match=message):
+            _infer(mod, client, model, name, array, dtype)
+    assert client.is_server_live()
+    _same(_infer(mod, client, "yolo", "image", images[2][None], "UINT8")[0], local(images[2]))
+
+
+@needs_triton
+def test_concurrent_clients_each_get_their_own_detections(server, local, images):
+    """Requests the dynamic batcher gathers into one inference come back to the right client."""
+    import tritonclient.grpc as mod
+
+    expected = [local(img) for img in images]
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            client = mod.InferenceServerClient(server["grpc"])
+            for j in range(4):
+                i = (k + j) % len(images)
+                _same(_infer(mod, client, "yolo", "image", images[i][None], "UINT8")[0], expected[i])
+        except BaseException as e:  # collected and re-raised in the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[0]
+    assert not any(t.is_alive() for t in threads)
+
+
+@needs_triton
+def test_metrics_endpoint_counts_inferences(server):
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server['metrics']}/metrics", timeout=10).read().decode()
+    assert 'nv_inference_request_success{model="yolo"' in text
+
+
+# ---- the --triton repository in the same Triton binary -----------------------------------------
+
+# A Python-based backend named "onnxruntime": the Triton in nvidia-pytriton ships the Python backend
+# only, so this stands in for the real ONNX Runtime backend. Triton still reads, normalizes and
+# validates our config.pbtxt, batches, and checks tensor names, dtypes and dims on every request.
+STAND_IN_BACKEND = '''
+import json, os
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        path = os.path.join(args["model_repository"], args["model_version"], cfg["default_model_filename"])
+        self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        self.outputs = [o["name"] for o in cfg["output"]]
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            feeds = {i.name: pb_utils.get_input_tensor_by_name(r, i.name).as_numpy() for i in self.session.get_inputs()}
+            values = self.session.run(self.outputs, feeds)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, v) for n, v in zip(self.outputs, values)]))
+        return responses
+'''
+
+
+@needs_triton
+def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path):
+    import onnxruntime as ort
+    import tritonclient.http as th
+
+    from exporters.triton import Device, TritonOptions, write_repository
+
+    write_repository(tmp_path / "repo", {"onnx": served_model}, "demo", TritonOptions(max_batch=4, device=Device.CPU),
+                     log=lambda s: None)
+    version = subprocess.run([str(TRITON_PY), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=60).stdout.strip()
+    site = TRITON_VENV / "lib" / f"python{version}" / "site-packages"
+    dist = site / "pytriton" / "tritonserver"  # the Triton 2.51 pytriton ships: binary, Python backend, stubs
+    backends = tmp_path / "backends"
+    shutil.copytree(dist / "backends", backends)
+    shutil.copy(dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
+    (backends / "onnxruntime").mkdir()
+    (backends / "onnxruntime" / "model.py").write_text(STAND_IN_BACKEND)
+    http, grpc = _free_ports(2)
+    env = dict(os.environ, PATH=f"{TRITON_VENV / 'bin'}:{os.environ['PATH']}",
+               LD_LIBRARY_PATH=str(site / "nvidia_pytriton.libs"))
+    log = tmp_path / "tritonserver.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), "--model-repository", str(tmp_path / "repo"),
+                                 "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--http-port",
+                                 str(http), "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
+                                 "--allow-metrics", "false", "--exit-on-error", "true", "--disable-auto-complete-config"],
+                                env=env, stdout=f, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(proc, log, f"127.0.0.1:{http}", ["demo_onnx"], timeout=90)
+        client = th.InferenceServerClient(f"127.0.0.1:{http}")
+        cfg = client.get_model_config("demo_onnx")
+        assert cfg["max_batch_size"] == 4 and cfg["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+        h, w = (int(d) for d in cfg["input"][0]["dims"][1:])
+        x = np.random.default_rng(0).random((2, 3, h, w), dtype=np.float32)
+        inp = th.InferInput(cfg["input"][0]["name"], list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        got = client.infer("demo_onnx", [inp]).as_numpy(cfg["output"][0]["name"])
+        want = ort.InferenceSession(str(served_model), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
