@@ -17,15 +17,22 @@ RUNTIME = ["numpy>=1.23", "opencv-python>=4.8", "onnxruntime>=1.17", "pyyaml>=5.
 
 EXTRAS = {
     # torch comes with ultralytics (torchvision has no CPU build: CUDA torch is installed, and runs on a CPU)
-    "export": ["ultralytics>=8.3", "onnx>=1.15", "onnxslim>=0.1.50"],
-    "rtx": ["tensorrt-rtx>=1.0", "cuda-python>=12.6"],
-    "trt": ["tensorrt>=10.0", "cuda-python>=12.6"],
+    # faster-coco-eval scores mAP for the INT8 accuracy gate (pycocotools is the fallback)
+    "export": ["ultralytics>=8.3", "onnx>=1.15", "onnxslim>=0.1.50", "faster-coco-eval>=1.6"],
+    # the versions engine/backends/trt_flavor.py supports: TensorRT-RTX 1.x, TensorRT 10.x and 11.x
+    "rtx": ["tensorrt-rtx>=1.0,<2", "cuda-python>=12.6"],
+    "trt": ["tensorrt>=10.0,<12", "cuda-python>=12.6"],
     # onnxruntime-gpu replaces onnxruntime (both provide the `onnxruntime` module): see README
     "gpu": ["onnxruntime-gpu>=1.17", "cuda-python>=12.6"],
-    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9"],
-    "stream": ["prometheus-client>=0.17"],
+    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6"],
+    "stream": ["prometheus-client>=0.20"],  # 0.20: start_http_server returns the server, so it can be shut down
+    # our CUDA kernels (engine/cuda/kernels/*.cu): cuda-python + the NVRTC library wheel (no CUDA toolkit)
+    "cuda": ["cuda-python>=13", "nvidia-cuda-nvrtc>=13"],
+    # python -m engine.serve: Triton bundled in nvidia-pytriton (venv from Debian's python3, see .ci/setup_triton.sh)
+    "serve": ["nvidia-pytriton>=0.7"],
 }
-EXTRAS["dev"] = sorted({*EXTRAS["export"], *EXTRAS["bench"], *EXTRAS["stream"], "pytest>=7"})
+# tritonclient: tests parse config.pbtxt into Triton's ModelConfig and talk to engine.serve
+EXTRAS["dev"] = sorted({*EXTRAS["export"], *EXTRAS["bench"], *EXTRAS["stream"], *EXTRAS["cuda"], "pytest>=7", "tritonclient[all]>=2.40"})
 
 setup(
     name="yolo-deploy",
@@ -35,7 +42,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["engine", "engine.*", "exporters", "exporters.*", "calibration",
                                     "calibration.*", "benchmarks", "benchmarks.*"]),
-    package_data={"engine": ["cuda/*.cu"]},
+    package_data={"engine": ["cuda/kernels/*.cu"]},  # NVRTC compiles these at run time
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require=EXTRAS,
