@@ -21,6 +21,7 @@ from engine.errors import DeployError
 
 STAGES: tuple[str, ...] = (
     "exporters.onnx_stage",
+    "exporters.quantize_stage",
     "exporters.end2end_stage",
     "exporters.engine_stage",
     "exporters.triton_stage",

@@ -48,3 +48,27 @@ def demo_onnx(demo_pt, export_dir) -> Path:
     from exporters.onnx_export import export_onnx
 
     return export_onnx(ExportConfig(weights=demo_pt, out=export_dir / "static"), log=lambda s: None).path
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, demo_data) -> Path:
+    """A data.yaml over a few demo images (train: 8 calibration images, val: 12 labelled ones) for fast INT8 tests."""
+    import shutil
+
+    if not demo_data.is_file():
+        pytest.skip(f"{demo_data} missing: run python scripts/make_demo.py")
+    root = tmp_path_factory.mktemp("small_data")
+    for split, src, n in (("train", "calib", 8), ("val", "val", 12)):
+        for kind in ("images", "labels"):
+            (root / split / kind).mkdir(parents=True)
+        for img in sorted((DEMO / src / "images").iterdir())[:n]:
+            shutil.copy2(img, root / split / "images" / img.name)
+            label = DEMO / src / "labels" / f"{img.stem}.txt"
+            if label.is_file():
+                shutil.copy2(label, root / split / "labels" / label.name)
+    import yaml
+
+    names = yaml.safe_load(demo_data.read_text())["names"]
+    (root / "data.yaml").write_text(yaml.safe_dump({"path": ".", "train": "train/images", "val": "val/images",
+                                                    "names": names}))
+    return root / "data.yaml"

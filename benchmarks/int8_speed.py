@@ -1,0 +1,107 @@
+"""End-to-end CPU speed of each precision's ONNX artifact: FP32, FP16, INT8 TensorRT form, INT8 CPU form.
+
+    python -m exporters.build                          # deploy/demo{,.fp16,.int8,.int8-cpu}.onnx
+    python -m benchmarks.int8_speed [--deploy deploy] [--stem demo] [--iters 100] [--rounds 5]
+
+What is timed: ``Detector(path)(frame)`` on real frames (the demo val images, cycled), i.e. letterbox +
+ONNX Runtime CPU inference + decode and NMS, per frame, batch 1, conf 0.25. The models run in
+interleaved rounds (each round times every model ``--iters`` times) so a busy machine slows them alike;
+the figure per model is the median over all its calls. ``--threads`` sets ONNX Runtime's intra-op
+threads (0: its default, all cores).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from exporters.config import DEMO_DIR, REPO_ROOT
+
+FORMS = (("fp32", ".onnx"), ("fp16", ".fp16.onnx"), ("int8 (TensorRT form, S8S8)", ".int8.onnx"),
+         ("int8-cpu (U8S8)", ".int8-cpu.onnx"))
+
+
+def _frames(folder: Path, n: int) -> list[np.ndarray]:
+    from engine.datasets import list_images, read_image
+
+    files = list_images(folder)[:n]
+    if not files:
+        raise SystemExit(f"no images in {folder}: pass --images")
+    return [read_image(p) for p in files]
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--deploy", type=Path, default=REPO_ROOT / "deploy", help="folder of the build (default: deploy)")
+    ap.add_argument("--stem", default="demo", help="artifact stem (default: demo)")
+    ap.add_argument("--images", type=Path, default=DEMO_DIR / "val" / "images", help="frames to run (default: demo val)")
+    ap.add_argument("--iters", type=int, default=100, help="timed calls per model per round (default: 100)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default: 5)")
+    ap.add_argument("--warmup", type=int, default=20, help="untimed calls per model first (default: 20)")
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: 0 = all cores)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    from engine import Detector
+
+    frames = _frames(args.images, 32)
+    dets = {}
+    for name, suffix in FORMS:
+        path = args.deploy / f"{args.stem}{suffix}"
+        if path.is_file():
+            dets[name] = Detector(path, conf=0.25, device="cpu", intra_op_threads=args.threads)
+    if "fp32" not in dets:
+        raise SystemExit(f"{args.deploy / (args.stem + '.onnx')} not found: run python -m exporters.build first")
+    times: dict[str, list[float]] = {k: [] for k in dets}
+    for name, det in dets.items():
+        for i in range(args.warmup):
+            det(frames[i % len(frames)])
+    for _ in range(args.rounds):
+        for name, det in dets.items():
+            for i in range(args.iters):
+                f = frames[i % len(frames)]
+                t = time.perf_counter()
+                det(f)
+                times[name].append(time.perf_counter() - t)
+    base = float(np.median(times["fp32"]))
+    rows = []
+    for name, ts in times.items():
+        med = float(np.median(ts))
+        rows.append({"model": name, "file": dets[name].backend.path.name, "median_ms": round(med * 1e3, 2),
+                     "p90_ms": round(float(np.percentile(ts, 90)) * 1e3, 2), "fps": round(1.0 / med, 1),
+                     "speedup_vs_fp32": round(base / med, 2)})
+    imgsz = dets["fp32"].imgsz
+    import onnxruntime as ort
+
+    env = {"cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "imgsz": list(imgsz),
+           "threads": args.threads, "frames": len(frames), "calls_per_model": args.iters * args.rounds}
+    print(f"{env['cpu']}, {env['cores']} cores, ONNX Runtime {ort.__version__} CPU, imgsz {imgsz[0]}x{imgsz[1]}, "
+          f"batch 1, end to end (letterbox + inference + NMS), {env['calls_per_model']} calls per model\n")
+    print("| model | file | median ms | p90 ms | FPS | speed-up vs FP32 |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['file']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['fps']:.1f} | "
+              f"{r['speedup_vs_fp32']:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    for det in dets.values():
+        det.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Explicit INT8: Q/DQ nodes written into the ONNX graph from one set of calibrated ranges.
+
+Two forms come from the same :class:`calibration.TensorRanges`:
+
+* :attr:`QuantTarget.TENSORRT` → ``<stem>.int8.onnx``: int8 activations with symmetric ranges and
+  per-channel int8 weights (every zero point 0), Q/DQ only on the inputs of convolutions and matrix
+  products, bias left in float. That is the placement TensorRT fuses (convolution + bias + SiLU run
+  as one int8 kernel) and the only one TensorRT-RTX 1.7's parser and builder accept here: an int32
+  bias ``DequantizeLinear`` (ONNX Runtime's default), any uint8 Q/DQ, and Q/DQ on constants feeding
+  ``Mul``/``Add`` (what ONNX Runtime's all-operator placement writes into the attention block) were
+  each refused.
+* :attr:`QuantTarget.CPU` → ``<stem>.int8-cpu.onnx``: uint8 activations with asymmetric ranges and
+  int8 weights (U8S8) on every operator ONNX Runtime has an integer kernel for, so the CPU stays in
+  integers between layers.
+
+In both, the decode tail (everything after the detect head's last convolutions: DFL, box decode,
+sigmoid, the final concat) stays float: its output concat mixes box pixels (0..640) and scores
+(0..1) and collapses to mAP 0 under one int8 scale (DESIGN.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import inspect
+import io
+import logging
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from calibration.cache import TensorRanges
+from engine.errors import ConfigError, ExportError
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+class QuantTarget(str, Enum):
+    """Which INT8 artifact: the TensorRT form (S8S8) or the ONNX Runtime CPU form (U8S8)."""
+
+    TENSORRT = "tensorrt"
+    CPU = "cpu"
+
+    @property
+    def suffix(self) -> str:
+        return ".int8.onnx" if self is QuantTarget.TENSORRT else ".int8-cpu.onnx"
+
+    @property
+    def label(self) -> str:
+        return ("INT8 TensorRT form (S8S8; on ORT CPU, approximates TensorRT)" if self is QuantTarget.TENSORRT
+                else "INT8 CPU form (U8S8)")
+
+
+@dataclass(frozen=True)
+class _FormSpec:
+    activation: str  # onnxruntime.quantization.QuantType member name
+    op_types: tuple[str, ...] | None  # None: every operator ONNX Runtime quantizes
+    extra: tuple[tuple[str, object], ...]
+
+
+_FORMS = {
+    QuantTarget.TENSORRT: _FormSpec("QInt8", WEIGHTED_OPS, (
+        ("ActivationSymmetric", True), ("WeightSymmetric", True), ("QuantizeBias", False),
+        ("OpTypesToExcludeOutputQuantization", list(WEIGHTED_OPS)))),
+    QuantTarget.CPU: _FormSpec("QUInt8", None, (("WeightSymmetric", True),)),
+}
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("INT8 needs the 'onnx' package", "pip install -e .[export]") from None
+    return onnx
+
+
+def _dfl_conv(node, init: dict) -> bool:
+    """DFL's fixed convolution: weights ``arange(c)`` of shape (1, c, 1, 1), the expectation of a softmax."""
+    if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in init:
+        return False
+    w = _onnx().numpy_helper.to_array(init[node.input[1]])
+    return w.ndim == 4 and w.shape[0] == 1 and np.array_equal(w.reshape(-1), np.arange(w.size, dtype=w.dtype))
+
+
+def decode_tail(model) -> list[str]:
+    """Names of the nodes after the detect head's last learned convolutions.
+
+    Found from the graph, not from names: every node from which no learned convolution or matrix
+    product can be reached (DFL's fixed convolution does not count as learned). That is DFL, the box
+    decode, the class sigmoid, the reshapes and concats of the head outputs, and any end-to-end tail.
+    """
+    init = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    stack = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and not _dfl_conv(n, init)]
+    upstream: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in upstream:
+            continue
+        upstream.add(id(node))
+        stack.extend(producer[i] for i in node.input if i in producer)
+    return [n.name for n in model.graph.node if id(n) not in upstream]
+
+
+def match_nodes(model, patterns: Iterable[str]) -> list[str]:
+    """Node names matched by ``patterns``: an op type (``Sigmoid``), a node name, or a glob (``/model.23/*``).
+
+    Raises:
+        ConfigError: a pattern matches nothing (a typo would otherwise silently quantize the node).
+    """
+    names: list[str] = []
+    for pat in patterns:
+        hit = [n.name for n in model.graph.node
+               if n.op_type == pat or n.name == pat or fnmatch.fnmatchcase(n.name, pat)]
+        if not hit:
+            raise ConfigError(f"--exclude {pat!r} matches no node or operator type of the model",
+                              "name an op type (Sigmoid), a node name, or a glob such as '/model.23/cv3*' "
+                              "(netron.app shows the names)")
+        names += [h for h in hit if h not in names]
+    return names
+
+
+def parse_excludes(values: Sequence[str] | None) -> tuple[str, ...]:
+    """``--exclude`` values (repeatable, each comma-separated) as one tuple of patterns."""
+    return tuple(p.strip() for v in values or () for p in v.split(",") if p.strip())
+
+
+@contextlib.contextmanager
+def _quiet():
+    """quantize_static logs advice at the root logger and prints; keep the build log readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_float: Sequence[str], out: Path) -> Path:
+    """Write the ``target`` INT8 form of ``fp32`` to ``out``, using ``ranges`` (no calibration inference).
+
+    Args:
+        fp32: the float ONNX model.
+        ranges: from :func:`calibration.collect_ranges` or the cache.
+        target: the form to write.
+        keep_float: node names left in float (the decode tail, ``--exclude``, the gate's fallback).
+        out: the file to write.
+
+    Raises:
+        ExportError: ONNX Runtime is too old to take precomputed ranges, or quantization failed.
+    """
+    from onnxruntime import __version__ as ort_version
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        raise ExportError(f"onnxruntime {ort_version} cannot quantize from cached ranges",
+                          "pip install -U 'onnxruntime>=1.32' (or onnxruntime-gpu>=1.32)")
+    spec = _FORMS[target]
+    ort_ranges = ranges.to_ort()
+    with tempfile.TemporaryDirectory(prefix="yolodeploy-q-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        save_tensors_data(ort_ranges, cache)
+        try:
+            with _quiet():
+                quantize_static(
+                    str(fp32), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=getattr(QuantType, spec.activation), weight_type=QuantType.QInt8,
+                    op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
+                    nodes_to_exclude=list(keep_float), calibrate_method=ort_ranges.calibration_method,
+                    calibration_cache_path=cache, extra_options=dict(spec.extra),
+                )
+        except Exception as e:  # ORT raises ValueError/RuntimeError/onnx errors from deep inside
+            raise ExportError(f"quantizing {fp32} to the {target.value} INT8 form failed ({type(e).__name__}: {e})",
+                              "rerun with --debug; --exclude the node named above to keep it in float") from e
+    return out
+
+
+def tensorrt_problems(model) -> list[str]:
+    """Why TensorRT would refuse ``model``'s Q/DQ: non-int8 types, non-zero zero points, int32 bias.
+
+    An empty list means every QuantizeLinear / DequantizeLinear is int8 with zero points of 0.
+    """
+    onnx = _onnx()
+    init = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(node.input) < 3 or node.input[2] not in init:
+            problems.append(f"{node.name}: no int8 zero point (defaults to uint8)")
+            continue
+        zp = init[node.input[2]]
+        if zp.data_type != onnx.TensorProto.INT8:
+            problems.append(f"{node.name}: zero point of type {onnx.TensorProto.DataType.Name(zp.data_type)}")
+        elif np.any(onnx.numpy_helper.to_array(zp) != 0):
+            problems.append(f"{node.name}: non-zero zero point")
+        if node.op_type == "DequantizeLinear" and node.input[0] in init:
+            dtype = init[node.input[0]].data_type
+            if dtype != onnx.TensorProto.INT8:
+                problems.append(f"{node.name}: dequantizes a {onnx.TensorProto.DataType.Name(dtype)} constant")
+        elif node.op_type == "DequantizeLinear" and node.input[0] in producer \
+                and producer[node.input[0]].op_type != "QuantizeLinear":
+            problems.append(f"{node.name}: dequantizes the output of {producer[node.input[0]].op_type}")
+    return problems
+
+
+def quantized_nodes(model) -> list[str]:
+    """Compute nodes of a Q/DQ model that take at least one dequantized input (its INT8 layers)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if any(i in producer and producer[i].op_type == "DequantizeLinear" for i in node.input):
+            out.append(node.name)
+    return out
+
+
+def load_or_calibrate(fp32: Path, model, meta, cfg, cache: Path, log=print, show_progress: bool = True):
+    """The calibrated ranges of ``fp32``: from ``cache`` when its key matches, else from one pass (then cached).
+
+    The key covers the graph (not its metadata), the input size, the method and its options, and the
+    names and sizes of the images the source lists, so a cache is never applied to another model or set.
+
+    Returns:
+        ``(TensorRanges, CalibrationSource)``.
+
+    Raises:
+        CalibrationError: the source is missing, empty or entirely unreadable.
+    """
+    from calibration import strategies
+    from calibration.cache import CacheKey, dumps, graph_hash, read_cache
+    from calibration.readers import CalibrationImages, open_source
+
+    from .io import write_bytes_atomic
+
+    source = open_source(cfg)
+    key = CacheKey(graph_hash(model), tuple(meta.imgsz), cfg.method.value, strategies.method_options(cfg),
+                   source.fingerprint())
+    cache = Path(cache)
+    if cache.is_file():
+        entry = read_cache(cache)
+        if entry is None:
+            log(f"calibration cache {cache} is unreadable; calibrating again")
+        elif entry[0] == key:
+            log(f"calibration: reusing {cache} ({len(entry[1].ranges)} tensor ranges from {entry[1].n_images} images; "
+                "no calibration inference)")
+            return entry[1], source
+        else:
+            log(f"calibration cache {cache} was made for another {', '.join(key.differences(entry[0]))}; "
+                "calibrating again")
+    log(f"calibrating ({cfg.method.value}) on {source.description}")
+    images = CalibrationImages(source, meta.imgsz, meta.batch, show_progress=show_progress, log=log)
+    ranges = strategies.collect_ranges(fp32, images, cfg, input_name=meta.input_name, log=log)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(cache, dumps(key, ranges).encode("utf-8"))
+    log(f"wrote calibration cache {cache}")
+    return ranges, source

@@ -1,0 +1,152 @@
+"""The accuracy report and gate: the fallback search, the report files, the flags, a passing build and a failing one."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.errors import ConfigError
+from engine.evaluate import MapResult
+from exporters import accuracy
+from exporters.accuracy import AccuracyReport, run_gate
+from exporters.config import DEMO_DATA, ExportConfig
+
+
+def _map(v: float) -> MapResult:
+    return MapResult(v + 0.2, v, 10, 30)
+
+
+def _gate(scores: list[float], ranking_len: int = 40, steps=(1, 2, 4)):
+    """Run the gate against a reference mAP of 0.50 with candidates scoring ``scores`` in turn."""
+    built, ranked = [], []
+
+    def build(extra, tag):
+        built.append(tuple(extra))
+        return Path(f"{tag}.onnx")
+
+    it = iter(scores)
+    res, path = run_gate("cpu", build, lambda p: _map(next(it)), _map(0.50), 1.0,
+                         lambda first: ranked.append(first) or [(f"n{i}", 1.0 / (i + 1)) for i in range(ranking_len)],
+                         steps=steps, log=lambda s: None)
+    return res, path, built, ranked
+
+
+@pytest.mark.parametrize("scores,passed,n_trials,kept,ranked", [
+    ([0.495], True, 1, 0, 0),                    # within the bar: no fallback, no ranking
+    ([0.49], True, 1, 0, 0),                     # exactly 1.0 point: passes (bar is inclusive)
+    ([0.40, 0.45, 0.492], True, 3, 2, 1),        # passes once the 2 most sensitive layers are float
+    ([0.10, 0.20, 0.30, 0.35], False, 4, 4, 1),  # never: withheld after the last step
+])
+def test_gate_fallback_search(scores, passed, n_trials, kept, ranked):
+    res, path, built, calls = _gate(scores)
+    assert res.passed is passed and len(res.trials) == n_trials == len(built)
+    assert len(res.final.kept_float) == kept and len(calls) == ranked
+    assert (path is not None) is passed
+    if kept:
+        assert list(res.final.kept_float) == [f"n{i}" for i in range(kept)]  # most sensitive first
+    assert ("withheld" in res.summary()) is (not passed)
+
+
+def test_gate_stops_when_the_ranking_is_short():
+    res, path, built, _ = _gate([0.1, 0.1, 0.1, 0.1], ranking_len=2)
+    assert path is None and len(built) == 3  # 0, 1, 2 layers; 4 > 2 ranked layers is not tried
+
+
+def test_report_table_markdown_and_json(tmp_path):
+    rep = AccuracyReport("data.yaml", "val", 1.0, "minmax on 8 images")
+    ref = _map(0.5)
+    rep.add("fp32", "FP32 ONNX", tmp_path / "m.onnx", ref, "gate reference")
+    rep.add("int8", "INT8 TensorRT form", tmp_path / "m.int8.onnx", _map(0.493), "ok", ref)
+    res, _, _, _ = _gate([0.40, 0.45, 0.492])
+    rep.gates["cpu"] = res
+    assert "-0.70" in rep.table() and "m.int8.onnx" in rep.table()
+    j, md = rep.write(tmp_path, "m")
+    d = json.loads(j.read_text())
+    assert [r["key"] for r in d["rows"]] == ["fp32", "int8"] and d["rows"][1]["drop_points"] == pytest.approx(0.7)
+    assert d["gates"]["cpu"]["passed"] and len(d["gates"]["cpu"]["trials"]) == 3
+    text = md.read_text(encoding="utf-8")
+    assert "| FP32 ONNX |" in text and "approximation of TensorRT" in text and "2 sensitive layers" in text
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = dict(fp16=True, int8=None, data=None, calib=None, calib_method="minmax", calib_images=500, calib_seed=0,
+                calib_every=30, calib_cache=None, exclude=None, max_map_drop=1.0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_flags_resolve_demo_defaults_and_refuse_int8_without_data(tmp_path):
+    from exporters.quantize_stage import options_from_args
+
+    demo = options_from_args(_args(), ExportConfig(out=tmp_path))
+    assert demo.int8 and demo.data == DEMO_DATA and demo.calib.source == DEMO_DATA
+    assert demo.cache == tmp_path / "demo.calib.json"
+    user = options_from_args(_args(), ExportConfig(weights=Path("best.pt"), out=tmp_path))
+    assert not user.int8 and user.data is None and user.fp16
+    calib = options_from_args(_args(int8=True, data=Path("d.yaml"), calib=Path("clip.mp4"), calib_method="entropy",
+                                    exclude=["Sigmoid,/x"]), ExportConfig(weights=Path("best.pt"), out=tmp_path))
+    assert calib.calib.source == Path("clip.mp4") and calib.calib.method.value == "entropy"
+    assert calib.exclude == ("Sigmoid", "/x")
+    with pytest.raises(ConfigError, match="--int8 needs --data") as err:
+        options_from_args(_args(int8=True), ExportConfig(weights=Path("best.pt"), out=tmp_path))
+    assert "--data" in err.value.fix
+    with pytest.raises(ConfigError, match="--max-map-drop"):
+        options_from_args(_args(max_map_drop=-1), ExportConfig(out=tmp_path))
+
+
+def _build(argv, capsys) -> tuple[int, str]:
+    from exporters.build import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, small_data, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    # 8 calibration and 12 val images: a pipeline test, so a loose bar (the demo's real figures are in RESULTS.md)
+    argv = ["--onnx", str(demo_onnx), "--out", str(tmp_path), "--int8", "--data", str(small_data), "--engine", "none",
+            "--max-map-drop", "10"]
+    rc, log = _build(argv, capsys)
+    assert rc == 0, log
+    stem = demo_onnx.stem
+    for suffix in (".onnx", ".fp16.onnx", ".int8.onnx", ".int8-cpu.onnx", ".calib.json", ".accuracy.json",
+                   ".accuracy.md"):
+        assert (tmp_path / f"{stem}{suffix}").is_file(), suffix
+    rep = json.loads((tmp_path / f"{stem}.accuracy.json").read_text())
+    assert [r["key"] for r in rep["rows"]] == ["fp32", "fp16", "int8", "int8-cpu"]
+    assert all(r["map50_95"] > 0 for r in rep["rows"]) and all(g["passed"] for g in rep["gates"].values())
+    from engine.backends.onnxruntime import OnnxRuntimeBackend
+
+    for suffix, precision in ((".int8.onnx", "int8"), (".int8-cpu.onnx", "int8"), (".fp16.onnx", "fp16")):
+        b = OnnxRuntimeBackend(tmp_path / f"{stem}{suffix}", device="cpu")
+        assert b.metadata.precision.value == precision and b.metadata.source_name == f"{stem}.onnx"
+        b.close()
+    assert "accuracy report" in log and "approximates TensorRT" in log
+    rc, log = _build(argv + ["--no-fp16"], capsys)
+    assert rc == 0 and "no calibration inference" in log
+    assert not list(tmp_path.glob(".int8-*")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_gate_failure_withholds_int8_and_exits_nonzero(demo_onnx, small_data, tmp_path, capsys, monkeypatch):
+    """A deliberately useless calibration set (one flat grey image) breaks INT8: nothing INT8 may land."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    cv2.imwrite(str(calib / "grey.png"), np.full((320, 320, 3), 114, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f"{demo_onnx.stem}.int8-cpu.onnx"
+    stale.write_bytes(b"from an earlier build")
+    monkeypatch.setattr(accuracy, "FALLBACK_STEPS", (2,))  # one fallback trial keeps the test short
+    rc, log = _build(["--onnx", str(demo_onnx), "--out", str(out), "--int8", "--data", str(small_data), "--calib",
+                      str(calib), "--engine", "none", "--no-fp16"], capsys)
+    assert rc == 2
+    assert "INT8 accuracy gate" in log and "withheld" in log and "fix:" in log
+    assert not list(out.glob("*.int8*.onnx")) and not stale.exists()
+    rep = json.loads((out / f"{demo_onnx.stem}.accuracy.json").read_text())
+    assert not any(g["passed"] for g in rep["gates"].values())
+    assert all(len(g["trials"]) == 2 and g["sensitivity_top"] for g in rep["gates"].values())
+    assert [r["status"] for r in rep["rows"][1:]] == ["withheld: over the bar"] * 2

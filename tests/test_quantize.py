@@ -1,0 +1,153 @@
+"""INT8 Q/DQ: the decode tail kept float, the TensorRT form's types and zero points, the CPU form, the range
+cache, --exclude, and that TensorRT-RTX's builder accepts the TensorRT form."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from calibration import CalibrationConfig, strategies
+from engine.errors import ConfigError
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes,  # noqa: E402
+                                parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
+
+
+def _meta(model):
+    from engine.metadata import from_onnx_props
+
+    return from_onnx_props({p.key: p.value for p in model.metadata_props})
+
+
+@pytest.fixture(scope="module")
+def calibrated(demo_onnx, small_data, tmp_path_factory):
+    """One calibration pass over the small set, cached: (model, ranges, cache path, log lines)."""
+    model = onnx.load(str(demo_onnx))
+    cache = tmp_path_factory.mktemp("calib") / "demo.calib.json"
+    logs: list[str] = []
+    ranges, _ = load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data), cache,
+                                  logs.append, show_progress=False)
+    return model, ranges, cache, logs
+
+
+@pytest.fixture(scope="module")
+def forms(demo_onnx, calibrated, tmp_path_factory):
+    """Both INT8 forms of the demo, from the same ranges."""
+    model, ranges, _, _ = calibrated
+    out = tmp_path_factory.mktemp("forms")
+    tail = decode_tail(model)
+    return {t: onnx.load(str(quantize_model(demo_onnx, ranges, t, tail, out / f"demo{t.suffix}")))
+            for t in QuantTarget}
+
+
+def test_decode_tail_is_everything_after_the_last_learned_convs(demo_onnx):
+    model = onnx.load(str(demo_onnx))
+    tail = set(decode_tail(model))
+    nodes = {n.name: n for n in model.graph.node}
+    out_producer = next(n.name for n in model.graph.node if model.graph.output[0].name in n.output)
+    assert out_producer in tail  # the final concat of boxes and scores
+    assert any("/dfl/" in t for t in tail) and any(nodes[t].op_type == "Sigmoid" for t in tail)
+    convs = [t for t in tail if nodes[t].op_type == "Conv"]
+    assert len(convs) == 1 and "/dfl/" in convs[0]  # DFL's fixed conv only; every learned conv stays INT8
+    assert len(tail) < 40
+
+
+def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onnx):
+    q = forms[QuantTarget.TENSORRT]
+    assert tensorrt_problems(q) == []
+    init = {i.name: i for i in q.graph.initializer}
+    qdq = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 100
+    for n in qdq:
+        zp = init[n.input[2]]
+        assert zp.data_type == onnx.TensorProto.INT8 and not np.any(onnx.numpy_helper.to_array(zp))
+        if n.op_type == "DequantizeLinear" and n.input[0] in init:  # weights: int8, never int32 (bias)
+            assert init[n.input[0]].data_type == onnx.TensorProto.INT8
+    producer = {o: n for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert convs and all(n.input[2] in init and init[n.input[2]].data_type == onnx.TensorProto.FLOAT for n in convs)
+    # Q/DQ sit on the inputs of convolutions / matmuls only (others may share such a tensor), none in the tail
+    for n in qdq:
+        if n.op_type == "DequantizeLinear" and n.input[0] not in init:
+            consumers = {c.op_type for c in q.graph.node if n.output[0] in c.input}
+            assert consumers & {"Conv", "MatMul"}, (n.name, consumers)
+    tail = set(decode_tail(onnx.load(str(demo_onnx))))
+    assert not tail & set(quantized_nodes(q))
+    assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
+               for n in q.graph.node if n.name in tail for i in n.input)
+
+
+def test_cpu_form_is_u8s8_and_rejected_by_the_tensorrt_check(forms):
+    q = forms[QuantTarget.CPU]
+    init = {i.name: i for i in q.graph.initializer}
+    act_zp = {init[n.input[2]].data_type for n in q.graph.node if n.op_type == "QuantizeLinear"}
+    assert act_zp == {onnx.TensorProto.UINT8}
+    w = [init[n.input[0]] for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
+         and init[n.input[0]].dims and len(init[n.input[0]].dims) == 4]
+    assert w and {t.data_type for t in w} == {onnx.TensorProto.INT8}
+    assert len(set(quantized_nodes(q))) > len(set(quantized_nodes(q)) & {n.name for n in q.graph.node
+                                                                         if n.op_type == "Conv"})
+    assert any("UINT8" in p for p in tensorrt_problems(q))
+
+
+def test_both_forms_run_and_stay_close_to_fp32(forms, demo_onnx, small_data, tmp_path):
+    import onnxruntime as ort
+
+    from engine.datasets import load_split, read_image
+    from engine.preprocess import Letterbox
+
+    items = load_split(small_data, "val")[:2]
+    x = Letterbox((320, 320), batch=1)([read_image(items[0].path)])[0].copy()
+    ref = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+    for t, q in forms.items():
+        out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+        assert out.shape == ref.shape
+        assert np.abs(out[0, 4:] - ref[0, 4:]).max() < 0.25, t  # scores: INT8 noise, not a collapse
+
+
+def test_second_build_reuses_the_cache_without_inference(calibrated, demo_onnx, small_data, monkeypatch):
+    model, ranges, cache, logs = calibrated
+    assert cache.is_file() and any("wrote calibration cache" in s for s in logs)
+
+    def no_inference(*a, **k):
+        raise AssertionError("calibration inference ran despite a matching cache")
+
+    monkeypatch.setattr(strategies, "collect_ranges", no_inference)
+    again: list[str] = []
+    r2, _ = load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data), cache, again.append,
+                              show_progress=False)
+    assert dict(r2.ranges) == dict(ranges.ranges) and any("reusing" in s for s in again)
+    # other images (a smaller subset) or another method: the cache is not applied
+    with pytest.raises(AssertionError, match="despite"):
+        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, max_images=3), cache,
+                          again.append, show_progress=False)
+    assert any("made for another images" in s for s in again)
+    with pytest.raises(AssertionError, match="despite"):
+        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, method="entropy"), cache,
+                          again.append, show_progress=False)
+    assert any("made for another method" in s for s in again)
+
+
+def test_exclude_patterns(demo_onnx):
+    model = onnx.load(str(demo_onnx))
+    sig = match_nodes(model, ["Sigmoid"])
+    assert len(sig) == sum(n.op_type == "Sigmoid" for n in model.graph.node)
+    head = match_nodes(model, ["/model.23/cv3*"])
+    assert head and all(h.startswith("/model.23/cv3") for h in head)
+    assert parse_excludes(["Sigmoid, /a/b", "Conv"]) == ("Sigmoid", "/a/b", "Conv")
+    with pytest.raises(ConfigError, match="matches no node") as err:
+        match_nodes(model, ["/model.99/typo"])
+    assert "--exclude" in err.value.message
+
+
+def test_tensorrt_rtx_builds_the_int8_form(forms, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    from engine.metadata import Precision
+    from exporters.tensorrt import EngineConfig, build_engine
+
+    path = tmp_path / "demo.int8.onnx"
+    onnx.save(forms[QuantTarget.TENSORRT], str(path))
+    plan = build_engine(path, EngineConfig(precision=Precision.INT8, tensorrt="rtx", targets=("sm86",)))
+    assert len(plan) > 1_000_000
