@@ -425,3 +425,12 @@ def test_gpu_preprocess_needs_a_device_input_backend(tmp_path, monkeypatch):
     monkeypatch.setattr(kernels, "cuda_unavailable_reason", lambda: None)
     with pytest.raises(BackendUnavailableError, match="no device-input entry"):
         Detector(tiny_model(tmp_path / "tiny.onnx"), preprocess="gpu")
+
+
+def test_compiling_leaves_interned_bytes_intact():
+    """Regression: NVRTC wrote its (empty) log's NUL into CPython's shared b" ", breaking torch.load later."""
+    from engine.cuda.nvrtc import compile_source
+
+    _nvrtc_or_skip()
+    compile_source('extern "C" __global__ void k(float* x) { x[0] = 1.0f; }', "k.cu", ["k"], "compute_75")
+    assert b" " == bytes([32]) and b" " * 1 == bytes([32])

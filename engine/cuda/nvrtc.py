@@ -131,24 +131,28 @@ def compile_source(source: str, name: str, kernels: Sequence[str], arch: str = D
                 *(o.encode() for o in options)]
         result = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
         err, size = nvrtc.nvrtcGetProgramLogSize(prog)
-        log = b" " * size
+        # NVRTC writes into the buffer: it must be mutable. NVIDIA's samples pass ``b" " * size``, which
+        # for size 1 (an empty log) is CPython's shared b" " object: writing its NUL there turns every
+        # b" " in the process into b"\x00" (torch.load then fails on intact files).
+        log = bytearray(size)
         nvrtc.nvrtcGetProgramLog(prog, log)
-        log_text = log.rstrip(b"\x00 ").decode(errors="replace")
+        log_text = bytes(log).rstrip(b"\x00 ").decode(errors="replace")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise KernelCompileError(f"NVRTC could not compile {name} for {arch}", log_text,
                                      fix="the kernel source has an error (see the log above)")
         if arch.startswith("sm_"):
             err, size = nvrtc.nvrtcGetCUBINSize(prog)
             _check(err, "cubin size", nvrtc)
-            image = b" " * size
-            _check(nvrtc.nvrtcGetCUBIN(prog, image)[0], "cubin", nvrtc)
+            buf = bytearray(size)
+            _check(nvrtc.nvrtcGetCUBIN(prog, buf)[0], "cubin", nvrtc)
             kind = "cubin"
         else:
             err, size = nvrtc.nvrtcGetPTXSize(prog)
             _check(err, "PTX size", nvrtc)
-            image = b" " * size
-            _check(nvrtc.nvrtcGetPTX(prog, image)[0], "PTX", nvrtc)
+            buf = bytearray(size)
+            _check(nvrtc.nvrtcGetPTX(prog, buf)[0], "PTX", nvrtc)
             kind = "ptx"
+        image = bytes(buf)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
     if kind == "ptx":
