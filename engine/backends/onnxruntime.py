@@ -26,12 +26,16 @@ class OnnxRuntimeBackend(Backend):
         intra_op_threads: threads inside an operator (0 = ONNX Runtime's default: all cores).
         inter_op_threads: threads across operators (0 = default).
         optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
+        spin_wait: let ONNX Runtime's worker threads spin between calls (its default). ``False`` frees
+            the cores as soon as a call returns, which helps when other work (postprocess, capture
+            threads, other processes) shares a small CPU.
     """
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, device: str = "auto", intra_op_threads: int = 0,
-                 inter_op_threads: int = 0, optimization: str = "all", **options: Any) -> None:
+                 inter_op_threads: int = 0, optimization: str = "all", spin_wait: bool = True,
+                 **options: Any) -> None:
         super().__init__(path, **options)
         import onnxruntime as ort
 
@@ -46,6 +50,9 @@ class OnnxRuntimeBackend(Backend):
         so = ort.SessionOptions()
         so.intra_op_num_threads = intra_op_threads
         so.inter_op_num_threads = inter_op_threads
+        if not spin_wait:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
         so.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
