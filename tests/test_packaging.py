@@ -44,3 +44,12 @@ def test_results_md_has_a_section_per_topic():
     text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     for topic in ("Runtime", "INT8", "TensorRT", "GPU kernels", "Streams"):
         assert re.search(rf"^## .*{topic}", text, re.M), topic
+
+
+def test_readme_documents_every_build_flag():
+    from exporters.build import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    flags = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    missing = sorted(f for f in flags if f not in readme)
+    assert not missing, f"README lacks {missing}"
