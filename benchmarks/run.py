@@ -17,6 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from engine.cli import run_cli
 from engine.errors import ConfigError, DeployError
 from exporters.config import parse_imgsz
 
@@ -319,17 +320,7 @@ def _group_result(g: Group, times: dict, acc: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        run(resolve(args), argv)
-    except DeployError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(lambda: run(resolve(args), argv), args.debug)
 
 
 if __name__ == "__main__":

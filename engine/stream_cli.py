@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import DeployError
+from .cli import run_cli
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -113,17 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         import cv2
 
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    try:
-        run(args)
-    except DeployError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: capture threads joined, files closed", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(lambda: run(args), args.debug, "interrupted: capture threads joined, files closed")
 
 
 if __name__ == "__main__":

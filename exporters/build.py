@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.errors import DeployError
+from engine.cli import run_cli
 
 STAGES: tuple[str, ...] = (
     "exporters.onnx_stage",
@@ -68,17 +68,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> BuildCo
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except DeployError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written was left in the output folder", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(lambda: run(args), args.debug, "interrupted: nothing half-written was left in the output folder")
 
 
 if __name__ == "__main__":
