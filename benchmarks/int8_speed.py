@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.env import cpu_model
 from exporters.config import DEMO_DIR, REPO_ROOT
 
 FORMS = (("fp32", ".onnx"), ("fp16", ".fp16.onnx"), ("int8 (TensorRT form, S8S8)", ".int8.onnx"),
@@ -33,16 +33,6 @@ def _frames(folder: Path, n: int) -> list[np.ndarray]:
     if not files:
         raise SystemExit(f"no images in {folder}: pass --images")
     return [read_image(p) for p in files]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     imgsz = dets["fp32"].imgsz
     import onnxruntime as ort
 
-    env = {"cpu": _cpu_name(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "imgsz": list(imgsz),
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "imgsz": list(imgsz),
            "threads": args.threads, "frames": len(frames), "calls_per_model": args.iters * args.rounds}
     print(f"{env['cpu']}, {env['cores']} cores, ONNX Runtime {ort.__version__} CPU, imgsz {imgsz[0]}x{imgsz[1]}, "
           f"batch 1, end to end (letterbox + inference + NMS), {env['calls_per_model']} calls per model\n")

@@ -63,8 +63,8 @@ class _ListReader:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """ONNX Runtime's calibrators print progress and log warnings at the root logger: hide both."""
+def quiet_ort():
+    """ONNX Runtime's quantization tools print progress and log advice at the root logger: hide both."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -87,7 +87,7 @@ def collect_ranges(model_path: Path, batches: Iterable[np.ndarray], cfg: Calibra
 
     name, options = _ort_method(cfg.method, cfg)
     n = 0
-    with tempfile.TemporaryDirectory(prefix="yolodeploy-calib-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="yolodeploy-calib-") as tmp, quiet_ort():
         calibrator = create_calibrator(Path(model_path), [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=getattr(OrtMethod, name), extra_options=options)
         chunk: list[dict[str, np.ndarray]] = []

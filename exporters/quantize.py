@@ -19,11 +19,8 @@ sigmoid, the final concat) stays float: its output concat mixes box pixels (0..6
 """
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import inspect
-import io
-import logging
 import tempfile
 from dataclasses import dataclass
 from enum import Enum
@@ -33,6 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from calibration.cache import TensorRanges
+from calibration.strategies import quiet_ort
 from engine.errors import ConfigError, ExportError
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -128,19 +126,6 @@ def parse_excludes(values: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(p.strip() for v in values or () for p in v.split(",") if p.strip())
 
 
-@contextlib.contextmanager
-def _quiet():
-    """quantize_static logs advice at the root logger and prints; keep the build log readable."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_float: Sequence[str], out: Path) -> Path:
     """Write the ``target`` INT8 form of ``fp32`` to ``out``, using ``ranges`` (no calibration inference).
 
@@ -167,7 +152,7 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(ort_ranges, cache)
         try:
-            with _quiet():
+            with quiet_ort():
                 quantize_static(
                     str(fp32), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=getattr(QuantType, spec.activation), weight_type=QuantType.QInt8,
