@@ -46,36 +46,32 @@ class Detector:
         self.classes = None if classes is None else [int(c) for c in classes]
         self.agnostic = agnostic
         self.backend: Backend = load_backend(path, backend, **backend_options)
+        try:  # whatever fails after the load must not leak the backend
+            self._configure(path, conf, iou, max_det, agnostic, preprocess)
+        except Exception:
+            self.backend.close()
+            raise
+        self.last_timings: dict[str, float] = {}
+
+    def _configure(self, path, conf, iou, max_det, agnostic, preprocess) -> None:
         meta = self.backend.metadata
         self._end2end = meta.head is HeadLayout.END2END
         if self._end2end:
-            try:
-                run = resolve_thresholds(meta, path, conf, iou, max_det, agnostic)
-            except Exception:
-                self.backend.close()
-                raise
+            run = resolve_thresholds(meta, path, conf, iou, max_det, agnostic)
             conf, iou, max_det = run.conf, run.iou, run.max_det
         conf = 0.25 if conf is None else conf
         iou = 0.45 if iou is None else iou
         max_det = 300 if max_det is None else max_det
         if not 0.0 <= conf < 1.0 or not 0.0 <= iou <= 1.0 or max_det < 1:
-            self.backend.close()
             raise ConfigError(f"conf={conf}, iou={iou}, max_det={max_det} out of range",
                               "use 0 <= conf < 1, 0 <= iou <= 1 and max_det >= 1")
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.metadata: ModelMetadata = meta
         self.preprocess = preprocess
-        self._gpu_letterbox = None
-        if preprocess == "gpu":
-            try:
-                self._gpu_letterbox = _gpu_letterbox(self.backend, meta.imgsz, self.backend.inputs[0].dtype)
-            except Exception:
-                self.backend.close()
-                raise
-        spec = self.backend.inputs[0]
+        dtype = self.backend.inputs[0].dtype
+        self._gpu_letterbox = _gpu_letterbox(self.backend, meta.imgsz, dtype) if preprocess == "gpu" else None
         self._static_batch = self.backend.max_batch
-        self._letterbox = Letterbox(meta.imgsz, batch=self._static_batch or 1, dtype=spec.dtype)
-        self.last_timings: dict[str, float] = {}
+        self._letterbox = Letterbox(meta.imgsz, batch=self._static_batch or 1, dtype=dtype)
 
     @property
     def names(self) -> tuple[str, ...]:
