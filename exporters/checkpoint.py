@@ -107,7 +107,11 @@ def load_checkpoint_model(path: str | Path):
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     """Vet ``path`` and describe it; see :func:`load_checkpoint_model` for the errors."""
-    model, ckpt = load_checkpoint_model(path)
+    return describe_checkpoint(path, *load_checkpoint_model(path))
+
+
+def describe_checkpoint(path: str | Path, model, ckpt: dict) -> CheckpointInfo:
+    """Describe a checkpoint already loaded by :func:`load_checkpoint_model`."""
     head = model.model[-1]
     names = model.names if isinstance(model.names, (list, tuple)) else [model.names[k] for k in sorted(model.names)]
     imgsz = (ckpt.get("train_args") or {}).get("imgsz")

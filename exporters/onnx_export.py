@@ -20,7 +20,7 @@ import numpy as np
 from engine.errors import ExportError, ModelLoadError, UnsupportedModelError
 from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, file_sha256, from_onnx_props
 
-from .checkpoint import inspect_checkpoint, load_checkpoint_model
+from .checkpoint import describe_checkpoint, load_checkpoint_model
 from .config import ExportConfig, check_imgsz
 from .io import atomic_path, ensure_out_dir
 from .parity import ParityReport, check_parity, parity_inputs
@@ -123,7 +123,8 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
     src = cfg.source
     if cfg.onnx is not None:
         return _from_onnx(cfg, log)
-    info = inspect_checkpoint(src)
+    torch_model, ckpt = load_checkpoint_model(src)  # once: described here, the parity reference below
+    info = describe_checkpoint(src, torch_model, ckpt)
     if info.end2end:
         raise UnsupportedModelError(f"{src} has an NMS-free end-to-end head ({info.head}); not supported yet",
                                     "use a YOLOv8 / YOLO11 detect checkpoint")
@@ -140,7 +141,6 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
         model = onnx.load(str(raw))
         pin_shapes(model, imgsz, meta.batch)
         model = _finish(model, meta, cfg, log)
-        torch_model, _ = load_checkpoint_model(src)
         return _verify_and_write(model, meta, cfg, out, _torch_runner(torch_model), src.name, log)
 
 
