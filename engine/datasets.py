@@ -91,8 +91,8 @@ def read_data_yaml(path: PathLike) -> DataConfig:
         raise DatasetError(f"{yaml_path} must be a YAML mapping with train/val/names keys, got {type(data).__name__}",
                            "see https://docs.ultralytics.com/datasets/detect/ for the format")
 
-    root = Path(data["path"]) if data.get("path") else yaml_path.parent
-    if not root.is_absolute():
+    root = Path(data["path"]) if data.get("path") else Path(".")
+    if not root.is_absolute():  # relative to the yaml's folder, wherever the command runs from
         root = yaml_path.parent / root
     root = root.resolve()
 

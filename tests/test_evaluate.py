@@ -82,6 +82,15 @@ def test_path_absent_is_the_yaml_folder(tmp_path):
                           "val": [(tmp_path / "sub/images/val").resolve()]}
 
 
+def test_yaml_given_by_a_relative_path_without_path_key(tmp_path, monkeypatch):
+    """``--data sub/data.yaml`` from the folder above: splits resolve inside sub/, not sub/sub/."""
+    _write(tmp_path / "sub" / "data.yaml", "val: images/val\nnames: [a]\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = read_data_yaml(Path("sub") / "data.yaml")
+    assert cfg.root == (tmp_path / "sub").resolve()
+    assert cfg.splits["val"] == [(tmp_path / "sub" / "images" / "val").resolve()]
+
+
 def test_relative_path_is_relative_to_the_yaml(tmp_path):
     cfg = read_data_yaml(_write(tmp_path / "cfg" / "data.yaml", "path: ../data\nval: [v1, v2]\nnames: [a]\n"))
     assert cfg.root == (tmp_path / "data").resolve()
