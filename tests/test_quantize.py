@@ -11,7 +11,7 @@ from engine.errors import ConfigError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes,  # noqa: E402
+from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes, stem_convs,  # noqa: E402
                                 parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
 
 
@@ -49,9 +49,30 @@ def test_decode_tail_is_everything_after_the_last_learned_convs(demo_onnx):
     out_producer = next(n.name for n in model.graph.node if model.graph.output[0].name in n.output)
     assert out_producer in tail  # the final concat of boxes and scores
     assert any("/dfl/" in t for t in tail) and any(nodes[t].op_type == "Sigmoid" for t in tail)
-    convs = [t for t in tail if nodes[t].op_type == "Conv"]
-    assert len(convs) == 1 and "/dfl/" in convs[0]  # DFL's fixed conv only; every learned conv stays INT8
+    assert not [t for t in tail if nodes[t].op_type == "Conv"]  # every learned conv is quantized
+    assert {nodes[t].op_type for t in tail if "/dfl/" in t} >= {"ReduceMax", "Exp", "ReduceSum", "Div"}
     assert len(tail) < 40
+
+
+def test_decode_tail_counts_ultralytics_dfl_conv_as_fixed(demo_pt, tmp_path):
+    """With --keep-dfl-softmax the graph has DFL's arange conv: it is tail, not a learned conv."""
+    pytest.importorskip("ultralytics")
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    path = export_onnx(ExportConfig(weights=demo_pt, out=tmp_path, rewrite_dfl=False), log=lambda s: None).path
+    model = onnx.load(str(path))
+    nodes = {n.name: n for n in model.graph.node}
+    convs = [t for t in decode_tail(model) if nodes[t].op_type == "Conv"]
+    assert len(convs) == 1 and "/dfl/" in convs[0]
+
+
+def test_cpu_form_keeps_the_stem_conv_float(forms, demo_onnx):
+    model = onnx.load(str(demo_onnx))
+    stem = stem_convs(model)
+    assert len(stem) == 1 and stem[0].startswith("/model.0/")
+    assert stem[0] not in quantized_nodes(forms[QuantTarget.CPU])
+    assert stem[0] in quantized_nodes(forms[QuantTarget.TENSORRT])  # TensorRT runs an INT8 stem well
 
 
 def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onnx):
@@ -151,3 +172,29 @@ def test_tensorrt_rtx_builds_the_int8_form(forms, tmp_path):
     onnx.save(forms[QuantTarget.TENSORRT], str(path))
     plan = build_engine(path, EngineConfig(precision=Precision.INT8, tensorrt="rtx", targets=("sm86",)))
     assert len(plan) > 1_000_000
+
+
+def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
+    """Concat(Split(a), b) -> a, both Split outputs, b and the Concat output get one (union) range."""
+    from onnx import TensorProto, helper
+
+    from calibration.cache import TensorRanges
+    from calibration.config import CalibrationMethod
+    from exporters.quantize import share_concat_ranges
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
+             helper.make_node("Split", ["a"], ["s0", "s1"], name="split", axis=1, num_outputs=2),
+             helper.make_node("Sigmoid", ["x"], ["b"], name="sig"),
+             helper.make_node("Concat", ["s0", "s1", "b"], ["c"], name="cat", axis=1),
+             helper.make_node("Concat", ["c", "x"], ["d"], name="tail_cat", axis=1)]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [1, 2])], [vi("d", TensorProto.FLOAT, None)])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    r = TensorRanges(CalibrationMethod.MINMAX, {"x": (-3.0, 3.0), "a": (0.0, 3.0), "s0": (0.0, 2.0),
+                                                "s1": (0.0, 3.0), "b": (0.1, 0.9), "c": (0.0, 3.0),
+                                                "d": (-3.0, 3.0)})
+    new, n = share_concat_ranges(model, r, keep_float=["tail_cat"])
+    assert n == 1
+    assert all(new.ranges[t] == (0.0, 3.0) for t in ("a", "s0", "s1", "b", "c"))
+    assert new.ranges["x"] == (-3.0, 3.0) and new.ranges["d"] == (-3.0, 3.0)  # the float Concat is left alone
+    assert r.ranges["b"] == (0.1, 0.9)  # the input ranges are not modified in place
