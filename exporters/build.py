@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine.cli import run_cli
+from engine.errors import DeployError
 
 STAGES: tuple[str, ...] = (
     "exporters.onnx_stage",
@@ -30,11 +31,18 @@ STAGES: tuple[str, ...] = (
 
 @dataclass
 class BuildContext:
-    """What the stages share: the log function, artifacts by kind, and report rows."""
+    """What the stages share: the log function, artifacts by kind, report rows, and deferred failures.
+
+    A stage that fails in a way later stages do not depend on (an INT8 form withheld by the accuracy
+    gate) appends its error to ``failures`` and names the withheld artifact kinds in ``withheld``; the
+    remaining stages still run on what was built, and :func:`run` raises the first failure at the end.
+    """
 
     log: Callable[[str], None] = print
     artifacts: dict[str, Path] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    failures: list[DeployError] = field(default_factory=list)
+    withheld: set[str] = field(default_factory=set)
 
 
 def _stages():
@@ -55,14 +63,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> BuildContext:
-    """Run every stage on parsed ``args``; return the context with the artifacts."""
+    """Run every stage on parsed ``args``; return the context with the artifacts.
+
+    Raises:
+        DeployError: a stage failed; a deferred failure (see :class:`BuildContext`) is raised after
+            the other stages ran and the artifacts were listed.
+    """
     ctx = BuildContext(log=log)
     t0 = time.perf_counter()
     for stage in _stages():
         stage.run(args, ctx)
-    log(f"done in {time.perf_counter() - t0:.1f}s:")
+    log(f"{'finished with errors' if ctx.failures else 'done'} in {time.perf_counter() - t0:.1f}s:")
     for kind, path in ctx.artifacts.items():
         log(f"  {kind:<14} {path}")
+    for kind in sorted(ctx.withheld):
+        log(f"  {kind:<14} not written (see the error below)")
+    if ctx.failures:
+        raise ctx.failures[0]
     return ctx
 
 

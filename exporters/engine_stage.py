@@ -189,6 +189,9 @@ def run(args: argparse.Namespace, ctx: Any) -> None:
     for precision in wanted or PRECISIONS:
         key = source_key(precision, flavor)
         src = ctx.artifacts.get(key)
+        if src is None and key in ctx.withheld:
+            ctx.log(f"{precision} engine not built: {onnx_path.stem}.{key} was withheld by the accuracy gate")
+            continue
         if src is None:
             if auto:
                 continue

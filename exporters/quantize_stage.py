@@ -4,7 +4,8 @@ The FP16 graph is always built (``--no-fp16`` skips it). INT8 is built for the b
 on its data.yaml's train split, gated on its val split) and otherwise when ``--int8`` is given with
 ``--data``. With ``--data``, every artifact is scored and the accuracy report is written beside them
 (``<stem>.accuracy.json`` / ``.md``). An INT8 form over ``--max-map-drop`` after the fallback is not
-written (a stale one from an earlier build is removed) and the build exits non-zero, naming the form.
+written (a stale one from an earlier build is removed), the later stages still run on the other
+artifacts, and the build exits non-zero at the end, naming the form.
 """
 from __future__ import annotations
 
@@ -142,10 +143,12 @@ def _finish_report(report, cfg: ExportConfig, ctx) -> None:
     failed = [g for g in report.gates.values() if not g.passed]
     if failed:
         files = ", ".join(f"{cfg.stem}{QuantTarget(g.target).suffix}" for g in failed)
-        raise AccuracyGateError(
+        ctx.withheld.update(QuantTarget(g.target).suffix[1:] for g in failed)
+        ctx.failures.append(AccuracyGateError(
             f"INT8 accuracy gate: {'; '.join(g.summary() for g in failed)}. Not written: {files} (report: {md})",
             "calibrate on more images like the deployment's (--calib, --calib-images), try --calib-method "
-            "entropy or percentile, keep layers float (--exclude), or allow more loss (--max-map-drop)")
+            "entropy or percentile, keep layers float (--exclude), or allow more loss (--max-map-drop)"))
+        ctx.log("the build goes on without the withheld INT8 form(s) and will exit non-zero")
 
 
 def _letterboxed(items, imgsz: tuple[int, int], n: int) -> np.ndarray:
@@ -224,11 +227,25 @@ def _build_int8(model, meta, fp32: Path, opts: QuantizeOptions, items, report, r
                 ctx.log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f}s)")
             else:
                 status = "withheld: over the bar"
-                if final.exists():
-                    final.unlink()
-                    ctx.log(f"removed {final} left by an earlier build: this build's {target.value} form failed the gate")
+                _remove_stale(cfg.out, cfg.stem, target, ctx)
             report.add(target.suffix[1:-5], target.label, final if passed is not None else "",
                        _as_map(gate.final, ref), status, ref)
+
+
+def _remove_stale(out: Path, stem: str, target, ctx) -> None:
+    """A withheld form's file from an earlier build, and the engine made from it, must not stay as if current."""
+    from engine.backends.trt_sidecar import sidecar_path
+
+    from .quantize import QuantTarget
+
+    stale = [out / f"{stem}{target.suffix}"]
+    if target is QuantTarget.TENSORRT:
+        engine = out / f"{stem}.int8.engine"
+        stale += [engine, sidecar_path(engine)]
+    for path in stale:
+        if path.exists():
+            path.unlink()
+            ctx.log(f"removed {path} left by an earlier build: this build's {target.value} INT8 form failed the gate")
 
 
 def _as_map(trial, ref):

@@ -138,14 +138,17 @@ def test_gate_failure_withholds_int8_and_exits_nonzero(demo_onnx, small_data, tm
     cv2.imwrite(str(calib / "grey.png"), np.full((320, 320, 3), 114, np.uint8))
     out = tmp_path / "out"
     out.mkdir()
-    stale = out / f"{demo_onnx.stem}.int8-cpu.onnx"
-    stale.write_bytes(b"from an earlier build")
+    stale = [out / f"{demo_onnx.stem}{s}" for s in (".int8-cpu.onnx", ".int8.engine", ".int8.json")]
+    for path in stale:
+        path.write_bytes(b"from an earlier build")
     monkeypatch.setattr(accuracy, "FALLBACK_STEPS", (2,))  # one fallback trial keeps the test short
     rc, log = _build(["--onnx", str(demo_onnx), "--out", str(out), "--int8", "--data", str(small_data), "--calib",
                       str(calib), "--engine", "none", "--no-fp16"], capsys)
     assert rc == 2
     assert "INT8 accuracy gate" in log and "withheld" in log and "fix:" in log
-    assert not list(out.glob("*.int8*.onnx")) and not stale.exists()
+    assert not list(out.glob("*.int8*.onnx")) and not any(p.exists() for p in stale)
+    # the failure is deferred: the stages after INT8 still ran on the FP32 graph, then the build failed
+    assert (out / f"{demo_onnx.stem}.end2end.onnx").is_file() and "finished with errors" in log
     rep = json.loads((out / f"{demo_onnx.stem}.accuracy.json").read_text())
     assert not any(g["passed"] for g in rep["gates"].values())
     assert all(len(g["trials"]) == 2 and g["sensitivity_top"] for g in rep["gates"].values())
