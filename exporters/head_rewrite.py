@@ -6,7 +6,7 @@ Ultralytics exports DFL (distribution focal loss decoding) as::
 
 ONNX Runtime's CPU Softmax on a non-last axis transposes internally and runs on one thread: on the
 demo YOLO11n at 320 it took about 1.1 ms with one thread and 2 ms with two, more than a tenth of the
-whole INT8 model, and four times that at 640. The same expectation is computed here without moving
+whole INT8 model, and 8.8 ms at 640 (8400 anchors). The same expectation is computed here without moving
 any data, along axis 2 of the (B, 4, 16, A) tensor::
 
     e = Exp(x - ReduceMax(x)),  y = ReduceSum(e * [0..15]) / ReduceSum(e)
