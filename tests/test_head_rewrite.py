@@ -79,3 +79,20 @@ def test_demo_export_has_the_rewritten_dfl(demo_onnx):
     assert find_dfl(model) == []  # already rewritten by the exporter
     dfl = {n.op_type for n in model.graph.node if "/dfl/" in n.name}
     assert {"ReduceMax", "Exp", "ReduceSum", "Div"} <= dfl and "Softmax" not in dfl
+
+
+def test_yolov8_export_is_rewritten_with_parity(tmp_path):
+    """YOLOv8's head has the same DFL: the exporter rewrites it and the parity check vs PyTorch still holds."""
+    pytest.importorskip("ultralytics")
+    from benchmarks.artifacts import random_checkpoint
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    pt = random_checkpoint("yolov8n", tmp_path)
+    logs: list[str] = []
+    art = export_onnx(ExportConfig(weights=pt, imgsz=(256, 256), out=tmp_path / "out"),
+                      log=logs.append)
+    model = onnx.load(str(art.path))
+    assert find_dfl(model) == [] and any("rewritten as reductions" in s for s in logs)
+    assert not [n for n in model.graph.node if n.op_type == "Softmax"]  # YOLOv8n has no attention softmax
+    assert art.parity.max_abs < 1e-2
