@@ -198,3 +198,26 @@ def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
     assert all(new.ranges[t] == (0.0, 3.0) for t in ("a", "s0", "s1", "b", "c"))
     assert new.ranges["x"] == (-3.0, 3.0) and new.ranges["d"] == (-3.0, 3.0)  # the float Concat is left alone
     assert r.ranges["b"] == (0.1, 0.9)  # the input ranges are not modified in place
+
+
+def test_silu_bypass_for_the_breakdown_benchmark_removes_every_quantized_silu(forms, tmp_path):
+    """benchmarks.int8_breakdown times the CPU form without its SiLUs: the copy must lose all of them and run."""
+    import onnxruntime as ort
+
+    from benchmarks.int8_breakdown import bypass_silu
+
+    m = onnx.ModelProto()
+    m.CopyFrom(forms[QuantTarget.CPU])
+    quantized = [n.name for n in m.graph.node if n.op_type == "Sigmoid"
+                 and any(p.op_type == "DequantizeLinear" and p.output[0] == n.input[0] for p in m.graph.node)]
+    assert quantized, "the CPU form should quantize its SiLUs"
+    assert bypass_silu(m) == len(quantized)
+    left = {n.name for n in m.graph.node}
+    assert not left & set(quantized)
+    assert any(n.op_type == "Sigmoid" for n in m.graph.node)  # the decode tail's float class sigmoid stays
+    path = tmp_path / "no-silu.onnx"
+    onnx.save(m, str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    out = sess.run(None, {inp.name: np.zeros((1, 3, *inp.shape[2:]), np.float32)})[0]
+    assert out.shape[0] == 1
