@@ -188,10 +188,9 @@ def _build_random(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log
     import onnx
 
     from calibration.config import CalibrationConfig
-    from engine.metadata import Precision
     from exporters.config import DEMO_DATA, ExportConfig
     from exporters.onnx_export import export_onnx, write_metadata
-    from exporters.quantize import QuantTarget, decode_tail, load_or_calibrate, quantize_model
+    from exporters.quantize import QuantTarget, decode_tail, int8_metadata, load_or_calibrate, quantize_model
 
     art = export_onnx(ExportConfig(weights=src.weights, imgsz=imgsz, dynamic=dynamic, out=folder, parity_count=2),
                       log)
@@ -203,7 +202,7 @@ def _build_random(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log
     out = folder / f"{src.weights.stem}{QuantTarget.CPU.suffix}"
     quantize_model(art.path, ranges, QuantTarget.CPU, decode_tail(model), out)
     q = onnx.load(str(out))
-    write_metadata(q, meta.replace(precision=Precision.INT8))
+    write_metadata(q, int8_metadata(meta, q))
     onnx.save(q, str(out))
     log(f"wrote {out} (INT8 CPU form, not accuracy-gated: random weights)")
     return [art.path, out]

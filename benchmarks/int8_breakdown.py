@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from engine.datasets import list_images, read_image
-    from engine.preprocess import Letterbox
+    from engine.preprocess import Letterbox, bgrx_from_planes
 
     fp32, int8 = args.deploy / f"{args.stem}.onnx", args.deploy / f"{args.stem}.int8-cpu.onnx"
     for p in (fp32, int8):
@@ -106,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         first = sessions["fp32"].get_inputs()[0]
         frame = read_image(list_images(DEMO_DIR / "val" / "images")[0])
         x = Letterbox(tuple(first.shape[2:]))([frame])[0].copy()
-        feed = {first.name: x}
-        for s in sessions.values():
+        feeds = {}  # the same letterboxed frame in each model's pixel format (the CPU form takes uint8 BGRx)
+        for k, s in sessions.items():
+            i = s.get_inputs()[0]
+            feeds[k] = {i.name: bgrx_from_planes(x) if i.type == "tensor(uint8)" else x}
             for _ in range(10):
-                s.run(None, feed)
+                s.run(None, feeds[k])
         blocks: dict[str, list[float]] = {k: [] for k in sessions}
         for _ in range(args.rounds):
             for k, s in sessions.items():
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 ts = []
                 for _ in range(args.iters):
                     t = time.perf_counter()
-                    s.run(None, feed)
+                    s.run(None, feeds[k])
                     ts.append(time.perf_counter() - t)
                 blocks[k].append(float(np.median(ts)))
         del sessions

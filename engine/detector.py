@@ -11,7 +11,7 @@ from .backends import Backend, load_backend
 from .detections import Detections
 from .end2end import RunThresholds, finish_end2end, resolve_thresholds, split_outputs
 from .errors import BackendUnavailableError, ConfigError, InputImageError
-from .metadata import HeadLayout, ModelMetadata
+from .metadata import HeadLayout, ModelMetadata, PixelFormat
 from .nms import postprocess_raw
 from .preprocess import Letterbox
 
@@ -68,10 +68,14 @@ class Detector:
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.metadata: ModelMetadata = meta
         self.preprocess = preprocess
-        dtype = self.backend.inputs[0].dtype
-        self._gpu_letterbox = _gpu_letterbox(self.backend, meta.imgsz, dtype) if preprocess == "gpu" else None
+        spec = self.backend.inputs[0]
+        pixels = PixelFormat.of_input(spec.shape, spec.dtype)  # the graph's input, whatever the metadata says
+        if preprocess == "gpu" and pixels is not PixelFormat.NCHW_RGB_FLOAT:
+            raise ConfigError(f"preprocess='gpu' writes float NCHW input; {path} takes {pixels.value} pixels",
+                              "use preprocess='cpu' (its letterbox is a plain resize for this model)")
+        self._gpu_letterbox = _gpu_letterbox(self.backend, meta.imgsz, spec.dtype) if preprocess == "gpu" else None
         self._static_batch = self.backend.max_batch
-        self._letterbox = Letterbox(meta.imgsz, batch=self._static_batch or 1, dtype=dtype)
+        self._letterbox = Letterbox(meta.imgsz, batch=self._static_batch or 1, dtype=spec.dtype, pixels=pixels)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -96,7 +100,7 @@ class Detector:
         hi = self.backend.batch_range[1]  # a dynamic engine's profile caps the batch
         step = self._static_batch or min(len(frames), hi or len(frames))
         if self._letterbox.buffer.shape[0] < step:  # dynamic batch: the buffer only grows
-            self._letterbox = Letterbox(self.imgsz, batch=step, dtype=self._letterbox.buffer.dtype)
+            self._letterbox = self._letterbox.resized(step)
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
         results: list[Detections] = []
         for i in range(0, len(frames), step):

@@ -20,10 +20,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from ._version import __version__
 from .errors import MetadataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: pixels (the input's pixel format); version 1 files read as NCHW_RGB_FLOAT
 METADATA_KEY = "yolodeploy"
 
 
@@ -45,6 +47,33 @@ class HeadLayout(str, Enum):
 
     RAW = "raw"
     END2END = "end2end"
+
+
+class PixelFormat(str, Enum):
+    """How a graph takes its image.
+
+    ``NCHW_RGB_FLOAT``: ``(B, 3, H, W)`` float RGB planes scaled to 0..1 (Ultralytics' export; the graph's
+    float dtype, fp32 or fp16). ``NHWC_BGRX_UINT8``: ``(B, H, W, 4)`` uint8 pixels as OpenCV holds a
+    frame, BGR plus a fourth channel the graph ignores (zero weights; four channels make the stem's
+    int8 dot products whole VNNI words). The INT8 CPU form takes this: its first QuantizeLinear is
+    the exact ``/255`` and the BGR→RGB swap is folded into the stem's weights, so preprocessing is a
+    resize and nothing else.
+    """
+
+    NCHW_RGB_FLOAT = "nchw-rgb-float"
+    NHWC_BGRX_UINT8 = "nhwc-bgrx-uint8"
+
+    @classmethod
+    def of_input(cls, shape: tuple, dtype) -> "PixelFormat":
+        """The format of a graph input from its shape and dtype (the graph is the truth)."""
+        if np.dtype(dtype) == np.uint8 and len(shape) == 4 and shape[-1] == 4:
+            return cls.NHWC_BGRX_UINT8
+        return cls.NCHW_RGB_FLOAT
+
+    def shape(self, batch: int | None, imgsz: tuple[int, int]) -> tuple:
+        """The input's shape for ``batch`` images of ``imgsz`` (height, width)."""
+        h, w = imgsz
+        return (batch, h, w, 4) if self is PixelFormat.NHWC_BGRX_UINT8 else (batch, 3, h, w)
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,7 @@ class ModelMetadata:
         tool_version: version of this tool that wrote the artifact.
         input_name: the graph's input tensor name.
         output_names: the graph's output tensor names, in order.
+        pixels: the input's :class:`PixelFormat`.
         schema_version: version of this schema.
     """
 
@@ -95,6 +125,7 @@ class ModelMetadata:
     tool_version: str = __version__
     input_name: str = "images"
     output_names: tuple[str, ...] = ("output0",)
+    pixels: PixelFormat = PixelFormat.NCHW_RGB_FLOAT
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -126,6 +157,7 @@ class ModelMetadata:
         d["batch"] = "dynamic" if self.batch is None else self.batch
         d["precision"] = self.precision.value
         d["head"] = self.head.value
+        d["pixels"] = self.pixels.value
         return d
 
     def to_json(self) -> str:
@@ -158,6 +190,7 @@ class ModelMetadata:
                 tool_version=str(d.get("tool_version", "")),
                 input_name=str(d.get("input_name", "images")),
                 output_names=tuple(d.get("output_names", ("output0",))),
+                pixels=PixelFormat(d.get("pixels", PixelFormat.NCHW_RGB_FLOAT.value)),
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:

@@ -6,7 +6,9 @@ for the top/left pad), so boxes map back exactly with per-axis gains, as Ultraly
 
 Speed: the pad border only changes when the frame size changes, so it is written once per size and
 each frame writes only its resized content; the uint8 → float conversion goes straight into the
-model's CHW buffer per channel (no intermediate float image).
+model's CHW buffer per channel (no intermediate float image). A graph that takes uint8 BGRx pixels
+(:attr:`~engine.metadata.PixelFormat.NHWC_BGRX_UINT8`, the INT8 CPU form) gets the resized frame as
+it is, with no conversion at all.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import InputImageError
+from .metadata import PixelFormat
 
 PAD_VALUE = 114
 
@@ -87,23 +90,29 @@ def as_bgr(frame: np.ndarray) -> np.ndarray:
 
 
 class Letterbox:
-    """Letterbox frames into an NCHW float buffer owned by this object.
+    """Letterbox frames into an input buffer owned by this object.
 
     Args:
         imgsz: model input (height, width).
         batch: number of frames the buffer holds.
-        dtype: ``np.float32`` or ``np.float16``.
-        out: an existing ``(batch, 3, H, W)`` array to write into (e.g. CUDA-pinned host memory);
+        dtype: ``np.float32`` or ``np.float16`` (``NCHW_RGB_FLOAT``); ``np.uint8`` for ``NHWC_BGRX_UINT8``.
+        out: an existing array of the input's shape to write into (e.g. CUDA-pinned host memory);
             allocated here when omitted.
+        pixels: the graph's :class:`~engine.metadata.PixelFormat`: ``(batch, 3, H, W)`` RGB scaled to
+            0..1 (default), or ``(batch, H, W, 4)`` uint8 BGR plus a fourth channel (255, as OpenCV's BGRA).
 
     Call it with a list of BGR uint8 frames; it returns the buffer (a view of the first ``len(frames)``
     rows) and each frame's :class:`LetterboxGeometry`. Nothing is allocated per call for frames of a
     size seen before, other than OpenCV's resize of the content.
     """
 
-    def __init__(self, imgsz: tuple[int, int], batch: int = 1, dtype=np.float32, out: np.ndarray | None = None) -> None:
+    def __init__(self, imgsz: tuple[int, int], batch: int = 1, dtype=np.float32, out: np.ndarray | None = None,
+                 pixels: PixelFormat = PixelFormat.NCHW_RGB_FLOAT) -> None:
         self.imgsz = (int(imgsz[0]), int(imgsz[1]))
-        shape = (batch, 3, *self.imgsz)
+        self.pixels = PixelFormat(pixels)
+        if self.pixels is PixelFormat.NHWC_BGRX_UINT8:
+            dtype = np.uint8
+        shape = self.pixels.shape(batch, self.imgsz)
         if out is None:
             out = np.empty(shape, dtype=dtype)
         elif out.shape != shape:
@@ -112,6 +121,11 @@ class Letterbox:
         self._geometry: list[LetterboxGeometry | None] = [None] * batch
         self._resized: dict[tuple[int, int], np.ndarray] = {}
         self._scale = np.float32(1.0 / 255.0)
+        self._fill = self._fill_bgrx if self.pixels is PixelFormat.NHWC_BGRX_UINT8 else self._fill_rgb
+
+    def resized(self, batch: int) -> "Letterbox":
+        """A letterbox of the same size, dtype and pixel format holding ``batch`` frames."""
+        return Letterbox(self.imgsz, batch=batch, dtype=self.buffer.dtype, pixels=self.pixels)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[LetterboxGeometry]]:
         n = len(frames)
@@ -120,22 +134,51 @@ class Letterbox:
         geoms = [self._fill(i, as_bgr(f)) for i, f in enumerate(frames)]
         return self.buffer[:n], geoms
 
-    def _fill(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
+    def _geometry_for(self, i: int, frame: np.ndarray, pad) -> LetterboxGeometry:
         g = self._geometry[i]
         if g is None or g.src_hw != frame.shape[:2]:
             g = LetterboxGeometry.fit(frame.shape[:2], self.imgsz)
-            self.buffer[i].fill(PAD_VALUE / 255.0)  # border written once per frame size
+            if self.pixels is PixelFormat.NHWC_BGRX_UINT8:  # one 32-bit word per pixel (numpy's broadcast is 30x slower)
+                self.buffer[i].view(np.uint32).fill(np.frombuffer(bytes(pad), np.uint32)[0])
+            else:
+                self.buffer[i].fill(pad)  # border written once per frame size
             self._geometry[i] = g
+        return g
+
+    def _content(self, g: LetterboxGeometry, frame: np.ndarray) -> np.ndarray:
+        """The frame resized to its place in the input (into a scratch image kept per size)."""
         nh, nw = g.new_hw
-        if (nh, nw) != frame.shape[:2]:
-            dst = self._resized.get((nh, nw))
-            if dst is None:
-                dst = self._resized[(nh, nw)] = np.empty((nh, nw, 3), np.uint8)
-            frame = cv2.resize(frame, (nw, nh), dst=dst, interpolation=cv2.INTER_LINEAR)
+        if (nh, nw) == frame.shape[:2]:
+            return frame
+        dst = self._resized.get((nh, nw))
+        if dst is None:
+            dst = self._resized[(nh, nw)] = np.empty((nh, nw, 3), np.uint8)
+        return cv2.resize(frame, (nw, nh), dst=dst, interpolation=cv2.INTER_LINEAR)
+
+    def _fill_bgrx(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
+        g = self._geometry_for(i, frame, (PAD_VALUE, PAD_VALUE, PAD_VALUE, 255))
+        nh, nw = g.new_hw
+        region = self.buffer[i, g.top : g.top + nh, g.left : g.left + nw]  # rows of whole pixels: OpenCV writes in place
+        cv2.cvtColor(self._content(g, frame), cv2.COLOR_BGR2BGRA, dst=region)  # 4th channel 255; its weights are 0
+        return g
+
+    def _fill_rgb(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
+        g = self._geometry_for(i, frame, PAD_VALUE / 255.0)
+        nh, nw = g.new_hw
+        content = self._content(g, frame)
         region = self.buffer[i, :, g.top : g.top + nh, g.left : g.left + nw]
         for c in range(3):  # BGR -> RGB while converting
-            np.multiply(frame[:, :, 2 - c], self._scale, out=region[c], casting="unsafe")
+            np.multiply(content[:, :, 2 - c], self._scale, out=region[c], casting="unsafe")
         return g
+
+
+def bgrx_from_planes(x: np.ndarray) -> np.ndarray:
+    """``(B, 3, H, W)`` RGB planes in 0..1 (a float letterbox) as the ``(B, H, W, 4)`` uint8 BGRx the
+    INT8 CPU form takes: the same pixels, since the float letterbox holds exactly ``uint8 / 255``."""
+    x = np.asarray(x, dtype=np.float32)
+    out = np.full((x.shape[0], x.shape[2], x.shape[3], 4), 255, np.uint8)
+    out[..., :3] = np.clip(np.rint(x[:, ::-1].transpose(0, 2, 3, 1) * 255.0), 0, 255)
+    return out
 
 
 def letterbox_image(frame: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, LetterboxGeometry]:

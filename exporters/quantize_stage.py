@@ -261,7 +261,7 @@ def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Pa
     from engine.errors import ExportError
 
     from .onnx_export import write_metadata
-    from .quantize import QuantTarget, quantize_model, tensorrt_problems
+    from .quantize import QuantTarget, int8_metadata, quantize_model, tensorrt_problems
 
     def build(extra: Sequence[str], tag: str) -> Path:
         path = tmp / f"{target.value}-{tag}.onnx"
@@ -272,7 +272,7 @@ def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Pa
             if problems:
                 raise ExportError(f"the TensorRT INT8 form has Q/DQ that TensorRT rejects: {'; '.join(problems[:3])}",
                                   "report this with the model; meanwhile --exclude the nodes named")
-        write_metadata(q, int8_meta)
+        write_metadata(q, int8_metadata(int8_meta, q))
         onnx.save(q, str(path))
         return path
 

@@ -67,12 +67,26 @@ def test_decode_tail_counts_ultralytics_dfl_conv_as_fixed(demo_pt, tmp_path):
     assert len(convs) == 1 and "/dfl/" in convs[0]
 
 
-def test_cpu_form_keeps_the_stem_conv_float(forms, demo_onnx):
+def test_cpu_form_takes_uint8_bgrx_pixels_into_an_int8_stem(forms, demo_onnx):
+    """The CPU form's input is the letterboxed frame as OpenCV holds it; the stem is int8 on its exact /255."""
     model = onnx.load(str(demo_onnx))
     stem = stem_convs(model)
     assert len(stem) == 1 and stem[0].startswith("/model.0/")
-    assert stem[0] not in quantized_nodes(forms[QuantTarget.CPU])
-    assert stem[0] in quantized_nodes(forms[QuantTarget.TENSORRT])  # TensorRT runs an INT8 stem well
+    q = forms[QuantTarget.CPU]
+    (inp,) = q.graph.input
+    dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and dims == [1, 320, 320, 4]
+    assert stem[0] in quantized_nodes(q) and stem[0] in quantized_nodes(forms[QuantTarget.TENSORRT])
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
+    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in init)
+    assert np.float32(init[dq.input[1]]) == np.float32(1 / 255) and int(init[dq.input[2]]) == 0
+    conv = next(n for n in q.graph.node if n.name == stem[0])
+    wdq = next(n for n in q.graph.node if n.output[0] == conv.input[1])
+    w = init[wdq.input[0]].astype(np.float32) * init[wdq.input[1]].reshape(-1, 1, 1, 1)
+    w_rgb = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "model.0.conv.weight"))
+    assert w.shape == (w_rgb.shape[0], 4, *w_rgb.shape[2:]) and not np.any(w[:, 3])  # the padding channel reads nothing
+    assert np.abs(w[:, :3] - w_rgb[:, ::-1]).max() <= np.abs(w_rgb).max() / 127  # BGR order, int8 rounding
+    assert not [n for n in q.graph.node if n.op_type == "Resize"]  # upsamples are NHWC Gathers
 
 
 def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onnx):
@@ -117,13 +131,14 @@ def test_both_forms_run_and_stay_close_to_fp32(forms, demo_onnx, small_data, tmp
     import onnxruntime as ort
 
     from engine.datasets import load_split, read_image
-    from engine.preprocess import Letterbox
+    from engine.preprocess import Letterbox, bgrx_from_planes
 
     items = load_split(small_data, "val")[:2]
     x = Letterbox((320, 320), batch=1)([read_image(items[0].path)])[0].copy()
     ref = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
     for t, q in forms.items():
-        out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
+        feed = bgrx_from_planes(x) if t is QuantTarget.CPU else x
+        out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": feed})[0]
         assert out.shape == ref.shape
         assert np.abs(out[0, 4:] - ref[0, 4:]).max() < 0.25, t  # scores: INT8 noise, not a collapse
 
@@ -219,5 +234,5 @@ def test_silu_bypass_for_the_breakdown_benchmark_removes_every_quantized_silu(fo
     onnx.save(m, str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
-    out = sess.run(None, {inp.name: np.zeros((1, 3, *inp.shape[2:]), np.float32)})[0]
+    out = sess.run(None, {inp.name: np.zeros(inp.shape, np.uint8)})[0]
     assert out.shape[0] == 1

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendUnavailableError, ModelLoadError
-from ..metadata import HeadLayout, ModelMetadata, from_onnx_props
+from ..metadata import HeadLayout, ModelMetadata, PixelFormat, from_onnx_props
 from .base import Backend, TensorSpec
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
@@ -75,11 +75,13 @@ class OnnxRuntimeBackend(Backend):
 
     def _infer_metadata(self) -> ModelMetadata:
         """For an ONNX file without metadata: sizes from the graph, class count from the output."""
-        _, _, h, w = self.inputs[0].shape
+        spec = self.inputs[0]
+        pixels = PixelFormat.of_input(spec.shape, spec.dtype)
+        h, w = spec.shape[1:3] if pixels is PixelFormat.NHWC_BGRX_UINT8 else spec.shape[2:4]
         imgsz = (h or 640, w or 640)
         channels = self.outputs[0].shape[1]
         if channels is None:
-            probe = self.session.run(None, {self.inputs[0].name: np.zeros((1, 3, *imgsz), self.inputs[0].dtype)})
+            probe = self.session.run(None, {spec.name: np.zeros(pixels.shape(1, imgsz), spec.dtype)})
             channels = probe[0].shape[1]
         nc = channels - 4
         if nc < 1 or len(self.outputs) != 1:
@@ -87,13 +89,14 @@ class OnnxRuntimeBackend(Backend):
                                  "are not a raw detect head (B, 4+classes, anchors)",
                                  "export it with python -m exporters.build --onnx ... to add metadata")
         return ModelMetadata(names=tuple(f"class{i}" for i in range(nc)), imgsz=imgsz,
-                             batch=self.inputs[0].shape[0], head=HeadLayout.RAW, tool_version="")
+                             batch=spec.shape[0], head=HeadLayout.RAW, tool_version="", pixels=pixels)
 
     def _outputs_for(self, batch: int) -> list[np.ndarray]:
         bufs = self._out_buffers.get(batch)
         if bufs is None:
-            shape = (batch, 3, *self.metadata.imgsz)
-            probe = self.session.run(None, {self.inputs[0].name: np.zeros(shape, self.inputs[0].dtype)})
+            spec = self.inputs[0]
+            shape = PixelFormat.of_input(spec.shape, spec.dtype).shape(batch, self.metadata.imgsz)
+            probe = self.session.run(None, {spec.name: np.zeros(shape, spec.dtype)})
             bufs = self._out_buffers[batch] = [np.empty_like(p) for p in probe]
         return bufs
 

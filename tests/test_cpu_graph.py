@@ -1,0 +1,141 @@
+"""The INT8 CPU form's graph rewrites (exporters.cpu_graph) and the uint8 BGRx input the runtime feeds it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from engine.metadata import ModelMetadata, PixelFormat  # noqa: E402
+from engine.preprocess import PAD_VALUE, Letterbox, bgrx_from_planes  # noqa: E402
+from exporters.cpu_graph import bgrx_uint8_input, rewrite_cpu_form, upsample_as_gather  # noqa: E402
+
+
+def _run(model, feed):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def _qdq_upsample(scales=(1, 1, 2, 2), out_scale=0.05, mode="nearest", ctm="asymmetric"):
+    """uint8 x -> DQ -> Resize -> Q -> DQ -> Conv (a quantized neighbourhood like the CPU form's)."""
+    w = np.random.default_rng(0).integers(-127, 127, (8, 8, 1, 1)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(128, np.uint8), "z"),
+             numpy_helper.from_array(np.array(out_scale, np.float32), "s_out"),
+             numpy_helper.from_array(np.array(scales, np.float32), "scales"), numpy_helper.from_array(w, "w"),
+             numpy_helper.from_array(np.full(8, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(8, np.int8), "wz")]
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "z"], ["xf"]),
+             helper.make_node("Resize", ["xf", "", "scales"], ["rf"], name="up", mode=mode,
+                              coordinate_transformation_mode=ctm, nearest_mode="floor"),
+             helper.make_node("QuantizeLinear", ["rf", "s_out", "z"], ["r"]),
+             helper.make_node("DequantizeLinear", ["r", "s_out", "z"], ["rd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+             helper.make_node("Conv", ["rd", "wf"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 5, 7])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_nearest_upsample_becomes_nhwc_gathers_with_identical_outputs():
+    model = _qdq_upsample()
+    x = np.random.default_rng(1).integers(0, 256, (1, 8, 5, 7), dtype=np.uint8)
+    ref = _run(model, {"x": x})
+    assert upsample_as_gather(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert "Resize" not in ops and ops.count("Gather") == 2
+    assert np.array_equal(_run(model, {"x": x}), ref)
+
+
+@pytest.mark.parametrize("kw", [dict(scales=(1, 1, 1.5, 1.5)), dict(out_scale=0.1), dict(mode="linear"),
+                                dict(ctm="half_pixel")])
+def test_upsamples_that_a_gather_cannot_copy_are_left_alone(kw):
+    model = _qdq_upsample(**kw)
+    assert upsample_as_gather(model) == 0
+    assert [n.op_type for n in model.graph.node].count("Resize") == 1
+
+
+def _float_stem(batch=1):
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 0.1, 8).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["images", "w", "b"], ["c"], name="stem", pads=[1, 1, 1, 1], strides=[2, 2])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 16, 16])],
+                          [helper.make_tensor_value_info("c", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("quantize_stem", [False, True])
+def test_bgrx_input_computes_what_the_float_input_did(quantize_stem):
+    model = _float_stem()
+    frame = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    planes = Letterbox((16, 16))([frame])[0].copy()
+    ref = _run(model, {"images": planes})
+    stems = bgrx_uint8_input(model, quantize_stem=quantize_stem)
+    assert stems == (("stem",) if quantize_stem else ())
+    (inp,) = model.graph.input
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == TensorProto.UINT8
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, 16, 16, 4]
+    pixels = Letterbox((16, 16), pixels=PixelFormat.NHWC_BGRX_UINT8)([frame])[0]
+    out = _run(model, {"images": pixels})
+    tol = 0.05 * np.abs(ref).max() if quantize_stem else 1e-5  # int8 weights vs float rounding only
+    assert np.abs(out - ref).max() <= tol
+    pixels[..., 3] = 0  # the fourth channel is ignored
+    assert np.array_equal(_run(model, {"images": pixels}), out)
+
+
+def test_bgrx_input_keeps_a_dynamic_batch():
+    model = _float_stem(batch=None)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    assert bgrx_uint8_input(model) == ("stem",)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    x = np.zeros((3, 16, 16, 4), np.uint8)
+    assert _run(model, {"images": x}).shape[0] == 3
+
+
+def test_bgrx_input_needs_the_image_read_by_convolutions_only():
+    model = _float_stem()
+    model.graph.node.append(helper.make_node("Relu", ["images"], ["r"]))
+    model.graph.output.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+    before = model.SerializeToString()
+    assert bgrx_uint8_input(model) is None
+    assert model.SerializeToString() == before
+
+
+def test_rewrite_keeps_a_stem_asked_float_in_float():
+    model = _float_stem()
+    done = rewrite_cpu_form(model, float_nodes=["stem"])
+    assert done.uint8_input and done.stem_quantized == () and done.upsamples == 0
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear" and "weight" in n.name]
+
+
+@pytest.mark.parametrize("src", [(480, 640), (320, 320), (100, 301), (640, 200)])
+def test_bgrx_letterbox_holds_the_float_letterbox_pixels(src):
+    frame = np.random.default_rng(sum(src)).integers(0, 256, (*src, 3), dtype=np.uint8)
+    planes = Letterbox((320, 320))([frame])[0]
+    lb = Letterbox((320, 320), pixels=PixelFormat.NHWC_BGRX_UINT8)
+    pixels, (g,) = lb([frame])
+    assert pixels.shape == (1, 320, 320, 4) and pixels.dtype == np.uint8
+    assert np.array_equal(bgrx_from_planes(planes), pixels)
+    assert np.all(pixels[..., 3] == 255)
+    if g.top:
+        assert np.all(pixels[0, : g.top, :, :3] == PAD_VALUE)
+    # a second frame of another size redraws the border
+    small = np.full((10, 10, 3), 7, np.uint8)
+    again, _ = lb([small])
+    assert np.array_equal(again, bgrx_from_planes(Letterbox((320, 320))([small])[0]))
+    assert lb.resized(3).buffer.shape == (3, 320, 320, 4)
+
+
+def test_pixel_format_of_inputs_and_metadata_round_trip():
+    assert PixelFormat.of_input((1, 320, 320, 4), np.uint8) is PixelFormat.NHWC_BGRX_UINT8
+    assert PixelFormat.of_input((1, 3, 320, 320), np.float16) is PixelFormat.NCHW_RGB_FLOAT
+    assert PixelFormat.NHWC_BGRX_UINT8.shape(2, (384, 640)) == (2, 384, 640, 4)
+    meta = ModelMetadata(names=("a",), imgsz=(320, 320), pixels=PixelFormat.NHWC_BGRX_UINT8)
+    assert ModelMetadata.from_json(meta.to_json()).pixels is PixelFormat.NHWC_BGRX_UINT8
+    old = meta.to_dict()
+    del old["pixels"]
+    old["schema_version"] = 1
+    assert ModelMetadata.from_dict(old).pixels is PixelFormat.NCHW_RGB_FLOAT  # version-1 files are float planes
