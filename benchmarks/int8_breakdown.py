@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
 
     from engine.datasets import list_images, read_image
-    from engine.preprocess import Letterbox, bgrx_from_planes
+    from engine.preprocess import Letterbox, bgr_from_planes
 
     fp32, int8 = args.deploy / f"{args.stem}.onnx", args.deploy / f"{args.stem}.int8-cpu.onnx"
     for p in (fp32, int8):
@@ -106,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         first = sessions["fp32"].get_inputs()[0]
         frame = read_image(list_images(DEMO_DIR / "val" / "images")[0])
         x = Letterbox(tuple(first.shape[2:]))([frame])[0].copy()
-        feeds = {}  # the same letterboxed frame in each model's pixel format (the CPU form takes uint8 BGRx)
+        feeds = {}  # the same letterboxed frame in each model's pixel format (the CPU form takes uint8 BGR)
         for k, s in sessions.items():
             i = s.get_inputs()[0]
-            feeds[k] = {i.name: bgrx_from_planes(x) if i.type == "tensor(uint8)" else x}
+            feeds[k] = {i.name: bgr_from_planes(x) if i.type == "tensor(uint8)" else x}
             for _ in range(10):
                 s.run(None, feeds[k])
         blocks: dict[str, list[float]] = {k: [] for k in sessions}

@@ -53,27 +53,26 @@ class PixelFormat(str, Enum):
     """How a graph takes its image.
 
     ``NCHW_RGB_FLOAT``: ``(B, 3, H, W)`` float RGB planes scaled to 0..1 (Ultralytics' export; the graph's
-    float dtype, fp32 or fp16). ``NHWC_BGRX_UINT8``: ``(B, H, W, 4)`` uint8 pixels as OpenCV holds a
-    frame, BGR plus a fourth channel the graph ignores (zero weights; four channels make the stem's
-    int8 dot products whole VNNI words). The INT8 CPU form takes this: its first QuantizeLinear is
-    the exact ``/255`` and the BGR→RGB swap is folded into the stem's weights, so preprocessing is a
-    resize and nothing else.
+    float dtype, fp32 or fp16). ``NHWC_BGR_UINT8``: ``(B, H, W, 3)`` uint8 pixels, the letterboxed frame
+    as OpenCV holds it. The INT8 CPU form takes this: the graph reorders the channels and its first
+    DequantizeLinear is the ``/255``, so preprocessing is a resize and nothing else, and the graph
+    computes bit for bit what it computed from the float planes.
     """
 
     NCHW_RGB_FLOAT = "nchw-rgb-float"
-    NHWC_BGRX_UINT8 = "nhwc-bgrx-uint8"
+    NHWC_BGR_UINT8 = "nhwc-bgr-uint8"
 
     @classmethod
     def of_input(cls, shape: tuple, dtype) -> "PixelFormat":
         """The format of a graph input from its shape and dtype (the graph is the truth)."""
-        if np.dtype(dtype) == np.uint8 and len(shape) == 4 and shape[-1] == 4:
-            return cls.NHWC_BGRX_UINT8
+        if np.dtype(dtype) == np.uint8 and len(shape) == 4 and shape[-1] == 3:
+            return cls.NHWC_BGR_UINT8
         return cls.NCHW_RGB_FLOAT
 
     def shape(self, batch: int | None, imgsz: tuple[int, int]) -> tuple:
         """The input's shape for ``batch`` images of ``imgsz`` (height, width)."""
         h, w = imgsz
-        return (batch, h, w, 4) if self is PixelFormat.NHWC_BGRX_UINT8 else (batch, 3, h, w)
+        return (batch, h, w, 3) if self is PixelFormat.NHWC_BGR_UINT8 else (batch, 3, h, w)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ for the top/left pad), so boxes map back exactly with per-axis gains, as Ultraly
 
 Speed: the pad border only changes when the frame size changes, so it is written once per size and
 each frame writes only its resized content; the uint8 → float conversion goes straight into the
-model's CHW buffer per channel (no intermediate float image). A graph that takes uint8 BGRx pixels
-(:attr:`~engine.metadata.PixelFormat.NHWC_BGRX_UINT8`, the INT8 CPU form) gets the resized frame as
-it is, with no conversion at all.
+model's CHW buffer per channel (no intermediate float image). A graph that takes uint8 BGR pixels
+(:attr:`~engine.metadata.PixelFormat.NHWC_BGR_UINT8`, the INT8 CPU form) gets the frame resized
+straight into its input, with no conversion at all. The float planes hold exactly ``uint8 x float32(1/255)``
+(border included), the product the uint8 graphs' DequantizeLinear computes, so both formats give a graph
+the same numbers bit for bit.
 """
 from __future__ import annotations
 
@@ -95,11 +97,11 @@ class Letterbox:
     Args:
         imgsz: model input (height, width).
         batch: number of frames the buffer holds.
-        dtype: ``np.float32`` or ``np.float16`` (``NCHW_RGB_FLOAT``); ``np.uint8`` for ``NHWC_BGRX_UINT8``.
+        dtype: ``np.float32`` or ``np.float16`` (``NCHW_RGB_FLOAT``); ``np.uint8`` for ``NHWC_BGR_UINT8``.
         out: an existing array of the input's shape to write into (e.g. CUDA-pinned host memory);
             allocated here when omitted.
         pixels: the graph's :class:`~engine.metadata.PixelFormat`: ``(batch, 3, H, W)`` RGB scaled to
-            0..1 (default), or ``(batch, H, W, 4)`` uint8 BGR plus a fourth channel (255, as OpenCV's BGRA).
+            0..1 (default), or ``(batch, H, W, 3)`` uint8 BGR.
 
     Call it with a list of BGR uint8 frames; it returns the buffer (a view of the first ``len(frames)``
     rows) and each frame's :class:`LetterboxGeometry`. Nothing is allocated per call for frames of a
@@ -110,7 +112,7 @@ class Letterbox:
                  pixels: PixelFormat = PixelFormat.NCHW_RGB_FLOAT) -> None:
         self.imgsz = (int(imgsz[0]), int(imgsz[1]))
         self.pixels = PixelFormat(pixels)
-        if self.pixels is PixelFormat.NHWC_BGRX_UINT8:
+        if self.pixels is PixelFormat.NHWC_BGR_UINT8:
             dtype = np.uint8
         shape = self.pixels.shape(batch, self.imgsz)
         if out is None:
@@ -121,7 +123,7 @@ class Letterbox:
         self._geometry: list[LetterboxGeometry | None] = [None] * batch
         self._resized: dict[tuple[int, int], np.ndarray] = {}
         self._scale = np.float32(1.0 / 255.0)
-        self._fill = self._fill_bgrx if self.pixels is PixelFormat.NHWC_BGRX_UINT8 else self._fill_rgb
+        self._fill = self._fill_bgr if self.pixels is PixelFormat.NHWC_BGR_UINT8 else self._fill_rgb
 
     def resized(self, batch: int) -> "Letterbox":
         """A letterbox of the same size, dtype and pixel format holding ``batch`` frames."""
@@ -138,32 +140,32 @@ class Letterbox:
         g = self._geometry[i]
         if g is None or g.src_hw != frame.shape[:2]:
             g = LetterboxGeometry.fit(frame.shape[:2], self.imgsz)
-            if self.pixels is PixelFormat.NHWC_BGRX_UINT8:  # one 32-bit word per pixel (numpy's broadcast is 30x slower)
-                self.buffer[i].view(np.uint32).fill(np.frombuffer(bytes(pad), np.uint32)[0])
-            else:
-                self.buffer[i].fill(pad)  # border written once per frame size
+            self.buffer[i].fill(pad)  # border written once per frame size
             self._geometry[i] = g
         return g
 
-    def _content(self, g: LetterboxGeometry, frame: np.ndarray) -> np.ndarray:
-        """The frame resized to its place in the input (into a scratch image kept per size)."""
+    def _content(self, g: LetterboxGeometry, frame: np.ndarray, dst: np.ndarray | None = None) -> np.ndarray:
+        """The frame resized to its place in the input, into ``dst`` or a scratch image kept per size."""
         nh, nw = g.new_hw
         if (nh, nw) == frame.shape[:2]:
+            if dst is not None:
+                dst[...] = frame
             return frame
-        dst = self._resized.get((nh, nw))
         if dst is None:
-            dst = self._resized[(nh, nw)] = np.empty((nh, nw, 3), np.uint8)
+            dst = self._resized.get((nh, nw))
+            if dst is None:
+                dst = self._resized[(nh, nw)] = np.empty((nh, nw, 3), np.uint8)
         return cv2.resize(frame, (nw, nh), dst=dst, interpolation=cv2.INTER_LINEAR)
 
-    def _fill_bgrx(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
-        g = self._geometry_for(i, frame, (PAD_VALUE, PAD_VALUE, PAD_VALUE, 255))
+    def _fill_bgr(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
+        g = self._geometry_for(i, frame, PAD_VALUE)
         nh, nw = g.new_hw
-        region = self.buffer[i, g.top : g.top + nh, g.left : g.left + nw]  # rows of whole pixels: OpenCV writes in place
-        cv2.cvtColor(self._content(g, frame), cv2.COLOR_BGR2BGRA, dst=region)  # 4th channel 255; its weights are 0
+        # rows of whole pixels: OpenCV resizes into the view in place
+        self._content(g, frame, self.buffer[i, g.top : g.top + nh, g.left : g.left + nw])
         return g
 
     def _fill_rgb(self, i: int, frame: np.ndarray) -> LetterboxGeometry:
-        g = self._geometry_for(i, frame, PAD_VALUE / 255.0)
+        g = self._geometry_for(i, frame, np.float32(PAD_VALUE) * self._scale)  # = DequantizeLinear(114, 1/255)
         nh, nw = g.new_hw
         content = self._content(g, frame)
         region = self.buffer[i, :, g.top : g.top + nh, g.left : g.left + nw]
@@ -172,13 +174,11 @@ class Letterbox:
         return g
 
 
-def bgrx_from_planes(x: np.ndarray) -> np.ndarray:
-    """``(B, 3, H, W)`` RGB planes in 0..1 (a float letterbox) as the ``(B, H, W, 4)`` uint8 BGRx the
-    INT8 CPU form takes: the same pixels, since the float letterbox holds exactly ``uint8 / 255``."""
+def bgr_from_planes(x: np.ndarray) -> np.ndarray:
+    """``(B, 3, H, W)`` RGB planes in 0..1 (a float letterbox) as the ``(B, H, W, 3)`` uint8 BGR the INT8
+    CPU form takes: the same pixels, since the float letterbox holds exactly ``uint8 x float32(1/255)``."""
     x = np.asarray(x, dtype=np.float32)
-    out = np.full((x.shape[0], x.shape[2], x.shape[3], 4), 255, np.uint8)
-    out[..., :3] = np.clip(np.rint(x[:, ::-1].transpose(0, 2, 3, 1) * 255.0), 0, 255)
-    return out
+    return np.ascontiguousarray(np.clip(np.rint(x[:, ::-1].transpose(0, 2, 3, 1) * 255.0), 0, 255).astype(np.uint8))
 
 
 def letterbox_image(frame: np.ndarray, imgsz: tuple[int, int]) -> tuple[np.ndarray, LetterboxGeometry]:

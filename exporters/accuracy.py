@@ -84,12 +84,12 @@ def sensitivity(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> list[tup
         if node.output[0] in f_tensors:
             layers[name] = (ins, node.output[0])
     watch = sorted({t for ins, out in layers.values() for t in (*ins, out)})
-    from engine.preprocess import bgrx_from_planes
+    from engine.preprocess import bgr_from_planes
 
     sessions = [_exposing_session(ort, onnx, m, watch) for m in (f, q)]
     inp = sessions[0].get_inputs()[0].name
     q_in = sessions[1].get_inputs()[0]
-    as_q_input = bgrx_from_planes if q_in.type == "tensor(uint8)" else (lambda x: x)  # the CPU form takes BGRx pixels
+    as_q_input = bgr_from_planes if q_in.type == "tensor(uint8)" else (lambda x: x)  # the CPU form takes BGR pixels
     names = [t for t in watch if t != inp]  # the input itself carries no error
     err = dict.fromkeys(names, 0.0)
     sig = dict.fromkeys(names, 0.0)

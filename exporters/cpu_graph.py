@@ -8,13 +8,14 @@ the YOLO graph cost more there than they need to; both rewrites keep the numbers
   pixels in NHWC (its Transposes cancel against ONNX Runtime's own). ONNX Runtime's channels-last uint8
   Resize copies element by element (about 0.2 ms for the demo's two upsamples at 320); the Gathers copy
   whole rows and pixels (about 0.03 ms) and give bit-identical outputs.
-* :func:`bgrx_uint8_input`: the image input becomes ``(B, H, W, 4)`` uint8, the frame as OpenCV holds
-  it (:attr:`engine.metadata.PixelFormat.NHWC_BGRX_UINT8`). Its DequantizeLinear (scale 1/255, zero
-  point 0) is exactly the float model's ``/255``; the BGR→RGB swap and a fourth, zero-weight channel
-  are folded into the stem convolution's weights, which are then quantized per channel like every
-  other layer's. The runtime's preprocessing shrinks to a resize (0.08 ms instead of 0.2-0.5 ms for
-  the float planes), and the stem runs as one int8 convolution whose depth (4 channels x 3 x 3) fits
-  the int8 dot-product kernels; 3 channels took 1.7x longer on the Xeon of benchmarks/RESULTS.md.
+* :func:`bgr_uint8_input`: the image input becomes ``(B, H, W, 3)`` uint8, the letterboxed frame as
+  OpenCV holds it (:attr:`engine.metadata.PixelFormat.NHWC_BGR_UINT8`). In the graph a Transpose and a
+  Gather of the planes (B, G, R → R, G, B) feed a Cast and a Mul by ``float32(1/255)``, the product the
+  float letterbox computes, so every later tensor is bit for bit what the float input gave (a
+  DequantizeLinear would compute the same, but ONNX Runtime fuses it with the float stem into a slow,
+  less accurate int8 convolution on 3 channels). The runtime's preprocessing shrinks to a resize into the input (about 0.1 ms against
+  0.3-0.5 ms for the float planes on the demo's frames). An int8 stem on a 4-channel BGRx input was
+  faster still but cost accuracy (benchmarks/RESULTS.md): the stem stays float.
 
 Both are pure functions of a loaded ``onnx.ModelProto`` that edit it in place and say what they did.
 """
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BGRX_CHANNELS = 4
 _INPUT_SCALE = np.float32(1.0 / 255.0)
 
 
@@ -33,13 +33,12 @@ class CpuRewrites:
     """What :func:`rewrite_cpu_form` changed."""
 
     upsamples: int  # nearest Resizes turned into Gathers
-    uint8_input: bool  # the input is NHWC uint8 BGRx
-    stem_quantized: tuple[str, ...]  # stem convolutions given int8 weights
+    uint8_input: bool  # the input is NHWC uint8 BGR
 
     def summary(self) -> str:
         parts = [f"{self.upsamples} upsample(s) as NHWC Gathers"] if self.upsamples else []
         if self.uint8_input:
-            parts.append("uint8 BGRx input" + (f", int8 stem ({len(self.stem_quantized)} conv)" if self.stem_quantized else ""))
+            parts.append("uint8 BGR input")
         return ", ".join(parts) or "none"
 
 
@@ -159,93 +158,48 @@ def _drop_unused_initializers(model) -> None:
     model.graph.initializer.extend(keep)
 
 
-def _quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8 (range ±127), as the rest of the CPU form's weights."""
-    amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.round(w / scale.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
-    return q, scale
+def bgr_uint8_input(model) -> bool:
+    """Make the image input ``(B, H, W, 3)`` uint8 BGR; return whether the graph was changed.
 
-
-def bgrx_uint8_input(model, quantize_stem: bool = True) -> tuple[str, ...] | None:
-    """Make the image input ``(B, H, W, 4)`` uint8 BGRx; return the stem convs given int8 weights.
-
-    Returns ``None`` (graph unchanged) unless the graph has one float input of shape ``(B, 3, H, W)``
-    read only by convolutions with constant weights (YOLO's stem). With ``quantize_stem`` those
-    convolutions get per-channel int8 weights and an int32 bias (scale ``1/255 x`` the weight scale),
-    so ONNX Runtime fuses each into one QLinearConv on the uint8 pixels; otherwise they stay float on
-    the exact ``/255`` of the input.
+    Only a graph with one float input of shape ``(B, 3, H, W)`` is changed. The input keeps its name;
+    its readers get ``Mul(Cast(Gather(Transpose(pixels), [2, 1, 0])), float32(1/255))``, the same float
+    planes the float letterbox writes.
     """
     tensor_proto, helper, numpy_helper = _helpers()
-    inits, _, consumers = _index(model)
+    inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
-        return None
+        return False
     inp = inputs[0]
     tt = inp.type.tensor_type
     dims = tt.shape.dim
     if tt.elem_type != tensor_proto.FLOAT or len(dims) != 4 or dims[1].dim_value != 3:
-        return None
-    readers = consumers.get(inp.name, [])
-    if not readers or any(n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in inits
-                          or n.input[0] != inp.name or _attr(n, "group", 1) != 1 for n in readers):
-        return None
-    name, pixels, nchw = inp.name, f"{inp.name}_bgrx_nchw", f"{inp.name}_float_bgrx"
-    new_inits = [numpy_helper.from_array(np.array(_INPUT_SCALE), f"{name}_scale"),
-                 numpy_helper.from_array(np.array(0, np.uint8), f"{name}_zero_point")]
-    pre = [helper.make_node("Transpose", [name], [pixels], name=f"{name}_to_nchw", perm=[0, 3, 1, 2]),
-           helper.make_node("DequantizeLinear", [pixels, f"{name}_scale", f"{name}_zero_point"], [nchw],
-                            name=f"{name}_dequantize")]
-    quantized = []
-    for conv in readers:
-        w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float32)
-        w = np.concatenate([w[:, ::-1], np.zeros_like(w[:, :1])], axis=1)  # RGB -> BGR, then the 4th channel
-        base = conv.name or conv.output[0]
-        conv.input[0] = nchw
-        if not quantize_stem:
-            new_inits.append(numpy_helper.from_array(w, f"{base}_weight_bgrx"))
-            conv.input[1] = f"{base}_weight_bgrx"
-            continue
-        wq, ws = _quantize_weights(w)
-        new_inits += [numpy_helper.from_array(wq, f"{base}_weight_bgrx_quantized"),
-                      numpy_helper.from_array(ws, f"{base}_weight_bgrx_scale"),
-                      numpy_helper.from_array(np.zeros(len(ws), np.int8), f"{base}_weight_bgrx_zero_point")]
-        pre.append(helper.make_node("DequantizeLinear", [f"{base}_weight_bgrx_quantized", f"{base}_weight_bgrx_scale",
-                                                         f"{base}_weight_bgrx_zero_point"], [f"{base}_weight_bgrx"],
-                                    name=f"{base}_weight_dequantize", axis=0))
-        conv.input[1] = f"{base}_weight_bgrx"
-        if len(conv.input) > 2 and conv.input[2]:
-            b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float32)
-            bs = (_INPUT_SCALE * ws).astype(np.float32)
-            new_inits += [numpy_helper.from_array(np.round(b / bs).astype(np.int32), f"{base}_bias_quantized"),
-                          numpy_helper.from_array(bs, f"{base}_bias_scale"),
-                          numpy_helper.from_array(np.zeros(len(bs), np.int32), f"{base}_bias_zero_point")]
-            pre.append(helper.make_node("DequantizeLinear", [f"{base}_bias_quantized", f"{base}_bias_scale",
-                                                             f"{base}_bias_zero_point"], [f"{base}_bias"],
-                                        name=f"{base}_bias_dequantize", axis=0))
-            conv.input[2] = f"{base}_bias"
-        quantized.append(conv.name)
-    batch = dims[0]
-    h, w_ = dims[2], dims[3]
-    new_input = helper.make_tensor_value_info(name, tensor_proto.UINT8, [
-        batch.dim_value if batch.HasField("dim_value") else (batch.dim_param or None),
-        h.dim_value if h.HasField("dim_value") else (h.dim_param or None),
-        w_.dim_value if w_.HasField("dim_value") else (w_.dim_param or None), BGRX_CHANNELS])
+        return False
+    name = inp.name
+    planes, rgb = f"{name}_bgr_planes", f"{name}_rgb_planes"
+    floats = f"{name}_float"
+    for n in model.graph.node:
+        for k, i in enumerate(n.input):
+            if i == name:
+                n.input[k] = floats
+    model.graph.initializer.extend([numpy_helper.from_array(np.array([2, 1, 0], np.int64), f"{name}_rgb_order"),
+                                    numpy_helper.from_array(np.array(_INPUT_SCALE), f"{name}_scale")])
+    # Cast + Mul, not DequantizeLinear: ONNX Runtime would fuse a DequantizeLinear into an int8 stem
+    pre = [helper.make_node("Transpose", [name], [planes], name=f"{name}_to_planes", perm=[0, 3, 1, 2]),
+           helper.make_node("Gather", [planes, f"{name}_rgb_order"], [rgb], name=f"{name}_bgr_to_rgb", axis=1),
+           helper.make_node("Cast", [rgb], [f"{name}_cast"], name=f"{name}_cast", to=tensor_proto.FLOAT),
+           helper.make_node("Mul", [f"{name}_cast", f"{name}_scale"], [floats], name=f"{name}_div255")]
     nodes = pre + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    model.graph.initializer.extend(new_inits)
+    dim = lambda d: d.dim_value if d.HasField("dim_value") else (d.dim_param or None)  # noqa: E731
+    new_input = helper.make_tensor_value_info(name, tensor_proto.UINT8, [dim(dims[0]), dim(dims[2]), dim(dims[3]), 3])
     model.graph.input.remove(inp)
     model.graph.input.insert(0, new_input)
-    _drop_unused_initializers(model)
-    return tuple(quantized)
+    return True
 
 
-def rewrite_cpu_form(model, float_nodes=()) -> CpuRewrites:
-    """Apply both rewrites to a CPU-form graph; stem convolutions named in ``float_nodes`` stay float."""
+def rewrite_cpu_form(model) -> CpuRewrites:
+    """Apply both rewrites to a CPU-form graph (in place)."""
     upsamples = upsample_as_gather(model)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in inits]
-    stems = [n.name for n in model.graph.node if n.input and n.input[0] in inputs]
-    stem = bgrx_uint8_input(model, quantize_stem=not any(s in set(float_nodes) for s in stems))
-    return CpuRewrites(upsamples, stem is not None, stem or ())
+    return CpuRewrites(upsamples, bgr_uint8_input(model))

@@ -12,8 +12,9 @@ Two forms come from the same :class:`calibration.TensorRanges`:
 * :attr:`QuantTarget.CPU` → ``<stem>.int8-cpu.onnx``: uint8 activations with asymmetric ranges and
   int8 weights (U8S8) on every operator ONNX Runtime has an integer kernel for, so the CPU stays in
   integers between layers; each Concat's inputs share its range (:func:`share_concat_ranges`), so
-  concatenation is a copy; and :mod:`exporters.cpu_graph` makes its input uint8 BGRx pixels (the
-  exact ``/255`` as its first DequantizeLinear, an int8 stem) and its upsamples NHWC Gathers.
+  concatenation is a copy; the stem convolution stays float (:func:`stem_convs`); and
+  :mod:`exporters.cpu_graph` makes its input uint8 BGR pixels (bit-identical to the float input) and its
+  upsamples NHWC Gathers.
 
 In both, the decode tail (everything after the detect head's last convolutions: DFL, box decode,
 sigmoid, the final concat) stays float: its output concat mixes box pixels (0..640) and scores
@@ -59,9 +60,9 @@ class _FormSpec:
     activation: str  # onnxruntime.quantization.QuantType member name
     op_types: tuple[str, ...] | None  # None: every operator ONNX Runtime quantizes
     extra: tuple[tuple[str, object], ...]
-    float_stem: bool = False  # calibrate no range for the image: quantize_static leaves the stem float
+    float_stem: bool = False  # keep the convolutions that read the image in float (see stem_convs)
     shared_concat: bool = False  # one range for each Concat's inputs and output (see share_concat_ranges)
-    cpu_rewrites: bool = False  # exporters.cpu_graph: Gather upsamples, uint8 BGRx input with an int8 stem
+    cpu_rewrites: bool = False  # exporters.cpu_graph: Gather upsamples, uint8 BGR input
 
 
 _FORMS = {
@@ -92,10 +93,9 @@ def _dfl_conv(node, init: dict) -> bool:
 def stem_convs(model) -> list[str]:
     """The convolutions that read a graph input directly (YOLO's first 3x3 conv on the RGB image).
 
-    The CPU form's quantize_static leaves them float, so no range is calibrated for the image: the
-    float image in 0..1 is exactly uint8 / 255, and :func:`exporters.cpu_graph.bgrx_uint8_input` then
-    quantizes these convolutions against that exact scale, on a 4-channel BGRx input (with 3 channels
-    an int8 convolution's depth of 27 is too shallow for ONNX Runtime's U8S8 kernels).
+    The CPU form keeps them float: with 3 input channels an int8 convolution's depth of 27 is too
+    shallow for ONNX Runtime's U8S8 kernels (slower than the float one), and an int8 stem on a
+    4-channel input, which is faster, lost accuracy on the demo (benchmarks/RESULTS.md).
     """
     inputs = {i.name for i in model.graph.input}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
@@ -223,7 +223,6 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
                           "pip install -U 'onnxruntime>=1.32' (or onnxruntime-gpu>=1.32)")
     spec = _FORMS[target]
     graph = _onnx().load(str(fp32), load_external_data=False) if spec.float_stem or spec.shared_concat else None
-    asked_float = tuple(keep_float)
     if spec.float_stem:
         keep_float = [*keep_float, *(n for n in stem_convs(graph) if n not in keep_float)]
     if spec.shared_concat:
@@ -248,7 +247,7 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
         from .cpu_graph import rewrite_cpu_form
 
         q = _onnx().load(str(out))
-        rewrite_cpu_form(q, asked_float)
+        rewrite_cpu_form(q)
         _onnx().save(q, str(out))
     return out
 

@@ -111,7 +111,7 @@ def anchors(imgsz: tuple[int, int], stride: int) -> int:
 def tensor_specs(meta: ModelMetadata) -> tuple[tuple[TensorConfig, ...], tuple[TensorConfig, ...]]:
     """Full-shape (batch axis first, ``-1`` if dynamic) inputs and outputs described by ``meta``."""
     b = -1 if meta.batch is None else meta.batch
-    in_type = "TYPE_UINT8" if meta.pixels is PixelFormat.NHWC_BGRX_UINT8 else "TYPE_FP32"
+    in_type = "TYPE_UINT8" if meta.pixels is PixelFormat.NHWC_BGR_UINT8 else "TYPE_FP32"
     inputs = (TensorConfig(meta.input_name, in_type, meta.pixels.shape(b, meta.imgsz)),)
     if meta.head is HeadLayout.RAW:
         return inputs, (TensorConfig(meta.output_names[0], "TYPE_FP32", (b, 4 + meta.num_classes,

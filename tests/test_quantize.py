@@ -67,26 +67,47 @@ def test_decode_tail_counts_ultralytics_dfl_conv_as_fixed(demo_pt, tmp_path):
     assert len(convs) == 1 and "/dfl/" in convs[0]
 
 
-def test_cpu_form_takes_uint8_bgrx_pixels_into_an_int8_stem(forms, demo_onnx):
-    """The CPU form's input is the letterboxed frame as OpenCV holds it; the stem is int8 on its exact /255."""
+def test_cpu_form_takes_uint8_bgr_pixels_and_keeps_the_stem_float(forms, demo_onnx):
+    """The CPU form's input is the letterboxed frame as OpenCV holds it; its stem conv stays float."""
     model = onnx.load(str(demo_onnx))
     stem = stem_convs(model)
     assert len(stem) == 1 and stem[0].startswith("/model.0/")
     q = forms[QuantTarget.CPU]
     (inp,) = q.graph.input
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
-    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and dims == [1, 320, 320, 4]
-    assert stem[0] in quantized_nodes(q) and stem[0] in quantized_nodes(forms[QuantTarget.TENSORRT])
-    init = {i.name: onnx.numpy_helper.to_array(i) for i in q.graph.initializer}
-    dq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in init)
-    assert np.float32(init[dq.input[1]]) == np.float32(1 / 255) and int(init[dq.input[2]]) == 0
+    assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8 and dims == [1, 320, 320, 3]
     conv = next(n for n in q.graph.node if n.name == stem[0])
-    wdq = next(n for n in q.graph.node if n.output[0] == conv.input[1])
-    w = init[wdq.input[0]].astype(np.float32) * init[wdq.input[1]].reshape(-1, 1, 1, 1)
-    w_rgb = onnx.numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "model.0.conv.weight"))
-    assert w.shape == (w_rgb.shape[0], 4, *w_rgb.shape[2:]) and not np.any(w[:, 3])  # the padding channel reads nothing
-    assert np.abs(w[:, :3] - w_rgb[:, ::-1]).max() <= np.abs(w_rgb).max() / 127  # BGR order, int8 rounding
+    init = {i.name: i for i in q.graph.initializer}
+    assert init[conv.input[1]].data_type == onnx.TensorProto.FLOAT  # float weights, not a DequantizeLinear's
+    assert stem[0] in quantized_nodes(forms[QuantTarget.TENSORRT])  # TensorRT runs an INT8 stem well
     assert not [n for n in q.graph.node if n.op_type == "Resize"]  # upsamples are NHWC Gathers
+
+
+def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, small_data):
+    """With its uint8 input and Gather upsamples, the CPU form outputs bit for bit what it did before them."""
+    import onnxruntime as ort
+
+    from engine.datasets import load_split, read_image
+    from engine.metadata import PixelFormat
+    from engine.preprocess import Letterbox
+    from exporters import quantize as qz
+
+    model, ranges, _, _ = calibrated
+    spec = qz._FORMS[QuantTarget.CPU]
+    plain = tmp_path / "plain.onnx"
+    qz._FORMS[QuantTarget.CPU] = qz.replace(spec, cpu_rewrites=False)
+    try:
+        quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), plain)
+    finally:
+        qz._FORMS[QuantTarget.CPU] = spec
+    rewritten = quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), tmp_path / "cpu.onnx")
+    frames = [read_image(i.path) for i in load_split(small_data, "val")[:3]]
+    a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
+    b = ort.InferenceSession(str(rewritten), providers=["CPUExecutionProvider"])
+    for f in frames:
+        x = Letterbox((320, 320))([f])[0]
+        u = Letterbox((320, 320), pixels=PixelFormat.NHWC_BGR_UINT8)([f])[0]
+        assert np.array_equal(a.run(None, {"images": x})[0], b.run(None, {"images": u})[0])
 
 
 def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onnx):
@@ -131,13 +152,13 @@ def test_both_forms_run_and_stay_close_to_fp32(forms, demo_onnx, small_data, tmp
     import onnxruntime as ort
 
     from engine.datasets import load_split, read_image
-    from engine.preprocess import Letterbox, bgrx_from_planes
+    from engine.preprocess import Letterbox, bgr_from_planes
 
     items = load_split(small_data, "val")[:2]
     x = Letterbox((320, 320), batch=1)([read_image(items[0].path)])[0].copy()
     ref = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
     for t, q in forms.items():
-        feed = bgrx_from_planes(x) if t is QuantTarget.CPU else x
+        feed = bgr_from_planes(x) if t is QuantTarget.CPU else x
         out = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"images": feed})[0]
         assert out.shape == ref.shape
         assert np.abs(out[0, 4:] - ref[0, 4:]).max() < 0.25, t  # scores: INT8 noise, not a collapse

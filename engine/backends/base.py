@@ -51,7 +51,7 @@ class Backend(abc.ABC):
         return (b, b) if b else (1, None)
 
     def infer(self, x: np.ndarray) -> list[np.ndarray]:
-        """Run the model on a batch matching ``inputs[0]`` (NCHW float, or NHWC uint8 BGRx: see PixelFormat)."""
+        """Run the model on a batch matching ``inputs[0]`` (NCHW float, or NHWC uint8 BGR: see PixelFormat)."""
         spec = self.inputs[0]
         if x.ndim != len(spec.shape) or any(s is not None and s != d for s, d in zip(spec.shape, x.shape)):
             raise InputImageError(f"input shape {x.shape} does not match the model's {spec.shape}",

@@ -77,7 +77,7 @@ class OnnxRuntimeBackend(Backend):
         """For an ONNX file without metadata: sizes from the graph, class count from the output."""
         spec = self.inputs[0]
         pixels = PixelFormat.of_input(spec.shape, spec.dtype)
-        h, w = spec.shape[1:3] if pixels is PixelFormat.NHWC_BGRX_UINT8 else spec.shape[2:4]
+        h, w = spec.shape[1:3] if pixels is PixelFormat.NHWC_BGR_UINT8 else spec.shape[2:4]
         imgsz = (h or 640, w or 640)
         channels = self.outputs[0].shape[1]
         if channels is None:
