@@ -10,10 +10,10 @@ the YOLO graph cost more there than they need to; both rewrites keep the numbers
   whole rows and pixels (about 0.03 ms) and give bit-identical outputs.
 * :func:`bgr_uint8_input`: the image input becomes ``(B, H, W, 3)`` uint8, the letterboxed frame as
   OpenCV holds it (:attr:`engine.metadata.PixelFormat.NHWC_BGR_UINT8`). In the graph a Transpose and a
-  Gather of the planes (B, G, R → R, G, B) feed a Cast and a Mul by ``float32(1/255)``, the product the
-  float letterbox computes, so every later tensor is bit for bit what the float input gave (a
-  DequantizeLinear would compute the same, but ONNX Runtime fuses it with the float stem into a slow,
-  less accurate int8 convolution on 3 channels). The runtime's preprocessing shrinks to a resize into the input (about 0.1 ms against
+  Gather of the planes (B, G, R → R, G, B) feed a DequantizeLinear of scale ``float32(1/255)``, the
+  product the float letterbox computes, so every later tensor is bit for bit what the float input gave.
+  The DequantizeLinear is per channel (three equal scales): ONNX Runtime would fuse a per-tensor one
+  with the float stem into an int8 convolution on 3 channels, slower and not the same numbers. The runtime's preprocessing shrinks to a resize into the input (about 0.1 ms against
   0.3-0.5 ms for the float planes on the demo's frames). An int8 stem on a 4-channel BGRx input was
   faster still but cost accuracy (benchmarks/RESULTS.md): the stem stays float.
 
@@ -162,7 +162,7 @@ def bgr_uint8_input(model) -> bool:
     """Make the image input ``(B, H, W, 3)`` uint8 BGR; return whether the graph was changed.
 
     Only a graph with one float input of shape ``(B, 3, H, W)`` is changed. The input keeps its name;
-    its readers get ``Mul(Cast(Gather(Transpose(pixels), [2, 1, 0])), float32(1/255))``, the same float
+    its readers get ``DequantizeLinear(Gather(Transpose(pixels), [2, 1, 0]), 1/255, 0)``, the same float
     planes the float letterbox writes.
     """
     tensor_proto, helper, numpy_helper = _helpers()
@@ -182,13 +182,15 @@ def bgr_uint8_input(model) -> bool:
         for k, i in enumerate(n.input):
             if i == name:
                 n.input[k] = floats
+    # a per-channel DequantizeLinear (three equal scales): ONNX Runtime fuses a per-tensor one with the
+    # float stem into an int8 convolution, which is slower and not the same numbers
     model.graph.initializer.extend([numpy_helper.from_array(np.array([2, 1, 0], np.int64), f"{name}_rgb_order"),
-                                    numpy_helper.from_array(np.array(_INPUT_SCALE), f"{name}_scale")])
-    # Cast + Mul, not DequantizeLinear: ONNX Runtime would fuse a DequantizeLinear into an int8 stem
+                                    numpy_helper.from_array(np.full(3, _INPUT_SCALE), f"{name}_scale"),
+                                    numpy_helper.from_array(np.zeros(3, np.uint8), f"{name}_zero_point")])
     pre = [helper.make_node("Transpose", [name], [planes], name=f"{name}_to_planes", perm=[0, 3, 1, 2]),
            helper.make_node("Gather", [planes, f"{name}_rgb_order"], [rgb], name=f"{name}_bgr_to_rgb", axis=1),
-           helper.make_node("Cast", [rgb], [f"{name}_cast"], name=f"{name}_cast", to=tensor_proto.FLOAT),
-           helper.make_node("Mul", [f"{name}_cast", f"{name}_scale"], [floats], name=f"{name}_div255")]
+           helper.make_node("DequantizeLinear", [rgb, f"{name}_scale", f"{name}_zero_point"], [floats],
+                            name=f"{name}_div255", axis=1)]
     nodes = pre + list(model.graph.node)
     del model.graph.node[:]
     model.graph.node.extend(nodes)
