@@ -257,3 +257,31 @@ def test_silu_bypass_for_the_breakdown_benchmark_removes_every_quantized_silu(fo
     inp = sess.get_inputs()[0]
     out = sess.run(None, {inp.name: np.zeros(inp.shape, np.uint8)})[0]
     assert out.shape[0] == 1
+
+
+def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_data, tmp_path):
+    """Detector reads the pixel format from the graph: uint8 BGR frames in, the FP32 model's detections out."""
+    from engine import Detector
+    from engine.datasets import load_split, read_image
+    from engine.metadata import PixelFormat
+    from exporters.onnx_export import write_metadata
+    from exporters.quantize import int8_metadata
+
+    q = onnx.ModelProto()
+    q.CopyFrom(forms[QuantTarget.CPU])
+    meta = int8_metadata(_meta(onnx.load(str(demo_onnx))), q)
+    assert meta.pixels is PixelFormat.NHWC_BGR_UINT8
+    write_metadata(q, meta)
+    path = tmp_path / "demo.int8-cpu.onnx"
+    onnx.save(q, str(path))
+    frame = read_image(load_split(small_data, "val")[0].path)
+    with Detector(demo_onnx, device="cpu") as ref, Detector(path, device="cpu") as det:
+        assert det.backend.inputs[0].dtype == np.uint8 and det._letterbox.buffer.shape == (1, 320, 320, 3)
+        a, b = ref(frame), det(frame)
+        assert len(a) and abs(len(a) - len(b)) <= 1
+        best = b.xyxy[int(np.argmax(b.confidence))]
+        assert np.abs(a.xyxy - best).max(axis=1).min() < 4.0  # the INT8 top box is one of FP32's, within 4 px
+        two = det([frame, frame])  # a list of frames runs too
+        assert len(two) == 2 and len(two[0]) == len(b)
+    with pytest.raises(ConfigError, match="preprocess='gpu'"):
+        Detector(path, device="cpu", preprocess="gpu")
