@@ -34,12 +34,11 @@ def bypass_silu(model) -> int:
     Returns:
         the number of SiLUs bypassed.
     """
+    from exporters.onnx_graph import drop_unused_initializers, graph_index
+
     g = model.graph
-    producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    index = graph_index(model)
+    producer, readers = index.producer, index.consumers
     rename = {}
     for sig in (n for n in g.node if n.op_type == "Sigmoid"):
         dq = producer.get(sig.input[0])
@@ -61,10 +60,7 @@ def bypass_silu(model) -> int:
             break
         del g.node[:]
         g.node.extend(keep)
-    read = {i for n in g.node for i in n.input}
-    inits = [i for i in g.initializer if i.name in read]
-    del g.initializer[:]
-    g.initializer.extend(inits)
+    drop_unused_initializers(model)
     return len(rename)
 
 

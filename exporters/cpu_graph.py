@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .onnx_graph import attr as _attr
+from .onnx_graph import drop_unused_initializers, graph_index
+
 _INPUT_SCALE = np.float32(1.0 / 255.0)
 
 
@@ -35,33 +38,11 @@ class CpuRewrites:
     upsamples: int  # nearest Resizes turned into Gathers
     uint8_input: bool  # the input is NHWC uint8 BGR
 
-    def summary(self) -> str:
-        parts = [f"{self.upsamples} upsample(s) as NHWC Gathers"] if self.upsamples else []
-        if self.uint8_input:
-            parts.append("uint8 BGR input")
-        return ", ".join(parts) or "none"
-
 
 def _helpers():
     from onnx import TensorProto, helper, numpy_helper
 
     return TensorProto, helper, numpy_helper
-
-
-def _index(model) -> tuple[dict, dict, dict]:
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    return inits, producer, consumers
-
-
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def _as_text(v) -> str:
@@ -91,7 +72,8 @@ def upsample_as_gather(model) -> int:
     ``i`` along an axis reads input ``i // f``, which is Resize's ``floor(i / f)``.
     """
     _, helper, numpy_helper = _helpers()
-    inits, producer, consumers = _index(model)
+    g = graph_index(model)
+    inits, producer, consumers = g.inits, g.producer, g.consumers
     value = lambda name: numpy_helper.to_array(inits[name]) if name in inits else None  # noqa: E731
     plans, shapes = [], None
     for n in model.graph.node:
@@ -147,15 +129,8 @@ def upsample_as_gather(model) -> int:
                                         and nd.output[0] not in {o.name for o in model.graph.output})]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    _drop_unused_initializers(model)
+    drop_unused_initializers(model)
     return len(plans)
-
-
-def _drop_unused_initializers(model) -> None:
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
 
 
 def bgr_uint8_input(model) -> bool:

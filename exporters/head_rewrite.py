@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .onnx_graph import attr as _attr
+from .onnx_graph import graph_index
+
 
 @dataclass(frozen=True)
 class DflMatch:
@@ -40,10 +43,6 @@ def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _attr(node, name: str, default=None):
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def find_dfl(model) -> list[DflMatch]:
@@ -54,12 +53,8 @@ def find_dfl(model) -> list[DflMatch]:
     """
     from onnx import numpy_helper
 
-    init = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    g = graph_index(model)
+    init, producer, consumers = g.inits, g.producer, g.consumers
     found = []
     if _opset(model) < 13:  # before opset 13 Softmax(axis=1) normalizes over all trailing axes: not DFL
         return found
