@@ -64,6 +64,8 @@ def sensitivity(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> list[tup
     import onnx
     import onnxruntime as ort
 
+    from engine.preprocess import bgr_from_planes
+
     from .quantize import quantized_nodes
 
     q = onnx.load(str(qdq))
@@ -84,8 +86,6 @@ def sensitivity(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> list[tup
         if node.output[0] in f_tensors:
             layers[name] = (ins, node.output[0])
     watch = sorted({t for ins, out in layers.values() for t in (*ins, out)})
-    from engine.preprocess import bgr_from_planes
-
     sessions = [_exposing_session(ort, onnx, m, watch) for m in (f, q)]
     inp = sessions[0].get_inputs()[0].name
     q_in = sessions[1].get_inputs()[0]

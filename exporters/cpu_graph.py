@@ -6,16 +6,17 @@ the YOLO graph cost more there than they need to; both rewrites keep the numbers
 * :func:`upsample_as_gather`: a nearest ``Resize`` by whole factors (YOLO's ``Upsample(2)``) between a
   DequantizeLinear and a QuantizeLinear of the same scale becomes two ``Gather`` s of uint8 rows and
   pixels in NHWC (its Transposes cancel against ONNX Runtime's own). ONNX Runtime's channels-last uint8
-  Resize copies element by element (about 0.2 ms for the demo's two upsamples at 320); the Gathers copy
-  whole rows and pixels (about 0.03 ms) and give bit-identical outputs.
+  Resize copies element by element (0.24 ms for the demo's two upsamples at 320, in its profiler); the
+  Gathers copy whole rows and pixels (0.04 ms) and give bit-identical outputs.
 * :func:`bgr_uint8_input`: the image input becomes ``(B, H, W, 3)`` uint8, the letterboxed frame as
   OpenCV holds it (:attr:`engine.metadata.PixelFormat.NHWC_BGR_UINT8`). In the graph a Transpose and a
   Gather of the planes (B, G, R → R, G, B) feed a DequantizeLinear of scale ``float32(1/255)``, the
   product the float letterbox computes, so every later tensor is bit for bit what the float input gave.
   The DequantizeLinear is per channel (three equal scales): ONNX Runtime would fuse a per-tensor one
-  with the float stem into an int8 convolution on 3 channels, slower and not the same numbers. The runtime's preprocessing shrinks to a resize into the input (about 0.1 ms against
-  0.3-0.5 ms for the float planes on the demo's frames). An int8 stem on a 4-channel BGRx input was
-  faster still but cost accuracy (benchmarks/RESULTS.md): the stem stays float.
+  with the float stem into an int8 convolution on 3 channels, slower and not the same numbers. The
+  runtime's preprocessing shrinks to a resize into the input (0.25 ms against 0.47 ms for the float
+  planes on the demo's frames). An int8 stem on a 4-channel BGRx input was faster still but cost
+  accuracy (benchmarks/RESULTS.md): the stem stays float.
 
 Both are pure functions of a loaded ``onnx.ModelProto`` that edit it in place and say what they did.
 """
@@ -92,9 +93,9 @@ def upsample_as_gather(model) -> int:
         if dq is None or dq.op_type != "DequantizeLinear" or len(outs) != 1 or outs[0].op_type != "QuantizeLinear":
             continue
         q = outs[0]
-        same = all(value(a) is not None and value(b) is not None and np.array_equal(value(a), value(b))
-                   for a, b in zip(dq.input[1:3], q.input[1:3]))
-        if not same or len(dq.input) < 3 or len(q.input) < 3:
+        if len(dq.input) < 3 or len(q.input) < 3 or not all(
+                value(a) is not None and value(b) is not None and np.array_equal(value(a), value(b))
+                for a, b in zip(dq.input[1:3], q.input[1:3])):
             continue
         shapes = _static_hw(model) if shapes is None else shapes
         hw = shapes.get(n.input[0])
@@ -124,9 +125,8 @@ def upsample_as_gather(model) -> int:
             helper.make_node("Transpose", [f"{base}_pixels"], [node.output[0]], name=f"{base}_to_nchw", perm=[0, 3, 1, 2]),
         ]
     # the Resize's DequantizeLinear goes if nothing else reads it
-    still_read = {i for nd in nodes for i in nd.input}
-    nodes = [nd for nd in nodes if not (nd.op_type == "DequantizeLinear" and nd.output[0] not in still_read
-                                        and nd.output[0] not in {o.name for o in model.graph.output})]
+    still_read = {i for nd in nodes for i in nd.input} | {o.name for o in model.graph.output}
+    nodes = [nd for nd in nodes if not (nd.op_type == "DequantizeLinear" and nd.output[0] not in still_read)]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     drop_unused_initializers(model)
