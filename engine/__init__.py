@@ -8,5 +8,6 @@ from .detections import Detection, Detections
 from .detector import Detector
 from .errors import DeployError
 from .metadata import ModelMetadata
+from .pool import DetectorPool
 
-__all__ = ["Detector", "Detections", "Detection", "ModelMetadata", "DeployError", "__version__"]
+__all__ = ["Detector", "DetectorPool", "Detections", "Detection", "ModelMetadata", "DeployError", "__version__"]

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--loop", action="store_true", help="start files and folders over when they end")
     ap.add_argument("--batch", type=int, metavar="N",
                     help="most frames per model call (default: the model's batch, or one per source if dynamic)")
+    ap.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="CPU detectors run side by side (.onnx models), each on cores/N threads: more frames "
+                         "per second over several sources")
     ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     ap.add_argument("--iou", type=float, default=0.45, help="IoU threshold of NMS")
     ap.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames in all")
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     capture = CaptureConfig(reconnect_max=args.reconnect_max, read_timeout=args.read_timeout,
                             connect_attempts=args.connect_attempts, realtime=args.realtime, loop=args.loop)
     config = StreamConfig(capture=capture, batch=args.batch, log_interval=args.log_interval,
-                          max_frames=args.max_frames, duration=args.duration)
+                          max_frames=args.max_frames, duration=args.duration, workers=args.workers)
     sinks = []
     if args.save:
         sinks.append(VideoSink(args.save))

@@ -1,0 +1,151 @@
+"""``DetectorPool``: several single-threaded CPU detectors of one model, for many streams on few cores.
+
+    from engine.pool import DetectorPool
+    with DetectorPool("deploy/demo.int8-cpu.onnx", workers=2) as pool:
+        results = pool.predict([frame_cam1, frame_cam2])   # in order, one Detections per frame
+
+Why: ONNX Runtime runs an elementwise operator on one thread below roughly 100k elements (its cost
+model), and at 320x320 most of a YOLO's activations (SiLU, adds, concats at P4/P5) are smaller than
+that. One session given all the cores therefore leaves cores idle for much of a frame; the INT8 CPU form
+suffers most, its quantized SiLU being two such passes. Two sessions with one thread each, fed one
+frame each, keep both cores busy: on a 2-core Xeon the demo ran end to end at 3.7 ms per frame (INT8 CPU
+form) and 6.4 ms (FP32) against 5.4 and 7.9 ms with one two-threaded detector (``python -m
+benchmarks.int8_speed --workers 2``, ``benchmarks/RESULTS.md``). It raises frames per second, not the
+latency of one frame, so it is for several cameras (or a batch).
+
+Each worker owns a :class:`~engine.Detector` (its own session and letterbox buffer); a call splits the
+frames into one contiguous chunk per worker and runs the chunks at once on threads (ONNX Runtime and
+OpenCV release the GIL; threads, not processes, so it works the same on Windows).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .backends import backend_for
+from .detections import Detections
+from .detector import Detector
+from .errors import ConfigError, InputImageError
+
+__all__ = ["DetectorPool", "default_threads"]
+
+
+def default_threads(workers: int, cores: int | None = None) -> int:
+    """ONNX Runtime intra-op threads per worker: the cores shared out, at least one."""
+    return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+class DetectorPool:
+    """``workers`` CPU :class:`~engine.Detector` s of one ONNX model, run side by side on threads.
+
+    Args:
+        path: an ``.onnx`` model (ONNX Runtime on the CPU; a GPU gets its throughput from a batch).
+        workers: how many detectors (at least 1); 2 or the number of cameras, up to the cores.
+        threads: ONNX Runtime intra-op threads of each (default: cores // workers, at least 1).
+        **detector_options: passed to each :class:`~engine.Detector` (``conf``, ``iou``, ``classes`` ...).
+
+    ``pool.predict(frames)`` returns one :class:`~engine.Detections` per frame, in order; ``pool(frame)``
+    and ``pool([f1, f2])`` work as on a Detector. Calls from several threads are served one at a time.
+    """
+
+    def __init__(self, path: str | Path, workers: int = 2, threads: int | None = None,
+                 **detector_options: Any) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"workers={workers!r}", "use 1 or more workers (2, or one per camera up to the cores)")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads={threads!r}", "use 1 or more threads per worker, or leave it to the pool")
+        backend = detector_options.pop("backend", "auto")
+        cls = backend_for(path, backend)
+        if getattr(cls, "name", None) != "onnxruntime":
+            raise ConfigError(f"DetectorPool runs ONNX Runtime on the CPU; {path} loads with the "
+                              f"'{getattr(cls, 'name', cls.__name__)}' backend",
+                              "use one Detector with a batch for a GPU engine, or pass an .onnx model")
+        device = detector_options.pop("device", "cpu")
+        if device != "cpu":
+            raise ConfigError(f"DetectorPool(device={device!r})", "the pool is for the CPU: leave device out")
+        for key in ("intra_op_threads",):
+            if key in detector_options:
+                raise ConfigError(f"DetectorPool({key}=...)", "pass threads= (per worker) instead")
+        self.workers, self.threads = workers, threads or default_threads(workers)
+        self.detectors: list[Detector] = []
+        try:
+            for _ in range(workers):
+                self.detectors.append(Detector(path, backend=backend, device="cpu",
+                                               intra_op_threads=self.threads, **detector_options))
+        except Exception:
+            self.close()
+            raise
+        self._executor = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="detector-pool") \
+            if workers > 1 else None
+        self._lock = threading.Lock()
+        self.last_timings: dict[str, float] = {}
+
+    # what Stream and callers read from a Detector
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.detectors[0].names
+
+    @property
+    def imgsz(self) -> tuple[int, int]:
+        return self.detectors[0].imgsz
+
+    @property
+    def metadata(self):
+        return self.detectors[0].metadata
+
+    @property
+    def max_batch(self) -> int | None:
+        """Frames one call spreads at once: workers x the model's static batch (``None``: dynamic batch)."""
+        static = self.detectors[0].backend.max_batch
+        return self.workers * static if static else None
+
+    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
+        if isinstance(frames, np.ndarray):
+            return self.predict([frames])[0]
+        if not isinstance(frames, (list, tuple)):
+            raise InputImageError(f"expected a BGR image or a list of images, got {type(frames).__name__}",
+                                  "pass a numpy array (H, W, 3) or a list of them")
+        return self.predict(list(frames))
+
+    def predict(self, frames: list[np.ndarray]) -> list[Detections]:
+        """Detections for each frame, in order; the frames are split into one chunk per worker."""
+        if not frames:
+            return []
+        n = len(frames)
+        size = -(-n // self.workers)  # ceil: contiguous chunks, the last may be short
+        chunks = [frames[i : i + size] for i in range(0, n, size)]
+        with self._lock:
+            futures = [self._executor.submit(det.predict, chunk)
+                       for det, chunk in zip(self.detectors[1:], chunks[1:])] if self._executor else []
+            try:
+                first = self.detectors[0].predict(chunks[0])  # the calling thread runs one chunk itself
+            finally:  # never leave a worker running into the next call, even when this chunk failed
+                wait(futures)
+            results = first + [r for f in futures for r in f.result()]
+            self.last_timings = {k: max(d.last_timings.get(k, 0.0) for d in self.detectors[: len(chunks)])
+                                 for k in ("preprocess", "inference", "postprocess")}
+        return results
+
+    def close(self) -> None:
+        """Stop the threads and release every detector's session."""
+        executor, self._executor = getattr(self, "_executor", None), None
+        if executor is not None:
+            executor.shutdown(wait=True)
+        for det in self.detectors:
+            det.close()
+        self.detectors = []
+
+    def __enter__(self) -> "DetectorPool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        name = self.detectors[0].backend.path.name if self.detectors else "closed"
+        return f"DetectorPool({name}, workers={self.workers}, threads={self.threads})"

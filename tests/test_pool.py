@@ -1,0 +1,123 @@
+"""DetectorPool: same detections as one Detector, in order; bad arguments; failures; Stream(workers=N)."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine import Detector, DetectorPool
+from engine.datasets import list_images, read_image
+from engine.errors import BackendUnavailableError, ConfigError, InputImageError
+from engine.pool import default_threads
+from engine.stream import Stream, StreamConfig
+from tests.conftest import DEMO
+from tests.rtsp_server import make_clip
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return [read_image(p) for p in list_images(DEMO / "val" / "images")[:7]]
+
+
+def same(a, b) -> bool:
+    return (len(a) == len(b) and np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.confidence, b.confidence)
+            and np.array_equal(a.class_id, b.class_id))
+
+
+def test_pool_gives_one_detectors_results_in_order(demo_onnx, frames):
+    with Detector(demo_onnx, device="cpu") as det, DetectorPool(demo_onnx, workers=3, threads=1) as pool:
+        ref = det.predict(frames)
+        assert sum(len(d) for d in ref) > 0  # the demo frames have objects: the comparison means something
+        got = pool.predict(frames)  # 7 frames over 3 workers: chunks of 3, 3, 1
+        assert len(got) == len(frames) and all(same(a, b) for a, b in zip(ref, got))
+        assert all(same(a, b) for a, b in zip(ref[:2], pool.predict(frames[:2])))  # fewer frames than workers
+        assert same(pool(frames[4]), ref[4]) and len(pool(frames[:3])) == 3 and pool.predict([]) == []
+        assert pool.names == det.names and pool.imgsz == det.imgsz
+        assert pool.max_batch == 3  # the demo is static batch 1: a Stream hands the pool 3 frames a call
+        assert set(pool.last_timings) == {"preprocess", "inference", "postprocess"}
+
+
+def test_calls_from_several_threads_are_served_one_at_a_time(demo_onnx, frames):
+    with Detector(demo_onnx, device="cpu") as det, DetectorPool(demo_onnx, workers=2) as pool:
+        ref = det.predict(frames)
+        out: dict[int, list] = {}
+
+        def call(k: int) -> None:
+            order = frames[k:] + frames[:k]
+            out[k] = [pool.predict(order) for _ in range(3)]
+
+        threads = [threading.Thread(target=call, args=(k,)) for k in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        for k, runs in out.items():
+            want = ref[k:] + ref[:k]
+            assert all(same(a, b) for run in runs for a, b in zip(want, run))
+
+
+def test_a_bad_frame_in_one_chunk_is_a_clear_error_and_the_pool_goes_on(demo_onnx, frames):
+    with DetectorPool(demo_onnx, workers=2) as pool:
+        with pytest.raises(InputImageError):
+            pool.predict(frames[:2] + ["not an image"])  # the second worker's chunk fails
+        with pytest.raises(InputImageError):
+            pool.predict([np.zeros((8, 8, 3), np.float32)] + frames[:3])  # the caller's own chunk fails
+        assert len(pool.predict(frames[:4])) == 4
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"workers": 0}, "workers=0"),
+    ({"workers": 2, "threads": 0}, "threads=0"),
+    ({"workers": 2, "device": "cuda"}, "device='cuda'"),
+    ({"workers": 2, "intra_op_threads": 1}, "intra_op_threads"),
+])
+def test_bad_arguments_are_config_errors(demo_onnx, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DetectorPool(demo_onnx, **kwargs)
+
+
+def test_a_gpu_engine_or_unknown_file_is_refused_before_loading(tmp_path):
+    with pytest.raises(ConfigError, match="tensorrt"):
+        DetectorPool(tmp_path / "model.engine")  # refused by suffix: no file or TensorRT needed
+    with pytest.raises(BackendUnavailableError, match=".tflite"):
+        DetectorPool(tmp_path / "model.tflite")
+
+
+def test_a_model_that_fails_to_load_leaves_nothing_open(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(Exception) as e:
+        DetectorPool(bad, workers=2)
+    assert str(bad) in str(e.value) or bad.name in str(e.value)
+
+
+def test_default_threads_share_the_cores():
+    assert default_threads(2, cores=2) == 1
+    assert default_threads(3, cores=2) == 1  # never 0
+    assert default_threads(2, cores=16) == 8
+    assert default_threads(1, cores=4) == 4
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=12)
+
+
+def test_stream_with_workers_runs_a_pool_over_its_sources(demo_onnx, clip):
+    got = []
+    stream = Stream(demo_onnx, [f"a={clip}", f"b={clip}"], StreamConfig(log_interval=0, workers=2),
+                    on_result=lambda r: got.append((r.source, r.index)), device="cpu")
+    snap = stream.run()
+    assert isinstance(stream.detector, DetectorPool) and stream.detector.detectors == []  # the stream closed it
+    assert snap["a"]["frames_out"] == 12 and snap["b"]["frames_out"] == 12
+    assert [i for s, i in got if s == "a"] == list(range(12)) == [i for s, i in got if s == "b"]
+    assert stream.batch == 2  # two static-batch-1 workers: two frames a call
+
+
+def test_stream_workers_config_errors(demo_onnx, clip):
+    with pytest.raises(ConfigError, match="workers=0"):
+        Stream(demo_onnx, [str(clip)], StreamConfig(workers=0))
+    with Detector(demo_onnx, device="cpu") as det:
+        stream = Stream(det, [str(clip)], StreamConfig(workers=2, log_interval=0))
+        with pytest.raises(ConfigError, match="ready detector"):
+            stream.start()
