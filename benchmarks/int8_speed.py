@@ -2,6 +2,7 @@
 
     python -m exporters.build                          # deploy/demo{,.fp16,.int8,.int8-cpu}.onnx
     python -m benchmarks.int8_speed [--deploy deploy] [--stem demo] [--iters 20] [--rounds 25] [--threads N]
+    python -m benchmarks.int8_speed --workers 2        # throughput of two single-threaded detectors per model
 
 What is timed: ``Detector(path)(frame)`` on real frames (the demo val images, cycled), i.e. letterbox +
 ONNX Runtime CPU inference + decode and NMS, per frame, batch 1, conf 0.25. The models run in
@@ -9,6 +10,10 @@ interleaved rounds (each round times every model ``--iters`` times) so a busy ma
 Per model: the median over all its calls, and its speed-up over FP32 as the median, over rounds, of
 the ratio of the two models' block medians in the same round (with the middle half of those ratios). ``--threads`` sets ONNX Runtime's intra-op
 threads (0: its default, all cores).
+
+``--workers N`` times throughput instead: each model runs as a :class:`~engine.pool.DetectorPool` of N
+detectors (``--threads`` each, default cores // N), a call takes N frames at once, and a call's time over
+N is its time per frame. That is the figure for several cameras on one CPU, not one frame's latency.
 """
 from __future__ import annotations
 
@@ -62,41 +67,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=25, help="interleaved rounds (default: 25)")
     ap.add_argument("--warmup", type=int, default=20, help="untimed calls per model first (default: 20)")
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: 0 = all cores)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="detectors per model run side by side, N frames per call (default: 1, latency)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
 
-    from engine import Detector
+    from engine import Detector, DetectorPool
 
     frames = _frames(args.images, 32)
+    w = args.workers
+    if w < 1:
+        raise SystemExit(f"--workers {w}: use 1 or more")
     dets = {}
     for name, suffix in FORMS:
         path = args.deploy / f"{args.stem}{suffix}"
         if path.is_file():
-            dets[name] = Detector(path, conf=0.25, device="cpu", intra_op_threads=args.threads)
+            dets[name] = (Detector(path, conf=0.25, device="cpu", intra_op_threads=args.threads) if w == 1 else
+                          DetectorPool(path, w, threads=args.threads or None, conf=0.25))
     if "fp32" not in dets:
         raise SystemExit(f"{args.deploy / (args.stem + '.onnx')} not found: run python -m exporters.build first")
     times: dict[str, list[list[float]]] = {k: [] for k in dets}
     for name, det in dets.items():
         for i in range(args.warmup):
-            det(frames[i % len(frames)])
+            det.predict([frames[(i * w + k) % len(frames)] for k in range(w)])
     for _ in range(args.rounds):
         for name, det in dets.items():
             time.sleep(PAUSE_S)
             block = []
             for i in range(args.iters):
-                f = frames[i % len(frames)]
+                f = [frames[(i * w + k) % len(frames)] for k in range(w)]
                 t = time.perf_counter()
-                det(f)
-                block.append(time.perf_counter() - t)
+                det.predict(f)
+                block.append((time.perf_counter() - t) / w)  # per frame: N frames ran at once
             times[name].append(block)
-    rows = [_row(name, dets[name].backend.path.name, blocks, times["fp32"]) for name, blocks in times.items()]
+    files = {k: args.deploy / f"{args.stem}{suffix}" for k, suffix in FORMS}
+    rows = [_row(name, files[name].name, blocks, times["fp32"]) for name, blocks in times.items()]
     imgsz = dets["fp32"].imgsz
     import onnxruntime as ort
 
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "imgsz": list(imgsz),
-           "threads": args.threads, "frames": len(frames), "calls_per_model": args.iters * args.rounds}
+           "threads": args.threads, "workers": w, "frames": len(frames), "calls_per_model": args.iters * args.rounds}
     print(f"{env['cpu']}, {env['cores']} cores, ONNX Runtime {ort.__version__} CPU, imgsz {imgsz[0]}x{imgsz[1]}, "
-          f"batch 1, end to end (letterbox + inference + NMS), {env['calls_per_model']} calls per model\n")
+          f"batch 1, end to end (letterbox + inference + NMS), {env['calls_per_model']} calls per model"
+          + (f", {w} detectors per model side by side ({dets['fp32'].threads} threads each), ms per frame = "
+             f"a call's time / {w}" if w > 1 else "") + "\n")
     print("| model | file | median ms | p90 ms | FPS | speed-up vs FP32 (median of rounds) | middle half of rounds |\n"
           "|---|---|---|---|---|---|---|")
     for r in rows:
