@@ -16,7 +16,22 @@ from .nms import postprocess_raw
 from .preprocess import Letterbox
 
 
-class Detector:
+class FrameCalls:
+    """``obj(frame)`` gives one :class:`Detections`, ``obj([f1, f2])`` a list, through ``obj.predict``."""
+
+    def predict(self, frames: list[np.ndarray]) -> list[Detections]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
+        if isinstance(frames, np.ndarray):
+            return self.predict([frames])[0]
+        if not isinstance(frames, (list, tuple)):
+            raise InputImageError(f"expected a BGR image or a list of images, got {type(frames).__name__}",
+                                  "pass a numpy array (H, W, 3) or a list of them")
+        return self.predict(list(frames))
+
+
+class Detector(FrameCalls):
     """Run a YOLO detect model exported by ``python -m exporters.build`` (or by Ultralytics).
 
     Args:
@@ -84,14 +99,6 @@ class Detector:
     @property
     def imgsz(self) -> tuple[int, int]:
         return self.metadata.imgsz
-
-    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
-        if isinstance(frames, np.ndarray):
-            return self.predict([frames])[0]
-        if not isinstance(frames, (list, tuple)):
-            raise InputImageError(f"expected a BGR image or a list of images, got {type(frames).__name__}",
-                                  "pass a numpy array (H, W, 3) or a list of them")
-        return self.predict(list(frames))
 
     def predict(self, frames: list[np.ndarray]) -> list[Detections]:
         """Detections for each frame, in batches of the model's batch size."""

@@ -23,14 +23,14 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .backends import backend_for
 from .detections import Detections
-from .detector import Detector
-from .errors import ConfigError, InputImageError
+from .detector import Detector, FrameCalls
+from .errors import ConfigError
 
 __all__ = ["DetectorPool", "default_threads"]
 
@@ -40,7 +40,7 @@ def default_threads(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
-class DetectorPool:
+class DetectorPool(FrameCalls):
     """``workers`` CPU :class:`~engine.Detector` s of one ONNX model, run side by side on threads.
 
     Args:
@@ -103,14 +103,6 @@ class DetectorPool:
         """Frames one call spreads at once: workers x the model's static batch (``None``: dynamic batch)."""
         static = self.detectors[0].backend.max_batch
         return self.workers * static if static else None
-
-    def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
-        if isinstance(frames, np.ndarray):
-            return self.predict([frames])[0]
-        if not isinstance(frames, (list, tuple)):
-            raise InputImageError(f"expected a BGR image or a list of images, got {type(frames).__name__}",
-                                  "pass a numpy array (H, W, 3) or a list of them")
-        return self.predict(list(frames))
 
     def predict(self, frames: list[np.ndarray]) -> list[Detections]:
         """Detections for each frame, in order; the frames are split into one chunk per worker."""
