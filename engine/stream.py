@@ -66,7 +66,8 @@ class Stream:
     """Run a detector over several video sources until they end or :meth:`stop` is called.
 
     Args:
-        detector: a :class:`~engine.Detector`, or a model path (the stream then owns and closes it).
+        detector: a :class:`~engine.Detector` or :class:`~engine.pool.DetectorPool`, or a model path (the
+            stream then owns and closes it; a pool when ``config.workers`` > 1).
         sources: ``[NAME=]URI`` strings: video files, image folders, rtsp/http URLs, webcam indices.
         config: :class:`StreamConfig`.
         sinks: extra :class:`~engine.sinks.Sink` objects (video, JSON lines, window).
