@@ -31,6 +31,7 @@ from .backends import backend_for
 from .detections import Detections
 from .detector import Detector, FrameCalls
 from .errors import ConfigError
+from .metadata import ModelMetadata
 
 __all__ = ["DetectorPool", "default_threads"]
 
@@ -68,9 +69,8 @@ class DetectorPool(FrameCalls):
         device = detector_options.pop("device", "cpu")
         if device != "cpu":
             raise ConfigError(f"DetectorPool(device={device!r})", "the pool is for the CPU: leave device out")
-        for key in ("intra_op_threads",):
-            if key in detector_options:
-                raise ConfigError(f"DetectorPool({key}=...)", "pass threads= (per worker) instead")
+        if "intra_op_threads" in detector_options:
+            raise ConfigError("DetectorPool(intra_op_threads=...)", "pass threads= (per worker) instead")
         self.workers, self.threads = workers, threads or default_threads(workers)
         self.detectors: list[Detector] = []
         try:
@@ -95,7 +95,7 @@ class DetectorPool(FrameCalls):
         return self.detectors[0].imgsz
 
     @property
-    def metadata(self):
+    def metadata(self) -> ModelMetadata:
         return self.detectors[0].metadata
 
     @property
