@@ -165,6 +165,11 @@ class Stream:
             thread = CaptureThread(spec, cap, slot, self._stop, self._event, m.record_in)
             self._slots.append(slot)
             self._threads.append(thread)
+        live = sum(spec.kind.live or cap.realtime for spec in self.specs)
+        if self.config.workers > 1 and live == len(self.specs) and live < self.config.workers:
+            log.warning("workers=%d with %d live source(s): each call gets at most one frame per live source, "
+                        "so %d worker(s) idle while each frame runs on fewer threads; use workers <= sources",
+                        self.config.workers, live, self.config.workers - live)
         log.info("streaming %d source(s), batch %d: %s", len(self.specs), self.batch,
                  ", ".join(f"{s.name}={s.label} ({s.kind.value})" for s in self.specs))
         for t in self._threads:

@@ -11,7 +11,7 @@ from engine import Detector, DetectorPool
 from engine.datasets import list_images, read_image
 from engine.errors import BackendUnavailableError, ConfigError, InputImageError
 from engine.pool import default_threads
-from engine.stream import Stream, StreamConfig
+from engine.stream import CaptureConfig, Stream, StreamConfig
 from tests.conftest import DEMO
 from tests.rtsp_server import make_clip
 
@@ -121,3 +121,14 @@ def test_stream_workers_config_errors(demo_onnx, clip):
         stream = Stream(det, [str(clip)], StreamConfig(workers=2, log_interval=0))
         with pytest.raises(ConfigError, match="ready detector"):
             stream.start()
+
+
+def test_more_workers_than_live_sources_is_warned(demo_onnx, clip, caplog):
+    live = StreamConfig(workers=2, log_interval=0, capture=CaptureConfig(realtime=True))  # a file read like a camera
+    with caplog.at_level("WARNING", logger="engine.stream"):
+        Stream(demo_onnx, [str(clip)], live).start().close()
+    assert "workers=2 with 1 live source" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="engine.stream"):
+        Stream(demo_onnx, [str(clip)], StreamConfig(workers=2, log_interval=0)).start().close()  # frame by frame
+    assert "live source" not in caplog.text
