@@ -44,8 +44,8 @@ class StreamConfig:
 
     Attributes:
         capture: how sources are read, reconnected and timed out.
-        batch: most frames per detector call; ``None``: the model's static batch, or one frame per
-            source for a dynamic-batch model.
+        batch: most frames per detector call; ``None``: the model's static batch (times the workers of
+            a pool), or for a dynamic-batch model one frame per source and at least one per worker.
         log_interval: seconds between metric log lines (0: never).
         max_frames: stop after this many results in all (``None``: until the sources end or stop).
         duration: stop after this many seconds (``None``: no limit).
@@ -180,7 +180,8 @@ class Stream:
         static = getattr(backend if backend is not None else self.detector, "max_batch", 1)
         if static:  # a static-batch model: up to its batch (Detector pads a short one)
             return min(self.config.batch, static) if self.config.batch else static
-        return self.config.batch or len(self.specs)
+        # a dynamic model: one frame per source, and at least one per worker of a pool (one file fills them all)
+        return self.config.batch or max(len(self.specs), getattr(self.detector, "workers", 1))
 
     def stop(self) -> None:
         """Ask the stream to stop (thread-safe; :meth:`run` returns soon after)."""

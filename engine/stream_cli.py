@@ -55,10 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="read files at their frame rate, keeping only the latest frame (like a camera)")
     ap.add_argument("--loop", action="store_true", help="start files and folders over when they end")
     ap.add_argument("--batch", type=int, metavar="N",
-                    help="most frames per model call (default: the model's batch, or one per source if dynamic)")
+                    help="most frames per model call (default: the model's batch times the workers, or if dynamic "
+                         "one per source and at least one per worker)")
     ap.add_argument("--workers", type=int, default=1, metavar="N",
                     help="CPU detectors run side by side (.onnx models), each on cores/N threads: more frames "
-                         "per second over several sources")
+                         "per second from a video file or several sources")
     ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     ap.add_argument("--iou", type=float, default=0.45, help="IoU threshold of NMS")
     ap.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames in all")

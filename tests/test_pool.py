@@ -114,6 +114,20 @@ def test_stream_with_workers_runs_a_pool_over_its_sources(demo_onnx, clip):
     assert stream.batch == 2  # two static-batch-1 workers: two frames a call
 
 
+def test_a_dynamic_model_gives_each_worker_a_frame_from_one_file(demo_pt, export_dir, clip, monkeypatch):
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    path = export_onnx(ExportConfig(weights=demo_pt, dynamic=True, out=export_dir / "dyn_pool"), log=lambda s: None).path
+    calls, got, real = [], [], DetectorPool.predict
+    monkeypatch.setattr(DetectorPool, "predict", lambda self, frames: (calls.append(len(frames)), real(self, frames))[1])
+    stream = Stream(path, [f"a={clip}"], StreamConfig(log_interval=0, workers=2),
+                    on_result=lambda r: got.append(r.index), device="cpu")
+    stream.run()
+    assert stream.batch == 2  # not one frame a call from the only source, which would idle a worker
+    assert got == list(range(12)) and max(calls) == 2
+
+
 def test_stream_workers_config_errors(demo_onnx, clip):
     with pytest.raises(ConfigError, match="workers=0"):
         Stream(demo_onnx, [str(clip)], StreamConfig(workers=0))
