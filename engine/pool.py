@@ -30,15 +30,36 @@ import numpy as np
 from .backends import backend_for
 from .detections import Detections
 from .detector import Detector, FrameCalls
-from .errors import ConfigError
+from .errors import BackendUnavailableError, ConfigError
 from .metadata import ModelMetadata
 
-__all__ = ["DetectorPool", "default_threads"]
+__all__ = ["DetectorPool", "auto_workers", "default_threads"]
 
 
 def default_threads(workers: int, cores: int | None = None) -> int:
     """ONNX Runtime intra-op threads per worker: the cores shared out, at least one."""
     return max(1, (cores or os.cpu_count() or 1) // workers)
+
+
+def auto_workers(path: str | Path, fill: int | None, device: str = "auto", backend: str = "auto",
+                 cores: int | None = None) -> int:
+    """The workers a stream gives a model by default: 2 where a pool pays, else 1.
+
+    Two when ``path`` runs on ONNX Runtime's CPU provider, the machine has two cores or more, and the
+    sources can keep two detectors busy. ``fill`` is the most frames one call can get: ``None`` when a
+    file or folder is among the sources (read frame by frame, it fills any batch), else the number of
+    live sources (one frame each). Measured on 2 cores only (``benchmarks/RESULTS.md``); pass
+    ``workers`` yourself to use more on a larger CPU.
+    """
+    if (cores or os.cpu_count() or 1) < 2 or (fill is not None and fill < 2):
+        return 1
+    try:
+        cls = backend_for(path, backend)
+    except BackendUnavailableError:
+        return 1  # the Detector that loads it says why
+    if getattr(cls, "name", None) != "onnxruntime" or device not in ("auto", "cpu") or cls.uses_cuda(device):
+        return 1
+    return 2
 
 
 class DetectorPool(FrameCalls):

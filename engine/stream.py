@@ -51,7 +51,9 @@ class StreamConfig:
         duration: stop after this many seconds (``None``: no limit).
         workers: CPU detectors run side by side when the stream loads an ``.onnx`` model itself
             (:class:`~engine.pool.DetectorPool`, cores // workers threads each): more frames per second
-            over several sources on a CPU, each frame a little slower. 1: one detector on all cores.
+            from a file or several sources on a CPU, each frame a little slower. 1: one detector on all
+            cores. ``None``: :func:`~engine.pool.auto_workers` (2 on a CPU of two cores or more when a
+            file, a folder or two live sources can keep both busy, else 1).
     """
 
     capture: CaptureConfig = CaptureConfig()
@@ -59,7 +61,7 @@ class StreamConfig:
     log_interval: float = 10.0
     max_frames: int | None = None
     duration: float | None = None
-    workers: int = 1
+    workers: int | None = None
 
 
 class Stream:
@@ -90,9 +92,10 @@ class Stream:
             raise ConfigError(f"source names repeat: {names}", "give each source its own NAME= prefix")
         if config.batch is not None and config.batch < 1:
             raise ConfigError(f"batch={config.batch}", "use a batch of 1 or more")
-        if config.workers < 1:
+        if config.workers is not None and config.workers < 1:
             raise ConfigError(f"workers={config.workers}", "use 1 worker or more")
         self.config = config
+        self.workers = config.workers  # resolved at start (None: StreamConfig.workers says how)
         self.sinks: list[Sink] = list(sinks)
         if callable(on_result):
             self.sinks.append(CallbackSink(on_result))
@@ -134,17 +137,21 @@ class Stream:
         return self
 
     def _start(self) -> None:
-        if isinstance(self._detector_arg, (str, Path)) and self.config.workers > 1:
+        cap = self.config.capture
+        live = sum(spec.kind.live or cap.realtime for spec in self.specs)
+        path = self._detector_arg if isinstance(self._detector_arg, (str, Path)) else None
+        self.workers = self.config.workers or (self._auto_workers(path, live) if path is not None else 1)
+        if path is not None and self.workers > 1:
             from .pool import DetectorPool
 
-            self.detector = DetectorPool(self._detector_arg, self.config.workers, **self._detector_options)
+            self.detector = DetectorPool(path, self.workers, **self._detector_options)
             self._owns_detector = True
-        elif isinstance(self._detector_arg, (str, Path)):
+        elif path is not None:
             from .detector import Detector
 
-            self.detector, self._owns_detector = Detector(self._detector_arg, **self._detector_options), True
-        elif self.config.workers > 1:
-            raise ConfigError(f"workers={self.config.workers} given with a ready detector",
+            self.detector, self._owns_detector = Detector(path, **self._detector_options), True
+        elif self.workers > 1:
+            raise ConfigError(f"workers={self.workers} given with a ready detector",
                               "pass a model path to Stream, or a DetectorPool as the detector")
         elif self._detector_options:
             raise ConfigError(f"detector options {sorted(self._detector_options)} given with a ready Detector",
@@ -157,7 +164,6 @@ class Stream:
             log.info("metrics: http://%s:%d/metrics", self._exporter.host, self._exporter.port)
         if any(spec.kind is SourceKind.URL for spec in self.specs):  # now: setenv in threads is unsafe
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
-        cap = self.config.capture
         for spec in self.specs:
             m = self.metrics.add(spec.name)
             slot = FrameSlot(cap.queue_size, latest_only=spec.kind.live or cap.realtime, ready=self._ready)
@@ -165,15 +171,21 @@ class Stream:
             thread = CaptureThread(spec, cap, slot, self._stop, self._event, m.record_in)
             self._slots.append(slot)
             self._threads.append(thread)
-        live = sum(spec.kind.live or cap.realtime for spec in self.specs)
-        if self.config.workers > 1 and live == len(self.specs) and live < self.config.workers:
+        if self.workers > 1 and live == len(self.specs) and live < self.workers:
             log.warning("workers=%d with %d live source(s): each call gets at most one frame per live source, "
                         "so %d worker(s) idle while each frame runs on fewer threads; use workers <= sources",
-                        self.config.workers, live, self.config.workers - live)
-        log.info("streaming %d source(s), batch %d: %s", len(self.specs), self.batch,
+                        self.workers, live, self.workers - live)
+        log.info("streaming %d source(s), batch %d, %d worker(s): %s", len(self.specs), self.batch, self.workers,
                  ", ".join(f"{s.name}={s.label} ({s.kind.value})" for s in self.specs))
         for t in self._threads:
             t.start()
+
+    def _auto_workers(self, path: str | Path, live: int) -> int:
+        from .pool import auto_workers
+
+        fill = live if live == len(self.specs) else None  # a file or folder fills any batch
+        opts = self._detector_options
+        return auto_workers(path, fill, opts.get("device", "auto"), opts.get("backend", "auto"))
 
     def _batch_size(self) -> int:
         backend = getattr(self.detector, "backend", None)

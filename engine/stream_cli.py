@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", type=int, metavar="N",
                     help="most frames per model call (default: the model's batch times the workers, or if dynamic "
                          "one per source and at least one per worker)")
-    ap.add_argument("--workers", type=int, default=1, metavar="N",
+    ap.add_argument("--workers", type=int, default=None, metavar="N",
                     help="CPU detectors run side by side (.onnx models), each on cores/N threads: more frames "
-                         "per second from a video file or several sources")
+                         "per second from a video file or several sources (default: 2 on a CPU of 2+ cores "
+                         "when a file, a folder or two live sources keep both busy, else 1)")
     ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     ap.add_argument("--iou", type=float, default=0.45, help="IoU threshold of NMS")
     ap.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames in all")

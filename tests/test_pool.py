@@ -10,7 +10,7 @@ import pytest
 from engine import Detector, DetectorPool
 from engine.datasets import list_images, read_image
 from engine.errors import BackendUnavailableError, ConfigError, InputImageError
-from engine.pool import default_threads
+from engine.pool import auto_workers, default_threads
 from engine.stream import CaptureConfig, Stream, StreamConfig
 from tests.conftest import DEMO
 from tests.rtsp_server import make_clip
@@ -98,6 +98,16 @@ def test_default_threads_share_the_cores():
     assert default_threads(1, cores=4) == 4
 
 
+def test_auto_workers_two_only_where_a_cpu_pool_pays(demo_onnx):
+    assert auto_workers(demo_onnx, None, cores=2) == 2  # a file on a 2-core CPU
+    assert auto_workers(demo_onnx, 2, cores=8) == 2  # two cameras
+    assert auto_workers(demo_onnx, 1, cores=8) == 1  # one camera: a pool would idle
+    assert auto_workers(demo_onnx, None, cores=1) == 1
+    assert auto_workers(demo_onnx, None, device="cuda", cores=2) == 1
+    assert auto_workers(Path("m.engine"), None, cores=2) == 1  # TensorRT: a batch, not a pool
+    assert auto_workers(Path("m.xyz"), None, cores=2) == 1  # the Detector reports the bad suffix
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=12)
@@ -126,6 +136,17 @@ def test_a_dynamic_model_gives_each_worker_a_frame_from_one_file(demo_pt, export
     stream.run()
     assert stream.batch == 2  # not one frame a call from the only source, which would idle a worker
     assert got == list(range(12)) and max(calls) == 2
+
+
+def test_stream_picks_a_pool_for_a_file_on_two_cores_and_one_detector_for_one_camera(demo_onnx, clip, monkeypatch):
+    monkeypatch.setattr("engine.pool.os.cpu_count", lambda: 2)
+    with Stream(demo_onnx, [str(clip)], StreamConfig(log_interval=0), device="cpu") as s:
+        assert s.workers == 2 and isinstance(s.detector, DetectorPool) and s.batch == 2
+    camera = StreamConfig(log_interval=0, capture=CaptureConfig(realtime=True))  # a file read like a camera
+    with Stream(demo_onnx, [str(clip)], camera, device="cpu") as s:
+        assert s.workers == 1 and isinstance(s.detector, Detector)
+    with Stream(demo_onnx, [str(clip)], StreamConfig(log_interval=0, workers=1), device="cpu") as s:
+        assert s.workers == 1 and isinstance(s.detector, Detector)  # asked for: kept
 
 
 def test_stream_workers_config_errors(demo_onnx, clip):

@@ -45,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise BackendUnavailableError(f"device 'cuda' asked for {self.path}, but ONNX Runtime offers only {available}",
                                           "install onnxruntime-gpu in place of onnxruntime (see README), or use device='cpu'")
-        use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        use_cuda = self.uses_cuda(device)
         self.providers = (["CUDAExecutionProvider"] if use_cuda else []) + ["CPUExecutionProvider"]
         so = ort.SessionOptions()
         so.intra_op_num_threads = intra_op_threads
@@ -67,6 +67,13 @@ class OnnxRuntimeBackend(Backend):
         self.metadata = from_onnx_props(self.session.get_modelmeta().custom_metadata_map) or self._infer_metadata()
         self._binding = self.session.io_binding()
         self._out_buffers: dict[int, list[np.ndarray]] = {}
+
+    @staticmethod
+    def uses_cuda(device: str) -> bool:
+        """Whether a session for ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``) runs on CUDA with this ONNX Runtime."""
+        import onnxruntime as ort
+
+        return device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
 
     @staticmethod
     def _spec(arg) -> TensorSpec:
