@@ -88,7 +88,7 @@ class DetectorPool(FrameCalls):
                               f"'{getattr(cls, 'name', cls.__name__)}' backend",
                               "use one Detector with a batch for a GPU engine, or pass an .onnx model")
         device = detector_options.pop("device", "cpu")
-        if device != "cpu":
+        if device not in ("cpu", "auto") or cls.uses_cuda(device):  # "auto" where it means the CPU
             raise ConfigError(f"DetectorPool(device={device!r})", "the pool is for the CPU: leave device out")
         if "intra_op_threads" in detector_options:
             raise ConfigError("DetectorPool(intra_op_threads=...)", "pass threads= (per worker) instead")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from engine import Detector, DetectorPool
+from engine.backends.onnxruntime import OnnxRuntimeBackend
 from engine.datasets import list_images, read_image
 from engine.errors import BackendUnavailableError, ConfigError, InputImageError
 from engine.pool import auto_workers, default_threads
@@ -142,6 +143,9 @@ def test_stream_picks_a_pool_for_a_file_on_two_cores_and_one_detector_for_one_ca
     monkeypatch.setattr("engine.pool.os.cpu_count", lambda: 2)
     with Stream(demo_onnx, [str(clip)], StreamConfig(log_interval=0), device="cpu") as s:
         assert s.workers == 2 and isinstance(s.detector, DetectorPool) and s.batch == 2
+    on_cuda = OnnxRuntimeBackend.uses_cuda("auto")  # onnxruntime-gpu on a GPU machine: one detector, batched
+    with Stream(demo_onnx, [str(clip)], StreamConfig(log_interval=0), device="auto") as s:
+        assert s.workers == (1 if on_cuda else 2) and isinstance(s.detector, Detector if on_cuda else DetectorPool)
     camera = StreamConfig(log_interval=0, capture=CaptureConfig(realtime=True))  # a file read like a camera
     with Stream(demo_onnx, [str(clip)], camera, device="cpu") as s:
         assert s.workers == 1 and isinstance(s.detector, Detector)
