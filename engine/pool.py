@@ -11,7 +11,7 @@ suffers most, its quantized SiLU being two such passes. Two sessions with one th
 frame each, keep both cores busy: on a 2-core Xeon the demo ran end to end at 3.7 ms per frame (INT8 CPU
 form) and 6.4 ms (FP32) against 5.4 and 7.9 ms with one two-threaded detector (``python -m
 benchmarks.int8_speed --workers 2``, ``benchmarks/RESULTS.md``). It raises frames per second, not the
-latency of one frame, so it is for several cameras (or a batch).
+latency of one frame, so it is for a video file, several cameras or a batch.
 
 Each worker owns a :class:`~engine.Detector` (its own session and letterbox buffer); a call splits the
 frames into one contiguous chunk per worker and runs the chunks at once on threads (ONNX Runtime and
