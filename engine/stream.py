@@ -53,7 +53,8 @@ class StreamConfig:
             (:class:`~engine.pool.DetectorPool`, cores // workers threads each): more frames per second
             from a file or several sources on a CPU, each frame a little slower. 1: one detector on all
             cores. ``None``: :func:`~engine.pool.auto_workers` (2 on a CPU of two cores or more when a
-            file, a folder or two live sources can keep both busy, else 1).
+            file, a folder or two live sources can keep both busy, else 1; 1 when the detector options
+            set ``intra_op_threads``).
     """
 
     capture: CaptureConfig = CaptureConfig()
@@ -183,8 +184,10 @@ class Stream:
     def _auto_workers(self, path: str | Path, live: int) -> int:
         from .pool import auto_workers
 
-        fill = live if live == len(self.specs) else None  # a file or folder fills any batch
         opts = self._detector_options
+        if "intra_op_threads" in opts:  # the caller laid out one detector's threads
+            return 1
+        fill = live if live == len(self.specs) else None  # a file or folder fills any batch
         return auto_workers(path, fill, opts.get("device", "auto"), opts.get("backend", "auto"))
 
     def _batch_size(self) -> int:

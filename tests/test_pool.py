@@ -151,6 +151,8 @@ def test_stream_picks_a_pool_for_a_file_on_two_cores_and_one_detector_for_one_ca
         assert s.workers == 1 and isinstance(s.detector, Detector)
     with Stream(demo_onnx, [str(clip)], StreamConfig(log_interval=0, workers=1), device="cpu") as s:
         assert s.workers == 1 and isinstance(s.detector, Detector)  # asked for: kept
+    with Stream(demo_onnx, [str(clip)], StreamConfig(log_interval=0), device="cpu", intra_op_threads=2) as s:
+        assert s.workers == 1 and isinstance(s.detector, Detector)  # one detector's threads given: no pool
 
 
 def test_stream_workers_config_errors(demo_onnx, clip):
