@@ -41,6 +41,11 @@ def default_threads(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
+def _on_cpu(cls: type, device: str) -> bool:
+    """Whether ``device`` puts a session of backend ``cls`` on ONNX Runtime's CPU provider ("auto" without CUDA)."""
+    return device in ("cpu", "auto") and not cls.uses_cuda(device)
+
+
 def auto_workers(path: str | Path, fill: int | None, device: str = "auto", backend: str = "auto",
                  cores: int | None = None) -> int:
     """The workers a stream gives a model by default: 2 where a pool pays, else 1.
@@ -57,9 +62,7 @@ def auto_workers(path: str | Path, fill: int | None, device: str = "auto", backe
         cls = backend_for(path, backend)
     except BackendUnavailableError:
         return 1  # the Detector that loads it says why
-    if getattr(cls, "name", None) != "onnxruntime" or device not in ("auto", "cpu") or cls.uses_cuda(device):
-        return 1
-    return 2
+    return 2 if getattr(cls, "name", None) == "onnxruntime" and _on_cpu(cls, device) else 1
 
 
 class DetectorPool(FrameCalls):
@@ -88,7 +91,7 @@ class DetectorPool(FrameCalls):
                               f"'{getattr(cls, 'name', cls.__name__)}' backend",
                               "use one Detector with a batch for a GPU engine, or pass an .onnx model")
         device = detector_options.pop("device", "cpu")
-        if device not in ("cpu", "auto") or cls.uses_cuda(device):  # "auto" where it means the CPU
+        if not _on_cpu(cls, device):
             raise ConfigError(f"DetectorPool(device={device!r})", "the pool is for the CPU: leave device out")
         if "intra_op_threads" in detector_options:
             raise ConfigError("DetectorPool(intra_op_threads=...)", "pass threads= (per worker) instead")
