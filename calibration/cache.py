@@ -1,7 +1,8 @@
 """Calibration results: per-tensor ranges, their cache key, and their JSON form.
 
-A cache entry is valid for one model graph, input size, method and set of images: the key holds a
-hash of each, so a cache made for another model or other images is never applied (it is recomputed).
+A cache entry is valid for one model graph, input size, method, set of images and preprocessing: the key
+holds a hash of each, so a cache made for another model, other images or a letterbox that has changed
+since is never applied (it is recomputed).
 The ranges are the raw observed ones (asymmetric for ``minmax``); each INT8 form derives its own
 scales from them, so one pass serves the symmetric TensorRT form and the asymmetric CPU form.
 """
@@ -17,7 +18,7 @@ from engine._version import __version__
 
 from .config import CalibrationMethod
 
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: the key gained ``preprocessing``
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,12 @@ class CacheKey:
     method: str
     options: str  # method options, e.g. "percentile=99.999"
     images: str  # CalibrationSource.fingerprint()
+    preprocessing: str  # CalibrationImages.fingerprint()
 
     def differences(self, other: "CacheKey") -> list[str]:
         """Names of the fields that differ, for a log line saying why a cache is not used."""
-        return [f for f in ("graph", "imgsz", "method", "options", "images") if getattr(self, f) != getattr(other, f)]
+        return [f for f in ("graph", "imgsz", "method", "options", "images", "preprocessing")
+                if getattr(self, f) != getattr(other, f)]
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ def dumps(key: CacheKey, ranges: TensorRanges) -> str:
     return json.dumps({
         "schema": CACHE_SCHEMA, "tool_version": __version__,
         "key": {"graph": key.graph, "imgsz": list(key.imgsz), "method": key.method, "options": key.options,
-                "images": key.images},
+                "images": key.images, "preprocessing": key.preprocessing},
         "n_images": ranges.n_images,
         "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.ranges.items()},
     }, indent=1)
@@ -78,7 +81,7 @@ def loads(text: str) -> tuple[CacheKey, TensorRanges]:
         raise ValueError(f"cache schema {d.get('schema')!r}, expected {CACHE_SCHEMA}")
     k = d["key"]
     key = CacheKey(str(k["graph"]), (int(k["imgsz"][0]), int(k["imgsz"][1])), str(k["method"]), str(k["options"]),
-                   str(k["images"]))
+                   str(k["images"]), str(k["preprocessing"]))
     ranges = {str(n): (float(v[0]), float(v[1])) for n, v in d["ranges"].items()}
     return key, TensorRanges(CalibrationMethod(key.method), ranges, int(d.get("n_images", 0)))
 

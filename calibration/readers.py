@@ -244,6 +244,26 @@ class CalibrationImages:
                                    f"no calibration images in {self.source.description}", _FIX_IMAGES)
         self.log(self.stats.summary())
 
+    def fingerprint(self) -> str:
+        """A hash of what this preprocessing makes of two fixed synthetic frames, for the range cache's key.
+
+        The frames (one wider and one taller than the input) are resized and padded on each axis, so a
+        change to the input size, the interpolation, the padding value, the channel order or the scaling
+        changes the hash, and ranges observed under an older letterbox are not reused.
+        """
+        h, w = self.letterbox.imgsz
+        probes = [_probe_frame(h // 2 + 3, w + 17), _probe_frame(h + 11, w // 2 + 5)]
+        x, _ = self.letterbox.resized(len(probes))(probes)
+        d = hashlib.sha256(f"{x.shape}:{x.dtype}:".encode())
+        d.update(np.ascontiguousarray(x).tobytes())
+        return d.hexdigest()[:32]
+
     def _pack(self, frames: list[np.ndarray]) -> np.ndarray:
         x, _ = self.letterbox(frames)
         return x.copy()
+
+
+def _probe_frame(h: int, w: int) -> np.ndarray:
+    """A deterministic ``(h, w, 3)`` uint8 BGR pattern with detail in every channel (no random generator)."""
+    i = np.arange(h * w * 3, dtype=np.uint64).reshape(h, w, 3)
+    return ((i * 2654435761) >> 13).astype(np.uint8)

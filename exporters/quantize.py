@@ -308,8 +308,9 @@ def quantized_nodes(model) -> list[str]:
 def load_or_calibrate(fp32: Path, model, meta, cfg, cache: Path, log=print, show_progress: bool = True):
     """The calibrated ranges of ``fp32``: from ``cache`` when its key matches, else from one pass (then cached).
 
-    The key covers the graph (not its metadata), the input size, the method and its options, and the
-    names and sizes of the images the source lists, so a cache is never applied to another model or set.
+    The key covers the graph (not its metadata), the input size, the method and its options, the names
+    and sizes of the images the source lists, and what the letterbox makes of fixed test frames, so a
+    cache is never applied to another model or set, nor after the preprocessing has changed.
 
     Returns:
         ``(TensorRanges, CalibrationSource)``.
@@ -324,13 +325,14 @@ def load_or_calibrate(fp32: Path, model, meta, cfg, cache: Path, log=print, show
     from .io import write_bytes_atomic
 
     source = open_source(cfg)
+    images = CalibrationImages(source, meta.imgsz, meta.batch, show_progress=show_progress, log=log)
     key = CacheKey(graph_hash(model), tuple(meta.imgsz), cfg.method.value, strategies.method_options(cfg),
-                   source.fingerprint())
+                   source.fingerprint(), images.fingerprint())
     cache = Path(cache)
     if cache.is_file():
         entry = read_cache(cache)
         if entry is None:
-            log(f"calibration cache {cache} is unreadable; calibrating again")
+            log(f"calibration cache {cache} is unreadable or from an older version; calibrating again")
         elif entry[0] == key:
             log(f"calibration: reusing {cache} ({len(entry[1].ranges)} tensor ranges from {entry[1].n_images} images; "
                 "no calibration inference)")
@@ -339,7 +341,6 @@ def load_or_calibrate(fp32: Path, model, meta, cfg, cache: Path, log=print, show
             log(f"calibration cache {cache} was made for another {', '.join(key.differences(entry[0]))}; "
                 "calibrating again")
     log(f"calibrating ({cfg.method.value}) on {source.description}")
-    images = CalibrationImages(source, meta.imgsz, meta.batch, show_progress=show_progress, log=log)
     ranges = strategies.collect_ranges(fp32, images, cfg, input_name=meta.input_name, log=log)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(cache, dumps(key, ranges).encode("utf-8"))

@@ -44,6 +44,22 @@ def test_folder_reader_letterboxes_with_the_runtime_letterbox(tmp_path):
     assert images.stats.used == 3 and not images.stats.skipped
 
 
+def test_preprocessing_fingerprint_follows_the_letterbox(tmp_path, monkeypatch):
+    """The cache key's preprocessing hash: stable for the same letterbox, changed by any change to it."""
+    import engine.preprocess
+
+    _write_images(tmp_path / "imgs", 2)
+    src = open_source(CalibrationConfig(tmp_path / "imgs"))
+    first = CalibrationImages(src, (32, 32), show_progress=False).fingerprint()
+    assert CalibrationImages(src, (32, 32), batch=4, show_progress=False).fingerprint() == first
+    assert CalibrationImages(src, (32, 48), show_progress=False).fingerprint() != first
+    monkeypatch.setattr(engine.preprocess, "PAD_VALUE", 115)  # the border a frame is padded with
+    assert CalibrationImages(src, (32, 32), show_progress=False).fingerprint() != first
+    monkeypatch.undo()
+    monkeypatch.setattr(engine.preprocess.cv2, "INTER_LINEAR", engine.preprocess.cv2.INTER_NEAREST)
+    assert CalibrationImages(src, (32, 32), show_progress=False).fingerprint() != first
+
+
 def test_count_limit_and_seeded_shuffle(tmp_path):
     _write_images(tmp_path / "imgs", 20)
     a = open_source(CalibrationConfig(tmp_path / "imgs", max_images=5, seed=0))
@@ -193,11 +209,12 @@ def test_one_pass_gives_every_tensor_a_range(tmp_path, method):
 
 
 def test_cache_round_trip_and_key_differences(tmp_path):
-    key = CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32)
+    key = CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "p" * 32)
     ranges = TensorRanges(CalibrationMethod.MINMAX, {"a": (-1.5, 2.0), "b": (0.0, 6.0)}, n_images=7)
     k2, r2 = loads(dumps(key, ranges))
     assert k2 == key and dict(r2.ranges) == dict(ranges.ranges) and r2.n_images == 7
-    assert key.differences(CacheKey("h" * 32, (320, 320), "entropy", "", "i" * 32)) == ["graph", "method"]
+    assert key.differences(CacheKey("h" * 32, (320, 320), "entropy", "", "i" * 32, "p" * 32)) == ["graph", "method"]
+    assert key.differences(CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "q" * 32)) == ["preprocessing"]
     (tmp_path / "bad.json").write_text("{not json")
     assert read_cache(tmp_path / "bad.json") is None and read_cache(tmp_path / "absent.json") is None
     td = ranges.to_ort()

@@ -185,6 +185,14 @@ def test_second_build_reuses_the_cache_without_inference(calibrated, demo_onnx, 
         load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, method="entropy"), cache,
                           again.append, show_progress=False)
     assert any("made for another method" in s for s in again)
+    # the same model and images under another letterbox (here its border value): not applied either
+    import engine.preprocess
+
+    monkeypatch.setattr(engine.preprocess, "PAD_VALUE", 0)
+    with pytest.raises(AssertionError, match="despite"):
+        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data), cache, again.append,
+                          show_progress=False)
+    assert any("made for another preprocessing" in s for s in again)
 
 
 def test_exclude_patterns(demo_onnx):
