@@ -65,12 +65,13 @@ def graph_hash(model) -> str:
 
 
 def dumps(key: CacheKey, ranges: TensorRanges) -> str:
+    """The cache file's text; tensors in name order, so the same ranges always give the same bytes."""
     return json.dumps({
         "schema": CACHE_SCHEMA, "tool_version": __version__,
         "key": {"graph": key.graph, "imgsz": list(key.imgsz), "method": key.method, "options": key.options,
                 "images": key.images, "preprocessing": key.preprocessing},
         "n_images": ranges.n_images,
-        "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.ranges.items()},
+        "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(ranges.ranges.items())},
     }, indent=1)
 
 

@@ -213,6 +213,8 @@ def test_cache_round_trip_and_key_differences(tmp_path):
     ranges = TensorRanges(CalibrationMethod.MINMAX, {"a": (-1.5, 2.0), "b": (0.0, 6.0)}, n_images=7)
     k2, r2 = loads(dumps(key, ranges))
     assert k2 == key and dict(r2.ranges) == dict(ranges.ranges) and r2.n_images == 7
+    swapped = TensorRanges(CalibrationMethod.MINMAX, {"b": (0.0, 6.0), "a": (-1.5, 2.0)}, n_images=7)
+    assert dumps(key, swapped) == dumps(key, ranges)  # byte-stable whatever order calibration found them in
     assert key.differences(CacheKey("h" * 32, (320, 320), "entropy", "", "i" * 32, "p" * 32)) == ["graph", "method"]
     assert key.differences(CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "q" * 32)) == ["preprocessing"]
     (tmp_path / "bad.json").write_text("{not json")
