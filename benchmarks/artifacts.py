@@ -1,11 +1,14 @@
 """The files a benchmark runs: our artifacts (built by the exporters), the Ultralytics ONNX peer, random-weight models.
 
 Each build goes into its own folder under ``<out>/artifacts/`` with a ``manifest.json`` naming what it
-was built from (the weights' sha256, the size, the batch mode, the tool and library versions). A later
-run with the same inputs reuses the files instead of building again (``--rebuild`` forces a build).
+was built from (the weights' sha256, the size, the batch mode, the tool and library versions, and a hash
+of the source of the packages that build artifacts). A later run with the same inputs and the same code
+reuses the files instead of building again (``--rebuild`` forces a build).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -91,12 +94,31 @@ def _versions() -> dict[str, str]:
     return out
 
 
+_CODE_PACKAGES = ("engine", "exporters", "calibration")  # the code that decides what an artifact holds
+
+
+@functools.lru_cache(maxsize=4)
+def _code_digest(roots: tuple[Path, ...]) -> str:
+    """sha256 of the ``.py`` files under ``roots`` (names and contents), so that artifacts built by other
+    code (an edit that keeps the version number) are not reused. Computed once per run."""
+    h = hashlib.sha256()
+    for root in roots:
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{root.name}/{f.relative_to(root).as_posix()}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _code_roots() -> tuple[Path, ...]:
+    return tuple(Path(next(iter(importlib.util.find_spec(p).submodule_search_locations))) for p in _CODE_PACKAGES)
+
+
 def _key(src: ModelSource, imgsz: tuple[int, int], dynamic: bool, what: str) -> dict:
     from engine.metadata import file_sha256
 
     return {"what": what, "weights_sha256": file_sha256(src.weights), "imgsz": list(imgsz), "dynamic": dynamic,
             "data": str(src.data) if src.data else None, "random": src.random,
-            "versions": _versions()}
+            "versions": _versions(), "code": _code_digest(_code_roots())}
 
 
 def _cached(folder: Path, key: dict) -> list[Path] | None:

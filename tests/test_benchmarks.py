@@ -175,6 +175,25 @@ def test_build_cache_manifest(tmp_path):
     f.unlink()
     assert _cached(tmp_path, {"k": 1}) is None  # a file gone: build again
 
+def test_build_cache_key_follows_the_code(tmp_path):
+    """Artifacts built by other code are not reused: the key hashes the packages' sources."""
+    from benchmarks.artifacts import _code_digest, _code_roots
+
+    pkg = tmp_path / "exporters"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("x = 1\n")
+    digest = _code_digest.__wrapped__  # uncached, to see the edit
+    before = digest((pkg,))
+    assert digest((pkg,)) == before
+    (pkg / "a.py").write_text("x = 2\n")
+    edited = digest((pkg,))
+    assert edited != before
+    (pkg / "b.py").write_text("")  # a new module
+    assert digest((pkg,)) != edited
+    roots = _code_roots()
+    assert [r.name for r in roots] == ["engine", "exporters", "calibration"] and all(r.is_dir() for r in roots)
+
+
 def test_frames_from_a_video_and_from_the_demo(tmp_path):
     import cv2
 
