@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnx
     import onnxruntime as ort
 
-    from engine.datasets import list_images, read_image
+    from engine.eval.datasets import list_images, read_image
     from engine.preprocess import Letterbox, bgr_from_planes
 
     fp32, int8 = args.deploy / f"{args.stem}.onnx", args.deploy / f"{args.stem}.int8-cpu.onnx"

@@ -35,7 +35,7 @@ FORMS = (("fp32", ".onnx"), ("fp16", ".fp16.onnx"), ("int8 (TensorRT form, S8S8)
 
 
 def _frames(folder: Path, n: int) -> list[np.ndarray]:
-    from engine.datasets import list_images, read_image
+    from engine.eval.datasets import list_images, read_image
 
     files = list_images(folder)[:n]
     if not files:

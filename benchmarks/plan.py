@@ -33,7 +33,7 @@ class Frames:
 
 def load_frames(args: argparse.Namespace) -> Frames:
     """The frames every candidate runs on, decoded once up front (decoding is never timed)."""
-    from engine.datasets import list_images, read_data_yaml, read_image
+    from engine.eval.datasets import list_images, read_data_yaml, read_image
     from exporters.config import DEMO_DATA, DEMO_DIR
 
     n = args.max_frames

@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where ONNX Runtime and PyTorch run (engines always run on the GPU)")
     ap.add_argument("--accuracy", action="store_true",
-                    help="add mAP50 and mAP50-95 (engine.evaluate, conf 0.001, IoU 0.7) on the labelled val split")
+                    help="add mAP50 and mAP50-95 (engine.eval.evaluate, conf 0.001, IoU 0.7) on the labelled val split")
     ap.add_argument("--out", type=Path, default=Path("runs/benchmarks"), help="results folder (artifacts cached in it)")
     ap.add_argument("--rebuild", action="store_true", help="build every artifact again instead of reusing the cache")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -174,7 +174,7 @@ def _bar(total: int, enabled: bool):
 
 def _accuracy(group: Group, device: str, cache: dict, log) -> dict[str, dict]:
     """mAP of each candidate (cached by file and size); one that cannot be scored gets a note instead."""
-    from engine.evaluate import evaluate
+    from engine.eval.evaluate import evaluate
 
     from .candidates import accuracy_predictor
 

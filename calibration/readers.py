@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from engine.datasets import IMAGE_SUFFIXES, list_images, read_data_yaml, read_image
+from engine.eval.datasets import IMAGE_SUFFIXES, list_images, read_data_yaml, read_image
 from engine.errors import CalibrationError, DatasetError
 from engine.preprocess import Letterbox
 

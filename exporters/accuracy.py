@@ -1,6 +1,6 @@
 """The accuracy report and the INT8 gate, with a sensitivity-guided fallback to float.
 
-Every artifact is scored by the same evaluator (:func:`engine.evaluate.evaluate`, COCO mAP) on the
+Every artifact is scored by the same evaluator (:func:`engine.eval.evaluate.evaluate`, COCO mAP) on the
 same labelled split, with Ultralytics' validation settings (conf 0.001, IoU 0.7, 300 boxes); the
 ``.pt`` through Ultralytics' own predictor, the ONNX files through our runtime on ONNX Runtime's CPU
 provider. The TensorRT INT8 form runs there too: an approximation of TensorRT's INT8 numerics (the
@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from engine.evaluate import MapResult
+from engine.eval.evaluate import MapResult
 
 EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.7, 300
 FALLBACK_STEPS = (1, 2, 4, 8, 16, 32)  # layers kept float per trial; the last is the most the gate gives up
@@ -29,7 +29,7 @@ FALLBACK_STEPS = (1, 2, 4, 8, 16, 32)  # layers kept float per trial; the last i
 def score_onnx(path: Path, items: Sequence, progress: bool = False) -> MapResult:
     """mAP of an ONNX artifact run by our runtime on ONNX Runtime's CPU provider."""
     from engine.detector import Detector
-    from engine.evaluate import evaluate
+    from engine.eval.evaluate import evaluate
 
     with Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu") as det:
         return evaluate(det, items, max_det=EVAL_MAX_DET, progress=progress, names=det.names)
@@ -37,7 +37,7 @@ def score_onnx(path: Path, items: Sequence, progress: bool = False) -> MapResult
 
 def score_pt(pt: Path, imgsz: tuple[int, int], items: Sequence, progress: bool = False) -> MapResult:
     """mAP of the ``.pt`` through Ultralytics' own predictor (the reference every artifact is held to)."""
-    from engine.evaluate import evaluate
+    from engine.eval.evaluate import evaluate
 
     from .ultralytics_ref import UltralyticsPredictor
 

@@ -107,7 +107,7 @@ def run(args: argparse.Namespace, ctx) -> None:
 
     items, report, ref = None, None, None
     if opts.data is not None:
-        from engine.datasets import load_split
+        from engine.eval.datasets import load_split
 
         items = load_split(opts.data, "val")
         report = AccuracyReport(str(opts.data), "val", opts.max_map_drop, "-")
@@ -152,7 +152,7 @@ def _finish_report(report, cfg: ExportConfig, ctx) -> None:
 
 
 def _letterboxed(items, imgsz: tuple[int, int], n: int) -> np.ndarray:
-    from engine.datasets import read_image
+    from engine.eval.datasets import read_image
     from engine.preprocess import Letterbox
 
     frames = [read_image(i.path) for i in items[:n]]
@@ -249,7 +249,7 @@ def _remove_stale(out: Path, stem: str, target, ctx) -> None:
 
 
 def _as_map(trial, ref):
-    from engine.evaluate import MapResult
+    from engine.eval.evaluate import MapResult
 
     return MapResult(trial.map50, trial.map50_95, ref.n_images, ref.n_instances)
 

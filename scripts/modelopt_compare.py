@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 def main(argv: list[str] | None = None) -> int:
     from calibration import CalibrationConfig, CalibrationImages, open_source
-    from engine.datasets import load_split
+    from engine.eval.datasets import load_split
     from engine.metadata import from_onnx_props
     from exporters.accuracy import drop_points, score_onnx
 

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.sinks import JsonLinesSink, StreamResult, VideoSink  # noqa: E402
+from engine.stream.sinks import JsonLinesSink, StreamResult, VideoSink  # noqa: E402
 from engine.stream import CaptureConfig, Stream, StreamConfig  # noqa: E402
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ConfigError
-from engine.evaluate import MapResult
+from engine.eval.evaluate import MapResult
 from exporters import accuracy
 from exporters.accuracy import AccuracyReport, run_gate
 from exporters.config import DEMO_DATA, ExportConfig

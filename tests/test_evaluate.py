@@ -1,4 +1,4 @@
-"""engine.datasets and engine.evaluate: data.yaml parsing, YOLO labels, and COCO mAP sanity checks.
+"""engine.eval.datasets and engine.eval.evaluate: data.yaml parsing, YOLO labels, and COCO mAP sanity checks.
 
 The last test checks our evaluator against ``ultralytics val`` on the bundled demo model; it skips
 until ``assets/demo/demo.pt`` exists (``python scripts/make_demo.py`` writes it).
@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.datasets import (LabeledImage, label_path_for, list_images, load_labels, load_split, read_data_yaml,
+from engine.eval.datasets import (LabeledImage, label_path_for, list_images, load_labels, load_split, read_data_yaml,
                              read_image)
 from engine.detections import Detections
 from engine.errors import BackendUnavailableError, DatasetError
-from engine.evaluate import MapResult, evaluate, evaluate_detections
+from engine.eval.evaluate import MapResult, evaluate, evaluate_detections
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PT = REPO / "assets" / "demo" / "demo.pt"
@@ -327,7 +327,7 @@ def test_modules_import_without_optional_packages():
     code = ("import sys\n"
             "for m in ('faster_coco_eval', 'pycocotools', 'yaml', 'tqdm', 'ultralytics', 'torch', 'PIL'):\n"
             "    sys.modules[m] = None\n"
-            "import engine.datasets, engine.evaluate, exporters.ultralytics_ref\n")
+            "import engine.eval.datasets, engine.eval.evaluate, exporters.ultralytics_ref\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 

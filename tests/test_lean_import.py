@@ -28,7 +28,8 @@ def test_every_engine_module_imports_without_heavy_libraries():
         import importlib, pkgutil, engine
         names = [m.name for m in pkgutil.walk_packages(engine.__path__, "engine.")]
         for n in names:
-            importlib.import_module(n)
+            if not n.endswith("__main__"):  # running an entry point is not importing it
+                importlib.import_module(n)
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         print("imported", len(names), "heavy", heavy)
     ''')

@@ -11,8 +11,8 @@ import pytest
 
 from benchmarks.verify_report import match_detections
 from engine import Detector
-from engine.datasets import load_split, read_image
-from engine.evaluate import evaluate_detections
+from engine.eval.datasets import load_split, read_image
+from engine.eval.evaluate import evaluate_detections
 
 pytest.importorskip("ultralytics")
 from exporters.ultralytics_ref import UltralyticsPredictor  # noqa: E402

@@ -87,7 +87,7 @@ def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, sma
     """With its uint8 input and Gather upsamples, the CPU form outputs bit for bit what it did before them."""
     import onnxruntime as ort
 
-    from engine.datasets import load_split, read_image
+    from engine.eval.datasets import load_split, read_image
     from engine.metadata import PixelFormat
     from engine.preprocess import Letterbox
     from exporters import quantize as qz
@@ -151,7 +151,7 @@ def test_cpu_form_is_u8s8_and_rejected_by_the_tensorrt_check(forms):
 def test_both_forms_run_and_stay_close_to_fp32(forms, demo_onnx, small_data, tmp_path):
     import onnxruntime as ort
 
-    from engine.datasets import load_split, read_image
+    from engine.eval.datasets import load_split, read_image
     from engine.preprocess import Letterbox, bgr_from_planes
 
     items = load_split(small_data, "val")[:2]
@@ -270,7 +270,7 @@ def test_silu_bypass_for_the_breakdown_benchmark_removes_every_quantized_silu(fo
 def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_data, tmp_path):
     """Detector reads the pixel format from the graph: uint8 BGR frames in, the FP32 model's detections out."""
     from engine import Detector
-    from engine.datasets import load_split, read_image
+    from engine.eval.datasets import load_split, read_image
     from engine.metadata import PixelFormat
     from exporters.onnx_export import write_metadata
     from exporters.quantize import int8_metadata

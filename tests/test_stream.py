@@ -21,10 +21,10 @@ import pytest
 
 from engine.detections import Detections
 from engine.errors import ConfigError, SourceError
-from engine.metrics import StreamMetrics
-from engine.sinks import JsonLinesSink, StreamResult, VideoSink, annotate
+from engine.stream.metrics import StreamMetrics
+from engine.stream.sinks import JsonLinesSink, StreamResult, VideoSink, annotate
 from engine.stream import CaptureConfig, EventKind, Stream, StreamConfig
-from engine.stream_sources import Frame, FrameSlot, SourceKind, SourceSpec, backoff, redact
+from engine.stream.sources import Frame, FrameSlot, SourceKind, SourceSpec, backoff, redact
 from tests.conftest import ROOT
 from tests.rtsp_server import make_clip
 
@@ -218,7 +218,7 @@ def test_missing_webcam_fails_after_its_attempts():
 
 
 def test_live_source_that_opens_but_sends_nothing_backs_off(monkeypatch):
-    import engine.stream_sources as ss
+    import engine.stream.sources as ss
 
     opens = []
 
@@ -322,7 +322,7 @@ def test_video_sink_fills_gaps_of_dropped_frames(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is for Linux")
 def test_window_sink_refuses_a_headless_machine(monkeypatch):
-    from engine.sinks import WindowSink
+    from engine.stream.sinks import WindowSink
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

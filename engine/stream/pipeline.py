@@ -8,9 +8,9 @@ or from Python::
     with Stream("model.onnx", ["rtsp://cam/1", "clip.mp4"], on_result=print) as s:
         s.run()
 
-One capture thread per source (:mod:`engine.stream_sources`) feeds the pipeline thread (the one that
+One capture thread per source (:mod:`engine.stream.sources`) feeds the pipeline thread (the one that
 calls :meth:`Stream.run`), which batches the ready frames of several sources when the model takes a
-batch, runs the detector, and hands each :class:`~engine.sinks.StreamResult` to the sinks and the
+batch, runs the detector, and hands each :class:`~engine.stream.sinks.StreamResult` to the sinks and the
 callbacks of its source. Ctrl-C and SIGTERM stop it cleanly: capture threads joined, videos finalized.
 """
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .metrics import PrometheusExporter, StreamMetrics
 from .sinks import CallbackSink, Sink, StreamResult
-from .stream_sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
+from .sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
                              SourceKind, SourceSpec, StreamEvent)
 
 log = logging.getLogger("engine.stream")
@@ -35,7 +35,7 @@ log = logging.getLogger("engine.stream")
 ResultCallback = Callable[[StreamResult], None]
 EventCallback = Callable[[StreamEvent], None]
 
-__all__ = ["Stream", "StreamConfig", "StreamResult", "StreamEvent", "EventKind", "CaptureConfig", "main"]
+__all__ = ["Stream", "StreamConfig", "StreamResult", "StreamEvent", "EventKind", "CaptureConfig"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Stream:
             stream then owns and closes it; a pool when ``config.workers`` > 1).
         sources: ``[NAME=]URI`` strings: video files, image folders, rtsp/http URLs, webcam indices.
         config: :class:`StreamConfig`.
-        sinks: extra :class:`~engine.sinks.Sink` objects (video, JSON lines, window).
+        sinks: extra :class:`~engine.stream.sinks.Sink` objects (video, JSON lines, window).
         on_result: a callback for every source, or ``{source_name: callback}``.
         on_event: called with each :class:`StreamEvent` (connected, disconnected, reconnected, ended, failed).
         metrics_port: serve Prometheus metrics on this port (needs the ``stream`` extra).
@@ -143,12 +143,12 @@ class Stream:
         path = self._detector_arg if isinstance(self._detector_arg, (str, Path)) else None
         self.workers = self.config.workers or (self._auto_workers(path, live) if path is not None else 1)
         if path is not None and self.workers > 1:
-            from .pool import DetectorPool
+            from ..pool import DetectorPool
 
             self.detector = DetectorPool(path, self.workers, **self._detector_options)
             self._owns_detector = True
         elif path is not None:
-            from .detector import Detector
+            from ..detector import Detector
 
             self.detector, self._owns_detector = Detector(path, **self._detector_options), True
         elif self.workers > 1:
@@ -182,7 +182,7 @@ class Stream:
             t.start()
 
     def _auto_workers(self, path: str | Path, live: int) -> int:
-        from .pool import auto_workers
+        from ..pool import auto_workers
 
         opts = self._detector_options
         if "intra_op_threads" in opts:  # the caller laid out one detector's threads
@@ -347,15 +347,3 @@ class Stream:
 
         return restore
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.stream`` (see :mod:`engine.stream_cli` for the flags)."""
-    from .stream_cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class SourceMetrics:

@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .datasets import LabeledImage, label_path_for, load_split, read_data_yaml, read_image
-from .detections import Detections
-from .errors import BackendUnavailableError, DatasetError
+from ..detections import Detections
+from ..errors import BackendUnavailableError, DatasetError
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def evaluate(predict: Callable[[np.ndarray], Detections], data: Sequence[Labeled
     Args:
         predict: takes a BGR uint8 image (as ``cv2.imread`` returns) and returns its
             :class:`Detections` in source pixels. Use a low confidence threshold (0.001) for mAP.
-        data: labelled images (:func:`engine.datasets.load_split`), or a data.yaml / image folder.
+        data: labelled images (:func:`engine.eval.datasets.load_split`), or a data.yaml / image folder.
         split: the data.yaml split to use when ``data`` is a yaml.
         max_det: boxes kept per image, highest score first.
         progress: show a progress bar (tqdm when installed, else a line every 10%).

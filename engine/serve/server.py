@@ -26,25 +26,19 @@ Python-backend stub needs a venv made from Debian's ``/usr/bin/python3``: ``bash
 """
 from __future__ import annotations
 
-import argparse
-import logging
 import signal
 import socket
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
-from .detections import Detections
-from .errors import BackendUnavailableError, ConfigError, DeployError, InputImageError
+from ..errors import BackendUnavailableError, ConfigError
+from .protocol import ENCODED_INPUT, IMAGE_INPUT, frames_from_encoded_input, frames_from_image_input, pack_outputs
 
-IMAGE_INPUT = "image"
-ENCODED_INPUT = "encoded"
-OUTPUTS = ("num_detections", "boxes", "scores", "class_ids", "class_names")
 SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
 
 
@@ -99,78 +93,6 @@ class ServeConfig:
             raise ConfigError("--http-port 0 and --grpc-port 0 turn off both endpoints", "keep at least one on")
 
 
-# ---- request/response helpers: pure NumPy, used by the server and by clients/tests ----------------
-
-def frames_from_image_input(batch: np.ndarray, request: int = 0) -> list[np.ndarray]:
-    """The frames of one request's ``image`` input, checked: uint8, ``(batch, H, W, 3)``, H and W >= 1."""
-    where = f"request {request}: input '{IMAGE_INPUT}'"
-    if batch.dtype != np.uint8:
-        raise InputImageError(f"{where} has dtype {batch.dtype}", "send uint8 BGR pixels (TYPE_UINT8 / 'UINT8')")
-    if batch.ndim != 4 or batch.shape[-1] != 3:
-        raise InputImageError(f"{where} has shape {list(batch.shape)}",
-                              "send shape [batch, height, width, 3] (BGR, as cv2.imread gives, with a batch axis)")
-    if batch.shape[1] < 1 or batch.shape[2] < 1:
-        raise InputImageError(f"{where} is an empty frame ({batch.shape[1]}x{batch.shape[2]} pixels)",
-                              "send frames of at least 1x1 pixels")
-    return [np.ascontiguousarray(f) for f in batch]
-
-
-def frames_from_encoded_input(batch: np.ndarray, request: int = 0) -> list[np.ndarray]:
-    """Decode one request's ``encoded`` input (bytes ``(batch, 1)``) into BGR frames."""
-    frames = []
-    for i, blob in enumerate(np.asarray(batch, dtype=object).reshape(-1)):
-        data = blob if isinstance(blob, (bytes, bytearray)) else bytes(blob)
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-        if frame is None:
-            raise InputImageError(
-                f"request {request}: input '{ENCODED_INPUT}' item {i} ({len(data)} bytes, starting {data[:8]!r}) "
-                "is not an image OpenCV can decode",
-                f"send the bytes of a JPEG/PNG/BMP/WebP file, or raw uint8 BGR frames as '{IMAGE_INPUT}'")
-        frames.append(frame)
-    return frames
-
-
-def pack_outputs(dets: Sequence[Detections]) -> dict[str, np.ndarray]:
-    """One request's detections as Triton outputs, padded to the largest count among its frames.
-
-    At least one row (K >= 1) even when nothing was found: pytriton cannot pass zero-size arrays.
-    """
-    k = max(1, max((len(d) for d in dets), default=0))
-    b = len(dets)
-    out = {"num_detections": np.zeros((b, 1), np.int32), "boxes": np.zeros((b, k, 4), np.float32),
-           "scores": np.zeros((b, k), np.float32), "class_ids": np.full((b, k), -1, np.int32)}
-    for i, d in enumerate(dets):
-        n = len(d)
-        out["num_detections"][i, 0] = n
-        out["boxes"][i, :n] = d.xyxy
-        out["scores"][i, :n] = d.confidence
-        out["class_ids"][i, :n] = d.class_id
-    # a bytes array ("S"), not objects: pytriton's output check reads item 0 of object arrays, and K may be 0
-    names = [[s.encode() for s in d.class_name] + [b""] * (k - len(d)) for d in dets]
-    out["class_names"] = np.array(names, dtype=np.bytes_).reshape(b, k)
-    return out
-
-
-def detections_from_outputs(outputs: Mapping[str, np.ndarray], names: Sequence[str] | None = None) -> list[Detections]:
-    """A response's outputs (``{name: array}``, e.g. from ``result.as_numpy``) → one Detections per frame.
-
-    ``names`` (the model's class names) default to those found in the response's ``class_names``.
-    """
-    nums = np.asarray(outputs["num_detections"]).reshape(-1)
-    found: dict[int, str] = {}
-    result = []
-    for i, n in enumerate(nums.tolist()):
-        ids = np.asarray(outputs["class_ids"])[i, :n]
-        if "class_names" in outputs:
-            for c, s in zip(ids.tolist(), np.asarray(outputs["class_names"])[i, :n].tolist()):
-                found[c] = s.decode() if isinstance(s, bytes) else str(s)
-        result.append((np.asarray(outputs["boxes"])[i, :n], np.asarray(outputs["scores"])[i, :n], ids))
-    if names is None:
-        size = max(found, default=-1) + 1
-        names = [found.get(c, str(c)) for c in range(size)]
-    return [Detections(b, s, c, names) for b, s, c in result]
-
-
 # ---- the inference callable Triton calls --------------------------------------------------------
 
 class DetectorModel:
@@ -223,7 +145,7 @@ def _check_ports(cfg: ServeConfig) -> None:
 
 
 def _detector(cfg: ServeConfig):
-    from .detector import Detector
+    from ..detector import Detector
 
     opts = {"intra_op_threads": cfg.threads} if Path(cfg.model).suffix.lower() == ".onnx" else {}
     det = Detector(cfg.model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, **opts)
@@ -277,61 +199,3 @@ def serve(cfg: ServeConfig, log=print) -> None:
         triton.serve()
     for det in detectors:
         det.close()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m engine.serve",
-        description="Serve a YOLO model through NVIDIA Triton Inference Server (bundled in nvidia-pytriton): "
-                    "raw uint8 BGR frames (or encoded images) in, detections out, over HTTP and gRPC.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--model", type=Path, required=True, help="model file (.onnx; .engine where TensorRT is installed)")
-    ap.add_argument("--name", default="yolo", help="Triton model name (the encoded-image model is <name>_encoded)")
-    ap.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
-    ap.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = off)")
-    ap.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = off)")
-    ap.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0 = off)")
-    ap.add_argument("--max-batch", type=int, default=8, help="most frames Triton gathers into one inference")
-    ap.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone (for comparison)")
-    ap.add_argument("--queue-delay-us", type=int, default=2000,
-                    help="how long the dynamic batcher may hold a request waiting for more (microseconds)")
-    ap.add_argument("--instances", type=int, default=1, help="model instances (Detectors) side by side")
-    ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    ap.add_argument("--max-det", type=int, default=300, help="most detections per frame")
-    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0 = all cores)")
-    ap.add_argument("--verbose", action="store_true", help="pytriton's and Triton's logs at INFO level")
-    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        cfg = ServeConfig(model=args.model, name=args.name, host=args.host, http_port=args.http_port,
-                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
-                          dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
-                          instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                          threads=args.threads)
-        serve(cfg)
-    except DeployError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    except Exception as e:  # pytriton/Triton start-up failures: name the likely cause
-        if args.debug:
-            raise
-        print(f"error: Triton did not start ({type(e).__name__}: {e})\n  fix: read Triton's log lines above; if the "
-              "Python-backend stub failed, serve from a venv made from Debian's /usr/bin/python3 "
-              f"({SETUP_HINT}); --debug shows the traceback", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

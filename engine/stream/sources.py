@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from .errors import SourceError
+from ..errors import SourceError
 
 log = logging.getLogger("engine.stream")
 

@@ -18,8 +18,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from .detections import Detections
-from .errors import ConfigError, OutputDirError
+from ..detections import Detections
+from ..errors import ConfigError, OutputDirError
 
 log = logging.getLogger("engine.stream")
 

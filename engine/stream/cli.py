@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli import run_cli
+from ..cli import run_cli
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> None:
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     for flag in ("reconnect_max", "read_timeout"):
         if getattr(args, flag) <= 0:
@@ -82,8 +82,8 @@ def _check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Build the stream from parsed ``args`` and run it; return the final metrics."""
     from .sinks import JsonLinesSink, VideoSink, WindowSink
-    from .stream import Stream, StreamConfig
-    from .stream_sources import CaptureConfig
+    from .pipeline import Stream, StreamConfig
+    from .sources import CaptureConfig
 
     _check(args)
     capture = CaptureConfig(reconnect_max=args.reconnect_max, read_timeout=args.read_timeout,
@@ -120,6 +120,3 @@ def main(argv: list[str] | None = None) -> int:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     return run_cli(lambda: run(args), args.debug, "interrupted: capture threads joined, files closed")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

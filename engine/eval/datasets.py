@@ -21,7 +21,7 @@ from typing import Iterable, Mapping, Sequence, Union
 import cv2
 import numpy as np
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")

@@ -1,0 +1,65 @@
+"""``python -m engine.serve``: the command line over :func:`engine.serve.serve`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import DeployError
+from .server import SETUP_HINT, ServeConfig, serve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m engine.serve",
+        description="Serve a YOLO model through NVIDIA Triton Inference Server (bundled in nvidia-pytriton): "
+                    "raw uint8 BGR frames (or encoded images) in, detections out, over HTTP and gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True, help="model file (.onnx; .engine where TensorRT is installed)")
+    ap.add_argument("--name", default="yolo", help="Triton model name (the encoded-image model is <name>_encoded)")
+    ap.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the server to the network)")
+    ap.add_argument("--http-port", type=int, default=8000, help="HTTP port (0 = off)")
+    ap.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = off)")
+    ap.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0 = off)")
+    ap.add_argument("--max-batch", type=int, default=8, help="most frames Triton gathers into one inference")
+    ap.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone (for comparison)")
+    ap.add_argument("--queue-delay-us", type=int, default=2000,
+                    help="how long the dynamic batcher may hold a request waiting for more (microseconds)")
+    ap.add_argument("--instances", type=int, default=1, help="model instances (Detectors) side by side")
+    ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
+    ap.add_argument("--max-det", type=int, default=300, help="most detections per frame")
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0 = all cores)")
+    ap.add_argument("--verbose", action="store_true", help="pytriton's and Triton's logs at INFO level")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    try:
+        cfg = ServeConfig(model=args.model, name=args.name, host=args.host, http_port=args.http_port,
+                          grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
+                          dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                          instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                          threads=args.threads)
+        serve(cfg)
+    except DeployError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # pytriton/Triton start-up failures: name the likely cause
+        if args.debug:
+            raise
+        print(f"error: Triton did not start ({type(e).__name__}: {e})\n  fix: read Triton's log lines above; if the "
+              "Python-backend stub failed, serve from a venv made from Debian's /usr/bin/python3 "
+              f"({SETUP_HINT}); --debug shows the traceback", file=sys.stderr)
+        return 1
+    return 0
+
