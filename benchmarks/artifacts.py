@@ -24,36 +24,32 @@ from engine.errors import DeployError
 Log = Callable[[str], None]
 MANIFEST = "manifest.json"
 
-# suffix → (form, label); longest suffixes first so ".int8-cpu.onnx" never reads as ".onnx"
-FORMS: tuple[tuple[str, str, str], ...] = (
-    (".int8-cpu.onnx", "int8-cpu", "INT8 CPU form (U8S8)"),
-    (".int8.onnx", "int8", "INT8 TensorRT form (S8S8)"),
-    (".fp16.onnx", "fp16", "FP16 ONNX"),
-    (".end2end.onnx", "end2end", "FP32 end-to-end graph"),
-    (".onnx", "fp32", "FP32 ONNX"),
-    (".engine", "trt", "TensorRT engine"),
-    (".plan", "trt", "TensorRT engine"),
-)
-FORM_ORDER = ("fp32", "fp16", "int8", "int8-cpu", "end2end", "trt")
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 def form_of(path: Path) -> tuple[str, str]:
-    """``(form, label)`` of an artifact from its file name; engines also name their precision."""
-    name = Path(path).name.lower()
-    for suffix, form, label in FORMS:
-        if name.endswith(suffix):
-            if form == "trt":
-                precision = Path(name[: -len(suffix)]).suffix.lstrip(".") or "fp32"
-                return f"trt-{precision}", f"TensorRT engine ({precision})"
-            return form, label
-    raise DeployError(f"{path} is not a model artifact (.onnx, .engine or .plan)",
-                      "pass --models with files written by python -m exporters.build")
+    """``(form, label)`` of an artifact from its file name, by the artifact table (:mod:`engine.artifacts`)."""
+    from engine.artifacts import kind_of
+
+    kind = kind_of(path)
+    if kind is None:
+        raise DeployError(f"{path} is not a model artifact (.onnx, .engine or .plan)",
+                          "pass --models with files written by python -m exporters.build")
+    return kind.form, kind.label
 
 
 def form_rank(form: str) -> int:
-    base = "trt" if form.startswith("trt") else form
-    return FORM_ORDER.index(base) if base in FORM_ORDER else len(FORM_ORDER)
+    """Position of a form in the artifact table's build order (unknown forms last)."""
+    from engine.artifacts import ANY_ENGINE, ARTIFACTS
+
+    order = [a.form for a in (*ARTIFACTS, ANY_ENGINE)]
+    return order.index(form) if form in order else len(order)
+
+
+def is_engine(path: Path) -> bool:
+    from engine.artifacts import kind_of
+
+    kind = kind_of(path)
+    return kind is not None and kind.is_engine
 
 
 def engine_unavailable_reason() -> str | None:
@@ -177,11 +173,13 @@ def build_ours(src: ModelSource, imgsz: tuple[int, int], dynamic: bool, root: Pa
 
 
 def _artifacts_in(folder: Path, stem: str) -> list[Path]:
+    from engine.artifacts import kind_of
+
     out = []
     for f in sorted(folder.iterdir()):
         if not f.is_file() or not f.name.startswith(stem + "."):
             continue
-        if f.suffix in (".onnx", *ENGINE_SUFFIXES) and f.name[len(stem):].count(".") <= 2:
+        if kind_of(f) is not None and f.name[len(stem):].count(".") <= 2:
             out.append(f)
     return sorted(out, key=lambda p: form_rank(form_of(p)[0]))
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 
-from .artifacts import (ENGINE_SUFFIXES, ModelSource, build_ours, engine_unavailable_reason, form_of, form_rank,
+from .artifacts import (ModelSource, build_ours, engine_unavailable_reason, form_of, form_rank, is_engine,
                         random_checkpoint, ultralytics_onnx)
 from .candidates import OURS, PEER, PEER_ONNX, PEER_PT, Candidate
 from .harness import Group, to_16x9
@@ -73,7 +73,7 @@ def load_frames(args: argparse.Namespace) -> Frames:
 def _ours(path: Path, imgsz, suffix_name: bool = False) -> Candidate:
     form, label = form_of(path)
     name = f"ours {form}" + (f" {imgsz[0]}x{imgsz[1]}" if suffix_name else "")
-    skip = engine_unavailable_reason() if path.suffix in ENGINE_SUFFIXES else None
+    skip = engine_unavailable_reason() if is_engine(path) else None
     return Candidate(name, OURS, form, path, imgsz, label, skip=skip)
 
 
@@ -169,7 +169,7 @@ def _models_groups(args, frames: Frames, log: Log) -> list[Group]:
         if not path.is_file():
             raise ConfigError(f"--models {path}: file not found", "pass artifacts written by python -m exporters.build")
         form, _ = form_of(path)
-        reason = engine_unavailable_reason() if path.suffix in ENGINE_SUFFIXES else None
+        reason = engine_unavailable_reason() if is_engine(path) else None
         if reason:
             skipped.append(Candidate(f"ours {form}", OURS, form, path, (0, 0), skip=reason))
             continue

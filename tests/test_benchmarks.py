@@ -156,7 +156,7 @@ def test_wide_imgsz(imgsz, wide):
 
 @pytest.mark.parametrize("name,form", [("demo.onnx", "fp32"), ("demo.int8-cpu.onnx", "int8-cpu"),
                                        ("m.int8.onnx", "int8"), ("m.fp16.onnx", "fp16"), ("m.end2end.onnx", "end2end"),
-                                       ("m.fp16.engine", "trt-fp16"), ("m.plan", "trt-fp32")])
+                                       ("m.fp16.engine", "trt-fp16"), ("m.plan", "trt")])
 def test_form_of(name, form):
     assert form_of(name)[0] == form
 
