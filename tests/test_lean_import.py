@@ -1,4 +1,4 @@
-"""The runtime imports, and runs an ONNX model, with torch, Ultralytics, onnx, TensorRT and CUDA blocked."""
+"""The runtime imports, and runs an ONNX model, with torch, Ultralytics, onnx, TensorRT, CUDA and OpenVINO blocked."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,8 @@ from tests.conftest import DEMO, ROOT
 
 BLOCKER = textwrap.dedent('''
     import importlib.abc, sys
-    BLOCKED = {"torch", "torchvision", "ultralytics", "onnx", "onnxslim", "tensorrt", "tensorrt_rtx", "cuda", "pycuda"}
+    BLOCKED = {"torch", "torchvision", "ultralytics", "onnx", "onnxslim", "tensorrt", "tensorrt_rtx", "cuda", "pycuda",
+               "openvino", "nncf"}
     class _Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:

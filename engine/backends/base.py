@@ -31,6 +31,7 @@ class Backend(abc.ABC):
     """
 
     name: str = "base"
+    selection: str | None = None  # why device="auto" picked this backend (set by load_backend), else None
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         self.path = Path(path)
