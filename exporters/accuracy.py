@@ -91,16 +91,26 @@ def sensitivity(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> list[tup
     q_in = sessions[1].get_inputs()[0]
     as_q_input = bgr_from_planes if q_in.type == "tensor(uint8)" else (lambda x: x)  # the CPU form takes BGR pixels
     names = [t for t in watch if t != inp]  # the input itself carries no error
-    err = dict.fromkeys(names, 0.0)
-    sig = dict.fromkeys(names, 0.0)
+    return rank_layers(layers, lambda x: dict(zip(names, sessions[0].run(names, {inp: x}))),
+                       lambda x: dict(zip(names, sessions[1].run(names, {q_in.name: as_q_input(x)}))), images)
+
+
+def rank_layers(layers: dict[str, tuple[list[str], str]], run_ref: Callable[[np.ndarray], dict[str, np.ndarray]],
+                run_q: Callable[[np.ndarray], dict[str, np.ndarray]], images: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+    """The score of :func:`sensitivity` for any runtime: ``layers`` maps a layer to (its activation inputs,
+    its output); ``run_ref`` / ``run_q`` give the float and the INT8 model's tensors by name for one input
+    (a tensor either leaves out scores 0). Most harmful first."""
+    watch = sorted({t for ins, out in layers.values() for t in (*ins, out)})
+    err = dict.fromkeys(watch, 0.0)
+    sig = dict.fromkeys(watch, 0.0)
     for x in images:
-        ref = sessions[0].run(names, {inp: x})
-        got = sessions[1].run(names, {q_in.name: as_q_input(x)})
-        for t, a, b in zip(names, ref, got):
-            a, b = a.astype(np.float64), b.astype(np.float64)
-            err[t] += float(np.sum((a - b) ** 2))
-            sig[t] += float(np.sum(a * a))
-    nsr = {t: err.get(t, 0.0) / sig[t] if sig.get(t, 0.0) > 0 else 0.0 for t in watch}
+        ref, got = run_ref(x), run_q(x)
+        for t in watch:
+            if t in ref and t in got:
+                a, b = ref[t].astype(np.float64), got[t].astype(np.float64)
+                err[t] += float(np.sum((a - b) ** 2))
+                sig[t] += float(np.sum(a * a))
+    nsr = {t: err[t] / sig[t] if sig[t] > 0 else 0.0 for t in watch}
     scores = [(name, nsr[out] - max((nsr[i] for i in ins), default=0.0)) for name, (ins, out) in layers.items()]
     return sorted(scores, key=lambda s: -s[1])
 

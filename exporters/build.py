@@ -25,6 +25,7 @@ STAGES: tuple[str, ...] = (
     "exporters.quantize_stage",
     "exporters.end2end_stage",
     "exporters.engine_stage",
+    "exporters.openvino_stage",
     "exporters.triton_stage",
 )
 

@@ -1,0 +1,208 @@
+"""OpenVINO IRs from our FP32 ONNX: FP32 by OpenVINO's own converter, INT8 by NNCF.
+
+    export_openvino(fp32_onnx, out, meta)                       -> out/<stem>_openvino/<stem>.xml + .bin
+    quantize_openvino(fp32_onnx, calibration, out, meta)        -> out/<stem>.int8_openvino/<stem>.xml + .bin
+
+Both convert the same ONNX the other artifacts come from (``ov.convert_model``; no torch), carry our
+metadata in the IR's ``rt_info`` (key ``yolodeploy``, read back by :mod:`engine.backends.openvino`), and
+write through a temporary folder renamed into place (:func:`exporters.io.atomic_dir`).
+
+INT8 is NNCF's post-training quantization on the OpenVINO model, the path Ultralytics' ``format=openvino,
+int8=True`` takes: its ``MIXED`` preset (symmetric int8 weights, asymmetric activations) with OpenVINO's
+own placement, calibrated on the same letterboxed images as the ONNX INT8 forms. What stays float is ours:
+the decode tail (:func:`exporters.quantize.decode_tail`: DFL, box decode, sigmoid, the output concat), where
+Ultralytics keeps its whole detect head float; plus ``--exclude`` and the gate's fallback layers.
+:func:`sensitivity` ranks the INT8 layers for that fallback, as :func:`exporters.accuracy.sensitivity` does
+for the ONNX forms.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engine.artifacts import FP32_IR, INT8_IR
+from engine.errors import ExportError
+from engine.metadata import METADATA_KEY, ModelMetadata, Precision
+
+from .io import atomic_dir, ensure_out_dir
+
+INSTALL = "pip install -e .[openvino] (openvino and nncf)"
+
+
+def _ov():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError("OpenVINO IRs need the 'openvino' package", INSTALL) from None
+    return ov
+
+
+def _nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise ExportError("the INT8 OpenVINO IR needs the 'nncf' package", INSTALL) from None
+    return nncf
+
+
+def convert(fp32_onnx: Path):
+    """The ``ov.Model`` of an ONNX file, by OpenVINO's converter."""
+    try:
+        return _ov().convert_model(str(fp32_onnx))
+    except Exception as e:  # noqa: BLE001 - the converter's own error types
+        raise ExportError(f"OpenVINO could not convert {fp32_onnx} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                          "rerun with --debug and report it with the model; --no-openvino skips the IRs") from e
+
+
+def save_ir(model, final: Path, stem: str, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
+    """Write ``model`` as ``final/<stem>.xml`` + ``.bin`` with ``meta`` in its rt_info; return ``final``."""
+    model.set_rt_info(meta.to_json(), [METADATA_KEY])
+    ensure_out_dir(Path(final).parent)
+    with atomic_dir(final) as tmp:
+        _ov().save_model(model, str(tmp / f"{stem}.xml"), compress_to_fp16=compress_fp16)
+    return final
+
+
+def export_openvino(fp32_onnx: Path, out_dir: Path, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
+    """The FP32 IR of ``fp32_onnx`` in ``out_dir/<stem>_openvino/``; returns that folder.
+
+    ``compress_fp16`` stores the weights as FP16 (half the size; OpenVINO computes in the device's
+    precision either way). ``meta`` is the FP32 ONNX's metadata (its source hash and name included).
+    """
+    fp32_onnx = Path(fp32_onnx)
+    return save_ir(convert(fp32_onnx), FP32_IR.path(out_dir, fp32_onnx.stem), fp32_onnx.stem,
+                   meta.replace(precision=Precision.FP32), compress_fp16)
+
+
+def calibration_dataset(images: Iterable[np.ndarray]):
+    """An ``nncf.Dataset`` over model-ready batches (e.g. :class:`calibration.readers.CalibrationImages`,
+    iterated again on each of NNCF's passes)."""
+    return _nncf().Dataset(images)
+
+
+def ov_names(model, onnx_names: Iterable[str]) -> list[str]:
+    """The OpenVINO operations made from ONNX nodes ``onnx_names`` (an ONNX ``Conv`` named ``X`` becomes
+    ``X/WithoutBiases`` and ``X``); names that are already OpenVINO names match themselves."""
+    wanted = set(onnx_names)
+    return [op.get_friendly_name() for op in model.get_ordered_ops()
+            if op.get_friendly_name() in wanted or op.get_friendly_name().rsplit("/", 1)[0] in wanted]
+
+
+def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_dir: Path, meta: ModelMetadata,
+                      keep_float: Sequence[str] = (), subset_size: int | None = None, final: Path | None = None) -> Path:
+    """The INT8 IR of ``fp32_onnx`` quantized by NNCF in ``out_dir/<stem>.int8_openvino/``; returns that folder.
+
+    Args:
+        fp32_onnx: our FP32 ONNX (the decode tail is found in it and kept float).
+        calibration: model-ready batches (NCHW float in 0..1, letterboxed), or an ``nncf.Dataset``.
+        out_dir: the output folder.
+        meta: the FP32 ONNX's metadata.
+        keep_float: more node names (ONNX or OpenVINO) left in float: ``--exclude``, the gate's fallback.
+        subset_size: calibration samples NNCF uses (default: every one given).
+        final: write here instead of ``out_dir/<stem>.int8_openvino`` (the gate's candidates).
+    """
+    import onnx
+
+    from .quantize import decode_tail
+
+    nncf = _nncf()
+    fp32_onnx = Path(fp32_onnx)
+    model = convert(fp32_onnx)
+    keep = ov_names(model, [*decode_tail(onnx.load(str(fp32_onnx), load_external_data=False)), *keep_float])
+    dataset = calibration if isinstance(calibration, nncf.Dataset) else calibration_dataset(calibration)
+    n = subset_size or dataset.get_length() or 300
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)  # NNCF logs a line per node it leaves float
+    try:
+        q = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=n,
+                          ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+    except Exception as e:  # noqa: BLE001 - NNCF raises from deep inside
+        raise ExportError(f"NNCF could not quantize {fp32_onnx} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                          "rerun with --debug; --exclude the node named above to keep it float") from e
+    finally:
+        nncf_log.setLevel(level)
+    return save_ir(q, final or INT8_IR.path(out_dir, fp32_onnx.stem), fp32_onnx.stem,
+                   meta.replace(precision=Precision.INT8))
+
+
+def quantized_layers(model) -> dict[str, tuple[list[str], str]]:
+    """The INT8 layers of an NNCF-quantized ``ov.Model``: each operation fed by a FakeQuantize, with the
+    float tensors (operation names) its FakeQuantizes read and its own output."""
+    layers: dict[str, tuple[list[str], str]] = {}
+    for op in model.get_ordered_ops():
+        srcs = [i.get_source_output().get_node() for i in op.inputs()]
+        fq = [s for s in srcs if s.get_type_name() == "FakeQuantize"]
+        if fq and op.get_type_name() != "FakeQuantize":
+            ins = [f.input(0).get_source_output().get_node().get_friendly_name() for f in fq]
+            layers[op.get_friendly_name()] = (ins, op.get_friendly_name())
+    return layers
+
+
+def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+    """Rank the INT8 IR's layers by the output error each adds (most harmful first), as
+    :func:`exporters.accuracy.sensitivity` does for Q/DQ ONNX: both models run in f32 on the CPU with
+    every layer's input and output exposed; the names are OpenVINO operation names."""
+    from engine.backends.openvino import find_model_file
+
+    from .accuracy import rank_layers
+
+    ov = _ov()
+    core = ov.Core()
+    q = core.read_model(str(find_model_file(int8_ir)))
+    f = convert(Path(fp32_onnx))
+    layers = quantized_layers(q)
+    watch = sorted({t for ins, out in layers.values() for t in (*ins, out)})
+
+    def runner(model):
+        ops = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        names = [t for t in watch if t in ops and ops[t].get_type_name() not in ("Parameter", "Constant")]
+        model.add_outputs([ops[t].output(0) for t in names])
+        compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        req = compiled.create_infer_request()
+        ports = {t: compiled.outputs[len(compiled.outputs) - len(names) + k] for k, t in enumerate(names)}
+
+        def run(x: np.ndarray) -> dict[str, np.ndarray]:
+            res = req.infer({0: x})
+            return {t: res[p] for t, p in ports.items()}
+        return run
+
+    return rank_layers(layers, runner(f), runner(q), images)
+
+
+def check_ir(fp32_onnx: Path, ir: Path, images: np.ndarray, imgsz: tuple[int, int]) -> str:
+    """The IR's raw outputs against the ONNX's on ``images`` (NCHW float32), both in f32 on the CPU: a check
+    of the conversion (and of FP16 weights), with the FP16 graph's tolerances. Returns the summary line.
+
+    Raises:
+        ParityError: past the tolerances.
+    """
+    import onnxruntime as ort
+
+    from engine.backends.openvino import find_model_file
+    from engine.errors import ParityError
+
+    from .fp16 import BOX_TOL_FRACTION, SCORE_TOL
+
+    sess = ort.InferenceSession(str(fp32_onnx), providers=["CPUExecutionProvider"])
+    compiled = _ov().Core().compile_model(str(find_model_file(ir)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    req = compiled.create_infer_request()
+    b = compiled.inputs[0].get_partial_shape()[0]
+    b = b.get_length() if b.is_static else 1
+    if len(images) < b:  # a static batch larger than the images: repeat them
+        images = np.concatenate([images] * -(-b // len(images)))[:b]
+    box = score = 0.0
+    for i in range(0, len(images) - b + 1, b):
+        x = images[i : i + b]
+        diff = np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - req.infer({0: x})[0])
+        box, score = max(box, float(diff[:, :4].max())), max(score, float(diff[:, 4:].max()))
+    ok = box <= BOX_TOL_FRACTION * max(imgsz) and score <= SCORE_TOL
+    line = (f"OpenVINO IR vs ONNX over {len(images)} images (f32): max |diff| boxes {box:.4f} px "
+            f"(tolerance {BOX_TOL_FRACTION * max(imgsz):.2f}), scores {score:.5f} (tolerance {SCORE_TOL}) "
+            f"-> {'OK' if ok else 'FAIL'}")
+    if not ok:
+        raise ParityError(line, "report it with the model; --no-openvino skips the IRs")
+    return line

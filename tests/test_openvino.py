@@ -1,0 +1,298 @@
+"""OpenVINO: the IR kinds, the backend under Detector, device="auto", the exporter functions and the build stage."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine import Detector
+from engine.artifacts import ANY_IR, FP32_IR, FP32_ONNX, INT8_IR, kind, kind_of, runtime_suffixes
+from engine.errors import AccuracyGateError, BackendUnavailableError, ConfigError, ModelLoadError
+from engine.metadata import Precision
+from tests.conftest import DEMO
+
+ov = pytest.importorskip("openvino")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return [cv2.imread(str(p)) for p in sorted((DEMO / "val" / "images").glob("*.jpg"))[:4]]
+
+
+@pytest.fixture(scope="module")
+def meta(demo_onnx):
+    with Detector(demo_onnx, device="cpu") as d:
+        return d.metadata.replace(source_name=demo_onnx.name)
+
+
+@pytest.fixture(scope="module")
+def fp32_ir(demo_onnx, meta, tmp_path_factory) -> Path:
+    from exporters.openvino import export_openvino
+
+    return export_openvino(demo_onnx, tmp_path_factory.mktemp("ov"), meta)
+
+
+def calib_batches(imgsz, n: int) -> list[np.ndarray]:
+    from engine.preprocess import Letterbox
+
+    files = sorted((DEMO / "calib" / "images").glob("*.jpg"))[:n]
+    return [Letterbox(imgsz)([cv2.imread(str(f))])[0].copy() for f in files]
+
+
+@pytest.fixture(scope="module")
+def int8_ir(demo_onnx, meta, tmp_path_factory) -> Path:
+    pytest.importorskip("nncf")
+    from exporters.openvino import quantize_openvino
+
+    return quantize_openvino(demo_onnx, calib_batches(meta.imgsz, 8), tmp_path_factory.mktemp("ov8"), meta)
+
+
+# ---- the artifact table ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, expected", [
+    ("deploy/demo_openvino", FP32_IR), ("deploy/demo.int8_openvino", INT8_IR),
+    ("deploy/demo_openvino/demo.xml", FP32_IR), ("deploy/demo.int8_openvino/demo.xml", INT8_IR),
+    ("model.xml", ANY_IR), ("runs/best_int8_openvino_model", ANY_IR), ("best_openvino_model/best.xml", ANY_IR),
+    ("deploy/demo.onnx", FP32_ONNX), ("deploy/openvino", None), ("_openvino", None),
+])
+def test_kinds_name_the_ir_forms(path, expected):
+    assert kind_of(path) is expected
+
+
+def test_ir_kinds_in_the_table():
+    assert FP32_IR.path("deploy", "demo") == Path("deploy/demo_openvino") and FP32_IR.folder
+    assert INT8_IR.path("deploy", "demo") == Path("deploy/demo.int8_openvino") and INT8_IR.precision is Precision.INT8
+    assert kind("openvino") is FP32_IR and kind("int8_openvino") is INT8_IR
+    assert INT8_IR.backends == ("openvino",) and FP32_ONNX.backends[0] == "onnxruntime"
+    assert {"_openvino/", ".int8_openvino/", ".xml", ".onnx"} <= set(runtime_suffixes())
+
+
+# ---- the backend ----------------------------------------------------------------------------------------
+
+def test_ir_runs_under_detector_as_the_onnx_does(demo_onnx, fp32_ir, meta, frames):
+    from engine.backends.openvino import ir_metadata
+
+    xml = fp32_ir / f"{demo_onnx.stem}.xml"
+    assert sorted(p.name for p in fp32_ir.iterdir()) == [f"{demo_onnx.stem}.bin", xml.name]
+    assert ir_metadata(xml) == meta  # read from rt_info as XML, no OpenVINO
+    with Detector(demo_onnx, device="cpu") as ref, Detector(fp32_ir, precision="f32") as d, Detector(xml) as by_xml:
+        assert d.backend.name == "openvino" and "openvino" in repr(d) and d.backend.selection is None
+        assert d.names == ("disc", "box", "triangle") and d.imgsz == meta.imgsz and d.metadata == meta
+        assert d.backend.execution_devices == ("CPU",) and by_xml.metadata == meta
+        for f in frames:
+            a, b, c = ref(f), d(f), by_xml(f)
+            assert len(a) > 0 and a.class_id.tolist() == b.class_id.tolist()
+            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=0.05)  # f32 compute: the conversion is exact
+            assert len(c) == len(a)  # OpenVINO's default precision (bf16 on some CPUs): same boxes found
+
+
+def test_throughput_mode_splits_a_batch_over_requests_and_threads_get_their_own(fp32_ir, frames):
+    import threading
+
+    from engine.preprocess import Letterbox
+
+    with Detector(fp32_ir, precision="f32") as lat, Detector(fp32_ir, hint="throughput", requests=2,
+                                                             precision="f32") as thr:
+        assert thr.backend.requests == 2 and thr.backend.inputs[0].shape[0] is None  # any batch
+        assert lat.backend.inputs[0].shape[0] == 1
+        want = [r.xyxy for r in lat(frames)]
+        for got in (thr(frames), thr(frames[:3]), [thr(f) for f in frames]):
+            for w, g in zip(want, got):
+                np.testing.assert_allclose(w, g.xyxy, atol=1e-3)
+        # the backend under several threads (Detector's own buffers are another matter): each thread its own request
+        xs = [Letterbox(lat.imgsz)([f])[0].copy() for f in frames]
+        ref = [lat.backend.infer(x)[0].copy() for x in xs]
+        out: dict[int, list] = {}
+
+        def run(i: int) -> None:
+            out[i] = [lat.backend.infer(xs[(i + k) % len(xs)])[0].copy() for k in range(20)]
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, res in out.items():
+            for k, r in enumerate(res):
+                np.testing.assert_array_equal(r, ref[(i + k) % len(xs)])
+        assert len(lat.backend._slots) == 4  # the main thread and the three
+
+
+def test_device_auto_picks_and_says_which(demo_onnx, fp32_ir, monkeypatch, caplog):
+    import engine.backends as b
+    from engine.artifacts import FP32_ENGINE
+
+    with caplog.at_level(logging.INFO, logger="engine"), Detector(demo_onnx, device="auto") as d:
+        assert d.backend.name == "openvino" and "OpenVINO is installed" in d.backend.selection
+    assert "device='auto' for demo.onnx: openvino backend" in caplog.text
+    with Detector(demo_onnx) as d:  # without device="auto": the kind's default, as before
+        assert d.backend.name == "onnxruntime" and d.backend.selection is None
+    assert b.pick_backend(INT8_IR)[0] == "openvino" and b.pick_backend(FP32_ENGINE)[0] == "tensorrt"
+    monkeypatch.setattr(b, "_has_openvino", lambda: False)
+    assert b.pick_backend(FP32_ONNX) == ("onnxruntime", b.AUTO_ORDER[-1][2])
+    monkeypatch.setattr(b, "_ort_cuda", lambda: True)
+    assert b.pick_backend(FP32_ONNX)[0] == "onnxruntime" and "onnxruntime-gpu" in b.pick_backend(FP32_ONNX)[1]
+    monkeypatch.setattr(b, "_has_tensorrt", lambda: True)
+    assert b.pick_backend(FP32_ENGINE) == ("tensorrt", b.AUTO_ORDER[0][2])
+
+
+def test_bad_models_and_options_are_typed_errors(fp32_ir, tmp_path):
+    empty = tmp_path / "empty_openvino"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="no .xml"):
+        Detector(empty)
+    two = tmp_path / "two_openvino"
+    shutil.copytree(fp32_ir, two)
+    shutil.copy(next(two.glob("*.xml")), two / "other.xml")
+    with pytest.raises(ModelLoadError, match="2 .xml"):
+        Detector(two)
+    lone = tmp_path / "lone.xml"
+    shutil.copy(next(fp32_ir.glob("*.xml")), lone)
+    with pytest.raises(ModelLoadError, match="no weights file"):
+        Detector(lone)
+    bad = tmp_path / "bad_openvino"
+    bad.mkdir()
+    (bad / "m.xml").write_text("<net><layers>")
+    (bad / "m.bin").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="OpenVINO cannot read"):
+        Detector(bad)
+    with pytest.raises(ConfigError, match="not an OpenVINO device"):
+        Detector(fp32_ir, device="cuda")
+    with pytest.raises(BackendUnavailableError, match="'NPU' is not available") as e:
+        Detector(fp32_ir, device="npu")
+    assert "CPU" in e.value.message
+    with pytest.raises(ConfigError, match="hint='fast'"):
+        Detector(fp32_ir, hint="fast")
+
+
+def test_an_ir_without_our_metadata_reads_ultralytics_yaml_or_the_graph(demo_onnx, tmp_path, frames):
+    folder = tmp_path / "best_openvino_model"
+    ov.save_model(ov.convert_model(str(demo_onnx)), str(folder / "best.xml"), compress_to_fp16=False)
+    with Detector(folder) as d:  # no metadata at all: sizes and class count from the graph
+        assert d.names == ("class0", "class1", "class2") and d.imgsz == (320, 320)
+    (folder / "metadata.yaml").write_text("task: detect\nstride: 32\nbatch: 1\nimgsz:\n- 320\n- 320\n"
+                                          "names:\n  0: disc\n  1: box\n  2: triangle\n")
+    with Detector(folder) as d:
+        assert d.names == ("disc", "box", "triangle") and len(d(frames[0])) > 0
+    (folder / "metadata.yaml").write_text("task: segment\nimgsz: [320, 320]\nnames: {0: a}\n")
+    with pytest.raises(ModelLoadError, match="'segment' model"):
+        Detector(folder)
+
+
+# ---- INT8 by NNCF ------------------------------------------------------------------------------------------
+
+def test_int8_ir_keeps_the_decode_tail_float(demo_onnx, int8_ir, fp32_ir, frames):
+    import onnx
+
+    from exporters.openvino import ov_names, quantized_layers
+    from exporters.quantize import decode_tail
+
+    assert kind_of(int8_ir) is INT8_IR
+    model = ov.Core().read_model(str(next(int8_ir.glob("*.xml"))))
+    layers = quantized_layers(model)
+    tail = set(ov_names(model, decode_tail(onnx.load(str(demo_onnx)))))
+    assert len(layers) > 50 and tail and not tail & set(layers)
+    with Detector(int8_ir) as q, Detector(fp32_ir) as f:
+        assert q.metadata.precision is Precision.INT8 and q.metadata.names == f.metadata.names
+        for fr in frames:
+            a, b = f(fr), q(fr)
+            assert abs(len(a) - len(b)) <= 1 and a.class_id[0] == b.class_id[0]
+
+
+def test_sensitivity_ranks_int8_layers_that_keep_float_then_leaves_float(demo_onnx, int8_ir, meta, tmp_path):
+    from exporters.openvino import quantize_openvino, quantized_layers, sensitivity
+
+    images = calib_batches(meta.imgsz, 4)
+    ranking = sensitivity(demo_onnx, int8_ir, images[:2])
+    layers = quantized_layers(ov.Core().read_model(str(next(int8_ir.glob("*.xml")))))
+    assert [n for n, _ in ranking] and {n for n, _ in ranking} == set(layers)
+    assert ranking[0][1] >= ranking[-1][1]
+    top = ranking[0][0]
+    again = quantize_openvino(demo_onnx, images, tmp_path, meta, keep_float=[top], final=tmp_path / "k_openvino")
+    assert top not in quantized_layers(ov.Core().read_model(str(next(again.glob("*.xml")))))
+
+
+# ---- the build stage ----------------------------------------------------------------------------------------
+
+def _stage(argv: list[str], demo_onnx: Path, out: Path, report=None) -> tuple:
+    from exporters import openvino_stage
+    from exporters.build import BuildContext, build_parser
+    from exporters.onnx_stage import config_from_args
+
+    args = build_parser().parse_args(["--onnx", str(demo_onnx), "--out", str(out), *argv])
+    with Detector(demo_onnx, device="cpu") as d:
+        meta = d.metadata
+    lines: list[str] = []
+    ctx = BuildContext(log=lines.append, artifacts={"onnx": demo_onnx},
+                       info={"config": config_from_args(args), "metadata": meta, "accuracy": report})
+    if report is None:
+        ctx.info.pop("accuracy")
+    openvino_stage.run(args, ctx)
+    return ctx, "\n".join(lines)
+
+
+def _report(demo_onnx: Path, data: Path):
+    from engine.eval.datasets import load_split
+    from exporters.accuracy import AccuracyReport, score_onnx
+
+    report = AccuracyReport(str(data), "val", 1.0, "-")
+    report.add("fp32", "FP32 ONNX", demo_onnx, score_onnx(demo_onnx, load_split(data, "val")), "gate reference")
+    return report
+
+
+def test_stage_writes_the_fp32_ir_by_default_and_respects_the_flags(demo_onnx, tmp_path, monkeypatch):
+    ctx, log = _stage([], demo_onnx, tmp_path / "a")
+    assert ctx.artifacts["openvino"] == tmp_path / "a" / f"{demo_onnx.stem}_openvino"
+    assert "OpenVINO IR vs ONNX over 4 images" in log and "-> OK" in log and "OpenVINO INT8 skipped" in log
+    assert not list((tmp_path / "a").glob(".*"))  # no temporary folder left
+    ctx, log = _stage(["--no-openvino"], demo_onnx, tmp_path / "b")
+    assert "openvino" not in ctx.artifacts and not (tmp_path / "b").exists()
+    ctx, _ = _stage(["--openvino-fp16"], demo_onnx, tmp_path / "c")
+    assert (ctx.artifacts["openvino"] / f"{demo_onnx.stem}.bin").stat().st_size < \
+        0.6 * (tmp_path / "a" / f"{demo_onnx.stem}_openvino" / f"{demo_onnx.stem}.bin").stat().st_size
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    with pytest.raises(ConfigError, match="--openvino needs the openvino package"):
+        _stage(["--openvino"], demo_onnx, tmp_path / "d")
+    assert "OpenVINO IRs skipped" in _stage([], demo_onnx, tmp_path / "e")[1]
+
+
+def test_stage_gates_the_int8_ir_and_reports_it(demo_onnx, small_data, tmp_path):
+    pytest.importorskip("nncf")
+    report = _report(demo_onnx, small_data)
+    ctx, log = _stage(["--int8", "--data", str(small_data), "--max-map-drop", "10"], demo_onnx, tmp_path, report)
+    final = tmp_path / f"{demo_onnx.stem}.int8_openvino"
+    assert ctx.artifacts["int8_openvino"] == final and kind_of(final) is INT8_IR and not ctx.failures
+    rep = json.loads((tmp_path / f"{demo_onnx.stem}.accuracy.json").read_text())
+    assert [r["key"] for r in rep["rows"]] == ["fp32", "openvino", "int8_openvino"]
+    assert rep["gates"]["openvino"]["passed"] and all(r["map50_95"] > 0.5 for r in rep["rows"])
+    assert "OpenVINO INT8: NNCF on 8 of 8 images" in log and not list(tmp_path.glob(".ov-int8-*"))
+
+
+def test_stage_withholds_an_int8_ir_over_the_bar(demo_onnx, small_data, tmp_path, monkeypatch):
+    """One flat grey calibration image breaks INT8: the IR is withheld, an old one deleted, the build fails at the end."""
+    from exporters import accuracy
+
+    pytest.importorskip("nncf")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    cv2.imwrite(str(calib / "grey.png"), np.full((320, 320, 3), 114, np.uint8))
+    stale = tmp_path / "out" / f"{demo_onnx.stem}.int8_openvino"
+    stale.mkdir(parents=True)
+    (stale / "old.xml").write_text("from an earlier build")
+    monkeypatch.setattr(accuracy, "FALLBACK_STEPS", (1,))  # one fallback trial keeps the test short
+    ctx, log = _stage(["--int8", "--data", str(small_data), "--calib", str(calib), "--max-map-drop", "1"],
+                      demo_onnx, tmp_path / "out", _report(demo_onnx, small_data))
+    assert not stale.exists() and "int8_openvino" not in ctx.artifacts and ctx.withheld == {"int8_openvino"}
+    assert isinstance(ctx.failures[0], AccuracyGateError) and "OpenVINO INT8 accuracy gate" in ctx.failures[0].message
+    gate = json.loads((tmp_path / "out" / f"{demo_onnx.stem}.accuracy.json").read_text())["gates"]["openvino"]
+    assert not gate["passed"] and len(gate["trials"]) == 2 and gate["sensitivity_top"]
+    assert gate["trials"][1]["kept_float"] == [gate["sensitivity_top"][0][0]]
+    assert "removed" in log
