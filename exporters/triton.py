@@ -4,6 +4,7 @@ One model per artifact::
 
     <repo>/<name>/config.pbtxt
     <repo>/<name>/1/model.onnx     (backend "onnxruntime")  or  model.plan  (backend "tensorrt")
+                                   or  model.xml + model.bin  (backend "openvino", an OpenVINO IR; CPU instances)
 
 Tensor names, dims and dtypes come from the artifact's metadata (and, for ONNX, are checked against the
 graph itself); ``max_batch_size``, ``dynamic_batching`` and ``instance_group`` from
@@ -29,6 +30,7 @@ from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, PixelFormat
 from .io import atomic_path, ensure_out_dir, write_bytes_atomic
 
 END2END_OUTPUTS = ("num_dets", "boxes", "scores", "classes")  # exporters.end2end's order
+MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "openvino": "model.xml"}
 _ONNX_TYPES = {1: "TYPE_FP32", 10: "TYPE_FP16", 6: "TYPE_INT32", 7: "TYPE_INT64", 2: "TYPE_UINT8", 3: "TYPE_INT8",
                9: "TYPE_BOOL", 11: "TYPE_FP64", 16: "TYPE_BF16"}
 
@@ -93,6 +95,7 @@ class ModelConfig:
     queue_delay_us: int = 0
     default_model_filename: str = "model.onnx"
     metadata_json: str = ""
+    parameters: tuple[tuple[str, str], ...] = ()  # backend parameters (Triton's OpenVINO backend reads its own keys)
 
 
 # ---- the pure parts: metadata → tensor specs → config → text ----------------------------------
@@ -134,9 +137,9 @@ def make_config(name: str, backend: str, meta: ModelMetadata, inputs: tuple[Tens
     the batch axis, dynamic batching on. Static batch 1: ``max_batch_size`` 1, no batcher (nothing to
     gather). Static batch N > 1: ``max_batch_size`` 0 and the full dims (Triton must send exactly N).
     """
-    filename = "model.plan" if backend == "tensorrt" else "model.onnx"
     common = dict(name=name, backend=backend, instance_kind=f"KIND_{device.name}", instance_count=opts.instances,
-                  default_model_filename=filename, metadata_json=meta.to_json())
+                  default_model_filename=MODEL_FILES[backend], metadata_json=meta.to_json(),
+                  parameters=_openvino_parameters(meta) if backend == "openvino" else ())
     if meta.batch is not None and meta.batch > 1:
         return ModelConfig(max_batch_size=0, inputs=inputs, outputs=outputs, dynamic_batching=False, **common)
     strip = lambda ts: tuple(TensorConfig(t.name, t.data_type, t.dims[1:]) for t in ts)  # noqa: E731
@@ -147,6 +150,14 @@ def make_config(name: str, backend: str, meta: ModelMetadata, inputs: tuple[Tens
     preferred = tuple(p for p in opts.preferred if p <= mb) or tuple(sorted({max(1, mb // 2), mb}))
     return ModelConfig(max_batch_size=mb, inputs=strip(inputs), outputs=strip(outputs), dynamic_batching=True,
                        preferred_batch_sizes=preferred, queue_delay_us=opts.queue_delay_us, **common)
+
+
+def _openvino_parameters(meta: ModelMetadata) -> tuple[tuple[str, str], ...]:
+    """Triton's OpenVINO backend: latency for a static batch; throughput streams under dynamic batching; a
+    static-batch IR is not reshaped to a dynamic batch."""
+    if meta.batch is None:
+        return (("PERFORMANCE_HINT", "THROUGHPUT"),)
+    return (("PERFORMANCE_HINT", "LATENCY"), ("SKIP_OV_DYNAMIC_BATCHSIZE", "YES"))
 
 
 def _quote(s: str) -> str:
@@ -175,9 +186,9 @@ def config_pbtxt(cfg: ModelConfig) -> str:
                   f"  max_queue_delay_microseconds: {cfg.queue_delay_us}", "}"]
     lines += ["instance_group [", "  {", f"    count: {cfg.instance_count}", f"    kind: {cfg.instance_kind}",
               "  }", "]"]
-    if cfg.metadata_json:
-        lines += ["parameters {", f"  key: {_quote(METADATA_KEY)}",
-                  f"  value {{ string_value: {_quote(cfg.metadata_json)} }}", "}"]
+    params = (*cfg.parameters, *(((METADATA_KEY, cfg.metadata_json),) if cfg.metadata_json else ()))
+    for key, value in params:
+        lines += ["parameters {", f"  key: {_quote(key)}", f"  value {{ string_value: {_quote(value)} }}", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -252,16 +263,27 @@ def is_rtx_engine(path: Path, kind: str = "") -> bool:
 
 def write_model(repo: Path, name: str, artifact: Path, opts: TritonOptions, meta: ModelMetadata | None = None,
                 device: Device | None = None) -> Path:
-    """Write ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/1/model.{onnx,plan}``; return the model folder.
+    """Write ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/1/model.{onnx,plan,xml+bin}``; return the model folder.
 
-    ``meta`` is needed for an engine without a sidecar (the source ONNX's metadata); an ONNX file
-    carries its own.
+    ``meta`` is needed for an engine without a sidecar (the source ONNX's metadata); an ONNX file and an
+    OpenVINO IR (a folder or its ``.xml``) carry their own.
     """
     artifact = Path(artifact)
-    if not artifact.is_file():
+    if not artifact.exists():
         raise ModelLoadError(f"artifact {artifact} not found", "build it first (python -m exporters.build)")
     suffix = artifact.suffix.lower()
-    if suffix == ".onnx":
+    files: dict[str, Path] = {}
+    if artifact.is_dir() or suffix == ".xml":
+        from engine.backends.openvino import find_model_file, ir_metadata
+
+        xml = find_model_file(artifact)
+        meta = ir_metadata(xml) or meta
+        if meta is None:
+            raise ExportError(f"{xml} has no metadata (names, imgsz)", "export it with python -m exporters.build --openvino")
+        inputs, outputs = tensor_specs(meta)
+        backend, dev, profile_max = "openvino", Device.CPU, None  # Triton's OpenVINO backend runs CPU instances only
+        files = {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
+    elif suffix == ".onnx":
         own, g_in, g_out = _onnx_io(artifact)
         meta = own or meta
         if meta is None:
@@ -278,15 +300,22 @@ def write_model(repo: Path, name: str, artifact: Path, opts: TritonOptions, meta
         inputs, outputs = tensor_specs(meta)
         backend, dev = "tensorrt", Device.GPU  # Triton's TensorRT backend runs on GPUs only
     else:
-        raise ExportError(f"{artifact}: Triton models are made from .onnx, .engine or .plan files",
-                          "pass an ONNX model or a TensorRT engine")
+        raise ExportError(f"{artifact}: Triton models are made from .onnx, .engine or .plan files or OpenVINO IRs",
+                          "pass an ONNX model, a TensorRT engine or an OpenVINO IR folder")
     cfg = make_config(name, backend, meta, inputs, outputs, opts, dev, profile_max)
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / "1" / cfg.default_model_filename) as tmp:
-        shutil.copyfile(artifact, tmp)
+    for target, source in (files or {cfg.default_model_filename: artifact}).items():
+        with atomic_path(folder / "1" / target) as tmp:
+            shutil.copyfile(source, tmp)
     write_bytes_atomic(folder / "config.pbtxt", config_pbtxt(cfg).encode())
     return folder
+
+
+def parse_backend(folder: Path) -> str:
+    """The ``backend:`` line of a written model's config.pbtxt."""
+    text = (Path(folder) / "config.pbtxt").read_text()
+    return re.search(r'^backend: "([^"]+)"', text, re.M).group(1)
 
 
 def write_repository(repo: Path, artifacts: dict[str, Path], stem: str, opts: TritonOptions,
@@ -295,12 +324,13 @@ def write_repository(repo: Path, artifacts: dict[str, Path], stem: str, opts: Tr
 
     Files that are not models (reports, caches, sidecars) are skipped, and so are TensorRT-RTX engines
     (Triton's TensorRT backend runs TensorRT engines only; their ONNX is served instead). ``int8-cpu``
-    ONNX models get CPU instances (their U8S8 form is fast on CPUs only).
+    ONNX models get CPU instances (their U8S8 form is fast on CPUs only); OpenVINO IRs (folders) run on
+    Triton's OpenVINO backend, CPU instances.
     """
     repo = ensure_out_dir(Path(repo))
     written: dict[str, Path] = {}
     for kind, path in artifacts.items():
-        if Path(path).suffix.lower() not in (".onnx", ".engine", ".plan"):
+        if Path(path).suffix.lower() not in (".onnx", ".engine", ".plan") and not Path(path).is_dir():
             continue
         if Path(path).suffix.lower() != ".onnx" and is_rtx_engine(Path(path), kind):
             log(f"triton: skipped {Path(path).name}: a TensorRT-RTX engine, which Triton's TensorRT backend cannot load")
@@ -308,8 +338,7 @@ def write_repository(repo: Path, artifacts: dict[str, Path], stem: str, opts: Tr
         name = model_name(stem, kind)
         device = Device.CPU if "cpu" in kind else None
         written[name] = write_model(repo, name, Path(path), opts, meta, device)
-        log(f"triton: {written[name]} ({'model.plan' if Path(path).suffix != '.onnx' else 'model.onnx'} "
-            f"from {Path(path).name})")
+        log(f"triton: {written[name]} ({parse_backend(written[name])} model from {Path(path).name})")
     if not written:
         raise ExportError(f"no model artifacts to put in the Triton repository {repo} (had {sorted(artifacts)})",
                           "build an ONNX model or engine in the same run as --triton")

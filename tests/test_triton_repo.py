@@ -1,4 +1,4 @@
-"""``--triton DIR``: every generated config.pbtxt parses into Triton's own ModelConfig (from tritonclient).
+"""``--triton DIR``: every generated config.pbtxt (ONNX Runtime, TensorRT and OpenVINO backends) parses into Triton's own ModelConfig (from tritonclient).
 
 Small ONNX files carrying our metadata are made here (a graph of constants is enough: the writer reads
 the declared inputs/outputs and the metadata, it never runs the model); the real demo export is
@@ -198,3 +198,38 @@ def test_demo_export_makes_a_valid_repository(demo_onnx, tmp_path):
     meta = ModelMetadata.from_json(cfg.parameters[METADATA_KEY].string_value)
     assert cfg.input[0].name == meta.input_name and list(cfg.input[0].dims) == [3, *meta.imgsz]
     assert list(cfg.output[0].dims) == [4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
+
+
+def test_an_openvino_ir_becomes_a_model_of_tritons_openvino_backend(demo_onnx, tmp_path):
+    pytest.importorskip("openvino")
+    from engine import Detector
+    from exporters.openvino import export_openvino
+    from exporters.triton import write_repository
+
+    with Detector(demo_onnx, device="cpu") as d:
+        meta = d.metadata
+    fp32_ir = export_openvino(demo_onnx, tmp_path, meta)
+    written = write_repository(tmp_path / "repo", {"openvino": fp32_ir}, "demo", TritonOptions(), log=lambda s: None)
+    folder = written["demo_openvino"]
+    cfg = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.backend == "openvino" and cfg.default_model_filename == "model.xml"
+    assert sorted(p.name for p in (folder / "1").iterdir()) == ["model.bin", "model.xml"]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cfg.max_batch_size == 1 and list(cfg.input[0].dims) == [3, *meta.imgsz]
+    assert list(cfg.output[0].dims) == [4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
+    assert cfg.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+    assert cfg.parameters["SKIP_OV_DYNAMIC_BATCHSIZE"].string_value == "YES"
+    assert json.loads(cfg.parameters["yolodeploy"].string_value)["names"] == list(meta.names)
+    with Detector(folder / "1" / "model.xml") as d:  # what Triton loads is a working IR
+        assert d.names == meta.names
+
+
+def test_a_dynamic_batch_ir_gets_throughput_streams_and_the_batcher():
+    from exporters.triton import Device, config_pbtxt, make_config, tensor_specs
+
+    meta = ModelMetadata(names=NAMES, imgsz=IMGSZ, batch=None)
+    cfg = make_config("m_openvino", "openvino", meta, *tensor_specs(meta), TritonOptions(), Device.CPU)
+    parsed = text_format.Parse(config_pbtxt(cfg), model_config_pb2.ModelConfig())
+    assert parsed.max_batch_size == 8 and parsed.HasField("dynamic_batching")
+    assert parsed.parameters["PERFORMANCE_HINT"].string_value == "THROUGHPUT"
+    assert "SKIP_OV_DYNAMIC_BATCHSIZE" not in parsed.parameters
