@@ -30,9 +30,12 @@ EXTRAS = {
     "cuda": ["cuda-python>=13", "nvidia-cuda-nvrtc>=13"],
     # python -m engine.serve: Triton bundled in nvidia-pytriton (venv from Debian's python3, see .ci/setup_triton.sh)
     "serve": ["nvidia-pytriton>=0.7"],
+    # OpenVINO IRs: the runtime backend (x86 CPUs, Intel iGPU/NPU) and, for the build, NNCF's INT8 (tested: 2026.4 / 3.4)
+    "openvino": ["openvino>=2025.0", "nncf>=2.15"],
 }
 # tritonclient: tests parse config.pbtxt into Triton's ModelConfig and talk to engine.serve
-EXTRAS["dev"] = sorted({*EXTRAS["export"], *EXTRAS["bench"], *EXTRAS["stream"], *EXTRAS["cuda"], "pytest>=7", "tritonclient[all]>=2.40"})
+EXTRAS["dev"] = sorted({*EXTRAS["export"], *EXTRAS["bench"], *EXTRAS["stream"], *EXTRAS["cuda"], *EXTRAS["openvino"],
+                        "pytest>=7", "tritonclient[all]>=2.40"})
 
 setup(
     name="yolo-deploy",

@@ -1,11 +1,11 @@
 """Check that every runtime dependency ships a Windows (win_amd64) wheel.
 
 The first user deploys on Windows with an RTX laptop, so the runtime (base install) and the
-``gpu`` extra must install there without a compiler. The TensorRT extras (``rtx``, ``trt``) are
+``gpu`` and ``openvino`` extras must install there without a compiler. The TensorRT extras (``rtx``, ``trt``) are
 listed but not judged: PyPI serves only a source distribution for ``tensorrt-rtx`` and ``tensorrt``,
 so no wheel query can answer for them.
 The base requirements are fetched with ``pip download --only-binary=:all: --platform win_amd64``;
-the GPU extras' wheels are hundreds of MB, so for them pip resolves the same query with
+the extras' wheels are large (onnxruntime-gpu: hundreds of MB), so for them pip resolves the same query with
 ``pip install --dry-run`` (wheel metadata only, nothing large is downloaded).
 
     python scripts/check_windows_wheels.py [--python-version 3.11]
@@ -22,7 +22,7 @@ import sys
 import tempfile
 
 DIST = "yolo-deploy"
-RUNTIME_EXTRAS = ("gpu",)
+RUNTIME_EXTRAS = ("gpu", "openvino")
 UNCHECKED_EXTRAS = ("rtx", "trt")
 
 

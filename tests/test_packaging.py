@@ -16,17 +16,24 @@ def test_base_install_is_the_lean_runtime():
     base = _list("RUNTIME")
     for pkg in ("numpy", "opencv-python", "onnxruntime"):
         assert f'"{pkg}' in base
-    for heavy in ("torch", "ultralytics", "tensorrt", "cuda-python", "headless"):
+    for heavy in ("torch", "ultralytics", "tensorrt", "cuda-python", "headless", "openvino", "nncf"):
         assert heavy not in base
 
 
 def test_extras_exist_and_gpu_uses_onnxruntime_gpu():
     extras = _list("EXTRAS")
-    for extra in ("export", "rtx", "trt", "gpu", "bench", "stream"):
+    for extra in ("export", "rtx", "trt", "gpu", "bench", "stream", "openvino"):
         assert f'"{extra}":' in extras
     assert 'EXTRAS["dev"]' in SETUP
     assert "onnxruntime-gpu" in extras and "tensorrt-rtx" in extras and "cuda-python" in extras
     assert "pycuda" not in SETUP and "headless" not in extras  # cv2 must come from one wheel only
+    assert '"openvino": ["openvino' in extras and "nncf" in _list("EXTRAS")
+
+
+def test_windows_wheel_check_covers_the_runtime_extras():
+    from scripts.check_windows_wheels import RUNTIME_EXTRAS
+
+    assert set(RUNTIME_EXTRAS) == {"gpu", "openvino"}
 
 
 def test_layout_the_user_asked_for():
