@@ -34,6 +34,7 @@ from .errors import BackendUnavailableError, ConfigError
 from .metadata import ModelMetadata
 
 __all__ = ["DetectorPool", "auto_workers", "default_threads"]
+POOLED = ("onnxruntime", "openvino")  # CPU backends whose threads a pool shares out (intra_op_threads)
 
 
 def default_threads(workers: int, cores: int | None = None) -> int:
@@ -69,7 +70,8 @@ class DetectorPool(FrameCalls):
     """``workers`` CPU :class:`~engine.Detector` s of one ONNX model, run side by side on threads.
 
     Args:
-        path: an ``.onnx`` model (ONNX Runtime on the CPU; a GPU gets its throughput from a batch).
+        path: an ``.onnx`` model (ONNX Runtime on the CPU; a GPU gets its throughput from a batch), or an
+            OpenVINO IR (whose ``hint="throughput"`` does the same inside one detector).
         workers: how many detectors (at least 1); 2 or the number of cameras, up to the cores.
         threads: ONNX Runtime intra-op threads of each (default: cores // workers, at least 1).
         **detector_options: passed to each :class:`~engine.Detector` (``conf``, ``iou``, ``classes`` ...).
@@ -86,7 +88,7 @@ class DetectorPool(FrameCalls):
             raise ConfigError(f"threads={threads!r}", "use 1 or more threads per worker, or leave it to the pool")
         backend = detector_options.pop("backend", "auto")
         cls = backend_for(path, backend)
-        if getattr(cls, "name", None) != "onnxruntime":
+        if getattr(cls, "name", None) not in POOLED:
             raise ConfigError(f"DetectorPool runs ONNX Runtime on the CPU; {path} loads with the "
                               f"'{getattr(cls, 'name', cls.__name__)}' backend",
                               "use one Detector with a batch for a GPU engine, or pass an .onnx model")

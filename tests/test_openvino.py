@@ -296,3 +296,13 @@ def test_stage_withholds_an_int8_ir_over_the_bar(demo_onnx, small_data, tmp_path
     assert not gate["passed"] and len(gate["trials"]) == 2 and gate["sensitivity_top"]
     assert gate["trials"][1]["kept_float"] == [gate["sensitivity_top"][0][0]]
     assert "removed" in log
+
+
+def test_a_pool_of_ir_detectors_shares_the_cores(fp32_ir, frames):
+    from engine.pool import DetectorPool
+
+    with DetectorPool(fp32_ir, workers=2, precision="f32") as pool, Detector(fp32_ir, precision="f32") as one:
+        assert [d.backend.name for d in pool.detectors] == ["openvino"] * 2
+        assert pool.threads >= 1 and pool.detectors[0].backend.compiled.get_property("INFERENCE_NUM_THREADS") == pool.threads
+        for a, b in zip(pool.predict(frames), one.predict(frames)):
+            np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
