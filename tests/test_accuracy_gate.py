@@ -109,7 +109,7 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
     pytest.importorskip("onnx")
     # 8 calibration and 12 val images: a pipeline test, so a loose bar (the demo's real figures are in RESULTS.md)
     argv = ["--onnx", str(demo_onnx), "--out", str(tmp_path), "--int8", "--data", str(small_data), "--engine", "none",
-            "--max-map-drop", "10"]
+            "--max-map-drop", "10", "--no-openvino"]  # the OpenVINO IRs' gate: tests/test_openvino.py
     rc, log = _build(argv, capsys)
     assert rc == 0, log
     stem = demo_onnx.stem
@@ -143,7 +143,7 @@ def test_gate_failure_withholds_int8_and_exits_nonzero(demo_onnx, small_data, tm
         path.write_bytes(b"from an earlier build")
     monkeypatch.setattr(accuracy, "FALLBACK_STEPS", (2,))  # one fallback trial keeps the test short
     rc, log = _build(["--onnx", str(demo_onnx), "--out", str(out), "--int8", "--data", str(small_data), "--calib",
-                      str(calib), "--engine", "none", "--no-fp16"], capsys)
+                      str(calib), "--engine", "none", "--no-fp16", "--no-openvino"], capsys)
     assert rc == 2
     assert "INT8 accuracy gate" in log and "withheld" in log and "fix:" in log
     assert not list(out.glob("*.int8*.onnx")) and not any(p.exists() for p in stale)

@@ -1,6 +1,8 @@
 """python -m exporters.build: bad input gives a typed error, exit code 2, no deep traceback, nothing written."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 
@@ -79,3 +81,7 @@ def test_default_run_builds_the_demo(demo_pt, tmp_path, capsys):
     assert main(["--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "demo.onnx").is_file() and "parity" in out and "OK" in out
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):  # the IRs join the main job
+        assert (tmp_path / "demo_openvino" / "demo.xml").is_file() and (tmp_path / "demo.int8_openvino" / "demo.bin").is_file()
+        rows = json.loads((tmp_path / "demo.accuracy.json").read_text())["rows"]
+        assert {"openvino", "int8_openvino"} <= {r["key"] for r in rows}
