@@ -32,7 +32,7 @@ def form_of(path: Path) -> tuple[str, str]:
 
     kind = kind_of(path)
     if kind is None:
-        raise DeployError(f"{path} is not a model artifact (.onnx, .engine or .plan)",
+        raise DeployError(f"{path} is not a model artifact (.onnx, .engine, .plan or an OpenVINO IR folder)",
                           "pass --models with files written by python -m exporters.build")
     return kind.form, kind.label
 
@@ -123,7 +123,7 @@ def _cached(folder: Path, key: dict) -> list[Path] | None:
     except (OSError, ValueError):
         return None
     files = [folder / f for f in m.get("files", [])]
-    return files if m.get("key") == key and files and all(f.is_file() for f in files) else None
+    return files if m.get("key") == key and files and all(f.exists() for f in files) else None  # IRs are folders
 
 
 def _save(folder: Path, key: dict, files: list[Path], notes: list[str]) -> None:
@@ -177,9 +177,12 @@ def _artifacts_in(folder: Path, stem: str) -> list[Path]:
 
     out = []
     for f in sorted(folder.iterdir()):
+        kind = kind_of(f)
+        if kind is not None and kind.folder and f.is_dir() and f.name[len(stem):] == kind.suffix:
+            out.append(f)  # an OpenVINO IR folder
         if not f.is_file() or not f.name.startswith(stem + "."):
             continue
-        if kind_of(f) is not None and f.name[len(stem):].count(".") <= 2:
+        if kind is not None and f.name[len(stem):].count(".") <= 2:
             out.append(f)
     return sorted(out, key=lambda p: form_rank(form_of(p)[0]))
 

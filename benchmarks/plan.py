@@ -166,7 +166,7 @@ def _models_groups(args, frames: Frames, log: Log) -> list[Group]:
     found: list[tuple[Path, tuple[int, int], int | None]] = []
     skipped = []
     for path in args.models:
-        if not path.is_file():
+        if not path.exists():  # a file, or an OpenVINO IR folder
             raise ConfigError(f"--models {path}: file not found", "pass artifacts written by python -m exporters.build")
         form, _ = form_of(path)
         reason = engine_unavailable_reason() if is_engine(path) else None

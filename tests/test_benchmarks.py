@@ -156,7 +156,8 @@ def test_wide_imgsz(imgsz, wide):
 
 @pytest.mark.parametrize("name,form", [("demo.onnx", "fp32"), ("demo.int8-cpu.onnx", "int8-cpu"),
                                        ("m.int8.onnx", "int8"), ("m.fp16.onnx", "fp16"), ("m.end2end.onnx", "end2end"),
-                                       ("m.fp16.engine", "trt-fp16"), ("m.plan", "trt")])
+                                       ("m.fp16.engine", "trt-fp16"), ("m.plan", "trt"), ("m_openvino", "ov-fp32"),
+                                       ("m.int8_openvino", "ov-int8")])
 def test_form_of(name, form):
     assert form_of(name)[0] == form
 
@@ -174,6 +175,19 @@ def test_build_cache_manifest(tmp_path):
     assert _cached(tmp_path, {"k": 2}) is None  # another model, size or version: build again
     f.unlink()
     assert _cached(tmp_path, {"k": 1}) is None  # a file gone: build again
+
+
+def test_our_openvino_irs_are_candidates(tmp_path):
+    from benchmarks.artifacts import _artifacts_in
+
+    for name in ("m.onnx", "m.int8-cpu.onnx", "m.calib.json"):
+        (tmp_path / name).write_bytes(b"x")
+    for name in ("m_openvino", "m.int8_openvino", "other_openvino", "m_openvino_old"):
+        (tmp_path / name).mkdir()
+    got = [p.name for p in _artifacts_in(tmp_path, "m")]
+    assert got == ["m.onnx", "m.int8-cpu.onnx", "m_openvino", "m.int8_openvino"]
+    _save(tmp_path, {"k": 1}, [tmp_path / "m_openvino"], [])
+    assert _cached(tmp_path, {"k": 1}) == [tmp_path / "m_openvino"]  # a folder is an artifact too
 
 def test_build_cache_key_follows_the_code(tmp_path):
     """Artifacts built by other code are not reused: the key hashes the packages' sources."""
