@@ -19,8 +19,8 @@ class UltralyticsPredictor:
     """Run ``YOLO(model_path).predict`` on one BGR frame at a time.
 
     Args:
-        model_path: a YOLOv8/YOLO11 detection ``.pt``, or an ``.onnx`` Ultralytics exported
-            (Ultralytics loads it with ONNX Runtime and reads the class names from its metadata).
+        model_path: a YOLOv8/YOLO11 detection ``.pt``, or an ``.onnx`` or OpenVINO folder Ultralytics
+            exported (it reads the class names from their metadata).
         imgsz: inference size (an int or ``(h, w)``), normally the size the model was trained or
             exported at.
         conf: confidence threshold (use 0.001 for mAP, as ``val`` does).
@@ -35,7 +35,7 @@ class UltralyticsPredictor:
     def __init__(self, model_path: Union[str, Path], imgsz: Union[int, tuple[int, int]], conf: float = 0.25,
                  iou: float = 0.7, max_det: int = 300, device: str = "cpu") -> None:
         path = Path(model_path)
-        if not path.is_file():
+        if not path.exists():
             raise ModelLoadError(f"model not found: {path}", "pass the path of a YOLO .pt or .onnx file")
         # No update checks, hub pings or font downloads: runs on offline machines (and in CI).
         os.environ.setdefault("YOLO_OFFLINE", "1")

@@ -1,0 +1,43 @@
+"""The OpenVINO comparison scripts' own logic: frames, candidates, the paired drop, the tables (no timing here)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import openvino_accuracy, openvino_speed
+from benchmarks.openvino_artifacts import OvModels
+
+
+def test_frames_are_the_same_1280x720_frames_each_time():
+    a, b = openvino_speed.frames(3), openvino_speed.frames(3)
+    assert len(a) == 3 and all(f.shape == (720, 1280, 3) for f in a)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_candidates_pair_ours_with_ultralytics_at_each_precision():
+    m = OvModels(320, Path("m.onnx"), Path("m_openvino"), Path("m.int8_openvino"), Path("m.int8-cpu.onnx"),
+                 Path("u_openvino_model"), Path("u_int8_openvino_model"))
+    single, multi = openvino_speed.candidates(m, 4)
+    names = [c["name"] for c in single]
+    assert names[:4] == ["ours OpenVINO FP32", "Ultralytics OpenVINO FP32", "ours OpenVINO INT8", "Ultralytics OpenVINO INT8"]
+    assert all(c["batch"] == 1 for c in single) and all(c["batch"] == 4 for c in multi)
+    assert {"hint": "throughput"} in [c.get("options") for c in multi] and any(c.get("workers") == 2 for c in multi)
+    assert openvino_speed.candidates(m, 1)[1] == []
+
+
+def test_speed_table_gives_ratios_against_the_same_precision():
+    report = {"load_before": [0.1, 0.1, 0.1], "load_after": [0.2, 0.1, 0.1], "rounds": 3, "iters": 50, "streams": 2,
+              "sizes": {"320": {"single": {"ours OpenVINO FP32": 4.0, "Ultralytics OpenVINO FP32": 5.0,
+                                           "ours OpenVINO INT8": 3.0, "Ultralytics OpenVINO INT8": 4.5},
+                                "streams": {"ours OpenVINO INT8, throughput mode": 500.0}}}}
+    text = openvino_speed.table(report)
+    assert "| 320 | ours OpenVINO FP32 | 4.00 | 1.25x faster |" in text
+    assert "| 320 | ours OpenVINO INT8 | 3.00 | 1.50x faster |" in text
+    assert "| 320 | ours OpenVINO INT8, throughput mode | 500 |" in text and "before [0.1, 0.1, 0.1]" in text
+
+
+def test_drop_is_paired_over_the_same_resamples():
+    boot = {"ref": np.array([0.80, 0.82, 0.84]), "q": np.array([0.79, 0.81, 0.83])}
+    d = openvino_accuracy.drop({"map50_95": 0.82}, {"map50_95": 0.8175}, boot, "ref", "q")
+    assert np.isclose(d[0], 0.25) and np.isclose(d[1], 1.0) and np.isclose(d[2], 1.0)  # every resample loses 1 point
