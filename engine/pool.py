@@ -33,7 +33,7 @@ from .detector import Detector, FrameCalls
 from .errors import BackendUnavailableError, ConfigError
 from .metadata import ModelMetadata
 
-__all__ = ["DetectorPool", "auto_workers", "default_threads"]
+__all__ = ["DetectorPool", "auto_workers", "auto_hint", "default_threads"]
 POOLED = ("onnxruntime", "openvino")  # CPU backends whose threads a pool shares out (intra_op_threads)
 
 
@@ -64,6 +64,22 @@ def auto_workers(path: str | Path, fill: int | None, device: str = "auto", backe
     except BackendUnavailableError:
         return 1  # the Detector that loads it says why
     return 2 if getattr(cls, "name", None) == "onnxruntime" and _on_cpu(cls, device) else 1
+
+
+def auto_hint(path: str | Path, fill: int | None, backend: str = "auto") -> dict[str, str]:
+    """Options a stream gives one detector of ``path``: OpenVINO's throughput hint when the sources can keep
+    several infer requests busy (``fill`` as in :func:`auto_workers`: ``None`` or 2+), else nothing.
+
+    In throughput mode one OpenVINO detector runs a call's frames as several requests at once, on the cores
+    split into streams (see :mod:`engine.backends.openvino`), which is what a pool does for ONNX Runtime.
+    """
+    if fill is not None and fill < 2:
+        return {}
+    try:
+        cls = backend_for(path, backend)
+    except BackendUnavailableError:
+        return {}
+    return {"hint": "throughput"} if getattr(cls, "name", None) == "openvino" else {}
 
 
 class DetectorPool(FrameCalls):

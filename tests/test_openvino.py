@@ -306,3 +306,22 @@ def test_a_pool_of_ir_detectors_shares_the_cores(fp32_ir, frames):
         assert pool.threads >= 1 and pool.detectors[0].backend.compiled.get_property("INFERENCE_NUM_THREADS") == pool.threads
         for a, b in zip(pool.predict(frames), one.predict(frames)):
             np.testing.assert_allclose(a.xyxy, b.xyxy, atol=1e-3)
+
+
+def test_a_stream_of_several_sources_runs_one_ir_detector_in_throughput_mode(fp32_ir, tmp_path):
+    from engine.stream import Stream, StreamConfig
+    from engine.stream.sources import CaptureConfig
+    from tests.rtsp_server import make_clip
+
+    clip = make_clip(tmp_path / "clip.mp4", frames=6)
+    got = []
+    stream = Stream(fp32_ir, [f"a={clip}", f"b={clip}"], StreamConfig(log_interval=0),
+                    on_result=lambda r: got.append(r.source))
+    snap = stream.run()
+    assert stream.workers == 1 and stream.detector.backend.hint == "throughput" and stream.batch == 2
+    assert snap["a"]["frames_out"] == 6 == snap["b"]["frames_out"] and len(got) == 12
+    one_camera = StreamConfig(log_interval=0, capture=CaptureConfig(realtime=True))
+    with Stream(fp32_ir, [str(clip)], one_camera) as s:  # one live source: nothing to overlap
+        assert s.detector.backend.hint == "latency" and s.batch == 1
+    with Stream(fp32_ir, [f"a={clip}", f"b={clip}"], StreamConfig(log_interval=0), hint="latency") as s:
+        assert s.detector.backend.hint == "latency"  # the caller's choice wins

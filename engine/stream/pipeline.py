@@ -150,7 +150,8 @@ class Stream:
         elif path is not None:
             from ..detector import Detector
 
-            self.detector, self._owns_detector = Detector(path, **self._detector_options), True
+            opts = {**self._auto_hint(path, live), **self._detector_options}  # the caller's options win
+            self.detector, self._owns_detector = Detector(path, **opts), True
         elif self.workers > 1:
             raise ConfigError(f"workers={self.workers} given with a ready detector",
                               "pass a model path to Stream, or a DetectorPool as the detector")
@@ -180,6 +181,11 @@ class Stream:
                  ", ".join(f"{s.name}={s.label} ({s.kind.value})" for s in self.specs))
         for t in self._threads:
             t.start()
+
+    def _auto_hint(self, path: str | Path, live: int) -> dict[str, str]:
+        from ..pool import auto_hint
+
+        return auto_hint(path, live if live == len(self.specs) else None, self._detector_options.get("backend", "auto"))
 
     def _auto_workers(self, path: str | Path, live: int) -> int:
         from ..pool import auto_workers
