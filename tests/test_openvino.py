@@ -204,17 +204,28 @@ def test_int8_ir_keeps_the_decode_tail_float(demo_onnx, int8_ir, fp32_ir, frames
             assert abs(len(a) - len(b)) <= 1 and a.class_id[0] == b.class_id[0]
 
 
-def test_sensitivity_ranks_int8_layers_that_keep_float_then_leaves_float(demo_onnx, int8_ir, meta, tmp_path):
+def test_sensitivity_ranks_the_int8_layers_and_keep_float_reaches_nncf(demo_onnx, int8_ir, meta, tmp_path,
+                                                                          monkeypatch):
+    import nncf
+
     from exporters.openvino import quantize_openvino, quantized_layers, sensitivity
 
-    images = calib_batches(meta.imgsz, 4)
-    ranking = sensitivity(demo_onnx, int8_ir, images[:2])
+    images = calib_batches(meta.imgsz, 2)
+    ranking = sensitivity(demo_onnx, int8_ir, images)
     layers = quantized_layers(ov.Core().read_model(str(next(int8_ir.glob("*.xml")))))
-    assert [n for n, _ in ranking] and {n for n, _ in ranking} == set(layers)
-    assert ranking[0][1] >= ranking[-1][1]
-    top = ranking[0][0]
-    again = quantize_openvino(demo_onnx, images, tmp_path, meta, keep_float=[top], final=tmp_path / "k_openvino")
-    assert top not in quantized_layers(ov.Core().read_model(str(next(again.glob("*.xml")))))
+    assert {n for n, _ in ranking} == set(layers) and ranking[0][1] >= ranking[-1][1] > -1
+    seen = {}
+
+    def fake_quantize(model, dataset, **kw):  # what NNCF is asked to keep float (NNCF itself: the tests above)
+        seen.update(kw)
+        return model
+
+    monkeypatch.setattr(nncf, "quantize", fake_quantize)
+    top, conv = ranking[0][0], "/model.0/conv/Conv"  # an IR name, and an ONNX node name (two IR operations)
+    quantize_openvino(demo_onnx, images, tmp_path, meta, keep_float=[top, conv], final=tmp_path / "k_openvino")
+    names = seen["ignored_scope"].names
+    assert top in names and {conv, conv + "/WithoutBiases"} <= set(names) and "/model.23/Sigmoid" in names
+    assert seen["preset"] == nncf.QuantizationPreset.MIXED and seen["fast_bias_correction"] is False
 
 
 # ---- the build stage ----------------------------------------------------------------------------------------
