@@ -10,8 +10,9 @@ write through a temporary folder renamed into place (:func:`exporters.io.atomic_
 INT8 is NNCF's post-training quantization on the OpenVINO model, the path Ultralytics' ``format=openvino,
 int8=True`` takes: its ``MIXED`` preset (symmetric int8 weights, asymmetric activations) with OpenVINO's
 own placement, calibrated on the same letterboxed images as the ONNX INT8 forms. Float stays what
-:func:`exporters.quantize.decode_tail` finds (DFL, box decode, sigmoid, the output concat: what Ultralytics
-keeps float too), plus ``--exclude`` and the gate's fallback layers. Unlike Ultralytics we run NNCF's full
+:func:`float_nodes` finds: the decode tail (DFL, box decode, sigmoid, the output concat: what Ultralytics
+keeps float too), the head's last convolutions and its class branch; plus ``--exclude`` and the gate's
+fallback layers. Unlike Ultralytics we run NNCF's full
 bias correction (``fast_bias_correction=False``): a longer build, the same IR speed (it only changes
 biases), and on the demo at 320 (500 fresh images) mAP50-95 0.8296 instead of 0.8286 against 0.8312 for the
 FP32 IR (``benchmarks/RESULTS.md``, "OpenVINO").
@@ -94,6 +95,27 @@ def ov_names(model, onnx_names: Iterable[str]) -> list[str]:
             if op.get_friendly_name() in wanted or op.get_friendly_name().rsplit("/", 1)[0] in wanted]
 
 
+def float_nodes(model) -> list[str]:
+    """ONNX node names of ``model`` (our FP32 ONNX) that the INT8 IR keeps float: the decode tail
+    (:func:`exporters.quantize.decode_tail`), the convolutions that feed it (the head's last ones), and the
+    detect head's class branch (Ultralytics' ``Detect.cv3``, found under the head's module scope).
+
+    The class scores are what INT8 hurt most: on the second model (four classes, mAP50-95 0.35) the INT8 IR
+    lost 0.68 points at 320 with the class branch in int8 and 0.13 with it float (the box branch float
+    instead: 0.61); the class branch and the last convolutions are about 4 % of YOLO11n's multiply-adds.
+    """
+    from .quantize import WEIGHTED_OPS, decode_tail
+
+    tail = decode_tail(model)
+    in_tail = set(tail)
+    feeds_tail = {i for n in model.graph.node if n.name in in_tail for i in n.input}
+    last = [n.name for n in model.graph.node
+            if n.op_type in WEIGHTED_OPS and n.name not in in_tail and set(n.output) & feeds_tail]
+    scopes = {"/".join(n.split("/")[:2]) for n in last if n.startswith("/")}  # "/model.23"
+    classes = [n.name for n in model.graph.node if any(n.name.startswith(f"{s}/cv3") for s in scopes)]
+    return list(dict.fromkeys([*tail, *last, *classes]))
+
+
 def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_dir: Path, meta: ModelMetadata,
                       keep_float: Sequence[str] = (), subset_size: int | None = None, final: Path | None = None) -> Path:
     """The INT8 IR of ``fp32_onnx`` quantized by NNCF in ``out_dir/<stem>.int8_openvino/``; returns that folder.
@@ -109,12 +131,10 @@ def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_di
     """
     import onnx
 
-    from .quantize import decode_tail
-
     nncf = _nncf()
     fp32_onnx = Path(fp32_onnx)
     model = convert(fp32_onnx)
-    keep = ov_names(model, [*decode_tail(onnx.load(str(fp32_onnx), load_external_data=False)), *keep_float])
+    keep = ov_names(model, [*float_nodes(onnx.load(str(fp32_onnx), load_external_data=False)), *keep_float])
     dataset = calibration if isinstance(calibration, nncf.Dataset) else calibration_dataset(calibration)
     n = subset_size or dataset.get_length() or 300
     nncf_log = logging.getLogger("nncf")

@@ -186,17 +186,22 @@ def test_an_ir_without_our_metadata_reads_ultralytics_yaml_or_the_graph(demo_onn
 
 # ---- INT8 by NNCF ------------------------------------------------------------------------------------------
 
-def test_int8_ir_keeps_the_decode_tail_float(demo_onnx, int8_ir, fp32_ir, frames):
+def test_int8_ir_keeps_the_decode_tail_and_the_class_branch_float(demo_onnx, int8_ir, fp32_ir, frames):
     import onnx
 
-    from exporters.openvino import ov_names, quantized_layers
+    from exporters.openvino import float_nodes, ov_names, quantized_layers
     from exporters.quantize import decode_tail
 
     assert kind_of(int8_ir) is INT8_IR
+    graph = onnx.load(str(demo_onnx))
+    keep = float_nodes(graph)
+    assert set(decode_tail(graph)) < set(keep) and "/model.23/cv3.0/cv3.0.1/cv3.0.1.1/conv/Conv" in keep
+    assert "/model.23/cv2.0/cv2.0.2/Conv" in keep and "/model.23/cv2.0/cv2.0.1/conv/Conv" not in keep
     model = ov.Core().read_model(str(next(int8_ir.glob("*.xml"))))
     layers = quantized_layers(model)
-    tail = set(ov_names(model, decode_tail(onnx.load(str(demo_onnx)))))
-    assert len(layers) > 50 and tail and not tail & set(layers)
+    floats = set(ov_names(model, keep))
+    assert len(layers) > 50 and floats and not floats & set(layers)
+    assert "/model.23/cv2.0/cv2.0.1/conv/Conv/WithoutBiases" in layers  # the box branch's inner convs: int8
     with Detector(int8_ir) as q, Detector(fp32_ir) as f:
         assert q.metadata.precision is Precision.INT8 and q.metadata.names == f.metadata.names
         for fr in frames:
