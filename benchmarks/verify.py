@@ -97,10 +97,15 @@ def _build(args, report: Report) -> tuple[Path | None, Path | None]:
     argv = ["--weights", str(weights), "--out", str(args.out), "--engine", args.precision, "--require-engine",
             *only[args.precision], *shlex.split(args.build_args)]
     report.step("build", "running", "python -m exporters.build " + shlex.join(argv))
-    from exporters.build import build_parser, run
+    from exporters.build import build_argv
 
     t0 = time.perf_counter()
-    run(build_parser().parse_args(argv), log=lambda s: print(f"  build: {s}"))
+    from engine.errors import DeployError
+
+    rec = build_argv(argv, log=lambda s: print(f"  build: {s}")).record(f"{args.precision}.engine")
+    if rec is None or not rec.delivered:
+        raise DeployError(f"the {args.precision} engine was not delivered: {rec.reason if rec else 'not built'}",
+                          rec.fix if rec and rec.fix else "see the build's table above")
     report.step("build", "ok", f"built {engine.name} in {time.perf_counter() - t0:.1f}s")
     return _source_onnx(engine, args) or onnx, engine
 

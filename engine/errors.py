@@ -71,5 +71,18 @@ class SourceError(DeployError):
     """A video source (file, RTSP/HTTP URL, webcam, image folder) is missing, corrupt or unreachable."""
 
 
+class ArtifactWithheld(ExportError):
+    """An optional artifact failed its check and was not delivered (the build goes on without it).
+
+    ``checks`` and ``figures`` carry the evidence (``exporters.records.Check`` objects and numbers) into
+    the build report.
+    """
+
+    def __init__(self, message: str, fix: str = "", checks: tuple = (), figures: dict | None = None) -> None:
+        super().__init__(message, fix)
+        self.checks = tuple(checks)
+        self.figures = dict(figures or {})
+
+
 class AccuracyGateError(ExportError):
     """An INT8 artifact lost more mAP than ``--max-map-drop`` allows, even with layers kept float; it was withheld."""

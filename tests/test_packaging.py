@@ -47,7 +47,7 @@ def test_results_md_has_a_section_per_topic():
 
 
 def test_readme_documents_every_build_flag():
-    from exporters.build import build_parser
+    from exporters.cli import build_parser
 
     readme = (ROOT / "README.md").read_text()
     flags = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
