@@ -65,6 +65,19 @@ def test_the_action_unwinds_before_the_exit_code(capsys):
     assert run_cli(action, False) == 130 and closed == ["sinks closed"]
 
 
+def test_options_without_help_finds_a_bare_option():
+    import argparse
+
+    from tests.cli_help import options_without_help
+
+    ap = argparse.ArgumentParser(prog="x")
+    ap.add_argument("--documented", help="says what it does")
+    ap.add_argument("--a-very-long-option-name-here", metavar="VALUE", help="its help on the next line")
+    ap.add_argument("--bare")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    assert options_without_help(ap.format_help()) == ["--bare", "--quiet"]
+
+
 # ---- every command line, as a user runs it ---------------------------------------------------------
 
 @pytest.mark.parametrize("argv, needle", [

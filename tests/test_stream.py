@@ -395,13 +395,19 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_cli_help_lists_every_flag():
+def test_cli_help_and_readme_document_every_flag():
+    from engine.stream.cli import build_parser
+    from tests.cli_help import options_without_help
+
     p = subprocess.run([sys.executable, "-m", "engine.stream", "--help"], cwd=ROOT, capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 0
-    for flag in ("--model", "--source", "--save", "--metrics-port", "--reconnect-max", "--read-timeout",
-                 "--connect-attempts", "--show", "--jsonl"):
-        assert flag in p.stdout
+    flags = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    assert {"--model", "--source", "--save", "--metrics-port", "--reconnect-max", "--read-timeout",
+            "--connect-attempts", "--show", "--jsonl"} <= flags and all(f in p.stdout for f in flags)
+    assert not options_without_help(p.stdout), "flags without a help line"
+    readme = (ROOT / "README.md").read_text()
+    assert not sorted(f for f in flags if f"`{f}" not in readme), "flags the README's engine.stream table lacks"
 
 
 def test_cli_corrupt_file_exits_2_with_message(demo_onnx, tmp_path):

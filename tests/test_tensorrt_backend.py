@@ -145,13 +145,18 @@ def test_dynamic_engine_batches_within_the_profile(fake_engine):
             be.infer(np.zeros((5, 3, 32, 32), np.float32))
 
 
-def test_pinned_input_view_skips_the_host_copy(fake_engine):
+def test_pinned_input_view_skips_the_host_copy(fake_engine, monkeypatch):
     engine, _, cudart = fake_engine()
+    copies = []
+    real_copyto = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda dst, src, **kw: (copies.append(dst.shape), real_copyto(dst, src, **kw)))
     with TensorRTBackend(engine) as be:
         view = be.input_buffer(1)
         view[:] = 0.5
         (out,) = be.infer(view)
-        assert out[0, 0, 0] == pytest.approx(0.5)
+        assert out[0, 0, 0] == pytest.approx(0.5) and copies == []  # the pinned buffer went to the GPU as it was
+        (out,) = be.infer(np.full((1, 3, 32, 32), 0.25, np.float32))  # any other array: one copy into it
+        assert out[0, 0, 0] == pytest.approx(0.25) and copies == [(1, 3, 32, 32)]
 
 
 def _contexts(trt) -> int:
@@ -215,13 +220,24 @@ def test_rtx_runtime_cache_saved_and_graph_strategy_set(fake_engine):
 
 
 def test_detector_runs_an_engine_on_device_n(fake_engine):
+    from engine.preprocess import LetterboxGeometry
+
     engine, trt, cudart = fake_engine(devices=2)
+    devices, set_device = [], cudart.cudaSetDevice
+    cudart.cudaSetDevice = lambda i: (devices.append(i), set_device(i))[1]
     frame = np.full((48, 64, 3), 114, np.uint8)
     with Detector(engine, device=1, conf=0.25) as det:
         assert det.backend.device == 1 and det.names == tiny_metadata().names
         dets = det(frame)
-        assert len(dets) <= det.max_det
-    assert "cudaSetDevice" in cudart.calls
+    assert devices and set(devices) == {1}
+    # the fake engine answers mean(input) + row for every anchor: all 16 anchors are one box (cx, cy, w, h) =
+    # m + (0, 1, 2, 3) with class scores m + (4, 5, 6), m the letterboxed frame's value; NMS keeps one, class 2
+    m = float(np.float32(114) * np.float32(1 / 255))
+    cx, cy, w, h = m, m + 1, m + 2, m + 3
+    box = np.array([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]], np.float32)
+    want = LetterboxGeometry.fit((48, 64), (32, 32)).boxes_to_source(box)
+    assert dets.class_id.tolist() == [2] and dets.confidence.tolist() == pytest.approx([m + 6])
+    np.testing.assert_allclose(dets.xyxy, want, atol=1e-5)
     with pytest.raises(BackendUnavailableError, match="device 5 does not exist"):
         Detector(engine, device=5)
 
