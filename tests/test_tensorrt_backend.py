@@ -18,7 +18,7 @@ from engine.cuda import CudaUnavailableError
 from engine.errors import BackendUnavailableError, ConfigError, InputImageError, MetadataError
 from engine.metadata import Precision
 from tests.fakes import install_fakes
-from tests.fakes.engines import REBUILD, fake_engine  # noqa: F401 (a fixture)
+from tests.fakes.engines import REBUILD
 from tests.fakes.engines import fake_sidecar as _sidecar
 from tests.fakes.engines import write_engine as _write_engine
 from tests.fakes.tiny_onnx import tiny_metadata

@@ -16,7 +16,6 @@ from engine import Detector
 from engine.backends.tensorrt import TensorRTBackend
 from engine.backends.trt_engine import SharedEngine
 from engine.errors import EngineRunError, InputImageError
-from tests.fakes.engines import fake_engine  # noqa: F401 (a fixture)
 
 X = np.full((1, 3, 32, 32), 0.5, np.float32)
 
