@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.engines import fake_engine  # noqa: F401 (a fixture: engine files of the fake TensorRT)
+from tests.yolo_data import dataset  # noqa: F401 (a fixture: a 3-image YOLO val split)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
