@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import pytest
 from engine.cli import Terminated, run_cli
 from engine.errors import ConfigError, DeployError
 from tests.conftest import ROOT
+from tests.rtsp_server import free_ports
 
 
 def _raise(e: BaseException):
@@ -128,16 +128,6 @@ FAKE_PYTRITON = {
 }
 
 
-def _free_ports(n: int) -> list[str]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [str(s.getsockname()[1]) for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("sig, code, says", [(signal.SIGINT, 130, "interrupted: Triton stopped, detectors closed"),
                                              (signal.SIGTERM, 0, "stopped (SIGTERM)")], ids=["ctrl-c", "sigterm"])
@@ -149,7 +139,7 @@ def test_serve_exits_130_on_ctrl_c_and_0_on_sigterm_after_stopping(tmp_path, sig
     for name, text in FAKE_PYTRITON.items():
         (fake / name).write_text(text)
     model = write_tiny_onnx(tmp_path / "tiny.onnx", dynamic=True)
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = map(str, free_ports(3))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), str(ROOT)])}
     p = subprocess.Popen([sys.executable, "-m", "engine.serve", "--model", str(model), "--http-port", http,
                           "--grpc-port", grpc, "--metrics-port", metrics, "--max-batch", "2"], cwd=ROOT, env=env,
