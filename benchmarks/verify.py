@@ -265,14 +265,15 @@ def verify(args: argparse.Namespace) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from engine.errors import DeployError
+    from engine.cli import run_cli
 
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        report = verify(args)
-    except DeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _report(args), False, "interrupted: no report written")
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Run every step, write the report; the exit code says the verdict."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = verify(args)
     md, js = args.out / "verify-report.md", args.out / "verify-report.json"
     md.write_text(report.to_markdown(), encoding="utf-8")
     js.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.engines import fake_engine  # noqa: F401 (a fixture: engine files of the fake TensorRT)
+from tests.yolo_data import dataset  # noqa: F401 (a fixture: a 3-image YOLO val split)
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
@@ -20,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=f"no GPU: {reason}"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 40-frame MPEG-4 clip of moving shapes (the stream tests' video file)."""
+    from tests.rtsp_server import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=40)
 
 
 @pytest.fixture(scope="session")

@@ -58,9 +58,11 @@ def test_blank_frame_gives_empty_detections(det):
     assert len(r) == 0 and r.xyxy.shape == (0, 4) and list(r) == [] and r.to_dict() == {"detections": []}
 
 
-def test_gray_frame_runs(det, frames):
+def test_gray_frame_gives_what_its_bgr_copy_gives(det, frames):
     gray = cv2.cvtColor(frames[0], cv2.COLOR_BGR2GRAY)
-    assert isinstance(det(gray), Detections)
+    got = det(gray)
+    assert isinstance(got, Detections) and len(got) > 0
+    assert got == det(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)) == det(gray[:, :, None])
 
 
 def test_bad_input_is_a_typed_error(det):

@@ -25,6 +25,7 @@ from engine import Detections, Detector
 from engine.errors import InputImageError
 from engine.serve import detections_from_outputs, frames_from_encoded_input, frames_from_image_input, pack_outputs
 from tests.conftest import DEMO, ROOT
+from tests.rtsp_server import free_ports
 
 TRITON_VENV = ROOT / ".venv-triton"
 TRITON_PY = TRITON_VENV / "bin" / "python"
@@ -77,22 +78,12 @@ def test_cli_refuses_a_missing_model_and_a_missing_pytriton(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         p = subprocess.run([sys.executable, "-m", "engine.serve", "--model", str(model), "--grpc-port", str(port),
-                            "--http-port", str(_free_ports(1)[0]), "--metrics-port", "0"],
+                            "--http-port", str(free_ports(1)[0]), "--metrics-port", "0"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and f"--grpc-port {port}" in p.stderr and "not available" in p.stderr
 
 
 # ---- one server for the module -------------------------------------------------------------------
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def _wait_ready(proc: subprocess.Popen, log: Path, url: str, models: list[str], timeout: float = 150) -> None:
     import tritonclient.http as th
@@ -151,7 +142,7 @@ def server(served_model, tmp_path_factory):
     pytest.importorskip("tritonclient.http", reason="tritonclient not installed: pip install -e .[dev]")
     if not TRITON_PY.exists():
         pytest.skip(needs_triton.kwargs["reason"])
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
@@ -310,7 +301,7 @@ def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path)
     shutil.copy(dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
     (backends / "onnxruntime").mkdir()
     (backends / "onnxruntime" / "model.py").write_text(STAND_IN_BACKEND)
-    http, grpc = _free_ports(2)
+    http, grpc = free_ports(2)
     env = dict(os.environ, PATH=f"{TRITON_VENV / 'bin'}:{os.environ['PATH']}",
                LD_LIBRARY_PATH=str(site / "nvidia_pytriton.libs"))
     log = tmp_path / "tritonserver.log"

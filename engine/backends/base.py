@@ -61,6 +61,15 @@ class Backend(abc.ABC):
                                   "convert the input buffer to the model's dtype")
         return self.infer_impl(x)
 
+    def input_buffer(self, batch: int) -> np.ndarray | None:
+        """A buffer of this backend's own for ``batch`` inputs, or ``None`` (the default: any array will do).
+
+        Writing the input into it (``Letterbox(..., out=backend.input_buffer(n))``) and passing it, or its
+        first rows, to :meth:`infer` saves the copy into the backend's memory (TensorRT: the calling thread's
+        pinned buffer, from which the input goes to the GPU).
+        """
+        return None
+
     @abc.abstractmethod
     def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         """Backend-specific inference on a checked input."""

@@ -30,12 +30,15 @@ import signal
 import socket
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..cli import Terminated
 from ..errors import BackendUnavailableError, ConfigError
 from .protocol import ENCODED_INPUT, IMAGE_INPUT, frames_from_encoded_input, frames_from_image_input, pack_outputs
 
@@ -157,16 +160,70 @@ def _detector(cfg: ServeConfig):
     return det
 
 
-def _interrupt(*_: object) -> None:
-    """SIGTERM (docker stop, a test's teardown) shuts down like Ctrl+C: Triton and its stubs stop too."""
-    raise KeyboardInterrupt
+def _detectors(cfg: ServeConfig, stack: ExitStack) -> list:
+    """``cfg.instances`` Detectors, each closed by ``stack``.
+
+    For an engine they share one deserialized TensorRT engine, each with its own execution context
+    (the TensorRT backend shares engines of one file). They are made and warmed up on a helper thread
+    that then ends, so each one's context and buffers go back to its pool and Triton's instance thread
+    takes them over: N instances hold N execution contexts, not one more per Detector for this thread.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="serve-load") as pool:
+        detectors = []
+        for _ in range(cfg.instances):
+            det = pool.submit(_detector, cfg).result()
+            stack.callback(det.close)
+            detectors.append(det)
+    return detectors
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM stop Triton; which one came decides the exit code.
+
+    pytriton's ``serve()`` catches ``KeyboardInterrupt``, stops Triton and returns as if nothing happened,
+    so the signal is recorded here and raised again (:meth:`raise_received`) once Triton has stopped:
+    Ctrl-C then exits 130 and SIGTERM (``docker stop``, a test's teardown) 0, like the other commands.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    def raise_received(self) -> None:
+        if self.received is not None:
+            raise Terminated if self.received == signal.SIGTERM else KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def serve(cfg: ServeConfig, log=print) -> None:
-    """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops."""
+    """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once Triton stopped and the Detectors closed.
+        engine.cli.Terminated: the same after SIGTERM.
+    """
     _check_ports(cfg)
+    _pytriton()  # before loading models: a missing pytriton fails in a second
+    with _StopSignals() as stops, ExitStack() as stack:
+        _run_triton(cfg, _detectors(cfg, stack), log)
+        stops.raise_received()
+
+
+def _run_triton(cfg: ServeConfig, detectors: list, log) -> None:
+    """Bind the two models to ``detectors`` and serve until Triton stops (pytriton returns on a signal)."""
     DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
-    detectors = [_detector(cfg) for _ in range(cfg.instances)]
     outputs = [Tensor(name="num_detections", dtype=np.int32, shape=(1,)),
                Tensor(name="boxes", dtype=np.float32, shape=(-1, 4)),
                Tensor(name="scores", dtype=np.float32, shape=(-1,)),
@@ -177,7 +234,6 @@ def serve(cfg: ServeConfig, log=print) -> None:
                         grpc_address=cfg.host, grpc_port=cfg.grpc_port or None, allow_grpc=bool(cfg.grpc_port),
                         metrics_address=cfg.host, metrics_port=cfg.metrics_port or None,
                         allow_metrics=bool(cfg.metrics_port), allow_gpu_metrics=False, exit_on_error=True)
-    signal.signal(signal.SIGTERM, _interrupt)
     locks = [threading.Lock() for _ in detectors]  # the raw and the encoded model share each Detector
     with Triton(config=tcfg) as triton:
         triton.bind(model_name=cfg.name, infer_func=[DetectorModel(d, IMAGE_INPUT, k) for d, k in zip(detectors, locks)],
@@ -197,5 +253,3 @@ def serve(cfg: ServeConfig, log=print) -> None:
             f"{'on' if cfg.dynamic_batching else 'off'}; Ctrl+C stops")
         sys.stdout.flush()
         triton.serve()
-    for det in detectors:
-        det.close()
