@@ -73,3 +73,7 @@ class SourceError(DeployError):
 
 class AccuracyGateError(ExportError):
     """An INT8 artifact lost more mAP than ``--max-map-drop`` allows, even with layers kept float; it was withheld."""
+
+
+class ClosedError(DeployError):
+    """A :class:`~engine.Detector`, pool or backend was used after ``close()`` (or its ``with`` block ended)."""
