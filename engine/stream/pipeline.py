@@ -12,6 +12,12 @@ One capture thread per source (:mod:`engine.stream.sources`) feeds the pipeline 
 calls :meth:`Stream.run`), which batches the ready frames of several sources when the model takes a
 batch, runs the detector, and hands each :class:`~engine.stream.sinks.StreamResult` to the sinks and the
 callbacks of its source. Ctrl-C and SIGTERM stop it cleanly: capture threads joined, videos finalized.
+
+Signals: while :meth:`Stream.run` runs on the main thread, SIGINT, SIGTERM (and SIGBREAK) only set a
+flag that the pipeline loop polls; the stream then closes in order and ``run`` raises
+``KeyboardInterrupt`` for SIGINT (returns for SIGTERM). A ``KeyboardInterrupt`` raised at a random
+bytecode could land inside a lock's bookkeeping (a ``threading.Condition``, a pool's wait) and leave it
+held, hanging the shutdown itself; a flag cannot. A second Ctrl-C raises at once (stop waiting).
 """
 from __future__ import annotations
 
@@ -31,6 +37,11 @@ from .sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, F
                              SourceKind, SourceSpec, StreamEvent)
 
 log = logging.getLogger("engine.stream")
+
+# close() waits at most this long for capture threads: a file or folder reader stops at its next frame;
+# a live read in flight ends only by its timeout (up to --read-timeout), and such a thread is left to
+# end alone (a daemon) so that a stop takes seconds whatever the sources do.
+STOP_JOIN_S = 2.0
 
 ResultCallback = Callable[[StreamResult], None]
 EventCallback = Callable[[StreamEvent], None]
@@ -112,6 +123,7 @@ class Stream:
         self._owns_detector = False
         self.metrics = StreamMetrics()
         self._stop = threading.Event()
+        self._signal: int | None = None  # set by the signal handler only: no locks taken there
         self._ready = threading.Event()
         self._threads: list[CaptureThread] = []
         self._slots: list[FrameSlot] = []
@@ -209,7 +221,7 @@ class Stream:
             return
         self._closed = True
         self.stop()
-        join_s = self.config.capture.read_timeout + 2.0  # a read in flight ends by its timeout
+        join_s = min(self.config.capture.read_timeout + 2.0, STOP_JOIN_S)  # see STOP_JOIN_S
         deadline = time.monotonic() + join_s
         for t in self._threads:
             if t.ident is None:  # never started (start() failed part-way)
@@ -293,15 +305,17 @@ class Stream:
 
         Returns each source's final metrics. Raises :class:`~engine.errors.SourceError` when a source
         fails (a dead URL after its connect attempts, a corrupt file). Ctrl-C closes everything, then
-        re-raises ``KeyboardInterrupt``.
+        raises ``KeyboardInterrupt``; SIGTERM closes everything and returns.
         """
-        restore = self._install_sigterm()
+        restore = self._install_signals()
         try:
             self.start()
             self._loop()
         finally:
             restore()
             self.close()
+        if self._signal == signal.SIGINT:
+            raise KeyboardInterrupt
         snap = self.metrics.snapshot()
         for name, s in snap.items():
             log.info("final %s", StreamMetrics.format(name, s))
@@ -311,7 +325,7 @@ class Stream:
         cfg = self.config
         t_end = time.monotonic() + cfg.duration if cfg.duration else None
         next_log = time.monotonic() + cfg.log_interval if cfg.log_interval > 0 else None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._signal is None:
             self._ready.clear()
             alive = self._check_sources()
             frames = self._gather()
@@ -329,17 +343,23 @@ class Stream:
                 next_log = now + cfg.log_interval
             if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end and now >= t_end):
                 break
-        self._check_sources()
+        if self._signal is None:
+            self._check_sources()
 
-    def _install_sigterm(self) -> Callable[[], None]:
-        """SIGTERM (and SIGBREAK on Windows) → :meth:`stop`, while :meth:`run` runs on the main thread."""
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self._signal == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for an orderly stop
+        self._signal = signum  # the only thing a handler does: it runs between any two bytecodes
+
+    def _install_signals(self) -> Callable[[], None]:
+        """SIGINT, SIGTERM (and SIGBREAK on Windows) → a stop flag, while :meth:`run` runs on the main thread."""
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {}
-        for name in ("SIGTERM", "SIGBREAK"):
+        for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
             sig = getattr(signal, name, None)
-            if sig is not None:
-                previous[sig] = signal.signal(sig, lambda *_: self.stop())
+            if sig is not None and (sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN):
+                previous[sig] = signal.signal(sig, self._on_signal)
 
         def restore() -> None:
             for sig, handler in previous.items():
