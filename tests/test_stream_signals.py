@@ -5,27 +5,11 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import cv2
 import pytest
 
 from tests.conftest import ROOT
-from tests.rtsp_server import make_clip
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=40)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, clip) -> Path:
-    d = tmp_path_factory.mktemp("images")
-    cap = cv2.VideoCapture(str(clip))
-    for i in range(6):
-        cv2.imwrite(str(d / f"{i:03d}.jpg"), cap.read()[1])
-    return d
+from tests.test_stream import clip, folder  # noqa: F401 - the same clip and image folder fixtures
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
