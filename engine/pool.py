@@ -207,7 +207,8 @@ class DetectorPool(FrameCalls):
 
     def __repr__(self) -> str:
         name = self.detectors[0].backend.path.name if self.detectors else "?"
-        return f"DetectorPool({name}{', closed' if self._gate.closed else ''}, workers={self.workers}, threads={self.threads})"
+        closed = ", closed" if self._gate.closed else ""
+        return f"DetectorPool({name}{closed}, workers={self.workers}, threads={self.threads})"
 
 
 def _close_pool(ref: "weakref.ref[DetectorPool]") -> None:

@@ -103,7 +103,7 @@ def main() -> int:
             sent: list[float] = []
 
             def fire() -> None:
-                while signal.getsignal(signal.SIGINT) != stream._on_signal:  # run() has its handlers in place
+                while signal.getsignal(signal.SIGINT) is not stream._signals:  # run() has its handlers in place
                     time.sleep(0.001)
                 time.sleep(delay)
                 sent.append(time.monotonic())

@@ -25,8 +25,8 @@ image, a truncated file, a zero-size frame) gets the project's message naming th
 one warning line in the server log (at most :data:`BAD_REQUEST_LOG_LINES` per
 :data:`BAD_REQUEST_LOG_WINDOW_S`), and the server keeps serving.
 
-Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag; the server then unloads both models (Triton's
-Python-backend stubs exit and remove their folders under /tmp), stops Triton, which waits at most
+Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then unloads both
+models (Triton's Python-backend stubs exit and remove their folders under /tmp), stops Triton, which waits at most
 :data:`EXIT_TIMEOUT_S` for clients that hold connections open (an HTTP keep-alive kept it 30 s), and
 closes the detectors. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and returns for SIGTERM.
 
@@ -36,7 +36,6 @@ Python-backend stub needs a venv made from Debian's ``/usr/bin/python3``: ``bash
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -48,6 +47,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import BackendUnavailableError, ConfigError, DeployError
+from ..signals import StopSignals
 from .protocol import (ENCODED_INPUT, IMAGE_INPUT, error_outputs, frames_from_encoded_input, frames_from_image_input,
                        one_line, pack_outputs)
 
@@ -220,31 +220,6 @@ def _detector(cfg: ServeConfig):
     return det
 
 
-class _StopSignals:
-    """SIGINT and SIGTERM set :attr:`signum` (nothing else: a handler runs between any two bytecodes) while
-    installed; a second Ctrl-C raises ``KeyboardInterrupt`` at once. SIGINT left ignored by a parent stays so."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._on_signal)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def _unload(triton: Any, cfg: ServeConfig, models: Sequence[str]) -> None:
     """Unload ``models`` through Triton's repository API while it still runs: its Python-backend stubs
     then exit cleanly and remove their model folders under /tmp (a stop that times out leaves them)."""
@@ -289,9 +264,10 @@ def serve(cfg: ServeConfig, log=print) -> None:
     bad_requests = LogLimit()
     names = (cfg.name, f"{cfg.name}_encoded")
     # strict=False: a refused request's response carries an error key in place of the outputs (see stub.py)
-    with _StopSignals() as stop, Triton(config=tcfg) as triton:
+    with StopSignals() as stop, Triton(config=tcfg) as triton:
         triton.bind(model_name=names[0],
-                    infer_func=[DetectorModel(d, IMAGE_INPUT, k, names[0], bad_requests) for d, k in zip(detectors, locks)],
+                    infer_func=[DetectorModel(d, IMAGE_INPUT, k, names[0], bad_requests)
+                                for d, k in zip(detectors, locks)],
                     inputs=[Tensor(name=IMAGE_INPUT, dtype=np.uint8, shape=(-1, -1, 3))], outputs=outputs,
                     config=ModelConfig(max_batch_size=cfg.max_batch, batcher=batcher), strict=False)
         triton.bind(model_name=names[1],
@@ -314,5 +290,5 @@ def serve(cfg: ServeConfig, log=print) -> None:
             _unload(triton, cfg, names)
     for det in detectors:  # Triton has stopped (the with block): no call is in flight
         det.close()
-    if stop.signum == signal.SIGINT:
+    if stop.interrupted:
         raise KeyboardInterrupt

@@ -51,7 +51,8 @@ def _engine_serve_shim(client_key, server_key, empty_message, log_lines, log_win
     def wrapped(response, requested_output_names, model_outputs_dict):
         data = response.data
         if data is not None:
-            for key, code in ((client_key, pb_utils.TritonError.INVALID_ARG), (server_key, pb_utils.TritonError.INTERNAL)):
+            for key, code in ((client_key, pb_utils.TritonError.INVALID_ARG),
+                              (server_key, pb_utils.TritonError.INTERNAL)):
                 if key in data:
                     return error(bytes(data[key].reshape(-1)[0]).decode("utf-8", "replace"), code)
         return wrap(response, requested_output_names, model_outputs_dict)

@@ -14,16 +14,13 @@ batch, runs the detector, and hands each :class:`~engine.stream.sinks.StreamResu
 callbacks of its source. Ctrl-C and SIGTERM stop it cleanly: capture threads joined, videos finalized.
 
 Signals: while :meth:`Stream.run` runs on the main thread, SIGINT, SIGTERM (and SIGBREAK) only set a
-flag that the pipeline loop polls; the stream then closes in order and ``run`` raises
-``KeyboardInterrupt`` for SIGINT (returns for SIGTERM). A ``KeyboardInterrupt`` raised at a random
-bytecode could land inside a lock's bookkeeping (a ``threading.Condition``, a pool's wait) and leave it
-held, hanging the shutdown itself; a flag cannot. A second Ctrl-C raises at once (stop waiting).
+flag that the pipeline loop polls (:mod:`engine.signals`); the stream then closes in order and ``run``
+raises ``KeyboardInterrupt`` for SIGINT (returns for SIGTERM).
 """
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..signals import StopSignals
 from .metrics import PrometheusExporter, StreamMetrics
 from .sinks import CallbackSink, Sink, StreamResult
 from .sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
@@ -123,7 +121,7 @@ class Stream:
         self._owns_detector = False
         self.metrics = StreamMetrics()
         self._stop = threading.Event()
-        self._signal: int | None = None  # set by the signal handler only: no locks taken there
+        self._signals = StopSignals()  # SIGINT/SIGTERM during run(): a flag the loop polls
         self._ready = threading.Event()
         self._threads: list[CaptureThread] = []
         self._slots: list[FrameSlot] = []
@@ -221,7 +219,7 @@ class Stream:
             return
         self._closed = True
         self.stop()
-        join_s = min(self.config.capture.read_timeout + 2.0, STOP_JOIN_S)  # see STOP_JOIN_S
+        join_s = STOP_JOIN_S
         deadline = time.monotonic() + join_s
         for t in self._threads:
             if t.ident is None:  # never started (start() failed part-way)
@@ -307,14 +305,13 @@ class Stream:
         fails (a dead URL after its connect attempts, a corrupt file). Ctrl-C closes everything, then
         raises ``KeyboardInterrupt``; SIGTERM closes everything and returns.
         """
-        restore = self._install_signals()
-        try:
-            self.start()
-            self._loop()
-        finally:
-            restore()
-            self.close()
-        if self._signal == signal.SIGINT:
+        with self._signals:
+            try:
+                self.start()
+                self._loop()
+            finally:
+                self.close()
+        if self._signals.interrupted:
             raise KeyboardInterrupt
         snap = self.metrics.snapshot()
         for name, s in snap.items():
@@ -325,7 +322,7 @@ class Stream:
         cfg = self.config
         t_end = time.monotonic() + cfg.duration if cfg.duration else None
         next_log = time.monotonic() + cfg.log_interval if cfg.log_interval > 0 else None
-        while not self._stop.is_set() and self._signal is None:
+        while not self._stop.is_set() and self._signals.signum is None:
             self._ready.clear()
             alive = self._check_sources()
             frames = self._gather()
@@ -343,27 +340,5 @@ class Stream:
                 next_log = now + cfg.log_interval
             if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end and now >= t_end):
                 break
-        if self._signal is None:
+        if self._signals.signum is None:
             self._check_sources()
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if self._signal == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user will not wait for an orderly stop
-        self._signal = signum  # the only thing a handler does: it runs between any two bytecodes
-
-    def _install_signals(self) -> Callable[[], None]:
-        """SIGINT, SIGTERM (and SIGBREAK on Windows) → a stop flag, while :meth:`run` runs on the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {}
-        for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
-            sig = getattr(signal, name, None)
-            if sig is not None and (sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN):
-                previous[sig] = signal.signal(sig, self._on_signal)
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
