@@ -118,8 +118,16 @@ def _stop(proc: subprocess.Popen) -> None:
         try:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            _kill_all(proc)
+
+
+def _kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the server and what it started (Triton's stubs outlive a killed server; it runs in its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +165,8 @@ def server(served_model, tmp_path_factory):
     with open(log, "w") as f:
         proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
                                  str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                                 "--max-batch", "4"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+                                 "--max-batch", "4"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http}", ["yolo", "yolo_encoded"])
         yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": metrics, "log": log}
@@ -369,7 +378,7 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
     with open(log, "w") as f:
         proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
                                  str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0", "--max-batch", "2"],
-                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http_port}", ["yolo", "yolo_encoded"])
         kept = _left_behind(proc.pid, http_port)
@@ -385,8 +394,7 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
         took = time.monotonic() - t0
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+            _kill_all(proc)
     out = log.read_text()
     assert took < 10.0, f"stopped in {took:.1f}s\n{out[-3000:]}"
     assert code == 0 if sig == signal.SIGTERM else code in (0, 130), out[-3000:]  # 130 once engine.cli's policy lands
@@ -447,7 +455,8 @@ def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path)
         proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), "--model-repository", str(tmp_path / "repo"),
                                  "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--http-port",
                                  str(http), "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
-                                 "--allow-metrics", "false", "--exit-on-error", "true", "--disable-auto-complete-config"],
+                                 "--allow-metrics", "false", "--exit-on-error", "true", "--disable-auto-complete-config",
+                                 "--exit-timeout-secs", "5"],
                                 env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http}", ["demo_onnx"], timeout=90)
@@ -461,6 +470,7 @@ def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path)
         got = client.infer("demo_onnx", [inp]).as_numpy(cfg["output"][0]["name"])
         want = ort.InferenceSession(str(served_model), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
         np.testing.assert_allclose(got, want, atol=1e-4)
+        client.close()  # a kept-alive connection makes Triton wait out its exit timeout, then exit leaving /tmp files
     finally:
         if proc.poll() is None:
             proc.terminate()
