@@ -54,6 +54,7 @@ from .protocol import (ENCODED_INPUT, IMAGE_INPUT, error_outputs, frames_from_en
 log = logging.getLogger("engine.serve")
 
 EXIT_TIMEOUT_S = 3  # Triton's wait for in-flight requests and open client connections at stop (its default: 30)
+UNLOAD_WAIT_S = 4.0  # at stop, how long the models may take to unload before Triton is stopped anyway
 BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S = 10, 10.0
 
 SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
@@ -233,6 +234,9 @@ def _unload(triton: Any, cfg: ServeConfig, models: Sequence[str]) -> None:
         try:
             for name in models:
                 client.unload_model(name, headers=headers)
+            deadline = time.monotonic() + UNLOAD_WAIT_S  # a loaded machine unloads slowly: Triton's exit
+            while time.monotonic() < deadline and any(client.is_model_ready(n) for n in models):  # timeout must
+                time.sleep(0.1)  # not be spent on it, or Triton exits without finalizing its Python backend
         finally:
             client.close()
     except Exception as e:  # noqa: BLE001 - the stop goes on; Triton unloads them itself, slower
