@@ -118,3 +118,7 @@ class KernelCompileError(DeployError):
     def __init__(self, message: str, log: str = "", fix: str = "") -> None:
         self.log = log
         super().__init__(f"{message}\n{log.strip()}" if log.strip() else message, fix)
+
+
+class ClosedError(DeployError):
+    """A :class:`~engine.Detector`, pool or backend was used after ``close()`` (or its ``with`` block ended)."""

@@ -305,3 +305,13 @@ def test_markdown_reports_missed_targets():
            "targets": [stats.Target("t", "a", "b", 0.5).verdict(0.6), stats.Target("u", "a", "b", 0.5).verdict(None)]}
     md = report.markdown(res)
     assert "| 0.600 | **missed** by 0.100 (+20.0 %) |" in md and "0.610×" in md and "not measured" in md
+
+
+def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_design(demo_onnx, capsys):
+    from benchmarks.thread_safety import CANDIDATES, main
+
+    assert main(["--model", str(demo_onnx), "--calls", "3", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0] in CANDIDATES]
+    assert [r.split()[0] for r in rows] == list(CANDIDATES) and rows[0].count("1.000x") == 2
+    assert "the gate alone:" in out and "load average before" in out

@@ -101,9 +101,10 @@ FAKE_PYTRITON = {
                 self.kwargs = kwargs
         DynamicBatcher = ModelConfig = Tensor = _Kw
     '''),
-    # like pytriton 0.7's Triton.serve(): it catches KeyboardInterrupt, stops, and returns as if all was well
+    "models/__init__.py": "",
+    "models/model.py": "class Model:\n    pass\n",  # no get_proxy_model_files: the error shim says so, serves on
+    # what engine.serve uses of pytriton 0.7's Triton: bind, connect, is_alive, and the with block that stops it
     "triton.py": textwrap.dedent('''
-        import time
         class TritonConfig:
             def __init__(self, **kwargs):
                 self.kwargs = kwargs
@@ -118,12 +119,10 @@ FAKE_PYTRITON = {
                 self.bound.append(model_name)
             def connect(self):
                 pass
-            def serve(self):
-                try:
-                    while True:
-                        time.sleep(0.05)
-                except KeyboardInterrupt:
-                    print("fake triton: SIGINT received, exiting", flush=True)
+            def is_alive(self):
+                return True
+            def get_access_token(self):
+                raise RuntimeError("no model repository API in the fake")
     '''),
 }
 
@@ -137,6 +136,7 @@ def test_serve_exits_130_on_ctrl_c_and_0_on_sigterm_after_stopping(tmp_path, sig
     fake = tmp_path / "fake" / "pytriton"
     fake.mkdir(parents=True)
     for name, text in FAKE_PYTRITON.items():
+        (fake / name).parent.mkdir(exist_ok=True)
         (fake / name).write_text(text)
     model = write_tiny_onnx(tmp_path / "tiny.onnx", dynamic=True)
     http, grpc, metrics = map(str, free_ports(3))

@@ -129,11 +129,20 @@ def test_missing_and_corrupt_models(tmp_path):
         Detector(bad)
 
 
-def test_ort_backend_reuses_output_buffers(det, frames):
-    x, _ = det._letterbox([frames[0]])
+def test_ort_backend_reuses_output_buffers_per_thread(det, frames):
+    import threading
+
+    from engine.preprocess import Letterbox
+
+    x, _ = Letterbox(det.imgsz)([frames[0]])
     a = det.backend.infer(x)[0]
     b = det.backend.infer(x)[0]
     assert a is b  # preallocated through IOBinding, not allocated per call
+    other = []
+    t = threading.Thread(target=lambda: other.append(det.backend.infer(x)[0]))
+    t.start()
+    t.join()
+    assert other[0] is not a and np.array_equal(other[0], a)  # another thread never writes into this one's
 
 
 def test_dynamic_batch_is_split_at_the_backends_limit(demo_pt, export_dir, frames, monkeypatch):

@@ -21,7 +21,7 @@ Thread and lifetime contract
 * **Outputs** are views of the calling thread's pinned buffers: valid until that thread's next call or
   :meth:`~TensorRTBackend.close`; copy what you keep.
 * **close()** may come from any thread, during calls of others: it refuses new calls (a typed
-  :class:`~engine.errors.EngineRunError`, "closed"), waits for the running ones to return and for the GPU
+  :class:`~engine.errors.ClosedError`), waits for the running ones to return and for the GPU
   work they queued, then frees every slot and releases the engine. It is idempotent. Between
   :meth:`~TensorRTBackend.device_input` and :meth:`~TensorRTBackend.infer_device` a caller's kernel writes
   the input buffer: close the backend only after that pair returned.
@@ -68,38 +68,6 @@ def _parse_device(device: Any) -> int:
                       "pass device=0 (or another GPU index); TensorRT runs on a GPU only, use the .onnx for the CPU")
 
 
-class _CallGate:
-    """Counts running calls; :meth:`close` refuses new ones and waits until the running ones returned."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._cond = threading.Condition()
-        self._running = 0
-        self.closed = False
-
-    def __enter__(self) -> None:
-        with self._cond:
-            if self.closed:
-                raise EngineRunError(f"{self._path}: this TensorRT backend is closed",
-                                     "create a new Detector (or backend) for further calls")
-            self._running += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._running -= 1
-            if not self._running:
-                self._cond.notify_all()
-
-    def close(self) -> bool:
-        """Close the gate and wait for the calls inside; ``False`` if it was closed already."""
-        with self._cond:
-            if self.closed:
-                return False
-            self.closed = True
-            self._cond.wait_for(lambda: self._running == 0)
-            return True
-
-
 class _Holder:
     """Kept in a thread's local storage; when the thread ends it goes, and its slot returns to the pool."""
 
@@ -131,7 +99,6 @@ class TensorRTBackend(Backend):
         self.cuda_graph = bool(cuda_graph)
         self.sidecar: EngineSidecar = read_sidecar(self.path)
         self.metadata = self.sidecar.metadata
-        self._gate = _CallGate(self.path)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._slots: list[ContextSlot] = []  # every slot, for close()
@@ -209,7 +176,7 @@ class TensorRTBackend(Backend):
         """This thread's pinned input, shaped for ``batch``: letterbox into it and pass it (or its first rows)
         to :meth:`infer`, which then copies nothing on the host."""
         self._check_batch(batch)
-        with self._gate:
+        with self.gate.call():
             return self._slot().input_view((batch, *self._io_in[0].max_shape[1:]))
 
     def device_input(self, batch: int) -> tuple[int, cuda.Stream]:
@@ -217,14 +184,14 @@ class TensorRTBackend(Backend):
         (``Detector(preprocess="gpu")``); then call :meth:`infer_device`. Work queued on that stream
         before :meth:`infer_device` runs before the engine."""
         self._check_batch(batch)
-        with self._gate:
+        with self.gate.call():
             slot = self._slot()
             return slot.device[slot.input.name].ptr, slot.stream
 
     def infer_device(self, batch: int) -> list[np.ndarray]:
         """Run on the input already in :meth:`device_input` (no H2D copy); host views of the outputs."""
         self._check_batch(batch)
-        with self._gate:
+        with self.gate.call():
             slot = self._slot()
             outs = slot.outputs(batch)
             slot.run(batch, 0, h2d=False)
@@ -233,23 +200,22 @@ class TensorRTBackend(Backend):
     def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         batch = x.shape[0]
         self._check_batch(batch)
-        with self._gate:
-            slot = self._slot()
-            host_in = slot.input_view(x.shape)
-            if host_in.ctypes.data != x.ctypes.data:  # not letterboxed into input_buffer(): one host copy
-                np.copyto(host_in, x)
-            outs = slot.outputs(batch)
-            slot.run(batch, host_in.nbytes)
-            return outs
+        slot = self._slot()  # inside the gate: Backend.infer holds it
+        host_in = slot.input_view(x.shape)
+        if host_in.ctypes.data != x.ctypes.data:  # not letterboxed into input_buffer(): one host copy
+            np.copyto(host_in, x)
+        outs = slot.outputs(batch)
+        slot.run(batch, host_in.nbytes)
+        return outs
 
     # -- lifetime ------------------------------------------------------------------------------
     @property
     def closed(self) -> bool:
-        return self._gate.closed
+        return self.gate.closed
 
     def close(self) -> None:
         """Refuse new calls, wait for the running ones, free every slot, release the engine (idempotent)."""
-        if not self._gate.close():
+        if not self.gate.close():
             return
         with self._lock:
             slots, self._slots, self._free = self._slots, [], []
@@ -265,7 +231,7 @@ class TensorRTBackend(Backend):
     def __del__(self) -> None:
         # Only a warning: freeing CUDA memory from the garbage collector can run at interpreter exit, after
         # CUDA or TensorRT were torn down, or on a thread that must not block on the GPU.
-        gate = getattr(self, "_gate", None)
+        gate = getattr(self, "gate", None)
         if gate is not None and not gate.closed and getattr(self, "_shared", None) is not None:
             warnings.warn(f"TensorRTBackend({self.path}) was never closed: its GPU memory stays allocated until the "
                           "process ends; call close() or use it in a with block", ResourceWarning, stacklevel=1)

@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
         for sink in sinks:
             for name, path in getattr(sink, "paths", {}).items():
                 logging.getLogger("engine.stream").info("%s: wrote %s", name, path)
-        if jsonl:
+        if jsonl and jsonl.is_file():  # nothing processed: no file (see JsonLinesSink)
             logging.getLogger("engine.stream").info("wrote %s", jsonl)
 
 

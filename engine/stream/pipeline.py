@@ -12,12 +12,15 @@ One capture thread per source (:mod:`engine.stream.sources`) feeds the pipeline 
 calls :meth:`Stream.run`), which batches the ready frames of several sources when the model takes a
 batch, runs the detector, and hands each :class:`~engine.stream.sinks.StreamResult` to the sinks and the
 callbacks of its source. Ctrl-C and SIGTERM stop it cleanly: capture threads joined, videos finalized.
+
+Signals: while :meth:`Stream.run` runs on the main thread, SIGINT, SIGTERM (and SIGBREAK) only set a
+flag that the pipeline loop polls (:mod:`engine.signals`); the stream then closes in order and ``run``
+raises ``KeyboardInterrupt`` for SIGINT (returns for SIGTERM).
 """
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -25,12 +28,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..signals import StopSignals
 from .metrics import PrometheusExporter, StreamMetrics
 from .sinks import CallbackSink, Sink, StreamResult
 from .sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
                              SourceKind, SourceSpec, StreamEvent)
 
 log = logging.getLogger("engine.stream")
+
+# close() waits at most this long for capture threads: a file or folder reader stops at its next frame;
+# a live read in flight ends only by its timeout (up to --read-timeout), and such a thread is left to
+# end alone (a daemon) so that a stop takes seconds whatever the sources do.
+STOP_JOIN_S = 2.0
 
 ResultCallback = Callable[[StreamResult], None]
 EventCallback = Callable[[StreamEvent], None]
@@ -112,6 +121,7 @@ class Stream:
         self._owns_detector = False
         self.metrics = StreamMetrics()
         self._stop = threading.Event()
+        self._signals = StopSignals()  # SIGINT/SIGTERM during run(): a flag the loop polls
         self._ready = threading.Event()
         self._threads: list[CaptureThread] = []
         self._slots: list[FrameSlot] = []
@@ -209,7 +219,7 @@ class Stream:
             return
         self._closed = True
         self.stop()
-        join_s = self.config.capture.read_timeout + 2.0  # a read in flight ends by its timeout
+        join_s = STOP_JOIN_S
         deadline = time.monotonic() + join_s
         for t in self._threads:
             if t.ident is None:  # never started (start() failed part-way)
@@ -293,15 +303,16 @@ class Stream:
 
         Returns each source's final metrics. Raises :class:`~engine.errors.SourceError` when a source
         fails (a dead URL after its connect attempts, a corrupt file). Ctrl-C closes everything, then
-        re-raises ``KeyboardInterrupt``.
+        raises ``KeyboardInterrupt``; SIGTERM closes everything and returns.
         """
-        restore = self._install_sigterm()
-        try:
-            self.start()
-            self._loop()
-        finally:
-            restore()
-            self.close()
+        with self._signals:
+            try:
+                self.start()
+                self._loop()
+            finally:
+                self.close()
+        if self._signals.interrupted:
+            raise KeyboardInterrupt
         snap = self.metrics.snapshot()
         for name, s in snap.items():
             log.info("final %s", StreamMetrics.format(name, s))
@@ -311,7 +322,7 @@ class Stream:
         cfg = self.config
         t_end = time.monotonic() + cfg.duration if cfg.duration else None
         next_log = time.monotonic() + cfg.log_interval if cfg.log_interval > 0 else None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._signals.signum is None:
             self._ready.clear()
             alive = self._check_sources()
             frames = self._gather()
@@ -329,21 +340,5 @@ class Stream:
                 next_log = now + cfg.log_interval
             if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end and now >= t_end):
                 break
-        self._check_sources()
-
-    def _install_sigterm(self) -> Callable[[], None]:
-        """SIGTERM (and SIGBREAK on Windows) → :meth:`stop`, while :meth:`run` runs on the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {}
-        for name in ("SIGTERM", "SIGBREAK"):
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                previous[sig] = signal.signal(sig, lambda *_: self.stop())
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
+        if self._signals.signum is None:
+            self._check_sources()
