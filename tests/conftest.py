@@ -34,6 +34,21 @@ def clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def folder(tmp_path_factory, clip) -> Path:
+    """Six frames of the clip as JPEGs, a text file and a broken JPEG (the stream tests' image folder)."""
+    import cv2
+
+    d = tmp_path_factory.mktemp("images")
+    cap = cv2.VideoCapture(str(clip))
+    for i in range(6):
+        ok, img = cap.read()
+        cv2.imwrite(str(d / f"{i:03d}.jpg"), img)
+    (d / "notes.txt").write_text("not an image")
+    (d / "zz_broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
+    return d
+
+
+@pytest.fixture(scope="session")
 def demo_pt() -> Path:
     p = DEMO / "demo.pt"
     if not p.is_file():

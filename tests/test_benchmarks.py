@@ -11,8 +11,16 @@ import pytest
 from benchmarks import report, stats
 from benchmarks.artifacts import _cached, _save, form_of, form_rank
 from benchmarks.candidates import OURS, PEER, CallTimes, Candidate
-from benchmarks.harness import (Group, batch_frames, calls_per_candidate, group_ratios, measure, summarize_group, to_16x9,
-                                wide_imgsz)
+from benchmarks.harness import (
+    Group,
+    batch_frames,
+    calls_per_candidate,
+    group_ratios,
+    measure,
+    summarize_group,
+    to_16x9,
+    wide_imgsz,
+)
 from benchmarks.run import build_parser, main, resolve
 
 # ---------------------------------------------------------------- stats

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 import engine.cuda.runtime as rt
-from engine.cuda import (CudaError, CudaGraph, CudaUnavailableError, DeviceBuffer, Event, PinnedBuffer, Stream,
-                         check, device_info, unavailable_reason)
+from engine.cuda import (
+    CudaError,
+    CudaGraph,
+    CudaUnavailableError,
+    DeviceBuffer,
+    Event,
+    PinnedBuffer,
+    Stream,
+    check,
+    device_info,
+    unavailable_reason,
+)
 from engine.errors import BackendUnavailableError
 from tests.fakes import make_fake_cudart
 

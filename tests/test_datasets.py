@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 
 from engine.errors import DatasetError
-from engine.eval.datasets import label_path_for, list_images, load_labels, load_split, read_data_yaml, read_image
+from engine.eval.datasets import (
+    label_path_for,
+    list_images,
+    load_labels,
+    load_split,
+    read_data_yaml,
+    read_image,
+)
 from tests.yolo_data import write_image as _write_image
 from tests.yolo_data import write_text as _write
-
 
 # --------------------------------------------------------------------------- data.yaml
 

@@ -9,7 +9,12 @@ import pytest
 
 from engine import Detections, Detector
 from engine.backends import backend_for
-from engine.errors import BackendUnavailableError, ConfigError, InputImageError, ModelLoadError
+from engine.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputImageError,
+    ModelLoadError,
+)
 from tests.conftest import DEMO
 
 

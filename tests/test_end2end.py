@@ -19,8 +19,14 @@ from tests.conftest import DEMO
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from exporters.end2end import (OUTPUT_NAMES, End2EndConfig, TailKind, add_end2end,  # noqa: E402
-                               compare_end2end, export_end2end)
+from exporters.end2end import (  # noqa: E402
+    OUTPUT_NAMES,
+    End2EndConfig,
+    TailKind,
+    add_end2end,
+    compare_end2end,
+    export_end2end,
+)
 
 KINDS = [TailKind.TOPK, TailKind.NMS]
 
@@ -280,9 +286,9 @@ def test_nms_tail_is_refused_by_tensorrt_rtx(tmp_path):
 # ---------------------------------------------------------------------------------- demo model (c)
 @pytest.fixture(scope="module")
 def demo_val_images(demo_onnx):
-    from engine.preprocess import Letterbox
-
     import cv2
+
+    from engine.preprocess import Letterbox
 
     meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(demo_onnx)).metadata_props}[METADATA_KEY])
     files = sorted((DEMO / "val" / "images").glob("*.jpg"))

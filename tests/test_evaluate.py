@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 
 from engine.detections import Detections
-from engine.eval.datasets import LabeledImage, label_path_for, load_split, read_data_yaml, read_image
 from engine.errors import BackendUnavailableError, DatasetError
+from engine.eval.datasets import (
+    LabeledImage,
+    label_path_for,
+    load_split,
+    read_data_yaml,
+    read_image,
+)
 from engine.eval.evaluate import MapResult, evaluate, evaluate_detections
 from tests.yolo_data import write_text as _write
 

@@ -16,7 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cuda.kernels import LETTERBOX_FILE, LETTERBOX_KERNELS, letterbox_args, letterbox_launch
+from engine.cuda.kernels import (
+    LETTERBOX_FILE,
+    LETTERBOX_KERNELS,
+    letterbox_args,
+    letterbox_launch,
+)
 from engine.cuda.nvrtc import KERNEL_DIR, KernelCompileError
 from engine.preprocess import Letterbox, LetterboxGeometry
 from tests.conftest import DEMO

@@ -9,8 +9,8 @@ import pytest
 
 from engine import Detector, DetectorPool
 from engine.backends.onnxruntime import OnnxRuntimeBackend
-from engine.eval.datasets import list_images, read_image
 from engine.errors import BackendUnavailableError, ConfigError, InputImageError
+from engine.eval.datasets import list_images, read_image
 from engine.pool import auto_workers, default_threads
 from engine.stream import CaptureConfig, Stream, StreamConfig
 from tests.conftest import DEMO

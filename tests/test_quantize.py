@@ -11,8 +11,17 @@ from engine.errors import ConfigError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes, stem_convs,  # noqa: E402
-                                parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
+from exporters.quantize import (  # noqa: E402
+    QuantTarget,
+    decode_tail,
+    load_or_calibrate,
+    match_nodes,
+    parse_excludes,
+    quantize_model,
+    quantized_nodes,
+    stem_convs,
+    tensorrt_problems,
+)
 
 
 def _meta(model):

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -20,10 +19,17 @@ import pytest
 
 from engine.detections import Detections
 from engine.errors import ConfigError, SourceError
+from engine.stream import CaptureConfig, EventKind, Stream, StreamConfig
 from engine.stream.metrics import StreamMetrics
 from engine.stream.sinks import JsonLinesSink, StreamResult, VideoSink, annotate
-from engine.stream import CaptureConfig, EventKind, Stream, StreamConfig
-from engine.stream.sources import Frame, FrameSlot, SourceKind, SourceSpec, backoff, redact
+from engine.stream.sources import (
+    Frame,
+    FrameSlot,
+    SourceKind,
+    SourceSpec,
+    backoff,
+    redact,
+)
 from tests.conftest import ROOT
 
 NAMES = ("disc", "box", "triangle")
@@ -85,18 +91,6 @@ def run_in_thread(stream: Stream) -> tuple[threading.Thread, list[BaseException]
     t = threading.Thread(target=target, daemon=True)
     t.start()
     return t, errors
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, clip) -> Path:
-    d = tmp_path_factory.mktemp("images")
-    cap = cv2.VideoCapture(str(clip))
-    for i in range(6):
-        ok, img = cap.read()
-        cv2.imwrite(str(d / f"{i:03d}.jpg"), img)
-    (d / "notes.txt").write_text("not an image")
-    (d / "zz_broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
-    return d
 
 
 # --- sources -------------------------------------------------------------------------------------

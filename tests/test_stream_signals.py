@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_stream import folder  # noqa: F401 - the same image folder fixture (the clip is in conftest)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")

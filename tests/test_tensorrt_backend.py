@@ -13,16 +13,25 @@ from engine import Detector
 from engine.backends import backend_for
 from engine.backends.tensorrt import TensorRTBackend
 from engine.backends.trt_engine import SharedEngine
-from engine.backends.trt_sidecar import EngineMismatchError, EngineSidecar, ProfileSpec, sidecar_path
+from engine.backends.trt_sidecar import (
+    EngineMismatchError,
+    EngineSidecar,
+    ProfileSpec,
+    sidecar_path,
+)
 from engine.cuda import CudaUnavailableError
-from engine.errors import BackendUnavailableError, ConfigError, InputImageError, MetadataError
+from engine.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputImageError,
+    MetadataError,
+)
 from engine.metadata import Precision
 from tests.fakes import install_fakes
 from tests.fakes.engines import REBUILD
 from tests.fakes.engines import fake_sidecar as _sidecar
 from tests.fakes.engines import write_engine as _write_engine
 from tests.fakes.tiny_onnx import tiny_metadata
-
 
 # ---- sidecar checks (no GPU needed) ---------------------------------------------------------------
 

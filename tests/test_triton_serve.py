@@ -24,7 +24,12 @@ import pytest
 
 from engine import Detections, Detector
 from engine.errors import InputImageError
-from engine.serve import detections_from_outputs, frames_from_encoded_input, frames_from_image_input, pack_outputs
+from engine.serve import (
+    detections_from_outputs,
+    frames_from_encoded_input,
+    frames_from_image_input,
+    pack_outputs,
+)
 from tests.conftest import DEMO, ROOT
 from tests.rtsp_server import free_ports
 
