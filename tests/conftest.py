@@ -33,7 +33,7 @@ def clip(tmp_path_factory) -> Path:
     return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=40)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def folder(tmp_path_factory, clip) -> Path:
     """Six frames of the clip as JPEGs, a text file and a broken JPEG (the stream tests' image folder)."""
     import cv2
