@@ -124,13 +124,18 @@ class Detector(FrameCalls):
         dtype, pixels = self._input_format
         return Letterbox(self.metadata.imgsz, batch=batch, dtype=dtype, pixels=pixels)
 
-    def _borrow_letterbox(self, step: int) -> Letterbox:
+    def _borrow_letterbox(self, step: int) -> tuple[Letterbox, bool]:
+        """A letterbox for ``step`` frames, and whether it goes back to the free list after the call."""
         step = self._static_batch or step  # a static model always runs its whole batch
+        own = self.backend.input_buffer(step)  # TensorRT: this thread's pinned input, so infer() copies nothing
+        if own is not None:  # the backend's buffer belongs to this thread: not pooled
+            dtype, pixels = self._input_format
+            return Letterbox(self.metadata.imgsz, batch=step, dtype=dtype, out=own, pixels=pixels), False
         try:
             lb = self._letterboxes.pop()  # atomic: two threads never get the same one
         except IndexError:
-            return self._new_letterbox(step)
-        return lb if lb.buffer.shape[0] >= step else lb.resized(step)  # grows up to _max_step only
+            return self._new_letterbox(step), True
+        return (lb if lb.buffer.shape[0] >= step else lb.resized(step)), True  # grows up to _max_step only
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -150,14 +155,15 @@ class Detector(FrameCalls):
             if not frames:
                 return []
             step = min(len(frames), self._max_step)
-            lb = self._borrow_letterbox(step)
+            lb, pooled = self._borrow_letterbox(step)
             timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
             results: list[Detections] = []
             try:
                 for i in range(0, len(frames), step):
                     results += self._run(lb, frames[i : i + step], timings)
             finally:
-                self._letterboxes.append(lb)
+                if pooled:
+                    self._letterboxes.append(lb)
             self.last_timings = timings
             return results
 

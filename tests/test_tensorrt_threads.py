@@ -199,3 +199,20 @@ def test_dynamic_batch_buffers_are_the_profiles_and_never_grow(fake_engine):
             be.input_buffer(5)
         with pytest.raises(InputImageError, match="outside the engine's profile 1..4"):
             be.infer(np.zeros((5, 3, 32, 32), np.float32))
+
+
+def test_the_detector_letterboxes_into_the_pinned_input(fake_engine, monkeypatch):
+    """No host copy per call: the letterbox writes the engine's pinned input buffer, which goes to the GPU."""
+    engine, _, _ = fake_engine(dynamic=True)
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(3)]
+    copies, real_copyto = [], np.copyto
+    with Detector(engine) as det:
+        np.copyto = lambda dst, src, **kw: (copies.append(dst.shape), real_copyto(dst, src, **kw))
+        try:
+            got = det(frames)
+        finally:
+            np.copyto = real_copyto
+    assert copies == [] and len(got) == 3
+    monkeypatch.setattr(TensorRTBackend, "input_buffer", lambda self, batch: None)  # letterbox into its own buffer
+    with Detector(engine) as det:
+        assert det(frames) == got
