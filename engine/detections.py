@@ -25,6 +25,8 @@ class Detections:
         confidence: ``(N,)`` float32 scores.
         class_id: ``(N,)`` int32 class indices.
         names: the model's class names (index = class id).
+        track_id: ``(N,)`` int32 ids from a tracker (:mod:`engine.track`; -1: not tracked), or ``None``
+            when no tracker ran.
 
     Arrays are validated and cast in ``__post_init__``; an empty result is a valid ``Detections``
     of length 0.
@@ -34,6 +36,7 @@ class Detections:
     confidence: np.ndarray
     class_id: np.ndarray
     names: Sequence[str] = field(default=())
+    track_id: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
@@ -46,6 +49,11 @@ class Detections:
         object.__setattr__(self, "confidence", conf)
         object.__setattr__(self, "class_id", cls)
         object.__setattr__(self, "names", tuple(self.names))
+        if self.track_id is not None:
+            tid = np.asarray(self.track_id, dtype=np.int32).reshape(-1)
+            if len(tid) != len(conf):
+                raise ValueError(f"Detections arrays disagree in length: track_id {len(tid)}, confidence {len(conf)}")
+            object.__setattr__(self, "track_id", tid)
 
     @classmethod
     def empty(cls, names: Sequence[str] = ()) -> "Detections":
@@ -67,8 +75,13 @@ class Detections:
         return [self._name(c) for c in self.class_id.tolist()]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"detections": [{"xyxy": [...], "confidence": c, "class_id": i, "class_name": s}]}``."""
-        return {"detections": [
-            {"xyxy": [round(v, 2) for v in d.xyxy], "confidence": round(d.confidence, 5),
-             "class_id": d.class_id, "class_name": d.class_name} for d in self
-        ]}
+        """JSON-ready: ``{"detections": [{"xyxy": [...], "confidence": c, "class_id": i, "class_name": s}]}``.
+
+        With :attr:`track_id`, each detection also has an integer ``"track_id"``.
+        """
+        out = [{"xyxy": [round(v, 2) for v in d.xyxy], "confidence": round(d.confidence, 5),
+                "class_id": d.class_id, "class_name": d.class_name} for d in self]
+        if self.track_id is not None:
+            for row, tid in zip(out, self.track_id.tolist()):
+                row["track_id"] = tid
+        return {"detections": out}
