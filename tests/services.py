@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -27,8 +28,17 @@ from tests.rtsp_server import free_port
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
+def _missing(reason: str | None) -> str | None:
+    """``reason`` to skip for, or a failure under CI (``CI=true``), where .ci/install_alert_deps.sh installs it."""
+    if reason and os.environ.get("CI"):
+        import pytest
+
+        pytest.fail(f"CI must run the alert tests: {reason} (run .ci/install_alert_deps.sh)")
+    return reason
+
+
 def mosquitto_missing() -> str | None:
-    return None if Path(MOSQUITTO).is_file() else f"{MOSQUITTO} not found (apt-get install mosquitto)"
+    return _missing(None if Path(MOSQUITTO).is_file() else f"{MOSQUITTO} not found (apt-get install mosquitto)")
 
 
 def wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
@@ -204,8 +214,10 @@ class Webhook:
 
 
 def chromium() -> str | None:
+    """The headless browser's path, ``None`` where there is none (a failure under CI)."""
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
         if path:
             return path
+    _missing("Chromium is not installed (apt-get install chromium)")
     return None
