@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +19,6 @@ from engine.events.metrics import AlertMetrics
 from engine.events.rules import MqttConfig, SnapshotConfig, WebhookConfig
 from engine.events.sinks import EventLog, JsonLinesEvents
 from engine.events.snapshots import SnapshotStore
-from tests.rtsp_server import free_port
 from tests.services import Broker, Subscriber, Webhook, make_tls, mosquitto_missing, wait_for
 
 NAMES = ("disc", "box", "triangle")

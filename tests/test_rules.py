@@ -188,7 +188,7 @@ def test_cli_unknown_class_exits_2_before_a_camera_opens(demo_onnx, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     out = p.stdout + p.stderr
     assert p.returncode == 2, out
-    assert "rule 'crash': class 'accident' is not a class of the model (its classes: disc, box, triangle)" in out
+    assert f"rule 'crash': class 'accident' is not a class of {demo_onnx} (its classes: disc, box, triangle)" in out
     assert "cam connect" not in out and "connect attempt" not in out
 
 

@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -124,7 +123,8 @@ def test_metrics_on_the_same_server(live):
     code, ctype, body = get(base + "/metrics")
     text = body.decode()
     assert code == 200 and ctype.startswith("text/plain")
-    for name in ('yolo_stream_frames_out_total{source="gate"}', 'yolo_stream_stage_seconds{quantile="0.95",source="yard",stage="track"}',
+    for name in ('yolo_stream_frames_out_total{source="gate"}',
+                 'yolo_stream_stage_seconds{quantile="0.95",source="yard",stage="track"}',
                  'yolo_stream_stage_seconds{quantile="0.5",source="gate",stage="rules"}',
                  "yolo_stream_events_incidents_started_total{", "yolo_stream_events_sent_total{sink=\"jsonl\"}",
                  "yolo_stream_events_dropped_total{sink=\"jsonl\"}", "yolo_stream_events_queued{sink=\"jsonl\"}"):

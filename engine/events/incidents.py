@@ -190,7 +190,8 @@ class StreamRules:
             track.max_score = max(track.max_score, seen.score)
             if not (rule.updates and rule.snapshot):
                 continue
-            if seen.score >= track.snapshot_score + UPDATE_GAIN and (track.better is None or seen.score > track.better.score):
+            better = track.better
+            if seen.score >= track.snapshot_score + UPDATE_GAIN and (better is None or seen.score > better.score):
                 seen.image, track.better = image, seen
             if track.better is not None and t - track.snapshot_time >= UPDATE_INTERVAL:
                 best, track.better = track.better, None

@@ -74,7 +74,7 @@ class EventsProcessor(Processor):
         if not context.tracked:
             raise ConfigError("incident rules need track ids, and the stream has no tracker",
                               "pass tracker='bytetrack' to Stream (python -m engine.stream --track)")
-        self.config.check(context.names, list(context.sources))
+        self.config.check(context.names, list(context.sources), context.model)
         self._context, self.names = context, context.names
         self.snapshots = SnapshotStore(self.save_dir, self.config.snapshots)
         sinks = build_sinks(self.config, self.save_dir) + self._extra

@@ -135,7 +135,8 @@ class AlertsConfig:
     snapshots: SnapshotConfig = field(default_factory=SnapshotConfig)
     queue_size: int = 1000
 
-    def with_delivery(self, mqtt: dict[str, Any] | None = None, webhook: dict[str, Any] | None = None) -> "AlertsConfig":
+    def with_delivery(self, mqtt: dict[str, Any] | None = None,
+                      webhook: dict[str, Any] | None = None) -> "AlertsConfig":
         """A copy whose ``mqtt`` / ``webhook`` take the given non-``None`` values over the file's."""
         from dataclasses import asdict, replace
 
@@ -148,7 +149,8 @@ class AlertsConfig:
                 raise ConfigError(f"{cls.__name__} options given without a URL", "also pass the URL flag")
             return cls(**{**base, **given})
 
-        return replace(self, mqtt=merge(self.mqtt, MqttConfig, mqtt), webhook=merge(self.webhook, WebhookConfig, webhook))
+        return replace(self, mqtt=merge(self.mqtt, MqttConfig, mqtt),
+                       webhook=merge(self.webhook, WebhookConfig, webhook))
 
     def check(self, model_names: Sequence[str], streams: Sequence[str], model: str = "the model") -> None:
         """Refuse class names the model lacks and stream names no source has (before any camera opens)."""
@@ -225,7 +227,8 @@ def parse_alerts(data: Any, path: str) -> AlertsConfig:
                 for key in SECTION_FIELDS if data.get(key) is not None}
     queue_size = data.get("queue_size", 1000)
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise ConfigError(f"{path}: queue_size must be a whole number >= 1, got {queue_size!r}", "e.g. queue_size: 1000")
+        raise ConfigError(f"{path}: queue_size must be a whole number >= 1, got {queue_size!r}",
+                          "e.g. queue_size: 1000")
     return AlertsConfig(path, rules, MqttConfig(**sections["mqtt"]) if "mqtt" in sections else None,
                         WebhookConfig(**sections["webhook"]) if "webhook" in sections else None,
                         SnapshotConfig(**sections.get("snapshots", {})), queue_size)

@@ -36,7 +36,9 @@ function refreshFrames() {
     next.src = img.dataset.src + '?t=' + Date.now();
   });
 }
-function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
+function cell(row, text, cls) {
+  const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td;
+}
 async function refreshData() {
   try {
     const streams = await (await fetch('/api/streams')).json();
@@ -56,7 +58,9 @@ async function refreshData() {
     for (const e of events) {
       const row = body.insertRow();
       const img = cell(row, '');
-      if (e.snapshot) { const i = document.createElement('img'); i.src = '/' + encodeURI(e.snapshot); img.appendChild(i); }
+      if (e.snapshot) {
+        const i = document.createElement('img'); i.src = '/' + encodeURI(e.snapshot); img.appendChild(i);
+      }
       cell(row, new Date(e.timestamp * 1000).toLocaleTimeString());
       cell(row, e.type, e.type); cell(row, e.stream); cell(row, e.rule); cell(row, e.class_name);
       cell(row, e.score.toFixed(2)); cell(row, '#' + e.track_id);

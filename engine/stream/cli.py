@@ -102,7 +102,8 @@ def run(args: argparse.Namespace) -> dict:
     if jsonl:
         sinks.append(JsonLinesSink(jsonl))
     stream = Stream(args.model, args.source, config, sinks, metrics_port=args.metrics_port,
-                    metrics_host=args.metrics_host, tracker=tracker, processors=processors, conf=args.conf, iou=args.iou)
+                    metrics_host=args.metrics_host, tracker=tracker, processors=processors, conf=args.conf,
+                    iou=args.iou)
     if args.show:
         stream.sinks.append(WindowSink(stream.stop))
     try:

@@ -168,7 +168,7 @@ class Stream:
             self.detector = self._detector_arg
         self.batch = self._batch_size()
         context = StreamContext(tuple(self.detector.names), {s.name: s for s in self.specs}, self.metrics,
-                                any(p.adds_track_ids for p in self.processors))
+                                any(p.adds_track_ids for p in self.processors), str(path or "the model"))
         for spec in self.specs:
             self.metrics.add(spec.name)
         for p in self.processors:  # before any source opens: a bad rule fails here, no camera touched

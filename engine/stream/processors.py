@@ -26,12 +26,14 @@ class StreamContext:
         sources: every source, by name.
         metrics: the stream's metrics (a processor adds its figures there).
         tracked: a processor of the stream adds track ids to the detections (a tracker).
+        model: the model's file, for messages.
     """
 
     names: tuple[str, ...]
     sources: Mapping[str, SourceSpec]
     metrics: StreamMetrics
     tracked: bool = False
+    model: str = "the model"
 
     def source_time(self, result: StreamResult) -> float:
         """Seconds in the source's own clock: capture time for a live source, frame index / fps for a file.
