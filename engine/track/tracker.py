@@ -34,10 +34,9 @@ class TrackerConfig:
         kind: ``bytetrack`` (default), ``ocsort`` or ``sort``.
         conf: a box needs this score to start a track (and, in ByteTrack, to be matched in the first
             association). Boxes under it are still reported (down to the detector's conf), with an id
-            when they continue a track. 0.5 keeps short-lived duplicate boxes from starting tracks (the
-            library's own default, 0.7, misses objects a weaker model scores 0.5-0.7; Ultralytics' 0.25
-            switched ids 1.7x as often on ``benchmarks/tracking.py``); put it at or under your rules'
-            ``min_confidence``.
+            when they continue a track. On ``benchmarks/tracking.py`` 0.5 switched ids 133 times, 0.25
+            (Ultralytics' new-track threshold) 210 and 0.7 (the library's default) 93; 0.7 would never
+            track an object a weaker model scores 0.5-0.7. Keep it at or under your rules' ``min_confidence``.
         low_conf: ByteTrack's second association also matches boxes down to this score to tracks the
             first left unmatched (a half-hidden object scores low); a stream runs its detector at this conf.
         min_iou: overlap a box needs with a track's predicted box to continue it (``None``: the library's
