@@ -35,16 +35,16 @@ log = logging.getLogger("engine.events")
 
 def build_sinks(config: AlertsConfig, save_dir: Path) -> list[Any]:
     """``events.jsonl`` always; a webhook and an MQTT broker when the config has them."""
-    sinks: list[Any] = [JsonLinesEvents(save_dir / "events.jsonl", config.queue_size)]
+    network: list[Any] = []  # made first: they only check their settings, the file opens last
     if config.webhook is not None:
         from .sinks.webhook import WebhookSink
 
-        sinks.append(WebhookSink(config.webhook, config.queue_size))
+        network.append(WebhookSink(config.webhook, config.queue_size))
     if config.mqtt is not None:
         from .sinks.mqtt import MqttSink
 
-        sinks.append(MqttSink(config.mqtt, config.queue_size))
-    return sinks
+        network.append(MqttSink(config.mqtt, config.queue_size))
+    return [JsonLinesEvents(save_dir / "events.jsonl", config.queue_size), *network]
 
 
 class EventsProcessor(Processor):

@@ -84,15 +84,17 @@ class MqttSink(EventSink):
         self._acked: set[int] = set()
         self._cond = threading.Condition()
         self._pending: tuple[Payload, int, float] | None = None  # published, waiting for its PUBACK
-        self._down_logged = False
+        self._down_logged = self._refused_logged = False
 
     # --- paho's thread ----------------------------------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("mqtt: %s refused the connection: %s", self.label, reason_code)
+        if reason_code.is_failure:  # e.g. a wrong password: said once, then retried quietly
+            (log.debug if self._refused_logged else log.error)(
+                "mqtt: %s refused the connection: %s; retrying", self.label, reason_code)
+            self._refused_logged = True
             return
         log.info("mqtt: connected to %s", self.label)
-        self._down_logged = False
+        self._down_logged = self._refused_logged = False
         self.connected.set()
 
     def _on_connect_fail(self, client, userdata) -> None:
