@@ -220,4 +220,4 @@ def test_dead_receivers_never_slow_the_pipeline(tmp_path):
     if "mqtt" in rules:
         assert m["sent"].get("mqtt", 0) == 0 and m["dropped"]["mqtt"] >= 2 * started - 6
     rules_ms = stream.metrics.snapshot()["cam"]["stages_ms"]["rules"]
-    assert rules_ms["p50"] < 50  # queueing only (a send on this thread would wait out the 2 s timeout)
+    assert rules_ms["p95"] < 50  # queueing only (a send on this thread would wait out the 2 s timeout)
