@@ -204,3 +204,16 @@ def test_cli_events_need_save_and_delivery_needs_events(tmp_path, demo_onnx):
 def test_parse_alerts_accepts_a_mapping_from_python():
     cfg = parse_alerts({"rules": [{"name": "r", "classes": ["disc"]}]}, "<python>")
     assert cfg.rules[0].classes == ("disc",) and cfg.mqtt is None
+
+
+def test_readme_rules_examples_load():
+    import re
+
+    import yaml
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    for block in blocks:
+        cfg = parse_alerts(yaml.safe_load(block), "README.md")
+        cfg.check(("accident", "fall"), ["crossing", "bridge", "ward-1", "ward-2", "stairs"])
+    assert any(c.mqtt and c.webhook for c in (parse_alerts(yaml.safe_load(b), "R") for b in blocks))
