@@ -124,7 +124,7 @@ def test_each_source_has_its_own_tracker_and_reconnects_reset_only_their_own(num
     proc = stream.processors[0]
     assert isinstance(proc, TrackingProcessor) and set(proc.trackers) == {"a", "b"}
     a, b = proc.trackers["a"], proc.trackers["b"]
-    proc.on_event(StreamEvent("a", EventKind.RECONNECTED, 0.0))  # from a capture thread
+    stream._event(StreamEvent("a", EventKind.RECONNECTED, 0.0))  # as a capture thread reports it
     from engine.stream.sinks import StreamResult
 
     def result(source: str, index: int) -> StreamResult:
