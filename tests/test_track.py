@@ -180,3 +180,25 @@ def test_missing_trackers_package_is_a_clear_error_before_any_source_opens(clip)
     assert "ERR BackendUnavailableError" in p.stdout and "pip install 'yolo-deploy[track]'" in p.stdout
     assert p.stdout.rstrip().endswith("[]")  # no capture thread was made
     assert BackendUnavailableError  # the type named above
+
+
+def test_alert_modules_import_without_their_extras():
+    """The lean runtime stays lean: engine.track, engine.events and engine.status import with the trackers
+    package, supervision, paho-mqtt and prometheus-client blocked (they are imported when used)."""
+    code = (
+        "import importlib, importlib.abc, pkgutil, sys\n"
+        "BLOCKED = {'trackers', 'supervision', 'paho', 'prometheus_client', 'scipy'}\n"
+        "class B(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED: raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, B())\n"
+        "import engine.track, engine.events, engine.status, engine.stream.cli\n"
+        "for pkg in (engine.track, engine.events, engine.status):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(m.name)\n"
+        "engine.stream.cli.build_parser()\n"
+        "print('ok', sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "ok []"
