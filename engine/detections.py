@@ -32,6 +32,7 @@ BOX_FIELDS: tuple[BoxField, ...] = (
     BoxField("xyxy", np.float32, (4,)),
     BoxField("confidence", np.float32),
     BoxField("class_id", np.int32),
+    BoxField("track_id", np.int32, optional=True),  # engine.track fills it
 )
 
 
@@ -54,6 +55,8 @@ class Detections:
         confidence: ``(N,)`` float32 scores.
         class_id: ``(N,)`` int32 class indices.
         names: the model's class names (index = class id).
+        track_id: ``(N,)`` int32 ids from a tracker (:mod:`engine.track`; -1: not tracked), or ``None``
+            when no tracker ran.
 
     Arrays are validated, cast and made read-only in ``__post_init__`` (a writable array passed in is
     copied, so later writes to it do not change the result); an empty result is a valid ``Detections`` of
@@ -67,6 +70,7 @@ class Detections:
     confidence: np.ndarray
     class_id: np.ndarray
     names: Sequence[str] = field(default=())
+    track_id: np.ndarray | None = None
 
     __hash__ = None  # arrays inside: equal values must not be told apart or collide by identity
 

@@ -54,6 +54,8 @@ def test_arrays_are_read_only_and_do_not_follow_the_callers_array():
     boxes = np.array([[1, 2, 3, 4]], np.float32)
     d = Detections(boxes, np.array([0.5], np.float32), np.array([1], np.int32), NAMES)
     for f in BOX_FIELDS:
+        if getattr(d, f.name) is None:  # an optional array nobody filled
+            continue
         with pytest.raises(ValueError, match="read-only"):
             getattr(d, f.name)[...] = 0
     boxes[0, 0] = 99  # the caller's array is still its own, and the result does not change

@@ -85,3 +85,18 @@ def test_readme_documents_every_build_flag():
     flags = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
     missing = sorted(f for f in flags if f not in readme)
     assert not missing, f"README lacks {missing}"
+
+
+def test_readme_documents_every_stream_flag():
+    from engine.stream.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    flags = {o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+    missing = sorted(f for f in flags if f not in readme)
+    assert not missing, f"README lacks {missing}"
+
+
+def test_alert_extras_are_declared_and_in_dev(setup_kwargs):
+    extras = setup_kwargs["extras_require"]
+    assert "trackers" in _names(extras["track"]) and {"trackers", "paho-mqtt"} <= _names(extras["alerts"])
+    assert _names(extras["alerts"]) <= _names(extras["dev"])  # dev installs them: the tests use both

@@ -67,18 +67,20 @@ def _colour(class_id: int) -> tuple[int, int, int]:
 
 
 def annotate(image: np.ndarray, detections: Detections) -> np.ndarray:
-    """``image`` copied, with each box and ``name score`` drawn."""
+    """``image`` copied, with each box and ``name score`` drawn (``#id name score`` when tracked)."""
     out = image.copy()
     thick = max(1, round(sum(out.shape[:2]) / 600))
-    for (x1, y1, x2, y2), score, class_id, name in detections:
+    ids = detections.track_id.tolist() if detections.track_id is not None else [-1] * len(detections)
+    for ((x1, y1, x2, y2), score, class_id, name), tid in zip(detections, ids):
         colour = _colour(class_id)
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(out, p1, p2, colour, thick, cv2.LINE_AA)
-        text = f"{name} {score:.2f}"
+        text = f"#{tid} {name} {score:.2f}" if tid >= 0 else f"{name} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, 1)
         top = max(p1[1] - th - base, 0)
-        cv2.rectangle(out, (p1[0], top), (p1[0] + tw, top + th + base), colour, -1)
-        cv2.putText(out, text, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1, cv2.LINE_AA)
+        left = max(min(p1[0], out.shape[1] - tw), 0)  # a label at the right edge stays readable
+        cv2.rectangle(out, (left, top), (left + tw, top + th + base), colour, -1)
+        cv2.putText(out, text, (left, top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
