@@ -88,8 +88,8 @@ FP16_ENGINE = _engine(Precision.FP16, "fp16.onnx")
 INT8_ENGINE = _engine(Precision.INT8, "int8.onnx")
 
 #: Every kind, in build order.
-ARTIFACTS: tuple[ArtifactKind, ...] = (FP32_ONNX, FP16_ONNX, INT8_TENSORRT, INT8_CPU, END2END_ONNX,
-                                       FP32_ENGINE, FP16_ENGINE, INT8_ENGINE, FP32_IR, INT8_IR)
+ARTIFACTS: tuple[ArtifactKind, ...] = (FP32_ONNX, FP16_ONNX, FP32_IR, INT8_IR, INT8_TENSORRT, INT8_CPU,
+                                       END2END_ONNX, FP32_ENGINE, FP16_ENGINE, INT8_ENGINE)
 #: An engine whose name does not say its precision (``model.plan`` as Triton names it): the runtime takes it.
 ANY_ENGINE = ArtifactKind(".engine", "TensorRT engine", "trt", None, None, ("tensorrt",))
 #: An OpenVINO IR whose name does not say its form: a user's ``model.xml``, Ultralytics' ``best_openvino_model/``.

@@ -5,7 +5,8 @@
 
 Both convert the same ONNX the other artifacts come from (``ov.convert_model``; no torch), carry our
 metadata in the IR's ``rt_info`` (key ``yolodeploy``, read back by :mod:`engine.backends.openvino`), and
-write through a temporary folder renamed into place (:func:`exporters.io.atomic_dir`).
+write through a temporary folder renamed into place (:func:`exporters.io.staged`). The build stage
+(:mod:`exporters.openvino_stage`) uses the parts: :func:`convert`, :func:`int8_model`, :func:`write_ir`.
 
 INT8 is NNCF's post-training quantization on the OpenVINO model, the path Ultralytics' ``format=openvino,
 int8=True`` takes: its ``MIXED`` preset (symmetric int8 weights, asymmetric activations) with OpenVINO's
@@ -31,7 +32,7 @@ from engine.artifacts import FP32_IR, INT8_IR
 from engine.errors import ExportError
 from engine.metadata import METADATA_KEY, ModelMetadata, Precision
 
-from .io import atomic_dir, ensure_out_dir
+from .io import ensure_out_dir, staged
 
 INSTALL = "pip install -e .[openvino] (openvino and nncf)"
 
@@ -61,13 +62,19 @@ def convert(fp32_onnx: Path):
                           "rerun with --debug and report it with the model; --no-openvino skips the IRs") from e
 
 
-def save_ir(model, final: Path, stem: str, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
-    """Write ``model`` as ``final/<stem>.xml`` + ``.bin`` with ``meta`` in its rt_info; return ``final``."""
+def write_ir(model, folder: Path, stem: str, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
+    """Write ``model`` as ``folder/<stem>.xml`` + ``.bin`` with ``meta`` in its rt_info (no staging); return ``folder``."""
     model.set_rt_info(meta.to_json(), [METADATA_KEY])
+    _ov().save_model(model, str(Path(folder) / f"{stem}.xml"), compress_to_fp16=compress_fp16)
+    return Path(folder)
+
+
+def save_ir(model, final: Path, stem: str, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
+    """:func:`write_ir` into a temporary folder renamed onto ``final`` (never a half-written IR); return ``final``."""
     ensure_out_dir(Path(final).parent)
-    with atomic_dir(final) as tmp:
-        _ov().save_model(model, str(tmp / f"{stem}.xml"), compress_to_fp16=compress_fp16)
-    return final
+    with staged(final) as tmp:
+        write_ir(model, tmp, stem, meta, compress_fp16)
+    return Path(final)
 
 
 def export_openvino(fp32_onnx: Path, out_dir: Path, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
@@ -116,18 +123,15 @@ def float_nodes(model) -> list[str]:
     return list(dict.fromkeys([*tail, *last, *classes]))
 
 
-def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_dir: Path, meta: ModelMetadata,
-                      keep_float: Sequence[str] = (), subset_size: int | None = None, final: Path | None = None) -> Path:
-    """The INT8 IR of ``fp32_onnx`` quantized by NNCF in ``out_dir/<stem>.int8_openvino/``; returns that folder.
+def int8_model(fp32_onnx: Path, calibration: Iterable[np.ndarray], keep_float: Sequence[str] = (),
+               subset_size: int | None = None):
+    """The ``ov.Model`` of ``fp32_onnx`` quantized by NNCF (not written).
 
     Args:
         fp32_onnx: our FP32 ONNX (the decode tail is found in it and kept float).
         calibration: model-ready batches (NCHW float in 0..1, letterboxed), or an ``nncf.Dataset``.
-        out_dir: the output folder.
-        meta: the FP32 ONNX's metadata.
         keep_float: more node names (ONNX or OpenVINO) left in float: ``--exclude``, the gate's fallback.
         subset_size: calibration samples NNCF uses (default: every one given).
-        final: write here instead of ``out_dir/<stem>.int8_openvino`` (the gate's candidates).
     """
     import onnx
 
@@ -141,13 +145,21 @@ def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_di
     level = nncf_log.level
     nncf_log.setLevel(logging.WARNING)  # NNCF logs a line per node it leaves float
     try:
-        q = nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=n,
-                          fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=n,
+                             fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
     except Exception as e:  # noqa: BLE001 - NNCF raises from deep inside
         raise ExportError(f"NNCF could not quantize {fp32_onnx} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                           "rerun with --debug; --exclude the node named above to keep it float") from e
     finally:
         nncf_log.setLevel(level)
+
+
+def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_dir: Path, meta: ModelMetadata,
+                      keep_float: Sequence[str] = (), subset_size: int | None = None, final: Path | None = None) -> Path:
+    """:func:`int8_model` written to ``out_dir/<stem>.int8_openvino/`` (or ``final``); returns that folder.
+    ``meta`` is the FP32 ONNX's metadata (stamped INT8 here). No accuracy gate: the build stage has it."""
+    fp32_onnx = Path(fp32_onnx)
+    q = int8_model(fp32_onnx, calibration, keep_float, subset_size)
     return save_ir(q, final or INT8_IR.path(out_dir, fp32_onnx.stem), fp32_onnx.stem,
                    meta.replace(precision=Precision.INT8))
 
@@ -196,36 +208,11 @@ def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) ->
     return rank_layers(layers, runner(f), runner(q), images)
 
 
-def check_ir(fp32_onnx: Path, ir: Path, images: np.ndarray, imgsz: tuple[int, int]) -> str:
-    """The IR's raw outputs against the ONNX's on ``images`` (NCHW float32), both in f32 on the CPU: a check
-    of the conversion (and of FP16 weights), with the FP16 graph's tolerances. Returns the summary line.
-
-    Raises:
-        ParityError: past the tolerances.
-    """
-    import onnxruntime as ort
-
+def ir_runner(ir: Path):
+    """A raw-output runner of an IR on OpenVINO's CPU device in f32 (for :mod:`exporters.agreement`): the
+    conversion is judged, not the device's default precision (bf16 on some CPUs)."""
     from engine.backends.openvino import find_model_file
-    from engine.errors import ParityError
 
-    from .fp16 import BOX_TOL_FRACTION, SCORE_TOL
-
-    sess = ort.InferenceSession(str(fp32_onnx), providers=["CPUExecutionProvider"])
     compiled = _ov().Core().compile_model(str(find_model_file(ir)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
-    b = compiled.inputs[0].get_partial_shape()[0]
-    b = b.get_length() if b.is_static else 1
-    if len(images) < b:  # a static batch larger than the images: repeat them
-        images = np.concatenate([images] * -(-b // len(images)))[:b]
-    box = score = 0.0
-    for i in range(0, len(images) - b + 1, b):
-        x = images[i : i + b]
-        diff = np.abs(sess.run(None, {sess.get_inputs()[0].name: x})[0] - req.infer({0: x})[0])
-        box, score = max(box, float(diff[:, :4].max())), max(score, float(diff[:, 4:].max()))
-    ok = box <= BOX_TOL_FRACTION * max(imgsz) and score <= SCORE_TOL
-    line = (f"OpenVINO IR vs ONNX over {len(images)} images (f32): max |diff| boxes {box:.4f} px "
-            f"(tolerance {BOX_TOL_FRACTION * max(imgsz):.2f}), scores {score:.5f} (tolerance {SCORE_TOL}) "
-            f"-> {'OK' if ok else 'FAIL'}")
-    if not ok:
-        raise ParityError(line, "report it with the model; --no-openvino skips the IRs")
-    return line
+    return lambda x: req.infer({0: x})[0].copy()

@@ -1,103 +1,116 @@
-"""Build stage: OpenVINO IRs beside the other artifacts (``--openvino``, on by default where openvino is installed).
+"""Build stage: OpenVINO IRs beside the other artifacts (on where openvino is installed; ``--no-openvino`` skips them).
 
-``<stem>_openvino/`` is the FP32 ONNX converted by OpenVINO (``--openvino-fp16`` stores its weights as
-FP16), checked against the ONNX on a few images. When this build makes INT8 (the demo, or ``--int8
---data``), ``<stem>.int8_openvino/`` is quantized by NNCF from the same calibration images and goes
-through the same accuracy gate as the ONNX INT8 forms (``--max-map-drop``, ``--exclude``, the fallback
-that keeps the most sensitive layers float); its rows join the accuracy report. A withheld INT8 IR is not
-written (an older one is deleted), the later stages still run, and the build exits non-zero at the end.
+``<stem>_openvino/`` is the FP32 ONNX converted by OpenVINO's own converter (``--openvino-fp16`` stores
+its weights as FP16). It is delivered when its detections agree with the ONNX's (:mod:`exporters.agreement`,
+both run in f32 on the CPU: the conversion is judged) and, with ``--data``, its mAP holds (the FP16
+graph's bar, :data:`exporters.fp16.MAX_MAP_DROP`).
+
+When this build makes INT8 (the demo, or ``--int8 --data``), ``<stem>.int8_openvino/`` is quantized by
+NNCF from the same calibration images as the ONNX INT8 forms and goes through the same accuracy gate
+(``--max-map-drop``, ``--exclude``, the fallback that keeps the most sensitive layers float); over the
+bar it is withheld with its figures. This stage runs before the ONNX INT8 stage, whose accuracy report
+(``<stem>.accuracy.json`` / ``.md``) then lists both IRs too.
+
+Skipped with the reason in the report: not asked for, the ``openvino`` package (or, for INT8, ``nncf``)
+not installed, or the FP32 ONNX withheld.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
+import os
 import tempfile
-import time
 from pathlib import Path
 
-from engine.errors import AccuracyGateError, ConfigError
+from engine.errors import ArtifactWithheld
+
+from . import evidence
+from .records import NOT_ASKED
+
+INSTALL = "pip install -e .[openvino] (openvino and nncf)"
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    g = ap.add_argument_group("OpenVINO IRs (x86 CPUs, Intel iGPUs and NPUs)")
-    g.add_argument("--openvino", action=argparse.BooleanOptionalAction, default=None,
-                   help="write <stem>_openvino/ (FP32 IR) and, when INT8 is built, <stem>.int8_openvino/ (INT8 by "
-                        "NNCF, accuracy-gated). None: on when the openvino package is installed")
-    g.add_argument("--openvino-fp16", action="store_true",
-                   help="store the FP32 IR's weights as FP16 (half the size; OpenVINO computes in the device's precision)")
+def run(b) -> None:
+    from engine.artifacts import FP32_IR, INT8_IR
+
+    opts = b.cfg.openvino
+    keys = (FP32_IR.key, INT8_IR.key)
+    if opts.wanted is False:
+        for key in keys:
+            b.skip(key, f"{NOT_ASKED} (--no-openvino)")
+        return
+    if not opts.installed():
+        for key in keys:
+            b.skip(key, "the openvino package is not installed", INSTALL)
+        return
+    b.produce(FP32_IR.key, lambda final: _make_fp32(b, final), _fp32_inputs(b))
+    if not b.cfg.quantize.int8:
+        b.skip(INT8_IR.key, f"{NOT_ASKED}: it is built with the other INT8 forms (--int8 --data data.yaml)")
+    elif importlib.util.find_spec("nncf") is None:
+        b.skip(INT8_IR.key, "the nncf package is not installed", INSTALL)
+    else:
+        b.produce(INT8_IR.key, lambda final: _make_int8(b, final), _int8_inputs(b))
 
 
-def enabled(args: argparse.Namespace) -> bool:
-    """Whether this build writes IRs; ``--openvino`` without the package is an error."""
-    installed = importlib.util.find_spec("openvino") is not None
-    if args.openvino and not installed:
-        raise ConfigError("--openvino needs the openvino package", "pip install -e .[openvino], or leave out --openvino")
-    return installed if args.openvino is None else bool(args.openvino)
+def _fp32_inputs(b) -> dict:
+    from .agreement import AgreementConfig
+    from .fp16 import MAX_MAP_DROP
+
+    return {"fp16_weights": b.cfg.openvino.fp16_weights, "agreement": AgreementConfig().__dict__,
+            "max_map_drop": MAX_MAP_DROP, "data": evidence.data_fingerprint(b),
+            "parity_images": str(b.cfg.export.parity_images)}
 
 
-def run(args: argparse.Namespace, ctx) -> None:
-    from engine.artifacts import FP32_IR
+def _int8_inputs(b) -> dict:
+    from calibration.readers import open_source
+
+    q = b.cfg.quantize
+    return {"calib": {k: str(v) for k, v in q.calib.__dict__.items()}, "calib_files": open_source(q.calib).fingerprint(),
+            "exclude": list(q.exclude), "max_map_drop": q.max_map_drop, "data": evidence.data_fingerprint(b)}
+
+
+def _meta(b):
+    """The FP32 ONNX's metadata, naming it as the IRs' source."""
     from engine.metadata import file_sha256
 
-    from .openvino import check_ir, export_openvino
-    from .parity import parity_inputs
-    from .quantize_stage import options_from_args
-
-    if not enabled(args):
-        ctx.log("OpenVINO IRs skipped: pip install -e .[openvino] to write them (or --openvino)")
-        return
-    cfg = ctx.info["config"]
-    fp32: Path = ctx.artifacts["onnx"]
-    meta = ctx.info["metadata"].replace(source_sha256=file_sha256(fp32), source_name=fp32.name)
-    t = time.perf_counter()
-    ir = export_openvino(fp32, cfg.out, meta, args.openvino_fp16)
-    ctx.log(check_ir(fp32, ir, parity_inputs(meta.imgsz, cfg.parity_images, 4), meta.imgsz))
-    ctx.log(f"wrote {ir}/ ({_size_mb(ir):.1f} MB, {time.perf_counter() - t:.1f}s)")
-    ctx.artifacts[FP32_IR.key] = ir
-    opts = options_from_args(args, cfg)
-    report = ctx.info.get("accuracy")
-    items = ref = None
-    if report is not None:
-        from engine.eval.datasets import load_split
-
-        from .accuracy import score_onnx
-
-        items = load_split(opts.data, "val")
-        ref = next(r.result for r in report.rows if r.key == "fp32")
-        report.add(FP32_IR.key, FP32_IR.label, ir, score_onnx(ir, items), "ok", ref)
-    if not opts.int8:
-        ctx.log("OpenVINO INT8 skipped: it is built with the other INT8 forms (--int8 --data data.yaml)")
-    elif importlib.util.find_spec("nncf") is None:
-        ctx.log("OpenVINO INT8 skipped: it needs nncf (pip install -e .[openvino])")
-    else:
-        _build_int8(fp32, meta, opts, items, report, ref, ctx)
-    if report is not None:
-        _, md = report.write(cfg.out, cfg.stem)
-        ctx.log(f"accuracy report with the OpenVINO rows: {md}")
+    fp32 = b.path("onnx")
+    return b.metadata.replace(source_sha256=file_sha256(fp32), source_name=fp32.name)
 
 
-def _size_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in folder.iterdir()) / 1e6
+def _make_fp32(b, final: Path):
+    from .agreement import onnx_runner
+    from .build import Outcome
+    from .fp16 import MAX_MAP_DROP
+    from .io import staged
+    from .openvino import convert, ir_runner, write_ir
+
+    fp32 = b.path("onnx")
+    with staged(final) as tmp:
+        tmp.mkdir()
+        write_ir(convert(fp32), tmp, b.cfg.export.stem, _meta(b), b.cfg.openvino.fp16_weights)
+        checks, figures = evidence.detection_checks(
+            b, onnx_runner(fp32), ir_runner(tmp), tmp, "OpenVINO IR", MAX_MAP_DROP,
+            "report it with the model; the ONNX artifacts are unaffected (--no-openvino skips the IRs)")
+    return Outcome(final, checks, figures)
 
 
-def _build_int8(fp32: Path, meta, opts, items, report, ref, ctx) -> None:
-    import os
-    import shutil
-
+def _make_int8(b, final: Path):
     import onnx
 
     from calibration.readers import CalibrationImages, open_source
-    from engine.artifacts import INT8_IR
+    from engine.metadata import Precision
 
     from .accuracy import run_gate, score_onnx
-    from .openvino import quantize_openvino, sensitivity
+    from .build import Outcome
+    from .io import staged, temp_prefix
+    from .openvino import int8_model, sensitivity, write_ir
     from .quantize import match_nodes
+    from .records import Check
 
-    cfg = ctx.info["config"]
-    source = open_source(opts.calib)
+    q, fp32, meta = b.cfg.quantize, b.path("onnx"), _meta(b)
+    source = open_source(q.calib)
     images = CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None)
-    exclude = match_nodes(onnx.load(str(fp32), load_external_data=False), opts.exclude)
-    ctx.log(f"OpenVINO INT8: NNCF on {source.description}")
+    exclude = match_nodes(onnx.load(str(fp32), load_external_data=False), q.exclude)
+    b.log(f"OpenVINO INT8: NNCF on {source.description}")
     sample: list = []
 
     def rank(first: Path) -> list[tuple[str, float]]:
@@ -107,31 +120,27 @@ def _build_int8(fp32: Path, meta, opts, items, report, ref, ctx) -> None:
             sample.append(x)
         return sensitivity(fp32, first, sample)
 
-    final = INT8_IR.path(cfg.out, cfg.stem)
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=".ov-int8-", dir=cfg.out) as tmp:
-        build = lambda extra, tag: quantize_openvino(fp32, images, cfg.out, meta, [*exclude, *extra],  # noqa: E731
-                                                     final=INT8_IR.path(tmp, tag))
-        gate, passed = run_gate("openvino", build, lambda p: score_onnx(p, items), ref, opts.max_map_drop, rank,
-                                log=ctx.log)
-        report.gates["openvino"] = gate
-        if passed is not None:
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(passed, final)  # the candidate folder, complete, renamed into place
-            ctx.artifacts[INT8_IR.key] = final
-            ctx.log(f"wrote {final}/ ({_size_mb(final):.1f} MB, {time.perf_counter() - t:.1f}s)")
-        elif final.exists():
-            shutil.rmtree(final)
-            ctx.log(f"removed {final} left by an earlier build: this build's OpenVINO INT8 IR failed the gate")
-    kept = len(gate.final.kept_float)
-    status = (f"ok, {kept} layers kept float" if kept else "ok") if passed is not None else "withheld: over the bar"
-    from .quantize_stage import _as_map
+    items, ref = evidence.val_items(b), evidence.reference(b)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("ov-int8"), dir=final.parent) as tmp:
+        def build(extra, tag: str) -> Path:
+            folder = Path(tmp) / tag / final.name  # the artifact's own name, so the runtime loads it as this kind
+            folder.mkdir(parents=True)
+            return write_ir(int8_model(fp32, images, [*exclude, *extra]), folder, b.cfg.export.stem,
+                            meta.replace(precision=Precision.INT8))
 
-    report.add(INT8_IR.key, INT8_IR.label, final if passed is not None else "", _as_map(gate.final, ref), status, ref)
-    if passed is None:
-        ctx.withheld.add(INT8_IR.key)
-        ctx.failures.append(AccuracyGateError(
-            f"OpenVINO INT8 accuracy gate: {gate.summary()}. Not written: {final.name}/",
-            "calibrate on more images like the deployment's (--calib, --calib-images), keep layers float "
-            "(--exclude), or allow more loss (--max-map-drop)"))
+        gate, passed = run_gate("openvino", build, lambda p: score_onnx(p, items, evidence.show_progress()), ref,
+                                q.max_map_drop, rank, log=b.log)
+        last = gate.final
+        figures = {"map50": round(last.map50, 5), "map50_95": round(last.map50_95, 5),
+                   "drop_points": round(last.drop, 3), "fp32_map50_95": round(ref.map50_95, 5),
+                   "val_images": ref.n_images, "layers_kept_float": len(last.kept_float),
+                   "calibration": f"NNCF on {source.description}"}
+        check = Check("accuracy gate", gate.passed, gate.summary(), {**figures, "gate": gate.to_dict()})
+        if passed is None:
+            raise ArtifactWithheld(
+                f"OpenVINO INT8 accuracy gate: {gate.summary()}",
+                "calibrate on more images like the deployment's (--calib, --calib-images), keep more layers float "
+                "(--exclude), or allow more loss (--max-map-drop)", (check,), figures)
+        with staged(final) as target:
+            os.replace(passed, target)  # the passing candidate, complete, moved into place
+    return Outcome(final, (check,), figures)

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import ConfigError, ExportError, ModelLoadError
-from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, PixelFormat, from_onnx_props
+from engine.metadata import (
+    METADATA_KEY,
+    HeadLayout,
+    ModelMetadata,
+    PixelFormat,
+    from_onnx_props,
+)
 
 from .io import atomic_path, ensure_out_dir, write_bytes_atomic
 
@@ -261,51 +267,78 @@ def is_rtx_engine(path: Path, kind: str = "") -> bool:
 
 # ---- writing --------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Source:
+    """What a Triton model is made of: its backend, metadata, tensors, device and files (name in ``1/`` → file)."""
+
+    backend: str
+    meta: ModelMetadata
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    device: Device
+    files: dict[str, Path]
+    profile_max: int | None = None
+
+
+def _onnx_source(artifact: Path, meta: ModelMetadata | None, device: Device) -> _Source:
+    own, g_in, g_out = _onnx_io(artifact)
+    meta = own or meta
+    if meta is None:
+        raise ExportError(f"{artifact} has no metadata (names, imgsz)", "export it with python -m exporters.build")
+    e_in, e_out = tensor_specs(meta)
+    return _Source("onnxruntime", meta, _checked(artifact, e_in, g_in), _checked(artifact, e_out, g_out), device,
+                   {"model.onnx": artifact})
+
+
+def _engine_source(artifact: Path, meta: ModelMetadata | None, device: Device) -> _Source:
+    side_meta, profile_max = _engine_sidecar(artifact)
+    meta = side_meta or meta
+    if meta is None:
+        raise ExportError(f"engine {artifact} has no sidecar {artifact.with_suffix('.json').name} and no metadata "
+                          "was given", "rebuild the engine with python -m exporters.build")
+    # Triton's TensorRT backend runs on GPUs only
+    return _Source("tensorrt", meta, *tensor_specs(meta), Device.GPU, {"model.plan": artifact}, profile_max)
+
+
+def _ir_source(artifact: Path, meta: ModelMetadata | None, device: Device) -> _Source:
+    from engine.backends.openvino import find_model_file, ir_metadata
+
+    xml = find_model_file(artifact)
+    meta = ir_metadata(xml) or meta
+    if meta is None:
+        raise ExportError(f"{xml} has no metadata (names, imgsz)", "export it with python -m exporters.build --openvino")
+    # Triton's OpenVINO backend runs CPU instances only
+    return _Source("openvino", meta, *tensor_specs(meta), Device.CPU,
+                   {"model.xml": xml, "model.bin": xml.with_suffix(".bin")})
+
+
+#: The runtime backend that loads an artifact kind (``engine.artifacts``, its first) → how its Triton model is made.
+_SOURCES = {"onnxruntime": _onnx_source, "tensorrt": _engine_source, "openvino": _ir_source}
+
+
 def write_model(repo: Path, name: str, artifact: Path, opts: TritonOptions, meta: ModelMetadata | None = None,
                 device: Device | None = None) -> Path:
     """Write ``<repo>/<name>/config.pbtxt`` and ``<repo>/<name>/1/model.{onnx,plan,xml+bin}``; return the model folder.
 
-    ``meta`` is needed for an engine without a sidecar (the source ONNX's metadata); an ONNX file and an
-    OpenVINO IR (a folder or its ``.xml``) carry their own.
+    The Triton backend follows the artifact's kind (:func:`engine.artifacts.kind_of`). ``meta`` is needed
+    for an engine without a sidecar (the source ONNX's metadata); an ONNX file and an OpenVINO IR (a
+    folder or its ``.xml``) carry their own.
     """
+    from engine.artifacts import kind_of
+
     artifact = Path(artifact)
     if not artifact.exists():
         raise ModelLoadError(f"artifact {artifact} not found", "build it first (python -m exporters.build)")
-    suffix = artifact.suffix.lower()
-    files: dict[str, Path] = {}
-    if artifact.is_dir() or suffix == ".xml":
-        from engine.backends.openvino import find_model_file, ir_metadata
-
-        xml = find_model_file(artifact)
-        meta = ir_metadata(xml) or meta
-        if meta is None:
-            raise ExportError(f"{xml} has no metadata (names, imgsz)", "export it with python -m exporters.build --openvino")
-        inputs, outputs = tensor_specs(meta)
-        backend, dev, profile_max = "openvino", Device.CPU, None  # Triton's OpenVINO backend runs CPU instances only
-        files = {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
-    elif suffix == ".onnx":
-        own, g_in, g_out = _onnx_io(artifact)
-        meta = own or meta
-        if meta is None:
-            raise ExportError(f"{artifact} has no metadata (names, imgsz)", "export it with python -m exporters.build")
-        e_in, e_out = tensor_specs(meta)
-        inputs, outputs = _checked(artifact, e_in, g_in), _checked(artifact, e_out, g_out)
-        backend, dev, profile_max = "onnxruntime", device or opts.device, None
-    elif suffix in (".engine", ".plan"):
-        side_meta, profile_max = _engine_sidecar(artifact)
-        meta = side_meta or meta
-        if meta is None:
-            raise ExportError(f"engine {artifact} has no sidecar {artifact.with_suffix('.json').name} and no metadata "
-                              "was given", "rebuild the engine with python -m exporters.build")
-        inputs, outputs = tensor_specs(meta)
-        backend, dev = "tensorrt", Device.GPU  # Triton's TensorRT backend runs on GPUs only
-    else:
+    spec = kind_of(artifact)
+    make = _SOURCES.get(spec.backends[0]) if spec is not None else None
+    if make is None:
         raise ExportError(f"{artifact}: Triton models are made from .onnx, .engine or .plan files or OpenVINO IRs",
                           "pass an ONNX model, a TensorRT engine or an OpenVINO IR folder")
-    cfg = make_config(name, backend, meta, inputs, outputs, opts, dev, profile_max)
+    src = make(artifact, meta, device or opts.device)
+    cfg = make_config(name, src.backend, src.meta, src.inputs, src.outputs, opts, src.device, src.profile_max)
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
-    for target, source in (files or {cfg.default_model_filename: artifact}).items():
+    for target, source in src.files.items():
         with atomic_path(folder / "1" / target) as tmp:
             shutil.copyfile(source, tmp)
     write_bytes_atomic(folder / "config.pbtxt", config_pbtxt(cfg).encode())
@@ -320,24 +353,30 @@ def parse_backend(folder: Path) -> str:
 
 def write_repository(repo: Path, artifacts: dict[str, Path], stem: str, opts: TritonOptions,
                      meta: ModelMetadata | None = None, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """A model per model artifact in ``artifacts`` (kind → file); returns model name → folder.
+    """A model per model artifact in ``artifacts`` (artifact key → file); returns model name → folder.
 
-    Files that are not models (reports, caches, sidecars) are skipped, and so are TensorRT-RTX engines
-    (Triton's TensorRT backend runs TensorRT engines only; their ONNX is served instead). ``int8-cpu``
-    ONNX models get CPU instances (their U8S8 form is fast on CPUs only); OpenVINO IRs (folders) run on
-    Triton's OpenVINO backend, CPU instances.
+    Which artifacts are models, and which Triton backend and device each gets, comes from the artifact
+    table (:mod:`engine.artifacts`); the rest (reports, caches, the repository itself) is skipped, and so
+    are TensorRT-RTX engines (Triton's TensorRT backend runs TensorRT engines only; their ONNX is served
+    instead). CPU-only kinds (the INT8 CPU form) get CPU instances, and OpenVINO IRs run on Triton's
+    OpenVINO backend, CPU instances.
     """
+    from engine.artifacts import kind, kind_of
+
     repo = ensure_out_dir(Path(repo))
     written: dict[str, Path] = {}
-    for kind, path in artifacts.items():
-        if Path(path).suffix.lower() not in (".onnx", ".engine", ".plan") and not Path(path).is_dir():
+    for key, path in artifacts.items():
+        try:
+            spec = kind(key)
+        except KeyError:
+            spec = kind_of(path) if key != "triton" else None
+        if spec is None or not spec.backends:
             continue
-        if Path(path).suffix.lower() != ".onnx" and is_rtx_engine(Path(path), kind):
+        if spec.is_engine and is_rtx_engine(Path(path), key):
             log(f"triton: skipped {Path(path).name}: a TensorRT-RTX engine, which Triton's TensorRT backend cannot load")
             continue
-        name = model_name(stem, kind)
-        device = Device.CPU if "cpu" in kind else None
-        written[name] = write_model(repo, name, Path(path), opts, meta, device)
+        name = model_name(stem, key)
+        written[name] = write_model(repo, name, Path(path), opts, meta, Device.CPU if spec.cpu_only else None)
         log(f"triton: {written[name]} ({parse_backend(written[name])} model from {Path(path).name})")
     if not written:
         raise ExportError(f"no model artifacts to put in the Triton repository {repo} (had {sorted(artifacts)})",

@@ -11,8 +11,16 @@ import pytest
 from benchmarks import report, stats
 from benchmarks.artifacts import _cached, _save, form_of, form_rank
 from benchmarks.candidates import OURS, PEER, CallTimes, Candidate
-from benchmarks.harness import (Group, batch_frames, calls_per_candidate, group_ratios, measure, summarize_group, to_16x9,
-                                wide_imgsz)
+from benchmarks.harness import (
+    Group,
+    batch_frames,
+    calls_per_candidate,
+    group_ratios,
+    measure,
+    summarize_group,
+    to_16x9,
+    wide_imgsz,
+)
 from benchmarks.run import build_parser, main, resolve
 
 # ---------------------------------------------------------------- stats
@@ -185,7 +193,7 @@ def test_our_openvino_irs_are_candidates(tmp_path):
     for name in ("m_openvino", "m.int8_openvino", "other_openvino", "m_openvino_old"):
         (tmp_path / name).mkdir()
     got = [p.name for p in _artifacts_in(tmp_path, "m")]
-    assert got == ["m.onnx", "m.int8-cpu.onnx", "m_openvino", "m.int8_openvino"]
+    assert got == ["m.onnx", "m_openvino", "m.int8_openvino", "m.int8-cpu.onnx"]  # the artifact table's order
     _save(tmp_path, {"k": 1}, [tmp_path / "m_openvino"], [])
     assert _cached(tmp_path, {"k": 1}) == [tmp_path / "m_openvino"]  # a folder is an artifact too
 
@@ -319,3 +327,13 @@ def test_markdown_reports_missed_targets():
            "targets": [stats.Target("t", "a", "b", 0.5).verdict(0.6), stats.Target("u", "a", "b", 0.5).verdict(None)]}
     md = report.markdown(res)
     assert "| 0.600 | **missed** by 0.100 (+20.0 %) |" in md and "0.610×" in md and "not measured" in md
+
+
+def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_design(demo_onnx, capsys):
+    from benchmarks.thread_safety import CANDIDATES, main
+
+    assert main(["--model", str(demo_onnx), "--calls", "3", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0] in CANDIDATES]
+    assert [r.split()[0] for r in rows] == list(CANDIDATES) and rows[0].count("1.000x") == 2
+    assert "the gate alone:" in out and "load average before" in out

@@ -12,7 +12,7 @@ import pytest
 
 from engine import Detector
 from engine.artifacts import ANY_IR, FP32_IR, FP32_ONNX, INT8_IR, kind, kind_of, runtime_suffixes
-from engine.errors import AccuracyGateError, BackendUnavailableError, ConfigError, ModelLoadError
+from engine.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from engine.metadata import Precision
 from tests.conftest import DEMO
 
@@ -120,7 +120,66 @@ def test_throughput_mode_splits_a_batch_over_requests_and_threads_get_their_own(
         for i, res in out.items():
             for k, r in enumerate(res):
                 np.testing.assert_array_equal(r, ref[(i + k) % len(xs)])
-        assert len(lat.backend._slots) == 4  # the main thread and the three
+        mine = lat.backend._thread_requests()
+        theirs: list = []
+        t = threading.Thread(target=lambda: theirs.extend(lat.backend._thread_requests()))
+        t.start()
+        t.join()
+        assert mine is lat.backend._thread_requests() and not set(map(id, mine)) & set(map(id, theirs))
+
+
+def test_a_shared_ir_detector_gives_each_thread_the_single_threaded_result(fp32_ir, frames):
+    import threading
+
+    from tests.test_detector_threads import same
+
+    with Detector(fp32_ir, precision="f32") as det:
+        ref = [det(f) for f in frames]
+        bad: list[str] = []
+
+        def worker(k: int) -> None:
+            for j in range(40):
+                i = (k + j) % len(frames)
+                if not same(det(frames[i]), ref[i]):
+                    bad.append(f"thread {k} call {j}")
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert sum(len(r) for r in ref) > 0 and not bad, bad[:3]
+
+
+def test_close_waits_for_a_call_in_flight_and_later_calls_raise(fp32_ir, frames, monkeypatch):
+    import threading
+    import time
+
+    from engine.backends.openvino import OpenVinoBackend
+    from engine.errors import ClosedError
+
+    det = Detector(fp32_ir)
+    real = OpenVinoBackend.infer_impl
+    entered = threading.Event()
+
+    def slow(self, x):
+        entered.set()
+        time.sleep(0.5)
+        return real(self, x)
+
+    monkeypatch.setattr(OpenVinoBackend, "infer_impl", slow)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(det(frames[0])))
+    t.start()
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    det.close()  # must not free the compiled model under the running call
+    assert time.monotonic() - t0 > 0.2 and "compiled" not in det.backend.__dict__
+    t.join(10)
+    assert len(out) == 1 and len(out[0]) > 0
+    det.close()  # idempotent
+    with pytest.raises(ClosedError, match="is closed"):
+        det.backend.infer(np.zeros((1, 3, *det.imgsz), np.float32))
 
 
 def test_device_auto_picks_and_says_which(demo_onnx, fp32_ir, monkeypatch, caplog):
@@ -235,65 +294,62 @@ def test_sensitivity_ranks_the_int8_layers_and_keep_float_reaches_nncf(demo_onnx
 
 # ---- the build stage ----------------------------------------------------------------------------------------
 
-def _stage(argv: list[str], demo_onnx: Path, out: Path, report=None) -> tuple:
+def _stage(argv: list[str], demo_onnx: Path, out: Path, meta) -> tuple:
+    """The OpenVINO stage of a build of ``demo_onnx`` whose ONNX stage delivered it."""
     from exporters import openvino_stage
-    from exporters.build import BuildContext, build_parser
-    from exporters.onnx_stage import config_from_args
+    from tests.build_helpers import stage_build
 
-    args = build_parser().parse_args(["--onnx", str(demo_onnx), "--out", str(out), *argv])
-    with Detector(demo_onnx, device="cpu") as d:
-        meta = d.metadata
     lines: list[str] = []
-    ctx = BuildContext(log=lines.append, artifacts={"onnx": demo_onnx},
-                       info={"config": config_from_args(args), "metadata": meta, "accuracy": report})
-    if report is None:
-        ctx.info.pop("accuracy")
-    openvino_stage.run(args, ctx)
-    return ctx, "\n".join(lines)
+    out.mkdir(parents=True, exist_ok=True)
+    b = stage_build(["--onnx", str(demo_onnx), "--out", str(out), *argv], {"onnx": demo_onnx},
+                    meta.replace(source_name=demo_onnx.name), lines.append)
+    openvino_stage.run(b)
+    return b, "\n".join(lines)
 
 
-def _report(demo_onnx: Path, data: Path):
-    from engine.eval.datasets import load_split
-    from exporters.accuracy import AccuracyReport, score_onnx
+def test_stage_writes_the_fp32_ir_by_default_and_respects_the_flags(demo_onnx, meta, tmp_path, monkeypatch):
+    from exporters.config import OpenVinoOptions
 
-    report = AccuracyReport(str(data), "val", 1.0, "-")
-    report.add("fp32", "FP32 ONNX", demo_onnx, score_onnx(demo_onnx, load_split(data, "val")), "gate reference")
-    return report
-
-
-def test_stage_writes_the_fp32_ir_by_default_and_respects_the_flags(demo_onnx, tmp_path, monkeypatch):
-    ctx, log = _stage([], demo_onnx, tmp_path / "a")
-    assert ctx.artifacts["openvino"] == tmp_path / "a" / f"{demo_onnx.stem}_openvino"
-    assert "OpenVINO IR vs ONNX over 4 images" in log and "-> OK" in log and "OpenVINO INT8 skipped" in log
+    b, log = _stage([], demo_onnx, tmp_path / "a", meta)
+    rec = b.records["openvino"]
+    assert rec.delivered and rec.path == tmp_path / "a" / f"{demo_onnx.stem}_openvino" and kind_of(rec.path) is FP32_IR
+    assert rec.checks[0].name == "detections vs FP32" and rec.checks[0].passed and rec.figures["agreement"] >= 0.98
+    assert b.records["int8_openvino"].not_asked and "OpenVINO IR: detections vs FP32" in log
     assert not list((tmp_path / "a").glob(".*"))  # no temporary folder left
-    ctx, log = _stage(["--no-openvino"], demo_onnx, tmp_path / "b")
-    assert "openvino" not in ctx.artifacts and not (tmp_path / "b").exists()
-    ctx, _ = _stage(["--openvino-fp16"], demo_onnx, tmp_path / "c")
-    assert (ctx.artifacts["openvino"] / f"{demo_onnx.stem}.bin").stat().st_size < \
+    with Detector(rec.path) as d:
+        assert d.metadata.source_name == demo_onnx.name and d.metadata.precision is Precision.FP32
+    b, _ = _stage(["--no-openvino"], demo_onnx, tmp_path / "b", meta)
+    assert b.records["openvino"].not_asked and b.records["int8_openvino"].not_asked
+    assert not list((tmp_path / "b").iterdir())
+    b, _ = _stage(["--openvino-fp16"], demo_onnx, tmp_path / "c", meta)
+    assert (b.path("openvino") / f"{demo_onnx.stem}.bin").stat().st_size < \
         0.6 * (tmp_path / "a" / f"{demo_onnx.stem}_openvino" / f"{demo_onnx.stem}.bin").stat().st_size
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "openvino" else real(n, *a))
+    monkeypatch.setattr(OpenVinoOptions, "installed", staticmethod(lambda: False))
     with pytest.raises(ConfigError, match="--openvino needs the openvino package"):
-        _stage(["--openvino"], demo_onnx, tmp_path / "d")
-    assert "OpenVINO IRs skipped" in _stage([], demo_onnx, tmp_path / "e")[1]
+        _stage(["--openvino"], demo_onnx, tmp_path / "d", meta)
+    b, _ = _stage([], demo_onnx, tmp_path / "e", meta)
+    rec = b.records["openvino"]
+    assert rec.status.value == "skipped" and "not installed" in rec.reason and "[openvino]" in rec.fix
 
 
-def test_stage_gates_the_int8_ir_and_reports_it(demo_onnx, small_data, tmp_path):
+def test_stage_gates_the_int8_ir_and_reports_it(demo_onnx, meta, small_data, tmp_path):
     pytest.importorskip("nncf")
-    report = _report(demo_onnx, small_data)
-    ctx, log = _stage(["--int8", "--data", str(small_data), "--max-map-drop", "10"], demo_onnx, tmp_path, report)
-    final = tmp_path / f"{demo_onnx.stem}.int8_openvino"
-    assert ctx.artifacts["int8_openvino"] == final and kind_of(final) is INT8_IR and not ctx.failures
+    from exporters import evidence
+
+    b, log = _stage(["--int8", "--data", str(small_data), "--max-map-drop", "10"], demo_onnx, tmp_path, meta)
+    rec = b.records["int8_openvino"]
+    assert rec.delivered and rec.path == tmp_path / f"{demo_onnx.stem}.int8_openvino" and kind_of(rec.path) is INT8_IR
+    assert rec.checks[0].name == "accuracy gate" and rec.checks[0].passed and rec.figures["map50_95"] > 0.5
+    assert "mAP vs FP32" in [c.name for c in b.records["openvino"].checks]
+    evidence.write_accuracy_report(b)  # what the INT8 stage after this one does
     rep = json.loads((tmp_path / f"{demo_onnx.stem}.accuracy.json").read_text())
     assert [r["key"] for r in rep["rows"]] == ["fp32", "openvino", "int8_openvino"]
     assert rep["gates"]["openvino"]["passed"] and all(r["map50_95"] > 0.5 for r in rep["rows"])
-    assert "OpenVINO INT8: NNCF on 8 of 8 images" in log and not list(tmp_path.glob(".ov-int8-*"))
+    assert "OpenVINO INT8: NNCF on 8 of 8 images" in log and not list(tmp_path.glob(".*"))
 
 
-def test_stage_withholds_an_int8_ir_over_the_bar(demo_onnx, small_data, tmp_path, monkeypatch):
-    """One flat grey calibration image breaks INT8: the IR is withheld, an old one deleted, the build fails at the end."""
+def test_stage_withholds_an_int8_ir_over_the_bar(demo_onnx, meta, small_data, tmp_path, monkeypatch):
+    """One flat grey calibration image breaks INT8: the IR is withheld with its figures, an old one deleted."""
     from exporters import accuracy
 
     pytest.importorskip("nncf")
@@ -304,14 +360,15 @@ def test_stage_withholds_an_int8_ir_over_the_bar(demo_onnx, small_data, tmp_path
     stale.mkdir(parents=True)
     (stale / "old.xml").write_text("from an earlier build")
     monkeypatch.setattr(accuracy, "FALLBACK_STEPS", (1,))  # one fallback trial keeps the test short
-    ctx, log = _stage(["--int8", "--data", str(small_data), "--calib", str(calib), "--max-map-drop", "1"],
-                      demo_onnx, tmp_path / "out", _report(demo_onnx, small_data))
-    assert not stale.exists() and "int8_openvino" not in ctx.artifacts and ctx.withheld == {"int8_openvino"}
-    assert isinstance(ctx.failures[0], AccuracyGateError) and "OpenVINO INT8 accuracy gate" in ctx.failures[0].message
-    gate = json.loads((tmp_path / "out" / f"{demo_onnx.stem}.accuracy.json").read_text())["gates"]["openvino"]
+    b, log = _stage(["--int8", "--data", str(small_data), "--calib", str(calib), "--max-map-drop", "1"],
+                    demo_onnx, tmp_path / "out", meta)
+    rec = b.records["int8_openvino"]
+    assert rec.status.value == "withheld" and rec.path is None and not stale.exists()
+    assert "OpenVINO INT8 accuracy gate" in rec.reason and "--calib" in rec.fix and rec.figures["drop_points"] > 1
+    gate = rec.checks[0].figures["gate"]
     assert not gate["passed"] and len(gate["trials"]) == 2 and gate["sensitivity_top"]
     assert gate["trials"][1]["kept_float"] == [gate["sensitivity_top"][0][0]]
-    assert "removed" in log
+    assert b.records["openvino"].delivered and "WITHHELD" in log and not list((tmp_path / "out").glob(".*"))
 
 
 def test_a_pool_of_ir_detectors_shares_the_cores(fp32_ir, frames):

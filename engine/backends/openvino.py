@@ -15,9 +15,12 @@ Two ways to run, chosen by ``hint``:
   frame (or each static batch of the IR) goes to its own request. A single frame gets one stream's cores,
   so its latency is higher than in ``"latency"`` mode.
 
-Requests are not shared between threads: each thread that calls :meth:`infer` gets its own, made once.
+Thread contract (as every backend's, :mod:`engine.backends.base`): requests are not shared between
+threads: each thread that calls :meth:`infer` gets its own, made once and dropped with the thread.
 Outputs are views of the request's own output tensors (latency) or of arrays allocated once per batch size
-(throughput), reused by the next call of that thread.
+(throughput), valid until that thread's next call. :meth:`close` waits for calls in flight (none leaves a
+request running: throughput calls wait for theirs), then frees the compiled model; later calls raise
+:class:`~engine.errors.ClosedError`.
 """
 from __future__ import annotations
 
@@ -191,9 +194,7 @@ class OpenVinoBackend(Backend):
         if hint == "throughput":  # any batch: split over the requests
             self.inputs = [TensorSpec(s.name, (None, *s.shape[1:]), s.dtype) for s in self.inputs]
             self.outputs = [TensorSpec(s.name, (None, *s.shape[1:]), s.dtype) for s in self.outputs]
-        self._lock = threading.Lock()
-        self._slots: dict[int, list] = {}  # thread id -> its infer requests
-        self._out_buffers: dict[tuple[int, int], list[np.ndarray]] = {}  # (thread id, batch) -> outputs
+        self._local = threading.local()  # per thread: .requests, .buffers {frames: [arrays]}
 
     @staticmethod
     def uses_cuda(device: Any) -> bool:
@@ -230,13 +231,10 @@ class OpenVinoBackend(Backend):
                           np.dtype(port.get_element_type().to_dtype()))
 
     def _thread_requests(self) -> list:
-        tid = threading.get_ident()
-        reqs = self._slots.get(tid)
+        reqs = getattr(self._local, "requests", None)
         if reqs is None:
-            with self._lock:
-                if "compiled" not in self.__dict__:
-                    raise ModelLoadError(f"the OpenVINO backend of {self.path} is closed", "make a new Detector")
-                reqs = self._slots[tid] = [self.compiled.create_infer_request() for _ in range(self.requests)]
+            reqs = self._local.requests = [self.compiled.create_infer_request() for _ in range(self.requests)]
+            self._local.buffers = {}
         return reqs
 
     def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
@@ -272,20 +270,14 @@ class OpenVinoBackend(Backend):
 
     def _outputs_for(self, n: int, done) -> list[np.ndarray]:
         """This thread's output arrays for ``n`` frames (made once per size, shaped like ``done``'s outputs)."""
-        key = (threading.get_ident(), n)
-        bufs = self._out_buffers.get(key)
+        bufs = self._local.buffers.get(n)
         if bufs is None:
-            bufs = self._out_buffers[key] = [np.empty((n, *t.data.shape[1:]), t.data.dtype)
+            bufs = self._local.buffers[n] = [np.empty((n, *t.data.shape[1:]), t.data.dtype)
                                              for t in (done.get_output_tensor(i) for i in range(len(self.outputs)))]
         return bufs
 
     def close(self) -> None:
-        if "_lock" not in self.__dict__:  # __init__ failed before the requests existed
-            return
-        with self._lock:
-            for reqs in self._slots.values():
-                for req in reqs:
-                    req.wait()  # never free a compiled model under a request in flight
-            self._slots = {}
-            self._out_buffers = {}
+        """Free the compiled model and every thread's requests, after calls in flight end (idempotent)."""
+        if self.gate.close():
+            self._local = threading.local()
             self.__dict__.pop("compiled", None)
