@@ -122,7 +122,7 @@ def test_registry_errors(tmp_path):
     with pytest.raises(BackendUnavailableError, match=".onnx"):
         backend_for(tmp_path / "model.tflite")
     with pytest.raises(BackendUnavailableError, match="available"):
-        backend_for(tmp_path / "m.onnx", backend="openvino")
+        backend_for(tmp_path / "m.onnx", backend="tflite")  # not a registered backend
 
 
 def test_missing_and_corrupt_models(tmp_path):
