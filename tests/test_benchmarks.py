@@ -489,3 +489,19 @@ def test_markdown_reports_missed_targets_and_busy_runs():
     md = report.markdown(res)
     assert "| 0.600 | **missed** by 0.100 (20.0 %) |" in md and "not measured" in md
     assert "**Warning: the machine's load average was 3.10" in md
+
+
+def test_selfcheck_times_each_candidate_alone_too(demo_onnx, tmp_path, capsys):
+    from benchmarks import selfcheck
+
+    out = tmp_path / "sc"
+    rc = selfcheck.main(["--models", str(demo_onnx), "--peers", "none", "--rounds", "2", "--iters", "2", "--warmup", "1",
+                         "--pause", "0", "--max-frames", "2", "--out", str(out), "--no-progress"])
+    res = json.loads((out / "selfcheck.json").read_text())
+    (row,) = res["rows"]
+    assert rc == (0 if row["agrees"] else 1)  # a disagreement is the command's failure
+    assert row["name"] == "ours fp32" and res["standalone_calls"] == 4 and row["tolerance"] == 0.1
+    assert row["ratio"] == pytest.approx(row["harness_ms"] / row["standalone_ms"], abs=1e-4)
+    assert len(row["load_avg"]) == 2 and isinstance(row["busy"], bool)
+    md = (out / "selfcheck.md").read_text()
+    assert "| ours fp32 |" in md and "harness / alone" in md and res["command"] in md
