@@ -128,8 +128,9 @@ def _ultralytics(spec: StreamSpec) -> dict:
             count_input_sizes(model.predictor, sizes)
             hooked = True
         stamps.setdefault(Path(r.path).name, []).append(time.perf_counter())
-    lat = {n: [] for n in stamps}
-    out = _per_camera(stamps, lat, {n: None for n in stamps})
+    # LoadStreams names a result by its cleaned source path; the cameras' files are cam0.mp4, cam1.mp4...
+    named = {f"cam{i}": next((v for k, v in stamps.items() if k.endswith(c.name)), []) for i, c in enumerate(spec.clips)}
+    out = _per_camera(named, {n: [] for n in named}, {n: None for n in named})
     return out | {"workers": 1, "input": size_text(sizes) if sizes else ""}
 
 

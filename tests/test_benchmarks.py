@@ -505,3 +505,35 @@ def test_selfcheck_times_each_candidate_alone_too(demo_onnx, tmp_path, capsys):
     assert len(row["load_avg"]) == 2 and isinstance(row["busy"], bool)
     md = (out / "selfcheck.md").read_text()
     assert "| ours fp32 |" in md and "harness / alone" in md and res["command"] in md
+
+# ---------------------------------------------------------------- the multi-stream group
+
+
+def test_stream_figures_per_camera():
+    from benchmarks.streams import _per_camera
+
+    stamps = {"cam0": [10.0, 10.5, 11.0, 12.0], "cam1": [10.2, 11.2, 12.0]}
+    lat = {"cam0": [500.0, 40.0, 30.0, 20.0], "cam1": [400.0, 50.0, 60.0]}
+    out = _per_camera(stamps, lat, {"cam0": 3, "cam1": 0})
+    assert out["seconds"] == 2.0 and out["fps_total"] == 3.0  # 7 results: 6 intervals in 2 s
+    assert [c["fps"] for c in out["per_camera"]] == [2.0, 1.5] and [c["dropped"] for c in out["per_camera"]] == [3, 0]
+    assert out["latency_p50_ms"] == 40.0  # of 30, 20, 50, 60: the first second's results (the model's first calls) left out
+
+
+def test_cameras_through_engine_stream_and_ultralytics(demo_onnx, demo_pt, tmp_path):
+    pytest.importorskip("ultralytics")
+    from benchmarks.streams import StreamSpec, _ours, _ultralytics, write_clip
+    from benchmarks.worker import in_fresh_process
+
+    frames = [np.full((720, 1280, 3), v, np.uint8) for v in (40, 120, 200)]
+    clip = write_clip(frames, tmp_path / "cam0.mp4", seconds=1.0, fps=12)
+    clips = (clip, write_clip(frames, tmp_path / "cam1.mp4", seconds=1.0, fps=12))
+    fast = in_fresh_process(_ours, StreamSpec("ours fp32", OURS, demo_onnx, (320, 320), clips, False, 60))
+    assert fast["workers"] == 2 and fast["input"] == "320x320"  # files at max rate: the automatic choice is a pool
+    assert [c["frames"] for c in fast["per_camera"]] == [12, 12] and [c["dropped"] for c in fast["per_camera"]] == [0, 0]
+    paced = in_fresh_process(_ours, StreamSpec("ours fp32", OURS, demo_onnx, (320, 320), clips, True, 60))
+    assert all(0 < c["frames"] <= 12 and c["dropped"] >= 0 for c in paced["per_camera"])  # a camera drops what is late
+    assert paced["seconds"] > 0.5  # read at the clip's 12 fps: about a second, not as fast as it decodes
+    peer = in_fresh_process(_ultralytics, StreamSpec("ultralytics .pt", PEER, demo_pt, (320, 320), clips[:1], False, 60))
+    assert peer["per_camera"][0]["camera"] == "cam0" and peer["per_camera"][0]["frames"] >= 10
+    assert peer["fps_total"] > 0 and peer["input"] == "192x320"  # a .pt letterboxes 16:9 frames to 192x320 at 320
