@@ -100,7 +100,7 @@ def _peers(args, src: ModelSource, imgsz, dynamic: bool, log: Log, pt_imgsz=None
         path = src.weights
         if why is None and p.export is not None:
             try:
-                path = ultralytics_export(src, p, imgsz, dynamic, args.out / "artifacts", args.rebuild, log)
+                path = ultralytics_export(src, p, imgsz, dynamic, args.cache, args.rebuild, log)
             except DeployError as e:
                 why = f"Ultralytics' export failed: {e.message}"
                 log(f"{p.name}: {e}")
@@ -123,7 +123,7 @@ def sources(args: argparse.Namespace, log: Log) -> list[ModelSource]:
             out.append(ModelSource(w.stem, w, args.data))
     for arch in args.arch:
         log(f"random-weight model: {arch}.yaml (seed 0)")
-        out.append(ModelSource(f"{arch}-random", random_checkpoint(arch, args.out / "artifacts"), None, random=True))
+        out.append(ModelSource(f"{arch}-random", random_checkpoint(arch, args.cache), None, random=True))
     return out
 
 
@@ -136,7 +136,7 @@ def _sorted_ours(files: list[Path], imgsz, random: bool, suffix: str = "", refer
 
 def plan(args: argparse.Namespace, frames: Frames, log: Log) -> list[Group]:
     """Every group this run measures (building what is missing)."""
-    root = args.out / "artifacts"
+    root = args.cache
     groups: list[Group] = []
     if args.models:
         groups += _models_groups(args, frames, log)
@@ -162,7 +162,7 @@ def plan(args: argparse.Namespace, frames: Frames, log: Log) -> list[Group]:
 def _native_group(args, src: ModelSource, frames: Frames, log: Log) -> Group | None:
     """Everyone at the rect size Ultralytics' predictor picks for the native frames (ours through a build at
     that size), plus our square FP32 and INT8 CPU form as reference rows for the rect-vs-square comparison."""
-    root = args.out / "artifacts"
+    root = args.cache
     nframes, desc = native_frames(frames)
     fh, fw = nframes[0].shape[:2]
     size = args.native if args.native != "auto" else native_imgsz((fh, fw), args.imgsz)

@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--accuracy", action="store_true",
                     help="add mAP50 and mAP50-95 (engine.eval.evaluate, conf 0.001, IoU 0.7) on the labelled val split")
     ap.add_argument("--out", type=Path, default=Path("runs/benchmarks"), help="results folder (artifacts cached in it)")
+    ap.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                    help="where built artifacts are cached and reused (None: OUT/artifacts)")
     ap.add_argument("--rebuild", action="store_true", help="build every artifact again instead of reusing the cache")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -152,6 +154,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError("--models takes one --weights (the .pt they came from)", "pass a single --weights")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(2**31)
+    args.cache = args.cache or args.out / "artifacts"
     return args
 
 

@@ -208,7 +208,7 @@ def run_streams(args, frames, log: Log) -> list[dict]:
     size = tuple(args.imgsz)
     if args.native:
         size = args.native if args.native != "auto" else native_imgsz(cams[0].shape[:2], args.imgsz)
-    root = args.out / "artifacts"
+    root = args.cache
     built = {}
     for path in build_ours(src, size, False, root, args.rebuild, log).files:
         form, _ = form_of(path)

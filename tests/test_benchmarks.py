@@ -537,3 +537,56 @@ def test_cameras_through_engine_stream_and_ultralytics(demo_onnx, demo_pt, tmp_p
     peer = in_fresh_process(_ultralytics, StreamSpec("ultralytics .pt", PEER, demo_pt, (320, 320), clips[:1], False, 60))
     assert peer["per_camera"][0]["camera"] == "cam0" and peer["per_camera"][0]["frames"] >= 10
     assert peer["fps_total"] > 0 and peer["input"] == "192x320"  # a .pt letterboxes 16:9 frames to 192x320 at 320
+
+# ---------------------------------------------------------------- RESULTS.md refresh
+
+
+def test_every_refresh_section_has_its_block_in_results_md():
+    from benchmarks.refresh import RESULTS, SECTIONS
+
+    text = RESULTS.read_text(encoding="utf-8")
+    for s in SECTIONS:
+        assert text.count(f"<!-- refresh:{s.key} begin -->") == 1 and text.count(f"<!-- refresh:{s.key} end -->") == 1
+
+
+def test_refresh_writes_a_block_with_command_machine_and_load(tmp_path, monkeypatch):
+    from benchmarks import refresh
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# R\n\nanalysis\n\n<!-- refresh:ok begin -->\nold figures\n<!-- refresh:ok end -->\n\n"
+                       "<!-- refresh:bad begin -->\nold\n<!-- refresh:bad end -->\nmore analysis\n")
+    ok = refresh.Section("ok", "prints", (("-c", "print('| a | 1.5 |')"),))
+    bad = refresh.Section("bad", "fails", (("-c", "import sys; sys.exit(3)"),))
+    monkeypatch.setattr(refresh, "SECTIONS", (ok, bad))
+    assert refresh.main(["--results", str(results), "--out", str(tmp_path / "runs")]) == 1  # one section failed
+    text = results.read_text()
+    assert "old figures" not in text and "| a | 1.5 |" in text and "analysis" in text and "more analysis" in text
+    ok_block = text[text.index("refresh:ok begin"):text.index("refresh:ok end")]
+    assert "python -c" in ok_block and "load average" in ok_block and "Versions:" in ok_block and "(UTC)" in ok_block
+    bad_block = text[text.index("refresh:bad begin"):text.index("refresh:bad end")]
+    assert "**Not measured:" in bad_block and "exited with 3" in bad_block and "old" not in bad_block.split("-->")[1]
+    with pytest.raises(KeyError):
+        refresh.replace_block(text, "missing", "x")
+    assert refresh.demote("# T\n\n## G\ntext\n### H") == "#### G\ntext\n##### H"
+
+
+def test_a_build_that_stops_part_way_still_benchmarks_what_it_delivered(tmp_path, monkeypatch, demo_pt):
+    """A user's model whose optional artifact fails its check: the FP32 ONNX and the rest are benchmarked, with why."""
+    from benchmarks import artifacts
+
+    def cli(argv, folder, log):
+        (folder / "best.onnx").write_bytes(b"x")
+        (folder / "best.int8-cpu.onnx").write_bytes(b"x")
+        return 2, "fp16 vs fp32 max |diff| boxes 4.716 px (tol 3.20) fix: build at 320"
+
+    monkeypatch.setattr(artifacts, "_build_cli", cli)
+    best = tmp_path / "best.pt"
+    best.write_bytes(demo_pt.read_bytes())
+    src = artifacts.ModelSource("best", best, tmp_path / "data.yaml")
+    built = artifacts.build_ours(src, (640, 640), False, tmp_path / "cache", False, log=lambda m: None)
+    assert [p.name for p in built.files] == ["best.onnx", "best.int8-cpu.onnx"]
+    assert "exit code 2" in built.notes[0] and "4.716 px" in built.notes[0]
+
+    monkeypatch.setattr(artifacts, "_build_cli", lambda argv, folder, log: (2, "cannot read best.pt"))
+    with pytest.raises(artifacts.DeployError, match="did not write the FP32 ONNX.*cannot read best.pt"):
+        artifacts.build_ours(src, (320, 320), False, tmp_path / "cache", False, log=lambda m: None)
