@@ -24,7 +24,9 @@ EXTRAS = {
     "trt": ["tensorrt>=10.0,<12", "cuda-python>=12.6"],
     # onnxruntime-gpu replaces onnxruntime (both provide the `onnxruntime` module): see README
     "gpu": ["onnxruntime-gpu>=1.17", "cuda-python>=12.6"],
-    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6"],
+    # openvino + nncf: the Ultralytics OpenVINO peers (FP32, and INT8 by NNCF); both ship Windows wheels
+    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6",
+              "openvino>=2024.4", "nncf>=2.14"],
     "stream": ["prometheus-client>=0.20"],  # 0.20: start_http_server returns the server, so it can be shut down
     # our CUDA kernels (engine/cuda/kernels/*.cu): cuda-python + the NVRTC library wheel (no CUDA toolkit)
     "cuda": ["cuda-python>=13", "nvidia-cuda-nvrtc>=13"],
