@@ -144,14 +144,36 @@ def run_group(group: Group, frames: FrameSet, timing: Timing, opts: dict, log: L
                 c.skip = f"did not run: {e.message}"
                 log(f"{group.id}: {c.name} did not load: {e}" + (f"\n{e.detail}" if e.detail else ""))
             tick(timing.warmup)
+        guarded = {c.name: _Guarded(workers[c.name], c, log) for c in group.running()}
         load = [load_average()]
-        times, sizes, orders = measure(workers, timing, random.Random(timing.seed), tick)
+        times, sizes, orders = measure(guarded, timing, random.Random(timing.seed), tick)
         load.append(load_average())
-        run = GroupRun(times, sizes, orders, load, {n: w.info for n, w in workers.items()})
+        gone = {n for n, g in guarded.items() if g.failed}
+        run = GroupRun({n: t for n, t in times.items() if n not in gone}, sizes, orders, load,
+                       {n: w.info for n, w in workers.items()})
         if score is not None:
             for c in group.running():
                 run.accuracy[c.name] = score(workers[c.name], c, group.data)
     return run
+
+
+class _Guarded:
+    """A worker whose failure in the middle of the timing takes out its candidate (listed as not run, with
+    why), not the group."""
+
+    def __init__(self, worker: Worker, cand: Candidate, log: Log) -> None:
+        self.worker, self.cand, self.log, self.failed = worker, cand, log, False
+
+    def run(self, start: int, n: int, settle: int):
+        if self.failed:
+            return [], {}
+        try:
+            return self.worker.run(start, n, settle)
+        except WorkerError as e:
+            self.failed = True
+            self.cand.skip = f"failed while timed: {e.message}"
+            self.log(f"{self.cand.name} failed while timed: {e}" + (f"\n{e.detail}" if e.detail else ""))
+            return [], {}
 
 
 def summarize_group(group: Group, times: Mapping[str, Sequence[Sequence[CallTimes]]]) -> dict[str, dict]:

@@ -15,6 +15,7 @@ shuffled order:
 """
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import time
@@ -199,7 +200,7 @@ def run_streams(args, frames, log: Log) -> list[dict]:
     from .harness import native_imgsz, to_16x9
     from .plan import sources
 
-    trained = [s for s in sources(args, log) if not s.random]
+    trained = sources(argparse.Namespace(**{**vars(args), "arch": []}), log)
     if not trained:
         log("streams: no trained model in this run (--models only, or random weights): no multi-stream group")
         return []

@@ -590,3 +590,39 @@ def test_a_build_that_stops_part_way_still_benchmarks_what_it_delivered(tmp_path
     monkeypatch.setattr(artifacts, "_build_cli", lambda argv, folder, log: (2, "cannot read best.pt"))
     with pytest.raises(artifacts.DeployError, match="did not write the FP32 ONNX.*cannot read best.pt"):
         artifacts.build_ours(src, (320, 320), False, tmp_path / "cache", False, log=lambda m: None)
+
+
+def test_a_worker_that_dies_while_timed_takes_out_its_candidate_not_the_group(monkeypatch):
+    from benchmarks import harness
+    from benchmarks.worker import WorkerError
+
+    class Dies(_FakeWorker):
+        def run(self, start, n, settle):
+            if start >= 2:
+                raise WorkerError("its worker process ended (exit code -9)", "out of memory?")
+            return super().run(start, n, settle)
+
+    g = _group(names=("ours a", "peer p"))
+    fakes = {"ours a": _FakeWorker("ours a", [], (1.0, 8.0, 1.0)), "peer p": Dies("peer p", [], (2.0, 16.0, 2.0))}
+
+    class FakeWorkerCM:
+        def __init__(self, spec):
+            self.w = fakes[spec.name]
+            self.info = {"pid": 1}
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            pass
+
+        def run(self, *a):
+            return self.w.run(*a)
+
+    monkeypatch.setattr(harness, "Worker", FakeWorkerCM)
+    logged = []
+    opts = {"conf": 0.25, "iou": 0.45, "device": "cpu"}
+    run = harness.run_group(g, None, Timing(rounds=3, iters=2, warmup=0, settle=0, pause=0.0), opts, logged.append)
+    assert list(run.times) == ["ours a"] and len(run.times["ours a"]) == 3
+    assert g.candidates[1].skip.startswith("failed while timed: its worker process ended")
+    assert any("peer p failed while timed" in m for m in logged)
