@@ -259,7 +259,7 @@ def ultralytics_export(src: ModelSource, peer, imgsz: tuple[int, int], dynamic: 
         from exporters.config import DEMO_DATA
 
         data = src.data or DEMO_DATA  # random weights: timing only, calibrated on the demo's images
-        kwargs.update(data=str(data), split="train")
+        kwargs.update(data=str(Path(data).resolve()), split="train")
     copy = folder / src.weights.name  # Ultralytics writes its export beside the weights: keep it here
     shutil.copy2(src.weights, copy)
     log(f"Ultralytics export: YOLO({copy.name}).export({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
