@@ -254,7 +254,8 @@ def chart(res: dict, path: Path) -> Path | None:
                     if left else 1)
         ax.tick_params(labelsize=8)
     axes[-1, 0].set_xlabel("milliseconds per frame, median of round medians (overhead: wall time of a call outside "
-                           "the three stages); line: fastest to slowest round; label: end to end (input size)")
+                           "the three stages)\nline: fastest to slowest round of end to end; label: end to end "
+                           "(the input size it ran)", fontsize=8)
     fig.legend(loc="upper right", fontsize=8, ncol=4)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
