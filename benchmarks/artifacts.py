@@ -188,7 +188,8 @@ def _exporters_root() -> str:
 def _build_cli(argv: list[str], folder: Path, log: Log) -> tuple[int, str]:
     """``python -m exporters.build ARGV`` in a child process (the build's public interface, and none of its
     imports or threads stay in this process); its output goes to ``folder/build.log``. Returns the exit
-    code and the last ``error:`` paragraph of the output."""
+    code and what a reader of the figures must know: each artifact the build withheld, with its reason
+    (from ``build_report.json``), or the last ``error:`` paragraph when the build failed."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_exporters_root(),
                                                                     os.environ.get("PYTHONPATH")])))
     env.setdefault("YOLO_OFFLINE", "1")
@@ -197,6 +198,15 @@ def _build_cli(argv: list[str], folder: Path, log: Log) -> tuple[int, str]:
     with out.open("w", encoding="utf-8") as fh:
         rc = subprocess.run([sys.executable, "-m", "exporters.build", *argv], stdout=fh, stderr=subprocess.STDOUT,
                             env=env, check=False).returncode
+    from exporters.build import EXIT_OK, EXIT_WITHHELD
+    from exporters.reuse import REPORT_NAME
+
+    if rc == EXIT_WITHHELD:  # the build finished; some optional artifacts failed their check
+        doc = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
+        return rc, "; ".join(f"{a['label']} withheld: {a['reason']}" for a in doc["artifacts"]
+                             if a["status"] == "withheld")[:600]
+    if rc == EXIT_OK:
+        return rc, ""
     text = out.read_text(encoding="utf-8", errors="replace")
     at = text.rfind("error: ")
     return rc, (" ".join(text[at + 7:].split()) if at >= 0 else "")[:600]

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.env import cpu_model
+from engine.cli import run_cli
+from engine.errors import ConfigError, DatasetError, ModelLoadError
 from exporters.config import DEMO_DIR, REPO_ROOT
 
 PAUSE_S = 0.01  # before each block: the previous model's ONNX Runtime threads stop spinning
@@ -39,7 +41,7 @@ def _frames(folder: Path, n: int) -> list[np.ndarray]:
 
     files = list_images(folder)[:n]
     if not files:
-        raise SystemExit(f"no images in {folder}: pass --images")
+        raise DatasetError(f"no images in {folder}", "pass --images with a folder of JPEG/PNG frames")
     return [read_image(p) for p in files]
 
 
@@ -71,13 +73,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="detectors per model run side by side, N frames per call (default: 1, latency)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    return run_cli(lambda: _run(args), False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Measure and print the table; the figures also go to ``--json``."""
 
     from engine import Detector, DetectorPool
 
     frames = _frames(args.images, 32)
     w = args.workers
     if w < 1:
-        raise SystemExit(f"--workers {w}: use 1 or more")
+        raise ConfigError(f"--workers {w}", "use 1 or more")
     dets = {}
     for name, suffix in FORMS:
         path = args.deploy / f"{args.stem}{suffix}"
@@ -85,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             dets[name] = (Detector(path, conf=0.25, device="cpu", intra_op_threads=args.threads) if w == 1 else
                           DetectorPool(path, w, threads=args.threads or None, conf=0.25))
     if "fp32" not in dets:
-        raise SystemExit(f"{args.deploy / (args.stem + '.onnx')} not found: run python -m exporters.build first")
+        raise ModelLoadError(f"{args.deploy / (args.stem + '.onnx')} not found",
+                             "run python -m exporters.build first, or pass --deploy / --stem")
     times: dict[str, list[list[float]]] = {k: [] for k in dets}
     for name, det in dets.items():
         for i in range(args.warmup):

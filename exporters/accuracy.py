@@ -159,6 +159,13 @@ class GateResult:
         return (f"{self.target}: loses {t.drop:.2f} points of mAP50-95 (bar {self.max_drop:g}) even with the "
                 f"{len(t.kept_float)} most sensitive layers in float -> withheld")
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GateResult":
+        """The inverse of :meth:`to_dict` (the ranking keeps only its top 10)."""
+        trials = tuple(Trial(tuple(t["kept_float"]), t["map50"], t["map50_95"], t["drop_points"], t["passed"])
+                       for t in d["trials"])
+        return cls(d["target"], d["max_drop"], trials, tuple((n, s) for n, s in d.get("sensitivity_top", ())))
+
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "max_drop": self.max_drop, "passed": self.passed,
                 "trials": [{"kept_float": list(t.kept_float), "map50": round(t.map50, 5),

@@ -1,260 +1,128 @@
-"""Build stage 2: the FP32 ONNX → ``<stem>.fp16.onnx``, ``<stem>.int8.onnx``, ``<stem>.int8-cpu.onnx``.
+"""Build stage: the FP32 ONNX → ``<stem>.int8.onnx`` (TensorRT form) and ``<stem>.int8-cpu.onnx`` (CPU form).
 
-The FP16 graph is always built (``--no-fp16`` skips it). INT8 is built for the bundled demo (calibrated
-on its data.yaml's train split, gated on its val split) and otherwise when ``--int8`` is given with
-``--data``. With ``--data``, every artifact is scored and the accuracy report is written beside them
-(``<stem>.accuracy.json`` / ``.md``). An INT8 form over ``--max-map-drop`` after the fallback is not
-written (a stale one from an earlier build is removed), the later stages still run on the other
-artifacts, and the build exits non-zero at the end, naming the form.
+Both forms come from one calibration pass (cached in ``<stem>.calib.json``). INT8 is built for the
+bundled demo (calibrated on its data.yaml's train split, gated on its val split) and otherwise when
+``--int8`` is given with ``--data``. Each form goes through the accuracy gate (:mod:`exporters.accuracy`):
+past ``--max-map-drop`` its most sensitive layers are kept float, stepwise; a form still over the bar is
+withheld with its figures (an older file and the engine built from it are removed), and the other form
+and the later stages go on. The accuracy report (``<stem>.accuracy.json`` / ``.md``) is written at the
+end of this stage when ``--data`` is given.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from calibration.config import DEFAULT_MAX_IMAGES, DEFAULT_VIDEO_EVERY, CalibrationConfig, CalibrationMethod
-from engine.errors import AccuracyGateError, ConfigError
+from engine.errors import ArtifactWithheld
 
-from .config import DEMO_DATA, ExportConfig
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    g = ap.add_argument_group("FP16 and INT8 (INT8 is accuracy-gated; see README, 'INT8')")
-    g.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
-                   help="write <stem>.fp16.onnx: an FP16 graph with FP32 input/output (what strongly typed "
-                        "TensorRT builds FP16 from)")
-    g.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
-                   help="write <stem>.int8.onnx (TensorRT, S8S8) and <stem>.int8-cpu.onnx (ONNX Runtime CPU, U8S8), "
-                        "each only if it passes the accuracy gate; needs --data. None: on for the bundled demo only")
-    g.add_argument("--data", type=Path, default=None, metavar="YAML",
-                   help="YOLO data.yaml: its val split scores every artifact (accuracy report), its train split "
-                        "calibrates unless --calib is given. None: the demo's data.yaml when building the demo")
-    g.add_argument("--calib", type=Path, default=None, metavar="PATH",
-                   help="calibration images: a folder, a .txt image list, a video (every --calib-every frame) "
-                        "or a data.yaml (its train split). None: the train split of --data")
-    g.add_argument("--calib-method", default=CalibrationMethod.MINMAX.value,
-                   choices=[m.value for m in CalibrationMethod], help="how activation ranges are estimated")
-    g.add_argument("--calib-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
-                   help="at most this many calibration images (a seeded random subset when there are more)")
-    g.add_argument("--calib-seed", type=int, default=0, metavar="SEED", help="seed of that subset")
-    g.add_argument("--calib-every", type=int, default=DEFAULT_VIDEO_EVERY, metavar="N",
-                   help="from a video, every Nth frame")
-    g.add_argument("--calib-cache", type=Path, default=None, metavar="FILE",
-                   help="tensor-range cache, reused when the model, size, method and images match. "
-                        "None: <out>/<stem>.calib.json")
-    g.add_argument("--exclude", action="append", default=None, metavar="NODES",
-                   help="keep more nodes in float: comma list of op types (Sigmoid), node names or globs "
-                        "('/model.23/cv3*'); repeatable. The decode tail is always kept float")
-    g.add_argument("--max-map-drop", type=float, default=1.0, metavar="POINTS",
-                   help="largest mAP50-95 loss of an INT8 form vs the FP32 ONNX, in points (0-100 scale)")
+from . import evidence
+from .records import NOT_ASKED
 
 
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """What this stage builds, resolved from the flags (see :func:`options_from_args`)."""
-
-    fp16: bool
-    int8: bool
-    data: Path | None
-    calib: CalibrationConfig | None
-    cache: Path
-    exclude: tuple[str, ...]
-    max_map_drop: float
-
-
-def options_from_args(args: argparse.Namespace, cfg: ExportConfig) -> QuantizeOptions:
-    """Resolve the demo defaults and check the flags against each other."""
-    from .quantize import parse_excludes
-
-    demo = cfg.weights is None and cfg.onnx is None
-    int8 = demo if args.int8 is None else bool(args.int8)
-    data = args.data or (DEMO_DATA if demo else None)
-    if args.max_map_drop < 0:
-        raise ConfigError(f"--max-map-drop {args.max_map_drop} is negative", "use points of mAP50-95, e.g. 1.0")
-    if int8 and data is None:
-        raise ConfigError("--int8 needs --data data.yaml: INT8 is only written after its accuracy is checked on "
-                          "a labelled val split", "add --data path/to/data.yaml (and --calib PATH for other "
-                          "calibration images than its train split)")
-    calib = None
-    if int8:
-        calib = CalibrationConfig(source=args.calib or data, max_images=args.calib_images, seed=args.calib_seed,
-                                  video_every=args.calib_every, method=CalibrationMethod(args.calib_method))
-    cache = args.calib_cache or cfg.out / f"{cfg.stem}.calib.json"
-    return QuantizeOptions(bool(args.fp16), int8, data, calib, cache, parse_excludes(args.exclude), args.max_map_drop)
-
-
-def run(args: argparse.Namespace, ctx) -> None:
-    import onnx
-
-    from engine.metadata import file_sha256
-
-    from .accuracy import AccuracyReport, score_onnx, score_pt
-
-    cfg: ExportConfig = ctx.info["config"]
-    opts = options_from_args(args, cfg)
-    fp32: Path = ctx.artifacts["onnx"]
-    meta = ctx.info["metadata"].replace(source_sha256=file_sha256(fp32), source_name=fp32.name)
-    model = onnx.load(str(fp32))
-    show = sys.stderr.isatty()
-
-    items, report, ref = None, None, None
-    if opts.data is not None:
-        from engine.eval.datasets import load_split
-
-        items = load_split(opts.data, "val")
-        report = AccuracyReport(str(opts.data), "val", opts.max_map_drop, "-")
-        if cfg.source.suffix.lower() == ".pt":
-            res = score_pt(cfg.source, meta.imgsz, items, show)
-            report.add("pt", "PyTorch .pt (Ultralytics)", cfg.source, res, "reference")
-            ctx.log(f"mAP50-95 of {cfg.source.name} (Ultralytics): {res.map50_95:.4f}")
-        ref = score_onnx(fp32, items, show)
-        report.add("fp32", "FP32 ONNX", fp32, ref, "gate reference")
-        ctx.log(f"mAP50-95 of {fp32.name}: {ref.map50_95:.4f}")
-
-    if opts.fp16:
-        path = _build_fp16(model, meta, fp32, items, ctx)
-        if report is not None:
-            report.add("fp16", "FP16 ONNX", path, score_onnx(path, items, show), "ok", ref)
-
-    if opts.int8:
-        _build_int8(model, meta, fp32, opts, items, report, ref, ctx, show)
-    else:
-        ctx.log("INT8 skipped: add --int8 --data path/to/data.yaml to build the accuracy-gated INT8 forms "
-                f"({cfg.stem}.int8.onnx for TensorRT, {cfg.stem}.int8-cpu.onnx for CPUs)")
-
-    if report is not None:
-        _finish_report(report, cfg, ctx)
-
-
-def _finish_report(report, cfg: ExportConfig, ctx) -> None:
+def run(b) -> None:
     from .quantize import QuantTarget
 
-    _, md = report.write(cfg.out, cfg.stem)
-    ctx.info["accuracy"] = report
-    ctx.log(f"accuracy report ({md}):\n" + report.table())
-    failed = [g for g in report.gates.values() if not g.passed]
-    if failed:
-        files = ", ".join(f"{cfg.stem}{QuantTarget(g.target).suffix}" for g in failed)
-        ctx.withheld.update(QuantTarget(g.target).suffix[1:] for g in failed)
-        ctx.failures.append(AccuracyGateError(
-            f"INT8 accuracy gate: {'; '.join(g.summary() for g in failed)}. Not written: {files} (report: {md})",
-            "calibrate on more images like the deployment's (--calib, --calib-images), try --calib-method "
-            "entropy or percentile, keep layers float (--exclude), or allow more loss (--max-map-drop)"))
-        ctx.log("the build goes on without the withheld INT8 form(s) and will exit non-zero")
+    if not b.cfg.quantize.int8:
+        for target in QuantTarget:
+            b.skip(target.suffix[1:], f"{NOT_ASKED}: add --int8 --data path/to/data.yaml (the accuracy gate "
+                                      "needs a labelled val split)")
+    else:
+        for target in QuantTarget:
+            _form(b, target)
+    evidence.write_accuracy_report(b)
 
 
-def _letterboxed(items, imgsz: tuple[int, int], n: int) -> np.ndarray:
-    from engine.eval.datasets import read_image
-    from engine.preprocess import Letterbox
+def _inputs(b) -> dict:
+    from calibration.readers import open_source
 
-    frames = [read_image(i.path) for i in items[:n]]
-    return Letterbox(imgsz, batch=len(frames))(frames)[0].copy()
-
-
-def _build_fp16(model, meta, fp32: Path, items, ctx) -> Path:
-    import onnx
-
-    from engine.metadata import Precision
-
-    from .fp16 import check_fp16, convert_fp16
-    from .io import atomic_path
-    from .onnx_export import write_metadata
-    from .parity import parity_inputs
-
-    cfg: ExportConfig = ctx.info["config"]
-    t = time.perf_counter()
-    m16 = convert_fp16(model)
-    write_metadata(m16, meta.replace(precision=Precision.FP16))
-    images = (_letterboxed(items, meta.imgsz, 8) if items else parity_inputs(meta.imgsz, cfg.parity_images, 8))
-    final = cfg.out / f"{cfg.stem}.fp16.onnx"
-    with atomic_path(final) as tmp:
-        onnx.save(m16, str(tmp))
-        check = check_fp16(fp32, tmp, images, meta.imgsz, meta.batch)
-    ctx.log(check.summary())
-    ctx.log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f}s)")
-    ctx.artifacts["fp16.onnx"] = final
-    ctx.info["fp16_check"] = check
-    return final
+    q = b.cfg.quantize
+    return {"calib": {k: str(v) for k, v in q.calib.__dict__.items()}, "calib_files": open_source(q.calib).fingerprint(),
+            "exclude": list(q.exclude), "max_map_drop": q.max_map_drop, "data": evidence.data_fingerprint(b)}
 
 
-def _build_int8(model, meta, fp32: Path, opts: QuantizeOptions, items, report, ref, ctx, show: bool) -> None:
-    from calibration.readers import CalibrationImages
+def _form(b, target) -> None:
+    from engine.artifacts import INT8_ENGINE
+    from engine.backends.trt_sidecar import sidecar_path
+
+    key = target.suffix[1:]
+    out, stem = b.cfg.export.out, b.cfg.export.stem
+    # a withheld TensorRT form must not leave the engine an earlier build made from it
+    stale = [INT8_ENGINE.path(out, stem), sidecar_path(INT8_ENGINE.path(out, stem))] if key == "int8.onnx" else []
+    b.produce(key, lambda final: _make(b, target, final), _inputs(b), stale=stale)
+
+
+def _calibration(b):
+    """The calibrated ranges and their source, once per build (both forms use them)."""
+    def make():
+        import onnx
+
+        from .quantize import load_or_calibrate
+
+        q = b.cfg.quantize
+        model = onnx.load(str(b.path("onnx")))
+        ranges, source = load_or_calibrate(b.path("onnx"), model, b.metadata, q.calib, q.cache, b.log,
+                                           evidence.show_progress())
+        return model, ranges, source
+
+    return evidence.cached(b, "calibration", make)
+
+
+def _make(b, target, final: Path):
     from engine.metadata import Precision
 
     from .accuracy import run_gate, score_onnx, sensitivity
-    from .quantize import QuantTarget, decode_tail, load_or_calibrate, match_nodes
+    from .build import Outcome
+    from .io import temp_prefix
+    from .quantize import decode_tail, match_nodes
+    from .records import Check
 
-    cfg: ExportConfig = ctx.info["config"]
-    ranges, source = load_or_calibrate(fp32, model, meta, opts.calib, opts.cache, ctx.log, show)
+    q = b.cfg.quantize
+    fp32 = b.path("onnx")
+    model, ranges, source = _calibration(b)
     tail = decode_tail(model)
-    keep = tail + [n for n in match_nodes(model, opts.exclude) if n not in tail]
-    ctx.log(f"INT8: {len(tail)} decode-tail nodes kept float"
-            + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
-    report.calibration = f"{opts.calib.method.value} on {ranges.n_images} images ({source.description})"
-    ctx.info["calibration"] = {"cache": str(opts.cache), "images": ranges.n_images, "method": opts.calib.method.value}
+    keep = tail + [n for n in match_nodes(model, q.exclude) if n not in tail]
+    b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float"
+          + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
     sample: list[np.ndarray] = []
 
     def rank(first: Path) -> list[tuple[str, float]]:
         if not sample:  # a few calibration images (not val ones: the gate must not tune on its own test set)
+            from calibration.readers import CalibrationImages
+
+            meta = b.metadata
             for x in CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None):
                 sample.append(x)
                 if len(sample) == 8:
                     break
         return sensitivity(fp32, first, sample)
 
-    int8_meta = meta.replace(precision=Precision.INT8)
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=cfg.out) as tmp:
-        for target in (QuantTarget.TENSORRT, QuantTarget.CPU):
-            t = time.perf_counter()
-            build = _builder(fp32, ranges, target, keep, int8_meta, Path(tmp))
-            gate, passed = run_gate(target.value, build, lambda p: score_onnx(p, items, show), ref,
-                                    opts.max_map_drop, rank, log=ctx.log)
-            report.gates[target.value] = gate
-            final = cfg.out / f"{cfg.stem}{target.suffix}"
-            if passed is not None:
-                os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
-                ctx.artifacts[target.suffix[1:]] = final
-                kept = len(gate.final.kept_float)
-                status = f"ok, {kept} layers kept float" if kept else "ok"
-                ctx.log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f}s)")
-            else:
-                status = "withheld: over the bar"
-                _remove_stale(cfg.out, cfg.stem, target, ctx)
-            report.add(target.suffix[1:-5], target.label, final if passed is not None else "",
-                       _as_map(gate.final, ref), status, ref)
+    items, ref = evidence.val_items(b), evidence.reference(b)
+    int8_meta = b.metadata.replace(precision=Precision.INT8)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
+        build = _builder(fp32, ranges, target, keep, int8_meta, Path(tmp), final.name)
+        gate, passed = run_gate(target.value, build, lambda p: score_onnx(p, items, evidence.show_progress()), ref,
+                                q.max_map_drop, rank, log=b.log)
+        last = gate.final
+        figures = {"map50": round(last.map50, 5), "map50_95": round(last.map50_95, 5),
+                   "drop_points": round(last.drop, 3), "fp32_map50_95": round(ref.map50_95, 5),
+                   "val_images": ref.n_images, "layers_kept_float": len(last.kept_float),
+                   "calibration": f"{q.calib.method.value} on {ranges.n_images} images ({source.description})"}
+        check = Check("accuracy gate", gate.passed, gate.summary(), {**figures, "gate": gate.to_dict()})
+        if passed is None:
+            raise ArtifactWithheld(
+                f"INT8 accuracy gate: {gate.summary()}",
+                "calibrate on more images like the deployment's (--calib, --calib-images), try --calib-method "
+                "entropy or percentile, keep more layers float (--exclude '/model.23/*'), or allow more loss "
+                "(--max-map-drop)", (check,), figures)
+        os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
+    return Outcome(final, (check,), figures)
 
 
-def _remove_stale(out: Path, stem: str, target, ctx) -> None:
-    """A withheld form's file from an earlier build, and the engine made from it, must not stay as if current."""
-    from engine.backends.trt_sidecar import sidecar_path
-
-    from .quantize import QuantTarget
-
-    stale = [out / f"{stem}{target.suffix}"]
-    if target is QuantTarget.TENSORRT:
-        engine = out / f"{stem}.int8.engine"
-        stale += [engine, sidecar_path(engine)]
-    for path in stale:
-        if path.exists():
-            path.unlink()
-            ctx.log(f"removed {path} left by an earlier build: this build's {target.value} INT8 form failed the gate")
-
-
-def _as_map(trial, ref):
-    from engine.eval.evaluate import MapResult
-
-    return MapResult(trial.map50, trial.map50_95, ref.n_images, ref.n_instances)
-
-
-def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path):
+def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path, name: str):
     """``build(extra_float, tag)`` for :func:`exporters.accuracy.run_gate`: quantize, check, stamp metadata."""
     import onnx
 
@@ -264,7 +132,8 @@ def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Pa
     from .quantize import QuantTarget, int8_metadata, quantize_model, tensorrt_problems
 
     def build(extra: Sequence[str], tag: str) -> Path:
-        path = tmp / f"{target.value}-{tag}.onnx"
+        path = tmp / tag / name  # the artifact's own name, so the runtime loads it as this kind
+        path.parent.mkdir()
         quantize_model(fp32, ranges, target, [*keep, *extra], path)
         q = onnx.load(str(path))
         if target is QuantTarget.TENSORRT:
@@ -273,6 +142,7 @@ def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Pa
                 raise ExportError(f"the TensorRT INT8 form has Q/DQ that TensorRT rejects: {'; '.join(problems[:3])}",
                                   "report this with the model; meanwhile --exclude the nodes named")
         write_metadata(q, int8_metadata(int8_meta, q))
+        onnx.checker.check_model(q, full_check=True)
         onnx.save(q, str(path))
         return path
 

@@ -626,3 +626,13 @@ def test_a_worker_that_dies_while_timed_takes_out_its_candidate_not_the_group(mo
     assert list(run.times) == ["ours a"] and len(run.times["ours a"]) == 3
     assert g.candidates[1].skip.startswith("failed while timed: its worker process ended")
     assert any("peer p failed while timed" in m for m in logged)
+
+
+def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_design(demo_onnx, capsys):
+    from benchmarks.thread_safety import CANDIDATES, main
+
+    assert main(["--model", str(demo_onnx), "--calls", "3", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0] in CANDIDATES]
+    assert [r.split()[0] for r in rows] == list(CANDIDATES) and rows[0].count("1.000x") == 2
+    assert "the gate alone:" in out and "load average before" in out

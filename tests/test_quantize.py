@@ -11,8 +11,17 @@ from engine.errors import ConfigError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes, stem_convs,  # noqa: E402
-                                parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
+from exporters.quantize import (  # noqa: E402
+    QuantTarget,
+    decode_tail,
+    load_or_calibrate,
+    match_nodes,
+    parse_excludes,
+    quantize_model,
+    quantized_nodes,
+    stem_convs,
+    tensorrt_problems,
+)
 
 
 def _meta(model):
@@ -284,7 +293,7 @@ def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_da
     onnx.save(q, str(path))
     frame = read_image(load_split(small_data, "val")[0].path)
     with Detector(demo_onnx, device="cpu") as ref, Detector(path, device="cpu") as det:
-        assert det.backend.inputs[0].dtype == np.uint8 and det._letterbox.buffer.shape == (1, 320, 320, 3)
+        assert det.backend.inputs[0].dtype == np.uint8 and det._letterboxes[0].buffer.shape == (1, 320, 320, 3)
         a, b = ref(frame), det(frame)
         assert len(a) and abs(len(a) - len(b)) <= 1
         best = b.xyxy[int(np.argmax(b.confidence))]
