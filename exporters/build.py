@@ -39,6 +39,7 @@ STAGES: tuple[str, ...] = (
     "exporters.triton_stage",
 )
 EXIT_OK, EXIT_FAILED, EXIT_WITHHELD = 0, 2, 3
+HEARTBEAT_S = 30.0  # a log line this often while one artifact is built and checked (a log file has no progress bar)
 Log = Callable[[str], None]
 
 
@@ -148,7 +149,10 @@ class Build:
             return rec
         t0 = time.perf_counter()
         try:
-            out = make(final)
+            from .progress import heartbeat
+
+            with heartbeat(self.log, label, every=HEARTBEAT_S):  # YOLO11m's FP16 check runs minutes on 2 cores
+                out = make(final)
             rec = ArtifactRecord(key, label, Status.DELIVERED, out.path, out.checks,
                                  {**out.figures, **_file_figures(out.path)}, seconds=time.perf_counter() - t0,
                                  fingerprint=fp)

@@ -161,13 +161,11 @@ def _engine(b, precision: str, spec, key: str, flavor) -> None:
 
     def make(final: Path):
         from .build import Outcome
-        from .progress import heartbeat
         from .records import Check
 
         src = b.path(key)
         b.log(f"building the {precision} engine from {src.name} with {flavor.label}")
-        with heartbeat(b.log, f"{precision} engine build"):
-            built = build(src, cfg, b.log)
+        built = build(src, cfg, b.log)  # Build.produce logs a heartbeat while it runs
         _write(b, built, src, final)
         figures = {"engine_bytes": len(built.plan), "targets": ",".join(built.targets),
                    "tensorrt": built.flavor.label, "build_seconds": round(built.seconds, 2)}

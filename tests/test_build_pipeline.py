@@ -189,3 +189,25 @@ def test_report_exit_codes_are_documented():
 
     text = " ".join(build_parser().format_help().split())
     assert "exit code 0" in text and "3 when some were withheld" in text and "2 when the build failed" in text
+
+
+def test_a_long_artifact_logs_a_heartbeat_while_it_is_built(demo_pt, tmp_path, monkeypatch):
+    """A build's log (a file: no progress bar) says every HEARTBEAT_S which artifact is still running."""
+    import time
+
+    import exporters.build as build_mod
+    from exporters.build import Outcome
+    from tests.build_helpers import stage_build
+
+    monkeypatch.setattr(build_mod, "HEARTBEAT_S", 0.05)
+    lines: list[str] = []
+    b = stage_build(["--weights", str(demo_pt), "--out", str(tmp_path)], {}, log=lines.append)
+
+    def make(final: Path) -> Outcome:
+        time.sleep(0.3)
+        final.write_bytes(b"x")
+        return Outcome(final)
+
+    assert b.produce("fp16.onnx", make, {}, sources=()).delivered
+    beats = [m for m in lines if m.startswith("  FP16 ONNX: still running")]
+    assert len(beats) >= 3 and lines[-1].startswith("FP16 ONNX: delivered")
