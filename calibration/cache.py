@@ -18,7 +18,7 @@ from engine._version import __version__
 
 from .config import CalibrationMethod
 
-CACHE_SCHEMA = 2  # 2: the key gained ``preprocessing``
+CACHE_SCHEMA = 3  # 2: the key gained ``preprocessing``; 3: ranges from NNCF's estimators
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,14 @@ class TensorRanges:
     n_images: int = 0
 
     def to_ort(self):
-        """ONNX Runtime's ``TensorsData`` for ``quantize_static``."""
+        """ONNX Runtime's ``TensorsData`` for ``quantize_static`` (ranges as given, whatever the method)."""
         import numpy as np
         from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
         from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-        ort_method = {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
-                      CalibrationMethod.PERCENTILE: OrtMethod.Percentile}[self.method]
         data = {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                 for k, (lo, hi) in self.ranges.items()}
-        return TensorsData(ort_method, data)
+        return TensorsData(OrtMethod.MinMax, data)
 
 
 def graph_hash(model) -> str:

@@ -86,9 +86,9 @@ def test_flags_resolve_demo_defaults_and_refuse_int8_without_data(tmp_path):
     assert demo.cache == tmp_path / "demo.calib.json"
     user = options_from_args(_args(), ExportConfig(weights=Path("best.pt"), out=tmp_path))
     assert not user.int8 and user.data is None and user.fp16
-    calib = options_from_args(_args(int8=True, data=Path("d.yaml"), calib=Path("clip.mp4"), calib_method="entropy",
+    calib = options_from_args(_args(int8=True, data=Path("d.yaml"), calib=Path("clip.mp4"), calib_method="percentile",
                                     exclude=["Sigmoid,/x"]), ExportConfig(weights=Path("best.pt"), out=tmp_path))
-    assert calib.calib.source == Path("clip.mp4") and calib.calib.method.value == "entropy"
+    assert calib.calib.source == Path("clip.mp4") and calib.calib.method.value == "percentile"
     assert calib.exclude == ("Sigmoid", "/x")
     with pytest.raises(ConfigError, match="--int8 needs --data") as err:
         options_from_args(_args(int8=True), ExportConfig(weights=Path("best.pt"), out=tmp_path))

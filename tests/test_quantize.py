@@ -1,6 +1,8 @@
-"""INT8 Q/DQ: the decode tail kept float, the TensorRT form's types and zero points, the CPU form, the range
-cache, --exclude, and that TensorRT-RTX's builder accepts the TensorRT form."""
+"""INT8 Q/DQ: the decode tail kept float, the TensorRT form's placement, types and FP16 float layers, the CPU
+form and its range rules, the range cache, --exclude, and that TensorRT-RTX's builder accepts the TensorRT form."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from engine.errors import ConfigError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes, stem_convs,  # noqa: E402
+from exporters.qdq_cpu import stem_convs  # noqa: E402
+from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes,  # noqa: E402
                                 parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
 
 
@@ -93,13 +96,8 @@ def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, sma
     from exporters import quantize as qz
 
     model, ranges, _, _ = calibrated
-    spec = qz._FORMS[QuantTarget.CPU]
     plain = tmp_path / "plain.onnx"
-    qz._FORMS[QuantTarget.CPU] = qz.replace(spec, cpu_rewrites=False)
-    try:
-        quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), plain)
-    finally:
-        qz._FORMS[QuantTarget.CPU] = spec
+    qz._cpu_form(demo_onnx, ranges, decode_tail(model), plain, replace(qz.CPU_FORM, cpu_rewrites=False))
     rewritten = quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), tmp_path / "cpu.onnx")
     frames = [read_image(i.path) for i in load_split(small_data, "val")[:3]]
     a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
@@ -110,7 +108,11 @@ def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, sma
         assert np.array_equal(a.run(None, {"images": x})[0], b.run(None, {"images": u})[0])
 
 
-def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onnx):
+def _scale_of(q, init, dq):
+    return float(onnx.numpy_helper.to_array(init[dq.input[1]]))
+
+
+def test_tensorrt_form_is_s8s8_with_zero_points_0(forms, demo_onnx):
     q = forms[QuantTarget.TENSORRT]
     assert tensorrt_problems(q) == []
     init = {i.name: i for i in q.graph.initializer}
@@ -121,18 +123,67 @@ def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onn
         assert zp.data_type == onnx.TensorProto.INT8 and not np.any(onnx.numpy_helper.to_array(zp))
         if n.op_type == "DequantizeLinear" and n.input[0] in init:  # weights: int8, never int32 (bias)
             assert init[n.input[0]].data_type == onnx.TensorProto.INT8
-    producer = {o: n for n in q.graph.node for o in n.output}
-    convs = [n for n in q.graph.node if n.op_type == "Conv" and len(n.input) > 2]
-    assert convs and all(n.input[2] in init and init[n.input[2]].data_type == onnx.TensorProto.FLOAT for n in convs)
-    # Q/DQ sit on the inputs of convolutions / matmuls only (others may share such a tensor), none in the tail
-    for n in qdq:
-        if n.op_type == "DequantizeLinear" and n.input[0] not in init:
-            consumers = {c.op_type for c in q.graph.node if n.output[0] in c.input}
-            assert consumers & {"Conv", "MatMul"}, (n.name, consumers)
     tail = set(decode_tail(onnx.load(str(demo_onnx))))
+    producer = {o: n for n in q.graph.node for o in n.output}
     assert not tail & set(quantized_nodes(q))
     assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
                for n in q.graph.node if n.name in tail for i in n.input)
+
+
+def test_tensorrt_form_places_qdq_as_nvidia_describes(forms):
+    """Residual Adds: both inputs quantized. A Quantize right after each SiLU that feeds a Split or
+    Concat (not after the Split). One scale for all inputs of a Concat. Attention MatMuls: no Q/DQ."""
+    q = forms[QuantTarget.TENSORRT]
+    init = {i.name: i for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    consumers: dict = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    from_dq = lambda t: t in producer and producer[t].op_type == "DequantizeLinear"  # noqa: E731
+    movers = {"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose"}  # TensorRT moves DQ through them
+
+    def source(t):
+        while producer[t].op_type in movers:
+            t = producer[t].input[0]
+        return t
+
+    adds = [n for n in q.graph.node if n.op_type == "Add" and "/model.23/" not in n.name
+            and all(i not in init for i in n.input)]
+    assert len(adds) >= 10 and all(from_dq(source(i)) for n in adds for i in n.input)
+    splits = [n for n in q.graph.node if n.op_type == "Split" and "/model.23/" not in n.name]
+    assert splits and all(from_dq(source(n.input[0])) for n in splits)
+    assert not any(producer[i].op_type == "QuantizeLinear" for n in splits for o in n.output
+                   for c in consumers.get(o, []) for i in c.input if c.op_type == "DequantizeLinear")
+    concats = [n for n in q.graph.node if n.op_type == "Concat" and "/model.23/" not in n.name]
+    assert len(concats) >= 10
+    for c in concats:
+        scales = set()
+        for t in map(source, c.input):
+            assert from_dq(t), (c.name, t)
+            scales.add(_scale_of(q, init, producer[t]))
+        assert len(scales) == 1, (c.name, scales)
+    matmuls = [n for n in q.graph.node if n.op_type == "MatMul"]
+    assert matmuls and not any(from_dq(i) for n in matmuls for i in n.input)
+
+
+def test_tensorrt_form_runs_int8_and_fp16_with_fp32_io(forms, demo_onnx, calibrated, tmp_path):
+    """Every float initializer and value of the TensorRT form is FP16 but the graph's input and output;
+    Q/DQ scales are FP16 at opset 19. --int8-float fp32 keeps the float layers FP32."""
+    q = forms[QuantTarget.TENSORRT]
+    F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) == 19
+    assert q.graph.input[0].type.tensor_type.elem_type == F32 and q.graph.output[0].type.tensor_type.elem_type == F32
+    consumers = {i: n for n in q.graph.node for i in n.input}
+    f32 = [i.name for i in q.graph.initializer if i.data_type == F32 and consumers[i.name].op_type != "Resize"]
+    assert not f32  # (Resize's scales input is float by the operator's definition)
+    assert {i.data_type for i in q.graph.initializer if i.name.endswith("_qscale")} == {F16}
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # one at each end of the graph
+    model, ranges, _, _ = calibrated
+    fp32 = onnx.load(str(quantize_model(demo_onnx, ranges, QuantTarget.TENSORRT, decode_tail(model),
+                                        tmp_path / "int8-fp32.onnx", float_dtype="fp32")))
+    assert not [i for i in fp32.graph.initializer if i.data_type == F16] and tensorrt_problems(fp32) == []
 
 
 def test_cpu_form_is_u8s8_and_rejected_by_the_tensorrt_check(forms):
@@ -182,7 +233,7 @@ def test_second_build_reuses_the_cache_without_inference(calibrated, demo_onnx, 
                           again.append, show_progress=False)
     assert any("made for another images" in s for s in again)
     with pytest.raises(AssertionError, match="despite"):
-        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, method="entropy"), cache,
+        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, method="minmax"), cache,
                           again.append, show_progress=False)
     assert any("made for another method" in s for s in again)
     # the same model and images under another letterbox (here its border value): not applied either
@@ -224,7 +275,7 @@ def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
 
     from calibration.cache import TensorRanges
     from calibration.config import CalibrationMethod
-    from exporters.quantize import share_concat_ranges
+    from exporters.qdq_cpu import share_concat_ranges
 
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
              helper.make_node("Split", ["a"], ["s0", "s1"], name="split", axis=1, num_outputs=2),
