@@ -10,13 +10,10 @@ artifacts, and the build exits non-zero at the end, naming the form.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -40,8 +37,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--calib", type=Path, default=None, metavar="PATH",
                    help="calibration images: a folder, a .txt image list, a video (every --calib-every frame) "
                         "or a data.yaml (its train split). None: the train split of --data")
-    g.add_argument("--calib-method", default=CalibrationMethod.MINMAX.value,
-                   choices=[m.value for m in CalibrationMethod], help="how activation ranges are estimated")
+    g.add_argument("--calib-method", default=CalibrationMethod.MEAN_MINMAX.value,
+                   choices=[m.value for m in CalibrationMethod],
+                   help="how activation ranges are estimated (NNCF's estimators; see README, 'INT8')")
+    g.add_argument("--int8-float", default="fp16", choices=("fp16", "fp32"),
+                   help="the TensorRT INT8 form's layers that are not INT8: fp16 (as ModelOpt; strongly typed "
+                        "TensorRT runs each layer in its graph type) or fp32")
     g.add_argument("--calib-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
                    help="at most this many calibration images (a seeded random subset when there are more)")
     g.add_argument("--calib-seed", type=int, default=0, metavar="SEED", help="seed of that subset")
@@ -68,6 +69,7 @@ class QuantizeOptions:
     cache: Path
     exclude: tuple[str, ...]
     max_map_drop: float
+    int8_float: str = "fp16"  # the TensorRT form's non-INT8 layers
 
 
 def options_from_args(args: argparse.Namespace, cfg: ExportConfig) -> QuantizeOptions:
@@ -88,7 +90,8 @@ def options_from_args(args: argparse.Namespace, cfg: ExportConfig) -> QuantizeOp
         calib = CalibrationConfig(source=args.calib or data, max_images=args.calib_images, seed=args.calib_seed,
                                   video_every=args.calib_every, method=CalibrationMethod(args.calib_method))
     cache = args.calib_cache or cfg.out / f"{cfg.stem}.calib.json"
-    return QuantizeOptions(bool(args.fp16), int8, data, calib, cache, parse_excludes(args.exclude), args.max_map_drop)
+    return QuantizeOptions(bool(args.fp16), int8, data, calib, cache, parse_excludes(args.exclude), args.max_map_drop,
+                           getattr(args, "int8_float", "fp16"))
 
 
 def run(args: argparse.Namespace, ctx) -> None:
@@ -96,7 +99,7 @@ def run(args: argparse.Namespace, ctx) -> None:
 
     from engine.metadata import file_sha256
 
-    from .accuracy import AccuracyReport, score_onnx, score_pt
+    from .accuracy import AccuracyReport, detect_onnx, score_detections, score_onnx, score_pt
 
     cfg: ExportConfig = ctx.info["config"]
     opts = options_from_args(args, cfg)
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace, ctx) -> None:
     model = onnx.load(str(fp32))
     show = sys.stderr.isatty()
 
-    items, report, ref = None, None, None
+    items, report, ref, ref_dets = None, None, None, None
     if opts.data is not None:
         from engine.eval.datasets import load_split
 
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace, ctx) -> None:
             res = score_pt(cfg.source, meta.imgsz, items, show)
             report.add("pt", "PyTorch .pt (Ultralytics)", cfg.source, res, "reference")
             ctx.log(f"mAP50-95 of {cfg.source.name} (Ultralytics): {res.map50_95:.4f}")
-        ref = score_onnx(fp32, items, show)
+        ref_dets = detect_onnx(fp32, items, show)  # kept: the INT8 gate compares each form with them
+        ref = score_detections(items, ref_dets)
         report.add("fp32", "FP32 ONNX", fp32, ref, "gate reference")
         ctx.log(f"mAP50-95 of {fp32.name}: {ref.map50_95:.4f}")
 
@@ -125,7 +129,9 @@ def run(args: argparse.Namespace, ctx) -> None:
             report.add("fp16", "FP16 ONNX", path, score_onnx(path, items, show), "ok", ref)
 
     if opts.int8:
-        _build_int8(model, meta, fp32, opts, items, report, ref, ctx, show)
+        from .int8_forms import build_int8_forms
+
+        build_int8_forms(model, meta, fp32, opts, items, ref_dets, report, ref, ctx, show)
     else:
         ctx.log("INT8 skipped: add --int8 --data path/to/data.yaml to build the accuracy-gated INT8 forms "
                 f"({cfg.stem}.int8.onnx for TensorRT, {cfg.stem}.int8-cpu.onnx for CPUs)")
@@ -146,8 +152,9 @@ def _finish_report(report, cfg: ExportConfig, ctx) -> None:
         ctx.withheld.update(QuantTarget(g.target).suffix[1:] for g in failed)
         ctx.failures.append(AccuracyGateError(
             f"INT8 accuracy gate: {'; '.join(g.summary() for g in failed)}. Not written: {files} (report: {md})",
-            "calibrate on more images like the deployment's (--calib, --calib-images), try --calib-method "
-            "entropy or percentile, keep layers float (--exclude), or allow more loss (--max-map-drop)"))
+            "judge on more val images (the interval narrows), calibrate on more images like the deployment's "
+            "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
+            "or allow more loss (--max-map-drop)"))
         ctx.log("the build goes on without the withheld INT8 form(s) and will exit non-zero")
 
 
@@ -183,97 +190,3 @@ def _build_fp16(model, meta, fp32: Path, items, ctx) -> Path:
     ctx.artifacts["fp16.onnx"] = final
     ctx.info["fp16_check"] = check
     return final
-
-
-def _build_int8(model, meta, fp32: Path, opts: QuantizeOptions, items, report, ref, ctx, show: bool) -> None:
-    from calibration.readers import CalibrationImages
-    from engine.metadata import Precision
-
-    from .accuracy import run_gate, score_onnx, sensitivity
-    from .quantize import QuantTarget, decode_tail, load_or_calibrate, match_nodes
-
-    cfg: ExportConfig = ctx.info["config"]
-    ranges, source = load_or_calibrate(fp32, model, meta, opts.calib, opts.cache, ctx.log, show)
-    tail = decode_tail(model)
-    keep = tail + [n for n in match_nodes(model, opts.exclude) if n not in tail]
-    ctx.log(f"INT8: {len(tail)} decode-tail nodes kept float"
-            + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
-    report.calibration = f"{opts.calib.method.value} on {ranges.n_images} images ({source.description})"
-    ctx.info["calibration"] = {"cache": str(opts.cache), "images": ranges.n_images, "method": opts.calib.method.value}
-    sample: list[np.ndarray] = []
-
-    def rank(first: Path) -> list[tuple[str, float]]:
-        if not sample:  # a few calibration images (not val ones: the gate must not tune on its own test set)
-            for x in CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None):
-                sample.append(x)
-                if len(sample) == 8:
-                    break
-        return sensitivity(fp32, first, sample)
-
-    int8_meta = meta.replace(precision=Precision.INT8)
-    with tempfile.TemporaryDirectory(prefix=".int8-", dir=cfg.out) as tmp:
-        for target in (QuantTarget.TENSORRT, QuantTarget.CPU):
-            t = time.perf_counter()
-            build = _builder(fp32, ranges, target, keep, int8_meta, Path(tmp))
-            gate, passed = run_gate(target.value, build, lambda p: score_onnx(p, items, show), ref,
-                                    opts.max_map_drop, rank, log=ctx.log)
-            report.gates[target.value] = gate
-            final = cfg.out / f"{cfg.stem}{target.suffix}"
-            if passed is not None:
-                os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
-                ctx.artifacts[target.suffix[1:]] = final
-                kept = len(gate.final.kept_float)
-                status = f"ok, {kept} layers kept float" if kept else "ok"
-                ctx.log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f}s)")
-            else:
-                status = "withheld: over the bar"
-                _remove_stale(cfg.out, cfg.stem, target, ctx)
-            report.add(target.suffix[1:-5], target.label, final if passed is not None else "",
-                       _as_map(gate.final, ref), status, ref)
-
-
-def _remove_stale(out: Path, stem: str, target, ctx) -> None:
-    """A withheld form's file from an earlier build, and the engine made from it, must not stay as if current."""
-    from engine.backends.trt_sidecar import sidecar_path
-
-    from .quantize import QuantTarget
-
-    stale = [out / f"{stem}{target.suffix}"]
-    if target is QuantTarget.TENSORRT:
-        engine = out / f"{stem}.int8.engine"
-        stale += [engine, sidecar_path(engine)]
-    for path in stale:
-        if path.exists():
-            path.unlink()
-            ctx.log(f"removed {path} left by an earlier build: this build's {target.value} INT8 form failed the gate")
-
-
-def _as_map(trial, ref):
-    from engine.eval.evaluate import MapResult
-
-    return MapResult(trial.map50, trial.map50_95, ref.n_images, ref.n_instances)
-
-
-def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path):
-    """``build(extra_float, tag)`` for :func:`exporters.accuracy.run_gate`: quantize, check, stamp metadata."""
-    import onnx
-
-    from engine.errors import ExportError
-
-    from .onnx_export import write_metadata
-    from .quantize import QuantTarget, int8_metadata, quantize_model, tensorrt_problems
-
-    def build(extra: Sequence[str], tag: str) -> Path:
-        path = tmp / f"{target.value}-{tag}.onnx"
-        quantize_model(fp32, ranges, target, [*keep, *extra], path)
-        q = onnx.load(str(path))
-        if target is QuantTarget.TENSORRT:
-            problems = tensorrt_problems(q)
-            if problems:
-                raise ExportError(f"the TensorRT INT8 form has Q/DQ that TensorRT rejects: {'; '.join(problems[:3])}",
-                                  "report this with the model; meanwhile --exclude the nodes named")
-        write_metadata(q, int8_metadata(int8_meta, q))
-        onnx.save(q, str(path))
-        return path
-
-    return build

@@ -344,3 +344,22 @@ def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_da
         assert len(two) == 2 and len(two[0]) == len(b)
     with pytest.raises(ConfigError, match="preprocess='gpu'"):
         Detector(path, device="cpu", preprocess="gpu")
+
+
+def test_sensitivity_ranks_int8_layers_of_both_forms_and_checks_its_stability(forms, demo_onnx, small_data, tmp_path):
+    """The fallback's ranking names INT8 layers (convolutions included, for the TensorRT form's producer
+    placement too) and says how much two halves of its images agree on the top layers."""
+    from engine.eval.datasets import load_split, read_image
+    from engine.preprocess import Letterbox
+    from exporters.sensitivity import TOP, rank_layers
+
+    images = [Letterbox((320, 320))([read_image(i.path)])[0].copy() for i in load_split(small_data, "val")[:4]]
+    for target, q in forms.items():
+        path = tmp_path / f"{target.value}.onnx"
+        onnx.save(q, str(path))
+        ranking, overlap = rank_layers(demo_onnx, path, images)
+        convs = {n.name for n in q.graph.node if n.op_type == "Conv"}
+        assert len(ranking) > 50 and set(n for n, _ in ranking) & convs, target
+        assert ranking == sorted(ranking, key=lambda s: -s[1])
+        assert overlap is not None and 0 <= overlap <= 1 and overlap * TOP == round(overlap * TOP)
+        assert rank_layers(demo_onnx, path, images[:2])[1] is None  # too few images to split
