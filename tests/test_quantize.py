@@ -258,15 +258,27 @@ def test_exclude_patterns(demo_onnx):
     assert "--exclude" in err.value.message
 
 
-def test_tensorrt_rtx_builds_the_int8_form(forms, tmp_path):
+def test_tensorrt_rtx_builds_the_int8_fp16_form_for_every_target_with_no_fp32_compute(forms, tmp_path):
+    """TensorRT-RTX parses the TensorRT form into a network whose compute layers are INT8 or FP16 (only
+    constants and the two I/O casts write FP32) and builds it for Turing too, which an FP32 MatMul forbids."""
     pytest.importorskip("tensorrt_rtx")
+    from engine.backends.trt_flavor import capturing_logger, import_tensorrt
     from engine.metadata import Precision
-    from exporters.tensorrt import EngineConfig, build_engine
+    from exporters.tensorrt import RTX_TARGETS, TURING, EngineConfig, build, float32_layers
 
     path = tmp_path / "demo.int8.onnx"
     onnx.save(forms[QuantTarget.TENSORRT], str(path))
-    plan = build_engine(path, EngineConfig(precision=Precision.INT8, tensorrt="rtx", targets=("sm86",)))
-    assert len(plan) > 1_000_000
+    trt, _ = import_tensorrt("rtx")
+    logger = capturing_logger(trt)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(path))
+    kinds = {network.get_layer(i).type.name for i in range(network.num_layers)}
+    assert {"CONVOLUTION", "QUANTIZE", "DEQUANTIZE", "MATRIX_MULTIPLY"} <= kinds
+    assert float32_layers(network) == []
+    built = build(path, EngineConfig(precision=Precision.INT8, tensorrt="rtx", targets=(TURING, *RTX_TARGETS)),
+                  log=lambda s: None)
+    assert len(built.plan) > 1_000_000 and built.targets == (TURING, *RTX_TARGETS) and not built.notes
+    assert built.settings["weights_bytes"] > 1_000_000
 
 
 def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
