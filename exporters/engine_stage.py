@@ -206,4 +206,9 @@ def run(args: argparse.Namespace, ctx: Any) -> None:
         path = _write(built, Path(src), onnx_path.parent, onnx_path.stem, args, ctx)
         ctx.artifacts[f"{precision}.engine"] = path
         report[precision] = {"path": str(path), "bytes": len(built.plan), "seconds": round(built.seconds, 2),
-                             "targets": list(built.targets), "tensorrt": built.flavor.label}
+                             "targets": list(built.targets), "tensorrt": built.flavor.label,
+                             "weights_bytes": built.settings.get("weights_bytes")}
+    # issue 23: time the engines where a GPU is, recommend the fastest (exporters/engine_choice.py)
+    from .engine_choice import recommend
+
+    recommend(ctx)
