@@ -226,3 +226,14 @@ def test_cache_round_trip_and_key_differences(tmp_path):
     assert read_cache(tmp_path / "bad.json") is None and read_cache(tmp_path / "absent.json") is None
     td = ranges.to_ort()
     assert float(td["a"].range_value[0]) == -1.5
+
+
+def test_nncf_dataset_feeds_the_calibration_images_by_input_name(tmp_path):
+    """The one calibration path every NNCF use shares: CalibrationImages in, {input: batch} feeds out."""
+    from calibration import nncf_dataset
+
+    _write_images(tmp_path / "imgs", 3)
+    images = _images(tmp_path / "imgs")
+    feeds = list(nncf_dataset(images, "pixels").get_inference_data())
+    assert len(feeds) == 3 and set(feeds[0]) == {"pixels"} and feeds[0]["pixels"].shape == (1, 3, 32, 32)
+    assert any(np.array_equal(f["pixels"], b) for f in feeds for b in images)

@@ -375,3 +375,47 @@ def test_sensitivity_ranks_int8_layers_of_both_forms_and_checks_its_stability(fo
         assert ranking == sorted(ranking, key=lambda s: -s[1])
         assert overlap is not None and 0 <= overlap <= 1 and overlap * TOP == round(overlap * TOP)
         assert rank_layers(demo_onnx, path, images[:2])[1] is None  # too few images to split
+
+
+def test_cpu_form_head_convs_write_float_for_the_decode_tail(forms, demo_onnx):
+    """The head's last convolutions (box distributions, class logits) feed the float tail unquantized;
+    every other convolution's output is quantized (the fused QLinearConv pattern)."""
+    q = forms[QuantTarget.CPU]
+    tail = set(decode_tail(onnx.load(str(demo_onnx))))
+    consumers: dict = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    head = [n for n in convs if all(c.name in tail for c in consumers.get(n.output[0], []))]
+    assert len(head) == 6  # three scales x (box, class)
+    assert not any(c.op_type == "QuantizeLinear" for n in head for c in consumers[n.output[0]])
+    inner = [n for n in convs if n not in head and not n.name.startswith("/model.0/")]
+    assert inner and all(any(c.op_type == "QuantizeLinear" for c in consumers[n.output[0]]) for n in inner)
+
+
+def test_silu_input_ranges_start_where_silu_turns_flat():
+    from onnx import TensorProto, helper
+
+    from calibration.cache import TensorRanges
+    from calibration.config import CalibrationMethod
+    from exporters.qdq_cpu import LEVELS, SILU_MIN_X, silu_flat_below, silu_input_ranges
+
+    silu = lambda x: x / (1 + np.exp(-x))  # noqa: E731
+    for step in (0.01, 0.04, 0.2):
+        cut = silu_flat_below(step)
+        assert abs(silu(cut)) <= step / 2 + 1e-12 < abs(silu(cut + 1e-3)) and cut < SILU_MIN_X
+    assert silu_flat_below(1.0) == SILU_MIN_X  # a coarse output grid: nothing below the minimum matters
+    w = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Sigmoid", ["c"], ["s"], name="sig"), helper.make_node("Mul", ["c", "s"], ["y"], name="mul"),
+             helper.make_node("Conv", ["y", "w"], ["c2"], name="conv2"), helper.make_node("Relu", ["c2"], ["r"], name="relu")]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [1, 2, 4, 4])], [vi("r", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    r = TensorRanges(CalibrationMethod.MEAN_MINMAX, {"c": (-20.0, 10.0), "y": (-0.28, 10.0), "c2": (-20.0, 5.0)})
+    new, n = silu_input_ranges(model, r)
+    assert n == 1 and new.ranges["c2"] == (-20.0, 5.0)  # not a SiLU's input: untouched
+    lo, hi = new.ranges["c"]
+    assert hi == 10.0 and lo == pytest.approx(silu_flat_below((10.0 + 0.28) / LEVELS)) and -8 < lo < -5
+    assert r.ranges["c"] == (-20.0, 10.0)  # not modified in place
