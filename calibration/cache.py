@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,11 +40,16 @@ class CacheKey:
 
 @dataclass(frozen=True)
 class TensorRanges:
-    """Observed (low, high) per tensor name, from one calibration pass."""
+    """Estimated (low, high) per tensor name from one calibration pass, and the extremes over all images.
+
+    ``ranges`` are the method's estimates; ``extremes`` the smallest and largest values seen (the same as
+    ``ranges`` for ``minmax``; empty when not measured).
+    """
 
     method: CalibrationMethod
     ranges: Mapping[str, tuple[float, float]]
     n_images: int = 0
+    extremes: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_ort(self):
         """ONNX Runtime's ``TensorsData`` for ``quantize_static`` (ranges as given, whatever the method)."""
@@ -70,6 +75,7 @@ def dumps(key: CacheKey, ranges: TensorRanges) -> str:
                 "images": key.images, "preprocessing": key.preprocessing},
         "n_images": ranges.n_images,
         "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(ranges.ranges.items())},
+        "extremes": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(ranges.extremes.items())},
     }, indent=1)
 
 
@@ -82,7 +88,8 @@ def loads(text: str) -> tuple[CacheKey, TensorRanges]:
     key = CacheKey(str(k["graph"]), (int(k["imgsz"][0]), int(k["imgsz"][1])), str(k["method"]), str(k["options"]),
                    str(k["images"]), str(k["preprocessing"]))
     ranges = {str(n): (float(v[0]), float(v[1])) for n, v in d["ranges"].items()}
-    return key, TensorRanges(CalibrationMethod(key.method), ranges, int(d.get("n_images", 0)))
+    extremes = {str(n): (float(v[0]), float(v[1])) for n, v in d.get("extremes", {}).items()}
+    return key, TensorRanges(CalibrationMethod(key.method), ranges, int(d.get("n_images", 0)), extremes)
 
 
 def read_cache(path: Path) -> tuple[CacheKey, TensorRanges] | None:

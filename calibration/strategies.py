@@ -8,6 +8,10 @@ itself (:mod:`exporters.qdq_tensorrt`, :mod:`exporters.qdq_cpu`) and needs range
 own placement would put none: conv outputs before SiLU (the CPU form's fused int8 convolutions),
 the inputs of Splits and Concats (the TensorRT form). One pass serves both forms.
 
+The same pass also keeps every tensor's extremes over all images (:attr:`TensorRanges.extremes`):
+the INT8 forms use them for the detect head, whose activations peak only where objects are
+(:func:`exporters.quantize.head_ranges`).
+
 The methods (:class:`CalibrationMethod`) are NNCF's range estimators:
 
 * ``mean-minmax`` (default): the mean over images of each image's minimum and maximum, NNCF's
@@ -62,7 +66,7 @@ def method_options(cfg: CalibrationConfig) -> str:
 
 
 def _collector(method: CalibrationMethod, cfg: CalibrationConfig, n: int | None):
-    """An NNCF ``TensorCollector`` of one tensor's (low, high) for ``method``."""
+    """An NNCF ``TensorCollector`` of one tensor's (low, high) for ``method`` (``MINMAX``: the extremes)."""
     from nncf.common.tensor_statistics.collectors import (MaxAggregator, MaxReducer, MeanAggregator, MinAggregator,
                                                           MinReducer, QuantileReducer, TensorCollector)
     from nncf.common.tensor_statistics.statistics import MinMaxTensorStatistic
@@ -149,7 +153,7 @@ def collect_ranges(model_path: Path, batches: Iterable[np.ndarray], cfg: Calibra
     for n in model.graph.node:
         for k, i in enumerate(n.input):
             reader.setdefault(i, (n.name, k))
-    container, collectors = StatisticPointsContainer(), {}
+    container, collectors, extremes = StatisticPointsContainer(), {}, {}
     n_items = len(batches) if hasattr(batches, "__len__") else None
     for t in wanted:
         if t in producer:
@@ -160,6 +164,9 @@ def collect_ranges(model_path: Path, batches: Iterable[np.ndarray], cfg: Calibra
             continue
         collectors[t] = _collector(cfg.method, cfg, n_items)
         container.add_statistic_point(StatisticPoint(point, collectors[t], "yolodeploy"))
+        if cfg.method is not CalibrationMethod.MINMAX:  # the same reduced values, aggregated as extremes
+            extremes[t] = _collector(CalibrationMethod.MINMAX, cfg, n_items)
+            container.add_statistic_point(StatisticPoint(point, extremes[t], "yolodeploy-extremes"))
     seen = [0]
 
     def counted():
@@ -176,10 +183,12 @@ def collect_ranges(model_path: Path, batches: Iterable[np.ndarray], cfg: Calibra
             seen[0] = 0
     if seen[0] == 0:
         raise CalibrationError("the calibration set produced no images", "pass --calib with readable images")
-    ranges = {}
-    for t, c in collectors.items():
-        s = c.get_statistics()
-        lo, hi = np.asarray(s.min_values.data), np.asarray(s.max_values.data)
-        ranges[t] = (float(lo.min()), float(hi.max()))
+    ranges = {t: _low_high(c) for t, c in collectors.items()}
+    ext = {t: _low_high(c) for t, c in extremes.items()} if extremes else dict(ranges)
     log(f"calibrated {len(ranges)} tensors with {cfg.method.value} (NNCF {nncf.__version__}) on {seen[0]} images")
-    return TensorRanges(cfg.method, ranges, seen[0])
+    return TensorRanges(cfg.method, ranges, seen[0], ext)
+
+
+def _low_high(collector) -> tuple[float, float]:
+    s = collector.get_statistics()
+    return float(np.asarray(s.min_values.data).min()), float(np.asarray(s.max_values.data).max())

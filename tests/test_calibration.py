@@ -209,16 +209,20 @@ def test_one_pass_gives_every_tensor_a_range(tmp_path, method):
                 CalibrationMethod.PERCENTILE: (np.quantile(per_image, 1 - cfg.percentile / 100, axis=1).mean(),
                                                np.quantile(per_image, cfg.percentile / 100, axis=1).mean())}[method]
     assert np.allclose((lo, hi), expected, rtol=1e-4, atol=1e-6), (method, (lo, hi), expected)
+    assert np.allclose(ranges.extremes["c1"], (outs.min(), outs.max()), rtol=1e-4)  # kept by every method
     for lo, hi in ranges.ranges.values():
         assert lo <= hi
 
 
 def test_cache_round_trip_and_key_differences(tmp_path):
     key = CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "p" * 32)
-    ranges = TensorRanges(CalibrationMethod.MINMAX, {"a": (-1.5, 2.0), "b": (0.0, 6.0)}, n_images=7)
+    ranges = TensorRanges(CalibrationMethod.MINMAX, {"a": (-1.5, 2.0), "b": (0.0, 6.0)}, n_images=7,
+                          extremes={"a": (-3.0, 4.0), "b": (0.0, 9.0)})
     k2, r2 = loads(dumps(key, ranges))
     assert k2 == key and dict(r2.ranges) == dict(ranges.ranges) and r2.n_images == 7
-    swapped = TensorRanges(CalibrationMethod.MINMAX, {"b": (0.0, 6.0), "a": (-1.5, 2.0)}, n_images=7)
+    assert dict(r2.extremes) == dict(ranges.extremes)
+    swapped = TensorRanges(CalibrationMethod.MINMAX, {"b": (0.0, 6.0), "a": (-1.5, 2.0)}, n_images=7,
+                           extremes={"b": (0.0, 9.0), "a": (-3.0, 4.0)})
     assert dumps(key, swapped) == dumps(key, ranges)  # byte-stable whatever order calibration found them in
     assert key.differences(CacheKey("h" * 32, (320, 320), "mean-minmax", "", "i" * 32, "p" * 32)) == ["graph", "method"]
     assert key.differences(CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "q" * 32)) == ["preprocessing"]

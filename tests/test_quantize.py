@@ -97,7 +97,8 @@ def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, sma
 
     model, ranges, _, _ = calibrated
     plain = tmp_path / "plain.onnx"
-    qz._cpu_form(demo_onnx, ranges, decode_tail(model), plain, replace(qz.CPU_FORM, cpu_rewrites=False))
+    qz._cpu_form(demo_onnx, qz.head_ranges(model, ranges)[0], decode_tail(model), plain,
+                 replace(qz.CPU_FORM, cpu_rewrites=False))
     rewritten = quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), tmp_path / "cpu.onnx")
     frames = [read_image(i.path) for i in load_split(small_data, "val")[:3]]
     a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
@@ -419,3 +420,22 @@ def test_silu_input_ranges_start_where_silu_turns_flat():
     lo, hi = new.ranges["c"]
     assert hi == 10.0 and lo == pytest.approx(silu_flat_below((10.0 + 0.28) / LEVELS)) and -8 < lo < -5
     assert r.ranges["c"] == (-20.0, 10.0)  # not modified in place
+
+
+def test_detect_head_takes_the_extremes_and_the_rest_the_estimate(demo_onnx, calibrated):
+    """The head's branches (one scale's box or class convolutions) are found from the graph; their tensors
+    get the extremes over all images, every other tensor keeps the mean-minmax estimate."""
+    from exporters.quantize import detect_head, head_ranges
+
+    model, ranges, _, _ = calibrated
+    head = detect_head(model)
+    tail = set(decode_tail(model))
+    assert len(head) == 60 and all(n.startswith("/model.23/cv") for n in head) and not tail & set(head)
+    assert {n.name for n in model.graph.node if n.name.startswith("/model.23/cv")} == set(head)  # all of it
+    new, changed = head_ranges(model, ranges)
+    nodes = {n.name: n for n in model.graph.node}
+    head_tensors = {o for n in head for o in nodes[n].output}
+    assert changed > 0
+    for t, r in new.ranges.items():
+        assert r == (ranges.extremes[t] if t in head_tensors else ranges.ranges[t]), t
+    assert any(ranges.ranges[t] != ranges.extremes[t] for t in head_tensors)  # (the rule changes something)
