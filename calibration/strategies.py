@@ -16,8 +16,9 @@ The methods (:class:`CalibrationMethod`) are NNCF's range estimators:
 
 * ``mean-minmax`` (default): the mean over images of each image's minimum and maximum, NNCF's
   default for activations (``RangeEstimatorParametersSet.MEAN_MINMAX``). Measured on two models
-  at 320 and 640 (benchmarks/RESULTS.md) it lost less than the global extremes on both forms: a
-  few rare images no longer stretch a range for all the others.
+  at 320 and 640 (benchmarks/RESULTS.md) it lost less than the global extremes in the backbone and
+  neck: a few rare images no longer stretch a range for all the others. (Not in the detect head,
+  which takes the extremes: see above.)
 * ``minmax``: the extremes over all images (ModelOpt's ``max``; this tool's default before).
 * ``percentile``: the mean over images of each image's ``1 - percentile`` and ``percentile``
   quantiles (NNCF's ``MEAN_QUANTILE``); slower (a quantile per tensor and image).
