@@ -25,15 +25,21 @@ EXTRAS = {
     "trt": ["tensorrt>=10.0,<12", "cuda-python>=12.6"],
     # onnxruntime-gpu replaces onnxruntime (both provide the `onnxruntime` module): see README
     "gpu": ["onnxruntime-gpu>=1.17", "cuda-python>=12.6"],
-    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6"],
+    # lap: Ultralytics' own trackers need it (benchmarks/tracking.py runs model.track as the peer)
+    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6", "lap>=0.5.12"],
     "stream": ["prometheus-client>=0.20"],  # 0.20: start_http_server returns the server, so it can be shut down
+    # --track: roboflow's trackers (Apache-2.0; 2.6: timestamped updates); pure Python, like its dependencies' wheels
+    "track": ["trackers>=2.6"],
+    # --events with MQTT delivery and the status page's /metrics (webhooks need nothing: urllib)
+    "alerts": ["trackers>=2.6", "paho-mqtt>=2.0", "prometheus-client>=0.20"],
     # our CUDA kernels (engine/cuda/kernels/*.cu): cuda-python + the NVRTC library wheel (no CUDA toolkit)
     "cuda": ["cuda-python>=13", "nvidia-cuda-nvrtc>=13"],
     # python -m engine.serve: Triton bundled in nvidia-pytriton (venv from Debian's python3, see .ci/setup_triton.sh)
     "serve": ["nvidia-pytriton>=0.7"],
 }
 # tritonclient: tests parse config.pbtxt into Triton's ModelConfig and talk to engine.serve
-EXTRAS["dev"] = sorted({*EXTRAS["export"], *EXTRAS["bench"], *EXTRAS["stream"], *EXTRAS["cuda"], "pytest>=7", "tritonclient[all]>=2.40"})
+EXTRAS["dev"] = sorted({*EXTRAS["export"], *EXTRAS["bench"], *EXTRAS["stream"], *EXTRAS["cuda"], *EXTRAS["alerts"],
+                        "pytest>=7", "tritonclient[all]>=2.40"})
 
 setup(
     name="yolo-deploy",

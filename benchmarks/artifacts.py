@@ -185,8 +185,7 @@ def _artifacts_in(folder: Path, stem: str) -> list[Path]:
 
 
 def _build_trained(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log) -> tuple[list[Path], list[str]]:
-    from engine.errors import AccuracyGateError
-    from exporters import build
+    from exporters.build import build_argv
 
     argv = ["--weights", str(src.weights), "--imgsz", f"{imgsz[0]},{imgsz[1]}", "--out", str(folder),
             "--engine", "auto" if engine_unavailable_reason() is None else "none"]
@@ -194,11 +193,9 @@ def _build_trained(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Lo
     argv += ["--int8", "--data", str(src.data)] if src.data else ["--no-int8"]
     log(f"building our artifacts: python -m exporters.build {' '.join(argv)}")
     notes = []
-    try:
-        build.run(build.build_parser().parse_args(argv), log=log)
-    except AccuracyGateError as e:  # the forms that passed are written; the failing one is not
-        notes.append(f"INT8 accuracy gate: {e.message}")
-        log(f"note: {e.message}")
+    for rec in build_argv(argv, log=log).withheld:  # the artifacts that passed are written; the withheld are not
+        notes.append(f"{rec.label} withheld: {rec.reason}")
+        log(f"note: {notes[-1]}")
     if not src.data:
         notes.append("no INT8 forms: they are built only with a labelled --data (accuracy gate)")
     return _artifacts_in(folder, src.weights.stem), notes
@@ -210,7 +207,13 @@ def _build_random(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log
     from calibration.config import CalibrationConfig
     from exporters.config import DEMO_DATA, ExportConfig
     from exporters.onnx_export import export_onnx, write_metadata
-    from exporters.quantize import QuantTarget, decode_tail, int8_metadata, load_or_calibrate, quantize_model
+    from exporters.quantize import (
+        QuantTarget,
+        decode_tail,
+        int8_metadata,
+        load_or_calibrate,
+        quantize_model,
+    )
 
     art = export_onnx(ExportConfig(weights=src.weights, imgsz=imgsz, dynamic=dynamic, out=folder, parity_count=2),
                       log)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.env import cpu_model
+from engine.cli import run_cli
+from engine.errors import ModelLoadError
 from exporters.config import DEMO_DIR, REPO_ROOT
 
 
@@ -81,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (default: 15)")
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (default: 0 = all cores)")
     args = ap.parse_args(argv)
+    return run_cli(lambda: _run(args), False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Measure and print the breakdown."""
 
     import onnx
     import onnxruntime as ort
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32, int8 = args.deploy / f"{args.stem}.onnx", args.deploy / f"{args.stem}.int8-cpu.onnx"
     for p in (fp32, int8):
         if not p.is_file():
-            raise SystemExit(f"{p} not found: run python -m exporters.build first")
+            raise ModelLoadError(f"{p} not found", "run python -m exporters.build first, or pass --deploy / --stem")
     with tempfile.TemporaryDirectory(prefix="yolodeploy-breakdown-") as tmp:
         m = onnx.load(str(int8))
         n_silu = bypass_silu(m)

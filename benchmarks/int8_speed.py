@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.env import cpu_model, describe, environment, load_average
+from engine.cli import run_cli
+from engine.errors import ConfigError, DatasetError, ModelLoadError
 from exporters.config import DEMO_DIR, REPO_ROOT
 
 PAUSE_S = 0.01  # before each block: the previous model's ONNX Runtime threads stop spinning
@@ -43,7 +45,7 @@ def _frames(folder: Path, n: int) -> list[np.ndarray]:
 
     files = list_images(folder)[:n]
     if not files:
-        raise SystemExit(f"no images in {folder}: pass --images")
+        raise DatasetError(f"no images in {folder}", "pass --images with a folder of JPEG/PNG frames")
     return [read_image(p) for p in files]
 
 
@@ -64,7 +66,7 @@ class _Worker:
     def wait_ready(self) -> None:
         msg = self.conn.recv()
         if msg[0] == "error":
-            raise SystemExit(msg[1])
+            raise ModelLoadError(msg[1], "check the file with python -m benchmarks.verify, or rebuild it")
         _, self.imgsz, self.threads = msg
 
     def time(self, start: int, iters: int) -> list[float]:
@@ -136,16 +138,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="detectors per model run side by side, N frames per call (default: 1, latency)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    return run_cli(lambda: _run(args), False)
 
+
+def _run(args: argparse.Namespace) -> int:
+    """Measure and print the table; the figures also go to ``--json``."""
     w = args.workers
     if w < 1:
-        raise SystemExit(f"--workers {w}: use 1 or more")
+        raise ConfigError(f"--workers {w}", "use 1 or more")
     env0 = environment()
     print(f"machine: {describe(env0)}", flush=True)
     paths = {name: args.deploy / f"{args.stem}{suffix}" for name, suffix in FORMS}
     paths = {name: p for name, p in paths.items() if p.is_file()}
     if "fp32" not in paths:
-        raise SystemExit(f"{args.deploy / (args.stem + '.onnx')} not found: run python -m exporters.build first")
+        raise ModelLoadError(f"{args.deploy / (args.stem + '.onnx')} not found",
+                             "run python -m exporters.build first, or pass --deploy / --stem")
     workers = {name: _Worker(p, args.images, args.threads, w) for name, p in paths.items()}
     try:
         for name, worker in workers.items():

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.cli import run_cli
 from exporters.config import DEMO_DIR, DEMO_WEIGHTS, parse_imgsz
 
 
@@ -44,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default: 0.45)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = ap.parse_args(argv)
+    return run_cli(lambda: _run(args), False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Measure and print; the figures also go to ``--json``."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     imgsz = parse_imgsz(args.imgsz)
 

@@ -97,10 +97,15 @@ def _build(args, report: Report) -> tuple[Path | None, Path | None]:
     argv = ["--weights", str(weights), "--out", str(args.out), "--engine", args.precision, "--require-engine",
             *only[args.precision], *shlex.split(args.build_args)]
     report.step("build", "running", "python -m exporters.build " + shlex.join(argv))
-    from exporters.build import build_parser, run
+    from exporters.build import build_argv
 
     t0 = time.perf_counter()
-    run(build_parser().parse_args(argv), log=lambda s: print(f"  build: {s}"))
+    from engine.errors import DeployError
+
+    rec = build_argv(argv, log=lambda s: print(f"  build: {s}")).record(f"{args.precision}.engine")
+    if rec is None or not rec.delivered:
+        raise DeployError(f"the {args.precision} engine was not delivered: {rec.reason if rec else 'not built'}",
+                          rec.fix if rec and rec.fix else "see the build's table above")
     report.step("build", "ok", f"built {engine.name} in {time.perf_counter() - t0:.1f}s")
     return _source_onnx(engine, args) or onnx, engine
 
@@ -260,14 +265,15 @@ def verify(args: argparse.Namespace) -> Report:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from engine.errors import DeployError
+    from engine.cli import run_cli
 
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        report = verify(args)
-    except DeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _report(args), False, "interrupted: no report written")
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Run every step, write the report; the exit code says the verdict."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = verify(args)
     md, js = args.out / "verify-report.md", args.out / "verify-report.json"
     md.write_text(report.to_markdown(), encoding="utf-8")
     js.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")

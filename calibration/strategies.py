@@ -101,9 +101,8 @@ def float_tensors(model) -> list[str]:
 
 
 @contextlib.contextmanager
-def quiet_nncf():
-    """NNCF logs its progress at INFO and prints through rich: keep both out of the build's log."""
-    log = logging.getLogger("nncf")
+def _quiet(log: logging.Logger):
+    """``log`` at ERROR and stdout swallowed for the duration."""
     level = log.level
     log.setLevel(logging.ERROR)
     try:
@@ -113,17 +112,14 @@ def quiet_nncf():
         log.setLevel(level)
 
 
-@contextlib.contextmanager
+def quiet_nncf():
+    """NNCF logs its progress at INFO and prints through rich: keep both out of the build's log."""
+    return _quiet(logging.getLogger("nncf"))
+
+
 def quiet_ort():
     """ONNX Runtime's quantization tools print progress and log advice at the root logger: hide both."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        root.setLevel(level)
+    return _quiet(logging.getLogger())
 
 
 def collect_ranges(model_path: Path, batches: Iterable[np.ndarray], cfg: CalibrationConfig,

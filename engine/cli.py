@@ -1,24 +1,71 @@
-"""The one error policy of every command-line entry point."""
+"""The one error policy of every command-line entry point (``exporters.build``, ``engine.stream``,
+``engine.serve``, ``benchmarks.*``).
+
+=====================================  ======================================================  =====
+what ended the command                 what it prints (stderr)                                  exit
+=====================================  ======================================================  =====
+the action returned                    its own output                                           0, or the int it returned
+a typed error (:class:`DeployError`)   ``error: <what, naming the file or flag>`` and           2
+                                       ``  fix: <what to do>``; no traceback (``--debug``
+                                       re-raises it, with the traceback)
+Ctrl-C (``KeyboardInterrupt``)         ``interrupted: <what was cleaned up>``                   130
+SIGTERM, where the command turns it    ``stopped (SIGTERM)``                                    0
+into :class:`Terminated`
+anything else (a bug, a library's      the traceback, then ``hint: ...`` when the command       1
+own failure)                           gives one
+=====================================  ======================================================  =====
+
+Ctrl-C and SIGTERM are caught only after the action has unwound, so every ``with`` block and ``finally``
+in it (threads joined, files finalized, servers stopped, GPU memory freed) has run: "exit 130 after a
+clean shutdown".
+"""
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Callable
 
 from .errors import DeployError
 
+EXIT_OK, EXIT_BUG, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-def run_cli(action: Callable[[], object], debug: bool, interrupted: str = "interrupted") -> int:
-    """Run ``action`` as a CLI does: 0 on success; a :class:`DeployError` prints ``error: …`` (with its
-    ``fix:`` line) to stderr and returns 2, or is re-raised with its traceback when ``debug``; Ctrl-C
-    prints ``interrupted`` and returns 130."""
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by a command's signal handler so that it unwinds as for Ctrl-C, but exits 0
+    (``docker stop``, a service manager: a requested stop, not an interruption)."""
+
+
+def terminate(*_: object) -> None:
+    """A ``signal.signal(signal.SIGTERM, terminate)`` handler: raise :class:`Terminated`."""
+    raise Terminated
+
+
+def run_cli(action: Callable[[], object], debug: bool, interrupted: str = "interrupted", hint: str = "") -> int:
+    """Run ``action`` under the policy above and return the exit code.
+
+    Args:
+        action: the command's work. Returning an ``int`` makes it the exit code (a command with its own
+            verdicts, e.g. ``benchmarks.verify``); any other value exits 0.
+        debug: re-raise typed errors with their traceback instead of the two-line message.
+        interrupted: what Ctrl-C prints (say what was cleaned up).
+        hint: printed after the traceback of an unexpected error (where to look first).
+    """
     try:
-        action()
+        result = action()
     except DeployError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except Terminated:
+        print("stopped (SIGTERM)", file=sys.stderr)
+        return EXIT_OK
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug or a library's own failure: the traceback is what helps
+        traceback.print_exc()
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return EXIT_BUG
+    return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK

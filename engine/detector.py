@@ -1,6 +1,15 @@
-"""``Detector``: frames in, :class:`Detections` out, on any backend."""
+"""``Detector``: frames in, :class:`Detections` out, on any backend.
+
+Thread safety: one ``Detector`` may be called from several threads at once and gives each call the
+same detections as a call alone. Each call borrows a letterbox buffer from a free list (so buffers
+number the most calls ever in flight together, and nothing is allocated per call once warm); the
+backend keeps per-thread IO buffers (:mod:`engine.backends.base`). ``close()`` waits for calls in
+flight; later calls raise :class:`~engine.errors.ClosedError`. ``last_timings`` is the timing of the
+call that finished last, whichever thread made it.
+"""
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -8,12 +17,18 @@ from typing import Any, Sequence
 import numpy as np
 
 from .backends import Backend, load_backend
+from .backends.base import CallGate
 from .detections import Detections
 from .end2end import RunThresholds, finish_end2end, resolve_thresholds, split_outputs
 from .errors import BackendUnavailableError, ConfigError, InputImageError
 from .metadata import HeadLayout, ModelMetadata, PixelFormat
 from .nms import postprocess_raw
 from .preprocess import Letterbox
+
+# Most frames one inference takes from a dynamic-batch model with no profile limit (ONNX Runtime): a
+# longer list runs in chunks of this many, so a 10,000-frame call holds one 16-frame buffer, not 10,000.
+# Beyond ~8-16 frames a batch no longer raises throughput on a CPU or a laptop GPU.
+MAX_DYNAMIC_BATCH = 16
 
 
 class FrameCalls:
@@ -22,7 +37,11 @@ class FrameCalls:
     def predict(self, frames: list[np.ndarray]) -> list[Detections]:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _check_open(self) -> None:
+        """Raise :class:`~engine.errors.ClosedError` after ``close()`` (overridden where it applies)."""
+
     def __call__(self, frames: np.ndarray | Sequence[np.ndarray]) -> Detections | list[Detections]:
+        self._check_open()
         if isinstance(frames, np.ndarray):
             return self.predict([frames])[0]
         if not isinstance(frames, (list, tuple)):
@@ -51,6 +70,9 @@ class Detector(FrameCalls):
     ``det(frame)`` takes one BGR uint8 image and returns a :class:`Detections`; ``det([f1, f2])``
     returns a list. :attr:`last_timings` holds the last call's preprocess / inference / postprocess
     milliseconds. Use as a context manager, or call :meth:`close`.
+
+    Safe to call from several threads at once (see the module docstring); after :meth:`close` every
+    call raises :class:`~engine.errors.ClosedError`.
     """
 
     def __init__(self, path: str | Path, conf: float | None = None, iou: float | None = None,
@@ -60,6 +82,9 @@ class Detector(FrameCalls):
             raise ConfigError(f"preprocess={preprocess!r}", "use preprocess='cpu' (default) or 'gpu'")
         self.classes = None if classes is None else [int(c) for c in classes]
         self.agnostic = agnostic
+        self._gate = CallGate(f"Detector({Path(path).name})")
+        self._letterboxes: list[Letterbox] = []  # free list: a call pops one and appends it back
+        self._gpu_lock = threading.Lock()  # the GPU letterbox's pinned staging is one per Detector
         self.backend: Backend = load_backend(path, backend, **backend_options)
         try:  # whatever fails after the load must not leak the backend
             self._configure(path, conf, iou, max_det, agnostic, preprocess)
@@ -90,7 +115,27 @@ class Detector(FrameCalls):
                               "use preprocess='cpu' (its letterbox is a plain resize for this model)")
         self._gpu_letterbox = _gpu_letterbox(self.backend, meta.imgsz, spec.dtype) if preprocess == "gpu" else None
         self._static_batch = self.backend.max_batch
-        self._letterbox = Letterbox(meta.imgsz, batch=self._static_batch or 1, dtype=spec.dtype, pixels=pixels)
+        hi = self.backend.batch_range[1]  # a dynamic engine's profile caps the batch
+        self._max_step = self._static_batch or (hi if hi is not None else MAX_DYNAMIC_BATCH)
+        self._input_format = (spec.dtype, pixels)
+        self._letterboxes.append(self._new_letterbox(self._static_batch or 1))
+
+    def _new_letterbox(self, batch: int) -> Letterbox:
+        dtype, pixels = self._input_format
+        return Letterbox(self.metadata.imgsz, batch=batch, dtype=dtype, pixels=pixels)
+
+    def _borrow_letterbox(self, step: int) -> tuple[Letterbox, bool]:
+        """A letterbox for ``step`` frames, and whether it goes back to the free list after the call."""
+        step = self._static_batch or step  # a static model always runs its whole batch
+        own = self.backend.input_buffer(step)  # TensorRT: this thread's pinned input, so infer() copies nothing
+        if own is not None:  # the backend's buffer belongs to this thread: not pooled
+            dtype, pixels = self._input_format
+            return Letterbox(self.metadata.imgsz, batch=step, dtype=dtype, out=own, pixels=pixels), False
+        try:
+            lb = self._letterboxes.pop()  # atomic: two threads never get the same one
+        except IndexError:
+            return self._new_letterbox(step), True
+        return (lb if lb.buffer.shape[0] >= step else lb.resized(step)), True  # grows up to _max_step only
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -100,32 +145,40 @@ class Detector(FrameCalls):
     def imgsz(self) -> tuple[int, int]:
         return self.metadata.imgsz
 
-    def predict(self, frames: list[np.ndarray]) -> list[Detections]:
-        """Detections for each frame, in batches of the model's batch size."""
-        if not frames:
-            return []
-        hi = self.backend.batch_range[1]  # a dynamic engine's profile caps the batch
-        step = self._static_batch or min(len(frames), hi or len(frames))
-        if self._letterbox.buffer.shape[0] < step:  # dynamic batch: the buffer only grows
-            self._letterbox = self._letterbox.resized(step)
-        timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-        results: list[Detections] = []
-        for i in range(0, len(frames), step):
-            results += self._run(frames[i : i + step], timings)
-        self.last_timings = timings
-        return results
+    def _check_open(self) -> None:
+        self._gate.check()
 
-    def _run(self, chunk: list[np.ndarray], timings: dict[str, float]) -> list[Detections]:
+    def predict(self, frames: list[np.ndarray]) -> list[Detections]:
+        """Detections for each frame, in batches of the model's batch size (a dynamic-batch model: up to
+        its profile's largest batch, or :data:`MAX_DYNAMIC_BATCH` frames per inference)."""
+        with self._gate.call():
+            if not frames:
+                return []
+            step = min(len(frames), self._max_step)
+            lb, pooled = self._borrow_letterbox(step)
+            timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+            results: list[Detections] = []
+            try:
+                for i in range(0, len(frames), step):
+                    results += self._run(lb, frames[i : i + step], timings)
+            finally:
+                if pooled:
+                    self._letterboxes.append(lb)
+            self.last_timings = timings
+            return results
+
+    def _run(self, lb: Letterbox, chunk: list[np.ndarray], timings: dict[str, float]) -> list[Detections]:
         t0 = time.perf_counter()
         if self._gpu_letterbox is not None:  # the kernel writes the engine's device input; no host tensor
             batch = self._static_batch or len(chunk)
-            geoms = self._gpu_letterbox(chunk, *self.backend.device_input(batch))
+            with self._gpu_lock:  # the device input and stream are this thread's; the staging is shared
+                geoms = self._gpu_letterbox(chunk, *self.backend.device_input(batch))
             t1 = time.perf_counter()
             outputs = self.backend.infer_device(batch)
         else:
-            x, geoms = self._letterbox(chunk)
+            x, geoms = lb(chunk)
             if self._static_batch and len(chunk) < self._static_batch:
-                x = self._letterbox.buffer  # static batch: run the whole buffer, use the first rows
+                x = lb.buffer  # static batch: run the whole buffer, use the first rows
             t1 = time.perf_counter()
             outputs = self.backend.infer(x)
         t2 = time.perf_counter()
@@ -147,19 +200,23 @@ class Detector(FrameCalls):
                                self.agnostic) for j in range(n)]
 
     def close(self) -> None:
-        """Release the backend (and the GPU letterbox's buffers)."""
+        """Release the backend (and the GPU letterbox's buffers) once calls in flight end (idempotent)."""
+        if not self._gate.close():
+            return
         if self._gpu_letterbox is not None:
             self._gpu_letterbox.close()
         self.backend.close()
+        self._letterboxes = []
 
     def __enter__(self) -> "Detector":
+        self._gate.check()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Detector({self.backend.path.name}, backend={self.backend.name}, imgsz={self.imgsz}, "
+        return (f"Detector({self.backend.path.name}{', closed' if self._gate.closed else ''}, backend={self.backend.name}, imgsz={self.imgsz}, "
                 f"classes={len(self.names)}, conf={self.conf}, iou={self.iou})")
 
 

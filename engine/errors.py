@@ -1,6 +1,9 @@
-"""Typed errors. Each names the file or flag at fault and says how to fix it.
+"""Every typed error of the project, in this one module, under one base (:class:`DeployError`).
 
-The CLIs catch :class:`DeployError` and print ``str(err)`` without a traceback (``--debug`` shows it).
+Each names the file or flag at fault and says how to fix it. Every command line handles them the same
+way (:func:`engine.cli.run_cli`): ``error: ...`` and ``fix: ...`` on stderr, exit code 2, no traceback
+(``--debug`` shows it). Modules that raise an error also re-export it where it used to live
+(``engine.cuda.CudaError``, ``engine.backends.trt_sidecar.EngineMismatchError`` ...).
 """
 from __future__ import annotations
 
@@ -71,5 +74,51 @@ class SourceError(DeployError):
     """A video source (file, RTSP/HTTP URL, webcam, image folder) is missing, corrupt or unreachable."""
 
 
+class ArtifactWithheld(ExportError):
+    """An optional artifact failed its check and was not delivered (the build goes on without it).
+
+    ``checks`` and ``figures`` carry the evidence (``exporters.records.Check`` objects and numbers) into
+    the build report.
+    """
+
+    def __init__(self, message: str, fix: str = "", checks: tuple = (), figures: dict | None = None) -> None:
+        super().__init__(message, fix)
+        self.checks = tuple(checks)
+        self.figures = dict(figures or {})
+
+
 class AccuracyGateError(ExportError):
     """An INT8 artifact lost more mAP than ``--max-map-drop`` allows, even with layers kept float; it was withheld."""
+
+
+class EngineMismatchError(ModelLoadError):
+    """An engine was built for another TensorRT version or GPU than the one here."""
+
+
+class EngineRunError(DeployError):
+    """TensorRT refused to run an engine (shape outside its profile, enqueue failure, a closed backend...)."""
+
+
+class CudaError(DeployError):
+    """A CUDA runtime call failed; ``call`` and ``error_name`` say which and why."""
+
+    def __init__(self, message: str, fix: str = "", call: str = "", error_name: str = "") -> None:
+        super().__init__(message, fix)
+        self.call = call
+        self.error_name = error_name
+
+
+class CudaUnavailableError(CudaError, BackendUnavailableError):
+    """No usable CUDA: cuda-python missing, no NVIDIA driver, or no such device."""
+
+
+class KernelCompileError(DeployError):
+    """NVRTC refused a kernel source; :attr:`log` holds its full log."""
+
+    def __init__(self, message: str, log: str = "", fix: str = "") -> None:
+        self.log = log
+        super().__init__(f"{message}\n{log.strip()}" if log.strip() else message, fix)
+
+
+class ClosedError(DeployError):
+    """A :class:`~engine.Detector`, pool or backend was used after ``close()`` (or its ``with`` block ended)."""

@@ -16,12 +16,23 @@ latency of one frame, so it is for a video file, several cameras or a batch.
 Each worker owns a :class:`~engine.Detector` (its own session and letterbox buffer); a call splits the
 frames into one contiguous chunk per worker and runs the chunks at once on threads (ONNX Runtime and
 OpenCV release the GIL; threads, not processes, so it works the same on Windows).
+
+Ctrl-C: the calling thread runs one chunk and waits for the others. A ``KeyboardInterrupt`` lands
+between any two bytecodes of that thread, and ``concurrent.futures`` takes Python-level locks there
+(``wait`` acquires every future's condition in a loop): interrupted inside one, the lock stays held, the
+worker blocks forever handing its result back, and ``close()`` then waits forever for the worker (the
+``engine.stream`` Ctrl-C hang). So a worker hands results back through a ``queue.SimpleQueue``, whose
+``put`` never blocks, and the caller only ever blocks in that queue's C ``get``: an interrupt there
+loses the result, never a worker.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +40,7 @@ import numpy as np
 
 from .backends import backend_for
 from .detections import Detections
+from .backends.base import CallGate
 from .detector import Detector, FrameCalls
 from .errors import BackendUnavailableError, ConfigError
 from .metadata import ModelMetadata
@@ -75,7 +87,8 @@ class DetectorPool(FrameCalls):
         **detector_options: passed to each :class:`~engine.Detector` (``conf``, ``iou``, ``classes`` ...).
 
     ``pool.predict(frames)`` returns one :class:`~engine.Detections` per frame, in order; ``pool(frame)``
-    and ``pool([f1, f2])`` work as on a Detector. Calls from several threads are served one at a time.
+    and ``pool([f1, f2])`` work as on a Detector. Calls from several threads are served one at a time;
+    after :meth:`close` every call raises :class:`~engine.errors.ClosedError`.
     """
 
     def __init__(self, path: str | Path, workers: int = 2, threads: int | None = None,
@@ -96,7 +109,10 @@ class DetectorPool(FrameCalls):
         if "intra_op_threads" in detector_options:
             raise ConfigError("DetectorPool(intra_op_threads=...)", "pass threads= (per worker) instead")
         self.workers, self.threads = workers, threads or default_threads(workers)
+        self._gate = CallGate(f"DetectorPool({Path(path).name})")
         self.detectors: list[Detector] = []
+        self._jobs: list[queue.SimpleQueue] = []
+        self._threads: list[threading.Thread] = []
         try:
             for _ in range(workers):
                 self.detectors.append(Detector(path, backend=backend, device="cpu",
@@ -104,8 +120,17 @@ class DetectorPool(FrameCalls):
         except Exception:
             self.close()
             raise
-        self._executor = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="detector-pool") \
-            if workers > 1 else None
+        self._call = [0]  # the number of the current call: a worker skips the jobs of an interrupted one
+        for k, det in enumerate(self.detectors[1:], 1):  # the calling thread runs detector 0 itself
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            t = threading.Thread(target=_work, args=(det, jobs, self._call), name=f"detector-pool-{k}", daemon=True)
+            t.start()
+            self._jobs.append(jobs)
+            self._threads.append(t)
+        # daemon workers never block the interpreter's exit, but one must not be inside ONNX Runtime while
+        # the interpreter tears down (std::terminate): a pool left open is closed at exit
+        self._at_exit = functools.partial(_close_pool, weakref.ref(self))
+        atexit.register(self._at_exit)
         self._lock = threading.Lock()
         self.last_timings: dict[str, float] = {}
 
@@ -128,40 +153,79 @@ class DetectorPool(FrameCalls):
         static = self.detectors[0].backend.max_batch
         return self.workers * static if static else None
 
+    def _check_open(self) -> None:
+        self._gate.check()
+
     def predict(self, frames: list[np.ndarray]) -> list[Detections]:
         """Detections for each frame, in order; the frames are split into one chunk per worker."""
-        if not frames:
-            return []
-        n = len(frames)
-        size = -(-n // self.workers)  # ceil: contiguous chunks, the last may be short
-        chunks = [frames[i : i + size] for i in range(0, n, size)]
-        with self._lock:
-            futures = [self._executor.submit(det.predict, chunk)
-                       for det, chunk in zip(self.detectors[1:], chunks[1:])] if self._executor else []
+        with self._gate.call(), self._lock:
+            if not frames:
+                return []
+            n = len(frames)
+            size = -(-n // self.workers)  # ceil: contiguous chunks, the last may be short
+            chunks = [frames[i : i + size] for i in range(0, n, size)]
+            done: queue.SimpleQueue = queue.SimpleQueue()  # per call: a late result of an interrupted call goes nowhere
+            self._call[0] += 1
+            for k, (jobs, chunk) in enumerate(zip(self._jobs, chunks[1:]), 1):
+                jobs.put((self._call[0], k, chunk, done))
+            parts: dict[int, list[Detections] | BaseException] = {}
             try:
-                first = self.detectors[0].predict(chunks[0])  # the calling thread runs one chunk itself
-            finally:  # never leave a worker running into the next call, even when this chunk failed
-                wait(futures)
-            results = first + [r for f in futures for r in f.result()]
+                parts[0] = self.detectors[0].predict(chunks[0])  # the calling thread runs one chunk itself
+            except Exception as e:  # noqa: BLE001 - raised below, after the workers are done
+                parts[0] = e
+            while len(parts) < len(chunks):  # never leave a worker running into the next call
+                k, part = done.get()
+                parts[k] = part
+            for part in parts.values():
+                if isinstance(part, BaseException):
+                    raise part
             self.last_timings = {k: max(d.last_timings.get(k, 0.0) for d in self.detectors[: len(chunks)])
                                  for k in ("preprocess", "inference", "postprocess")}
-        return results
+            return [r for k in range(len(chunks)) for r in parts[k]]
 
     def close(self) -> None:
-        """Stop the threads and release every detector's session."""
-        executor, self._executor = getattr(self, "_executor", None), None
-        if executor is not None:
-            executor.shutdown(wait=True)
+        """Wait for a call in flight, stop the threads and release every detector's session (idempotent)."""
+        if not self._gate.close():
+            return
+        if hasattr(self, "_at_exit"):
+            atexit.unregister(self._at_exit)
+            self._call[0] += 1  # jobs still queued by an interrupted call are skipped, not run
+        for jobs in self._jobs:
+            jobs.put(None)
+        for t in self._threads:
+            t.join(timeout=30)  # a chunk in flight ends in milliseconds; never wait forever
         for det in self.detectors:
-            det.close()
-        self.detectors = []
+            det.close()  # closed detectors stay in the list: names, imgsz and metadata remain readable
+        self._jobs, self._threads = [], []
 
     def __enter__(self) -> "DetectorPool":
+        self._gate.check()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        name = self.detectors[0].backend.path.name if self.detectors else "closed"
-        return f"DetectorPool({name}, workers={self.workers}, threads={self.threads})"
+        name = self.detectors[0].backend.path.name if self.detectors else "?"
+        closed = ", closed" if self._gate.closed else ""
+        return f"DetectorPool({name}{closed}, workers={self.workers}, threads={self.threads})"
+
+
+def _close_pool(ref: "weakref.ref[DetectorPool]") -> None:
+    pool = ref()
+    if pool is not None:
+        pool.close()
+
+
+def _work(det: Detector, jobs: queue.SimpleQueue, current: list[int]) -> None:
+    """A worker thread: run each ``(call, index, chunk, done)`` job on ``det`` and put ``(index, detections
+    or exception)`` into ``done``; skip the jobs of a call that is no longer ``current[0]``; ``None`` stops it."""
+    while (job := jobs.get()) is not None:
+        call, k, chunk, done = job
+        if call != current[0]:  # its caller was interrupted and has moved on: nobody waits for it
+            continue
+        try:
+            part: list[Detections] | BaseException = det.predict(chunk)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
+            part = e
+        done.put((k, part))

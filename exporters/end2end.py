@@ -294,7 +294,7 @@ def export_end2end(raw_path: str | Path, cfg: End2EndConfig, out: str | Path | N
     del model.metadata_props[:]
     for k, v in props.items():
         model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
     final = ensure_out_dir(Path(out) if out is not None else raw_path.parent) / f"{raw_path.stem}.end2end.onnx"
     report = None
     with atomic_path(final) as tmp:

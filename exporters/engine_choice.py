@@ -5,7 +5,7 @@ and requantization only where its kernels allow, and on TensorRT-RTX the kernels
 GPU at load time. So a build on a GPU machine times each engine it wrote (FP16, INT8, and FP32)
 there, batch of one letterboxed frame through the runtime backend (host to device, execute, device to
 host, median of :data:`RUNS` calls after :data:`WARMUP`), marks the fastest as recommended in the
-build's engine report and in every sidecar (``builder.timing_ms``, ``builder.recommended``), and says
+build report (each engine's figures) and in every sidecar (``builder.timing_ms``, ``builder.recommended``), and says
 so. Without a GPU (or a TensorRT runtime) the choice is left pending, with the command that makes it
 on the deployment machine: ``python -m benchmarks.verify``.
 
@@ -108,12 +108,19 @@ def mark_sidecars(engines: Mapping[str, Path], choice: EngineChoice) -> None:
         write_bytes_atomic(sidecar_path(path), dataclasses.replace(sc, builder=builder).to_json().encode())
 
 
-def recommend(ctx, timer: Callable[[Path], float] = time_engine) -> EngineChoice:
-    """The engine stage's last step: time, choose, mark the sidecars, record and log the choice."""
-    engines = {k.split(".")[0]: Path(p) for k, p in ctx.artifacts.items() if k.endswith(".engine")}
+def recommend(b, engines: Mapping[str, Path], timer: Callable[[Path], float] = time_engine) -> EngineChoice:
+    """The engine stage's last step: time ``engines`` (precision -> delivered file), choose, mark the sidecars,
+    add the choice to each engine's record figures (so to ``build_report.json``) and log it."""
     choice = choose(engines, timer)
     if engines:
         mark_sidecars(engines, choice)
-    ctx.info.setdefault("engines", {})["choice"] = choice.to_dict()
-    ctx.log(choice.summary())
+    for precision in engines:
+        key = f"{precision}.engine"
+        rec = b.records[key]
+        verdict = "pending" if choice.recommended is None else ("yes" if choice.recommended == precision else "no")
+        figures = {**rec.figures, "recommended": verdict, "timing_ms": choice.to_dict()["timings_ms"].get(precision),
+                   "engine_choice": choice.summary()}
+        b.records[key] = dataclasses.replace(rec, figures=figures)
+    b.shared["engine_choice"] = choice.to_dict()
+    b.log(choice.summary())
     return choice

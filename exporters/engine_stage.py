@@ -10,70 +10,34 @@ fp16       ``fp16.onnx`` (FP16 graph)   ``onnx`` + the FP16 builder flag
 int8       ``int8.onnx`` (Q/DQ)         ``int8.onnx`` + the INT8 and FP16 flags
 =========  ===========================  ===========================================
 
-With no TensorRT installed, the stage says which extra installs one and leaves the ONNX artifacts
-as they are (exit 0), unless ``--require-engine`` was given.
+Each engine is its own artifact: one whose graph was withheld is skipped with that reason, one whose
+build raises is withheld, and the others are still built. With no TensorRT installed the engines are
+skipped (the report says which extra installs one), unless ``--require-engine`` was given. Last, the
+engines delivered are timed where a GPU is and the fastest is marked recommended in their records and
+sidecars; without a GPU the choice is pending (:mod:`exporters.engine_choice`).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import shlex
-import sys
 from pathlib import Path
-from typing import Any
 
+from engine.artifacts import FP16_ENGINE, FP32_ENGINE, INT8_ENGINE
 from engine.errors import BackendUnavailableError, ConfigError
 from engine.metadata import Precision, file_sha256
 
-# Which earlier-stage flag writes each graph (kept here, in one place, for the error messages).
+from .records import NOT_ASKED
+
+ENGINES = {"fp32": FP32_ENGINE, "fp16": FP16_ENGINE, "int8": INT8_ENGINE}
+# Which earlier-stage flag writes each graph (for the messages).
 PRODUCERS: dict[str, str] = {
     "fp16.onnx": "--fp16 (the default: drop --no-fp16)",
     "int8.onnx": "--int8 --data data.yaml (its train split calibrates; or --calib PATH)",
 }
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    from .tensorrt import RTX_TARGETS
-
-    g = ap.add_argument_group("TensorRT engines (need the rtx or trt extra)")
-    g.add_argument("--engine", default="auto",
-                   help="engines to build: a comma list of fp32,fp16,int8; 'auto' builds every precision whose "
-                        "graph this run produced when a TensorRT is installed; 'none' builds none")
-    g.add_argument("--tensorrt", default="auto", choices=("auto", "rtx", "tensorrt"),
-                   help="which TensorRT builds: auto = TensorRT-RTX if installed, else TensorRT 10/11")
-    g.add_argument("--engine-batch", default=None, metavar="MIN,OPT,MAX",
-                   help="optimization profile of a --dynamic model's batch; None means 1,4,8")
-    g.add_argument("--engine-targets", default=None, metavar="CC[,CC...]",
-                   help=f"TensorRT-RTX compute capabilities, e.g. 86 for an RTX 30 card, or 'current' "
-                        f"(default: every RTX generation, {','.join(t[2:] for t in RTX_TARGETS)})")
-    g.add_argument("--engine-workspace", type=int, default=None, metavar="MIB",
-                   help="builder workspace limit in MiB (default: TensorRT's, all GPU memory)")
-    g.add_argument("--engine-opt-level", type=int, default=3, help="builder optimization level 0..5")
-    g.add_argument("--engine-timing-cache", type=Path, default=None,
-                   help="TensorRT 10/11 timing cache file, read and updated (TensorRT-RTX has none)")
-    g.add_argument("--engine-verbose", action="store_true", help="show TensorRT's build log")
-    g.add_argument("--require-engine", action="store_true",
-                   help="fail (exit 2) when no TensorRT is installed instead of skipping the engines")
-
-
-def wanted_precisions(text: str) -> tuple[str, ...] | None:
-    """``--engine`` → precisions; ``None`` for ``auto``; ``()`` for ``none``."""
-    text = (text or "auto").strip().lower()
-    if text == "auto":
-        return None
-    if text == "none":
-        return ()
-    items = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-    bad = [p for p in items if p not in PRECISIONS]
-    if bad or not items:
-        raise ConfigError(f"--engine {text!r}: unknown precision {', '.join(bad) or '(empty)'}",
-                          "use a comma list of fp32, fp16, int8 (or auto / none)")
-    return items
 
 
 def source_key(precision: str, flavor) -> str:
-    """The ``ctx.artifacts`` key of the graph a precision is built from (see the module table)."""
+    """The key of the graph a precision is built from (see the module table)."""
     if precision == "int8":
         return "int8.onnx"
     if precision == "fp16" and flavor.strongly_typed:
@@ -81,34 +45,24 @@ def source_key(precision: str, flavor) -> str:
     return "onnx"
 
 
-def _batch_profile(args: argparse.Namespace, dynamic: bool):
-    from .tensorrt import BatchProfile
-
-    if args.engine_batch is None:
-        return BatchProfile()
-    if not dynamic:
-        raise ConfigError(f"--engine-batch {args.engine_batch} needs a dynamic-batch model",
-                          "add --dynamic, or drop --engine-batch for a static batch")
-    try:
-        lo, opt, hi = (int(v) for v in args.engine_batch.split(","))
-    except ValueError:
-        raise ConfigError(f"--engine-batch {args.engine_batch!r} is not MIN,OPT,MAX", "use e.g. 1,4,8") from None
-    return BatchProfile(lo, opt, hi)
-
-
-def rebuild_command(args: argparse.Namespace, precision: str) -> str:
+def rebuild_command(cfg, precision: str) -> str:
     """The command that builds this engine again (the CLI's own argv when run from the CLI)."""
-    if sys.argv and Path(sys.argv[0]).as_posix().endswith("exporters/build.py"):
-        return "python -m exporters.build " + shlex.join(sys.argv[1:])
+    if cfg.argv is not None:
+        return "python -m exporters.build " + shlex.join(cfg.argv)
+    e = cfg.export
     parts = ["python", "-m", "exporters.build"]
-    for flag, value in (("--weights", args.weights), ("--onnx", args.onnx), ("--imgsz", args.imgsz)):
+    for flag, value in (("--weights", e.weights), ("--onnx", e.onnx)):
         if value is not None:
             parts += [flag, str(value)]
-    parts += ["--dynamic"] if args.dynamic else (["--batch", str(args.batch)] if args.batch != 1 else [])
-    parts += ["--out", str(args.out), "--engine", precision]
-    for flag, value in (("--engine-batch", args.engine_batch), ("--engine-targets", args.engine_targets)):
-        if value is not None:
-            parts += [flag, str(value)]
+    if e.imgsz is not None:
+        parts += ["--imgsz", f"{e.imgsz[0]},{e.imgsz[1]}"]
+    parts += ["--dynamic"] if e.dynamic else (["--batch", str(e.batch)] if e.batch != 1 else [])
+    parts += ["--out", str(e.out), "--engine", precision]
+    opts = cfg.engines
+    if opts.profile is not None:
+        parts += ["--engine-batch", ",".join(map(str, opts.profile))]
+    if opts.targets is not None:
+        parts += ["--engine-targets", ",".join(opts.targets)]
     cmd = shlex.join(parts)
     return cmd + ("   (plus this build's --int8 calibration flags)" if precision == "int8" else "")
 
@@ -142,73 +96,94 @@ def _built_on(flavor, targets) -> dict[str, str] | None:
         return None
 
 
-def _write(built, src: Path, out: Path, stem: str, args, ctx) -> Path:
+def _write(b, built, src: Path, final: Path) -> Path:
     from engine.backends.trt_sidecar import EngineSidecar, sidecar_path
 
     from .io import write_bytes_atomic
 
     precision = built.precision.value
-    meta = ctx.info["metadata"].replace(precision=built.precision)
+    meta = b.metadata.replace(precision=built.precision)
     sidecar = EngineSidecar(
         metadata=meta, tensorrt=built.flavor.module, tensorrt_version=built.flavor.version,
         targets=built.targets, built_on=_built_on(built.flavor, built.targets), cuda=_cuda_versions(built.flavor),
         profiles=built.profiles, source_onnx=src.name, source_onnx_sha256=file_sha256(src),
         builder={**built.settings, "seconds": round(built.seconds, 2), "notes": list(built.notes),
                  "engine_bytes": len(built.plan)},
-        rebuild_command=rebuild_command(args, precision))
-    engine_path = out / f"{stem}.{precision}.engine"
-    write_bytes_atomic(engine_path, built.plan)
-    write_bytes_atomic(sidecar_path(engine_path), sidecar.to_json().encode())
-    ctx.log(f"wrote {engine_path} ({len(built.plan) / 1e6:.1f} MB, {built.flavor.label}, "
-            f"{','.join(built.targets) or 'this GPU'}, built in {built.seconds:.1f}s) + {sidecar_path(engine_path).name}")
-    return engine_path
+        rebuild_command=rebuild_command(b.cfg, precision))
+    write_bytes_atomic(final, built.plan)
+    write_bytes_atomic(sidecar_path(final), sidecar.to_json().encode())
+    b.log(f"wrote {final} ({len(built.plan) / 1e6:.1f} MB, {built.flavor.label}, "
+          f"{','.join(built.targets) or 'this GPU'}, built in {built.seconds:.1f}s) + {sidecar_path(final).name}")
+    return final
 
 
-def run(args: argparse.Namespace, ctx: Any) -> None:
-    wanted = wanted_precisions(args.engine)
-    if wanted == ():
+def run(b) -> None:
+    opts = b.cfg.engines
+    if opts.wanted == ():
+        for spec in ENGINES.values():
+            b.skip(spec.key, f"{NOT_ASKED} (--engine none)")
         return
     from engine.backends.trt_flavor import import_tensorrt
 
-    from .tensorrt import EngineConfig, build
-
     try:
-        _, flavor = import_tensorrt(args.tensorrt)
+        _, flavor = import_tensorrt(opts.tensorrt)
     except BackendUnavailableError as e:
-        if args.require_engine:
+        if opts.require:
             raise
-        ctx.log(f"engines skipped: {e.message}\n  to build them: {e.fix}")
-        ctx.info["engines"] = {"skipped": e.message}
+        for spec in ENGINES.values():
+            b.skip(spec.key, f"no TensorRT: {e.message}", e.fix)
         return
-    onnx_path: Path = ctx.artifacts["onnx"]
-    meta = ctx.info["metadata"]
-    profile = _batch_profile(args, meta.batch is None)
-    targets = tuple(t for t in args.engine_targets.split(",") if t.strip()) if args.engine_targets else None
-    auto = wanted is None
-    report = ctx.info.setdefault("engines", {})
-    for precision in wanted or PRECISIONS:
+    for precision, spec in ENGINES.items():
         key = source_key(precision, flavor)
-        src = ctx.artifacts.get(key)
-        if src is None and key in ctx.withheld:
-            ctx.log(f"{precision} engine not built: {onnx_path.stem}.{key} was withheld by the accuracy gate")
+        if opts.wanted is not None and precision not in opts.wanted:
+            b.skip(spec.key, f"{NOT_ASKED} (--engine {','.join(opts.wanted)})")
             continue
-        if src is None:
-            if auto:
-                continue
-            raise ConfigError(f"--engine {precision} needs the {key.replace('.onnx', '').upper()} graph "
-                              f"({onnx_path.stem}.{key}), which this run did not produce",
-                              f"add {PRODUCERS[key]}")
-        cfg = EngineConfig(precision=Precision(precision), workspace_mib=args.engine_workspace,
-                           opt_level=args.engine_opt_level, profile=profile, targets=targets,
-                           timing_cache=args.engine_timing_cache, tensorrt=args.tensorrt, verbose=args.engine_verbose)
-        ctx.log(f"building the {precision} engine from {Path(src).name} with {flavor.label}")
-        built = build(src, cfg, ctx.log)
-        path = _write(built, Path(src), onnx_path.parent, onnx_path.stem, args, ctx)
-        ctx.artifacts[f"{precision}.engine"] = path
-        report[precision] = {"path": str(path), "bytes": len(built.plan), "seconds": round(built.seconds, 2),
-                             "targets": list(built.targets), "tensorrt": built.flavor.label,
-                             "weights_bytes": built.settings.get("weights_bytes")}
-    # issue 23: time the engines where a GPU is, recommend the fastest (exporters/engine_choice.py)
+        src = b.records.get(key)
+        if src is None or src.not_asked:
+            if opts.wanted is not None:  # asked for by name, but its graph was not asked for
+                raise ConfigError(f"--engine {precision} needs the {key.replace('.onnx', '').upper()} graph "
+                                  f"({b.cfg.export.stem}.{key}), which this run did not build", f"add {PRODUCERS[key]}")
+            b.skip(spec.key, f"{NOT_ASKED}: its graph {key} was not asked for")
+            continue
+        _engine(b, precision, spec, key, flavor)
+    _choose(b)
+
+
+def _choose(b) -> None:
+    """Time the delivered engines where a GPU is and recommend the fastest, else say the choice is pending
+    (issue 23; :mod:`exporters.engine_choice`)."""
     from .engine_choice import recommend
 
-    recommend(ctx)
+    recommend(b, {p: b.path(spec.key) for p, spec in ENGINES.items() if b.path(spec.key) is not None})
+
+
+def _engine(b, precision: str, spec, key: str, flavor) -> None:
+    from engine.backends.trt_sidecar import sidecar_path
+
+    from .tensorrt import BatchProfile, EngineConfig, build
+
+    opts = b.cfg.engines
+    cfg = EngineConfig(precision=Precision(precision), workspace_mib=opts.workspace_mib, opt_level=opts.opt_level,
+                       profile=BatchProfile(*opts.profile) if opts.profile else BatchProfile(),
+                       targets=opts.targets, timing_cache=opts.timing_cache, tensorrt=opts.tensorrt,
+                       verbose=opts.verbose)
+    final = spec.path(b.cfg.export.out, b.cfg.export.stem)
+    inputs = {"tensorrt": f"{flavor.module} {flavor.version}", "engine": {k: str(v) for k, v in cfg.__dict__.items()}}
+
+    def make(final: Path):
+        from .build import Outcome
+        from .progress import heartbeat
+        from .records import Check
+
+        src = b.path(key)
+        b.log(f"building the {precision} engine from {src.name} with {flavor.label}")
+        with heartbeat(b.log, f"{precision} engine build"):
+            built = build(src, cfg, b.log)
+        _write(b, built, src, final)
+        figures = {"engine_bytes": len(built.plan), "targets": ",".join(built.targets),
+                   "tensorrt": built.flavor.label, "build_seconds": round(built.seconds, 2),
+                   "weights_bytes": built.settings.get("weights_bytes")}
+        summary = f"{flavor.label} built it for {','.join(built.targets) or 'this GPU'} in {built.seconds:.1f}s"
+        return Outcome(final, (Check("engine build", True, summary, figures),), figures)
+
+    b.produce(spec.key, make, inputs, sources=(key,), stale=(sidecar_path(final),))

@@ -155,6 +155,15 @@ class GateResult:
                     f"({', '.join(t.kept_float[:4])}{', ...' if len(t.kept_float) > 4 else ''}) -> OK")
         return f"{self.target}: {drop} even with the {len(t.kept_float)} most sensitive layers float -> withheld"
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GateResult":
+        """The inverse of :meth:`to_dict` (the ranking keeps only its top 10)."""
+        trials = tuple(Trial(tuple(t["kept_float"]), float("nan") if t["map50"] is None else t["map50"],
+                             t["map50_95"], t["drop_points"], t.get("drop_low", t["drop_points"]),
+                             t.get("drop_high", t["drop_points"]), t["passed"]) for t in d["trials"])
+        return cls(d["target"], d["max_drop"], d.get("judged_by", "map"), trials,
+                   tuple((n, s) for n, s in d.get("sensitivity_top", ())), d.get("ranking_overlap"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "max_drop": self.max_drop, "judged_by": self.kind, "passed": self.passed,
                 "interval_level": LEVEL,

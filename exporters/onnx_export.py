@@ -18,11 +18,17 @@ from typing import Callable
 import numpy as np
 
 from engine.errors import ExportError, ModelLoadError, UnsupportedModelError
-from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, file_sha256, from_onnx_props
+from engine.metadata import (
+    METADATA_KEY,
+    HeadLayout,
+    ModelMetadata,
+    file_sha256,
+    from_onnx_props,
+)
 
 from .checkpoint import describe_checkpoint, load_checkpoint_model
 from .config import ExportConfig, check_imgsz
-from .io import atomic_path, ensure_out_dir
+from .io import ensure_out_dir, save_onnx, temp_prefix, write_failure
 from .parity import ParityReport, check_parity, parity_inputs
 
 Log = Callable[[str], None]
@@ -96,18 +102,36 @@ def _ultralytics_onnx(weights: Path, imgsz: tuple[int, int], opset: int, tmp: Pa
     from ultralytics.utils import LOGGER
 
     copy = tmp / weights.name
-    shutil.copy2(weights, copy)
+    try:
+        shutil.copy2(weights, copy)
+    except OSError as e:
+        raise (write_failure(e, copy, weights.stat().st_size) or e) from None
     level = LOGGER.level
     LOGGER.setLevel(logging.WARNING)
     try:
         f = YOLO(str(copy)).export(format="onnx", imgsz=list(imgsz), dynamic=True, simplify=False,
                                    opset=opset, device="cpu", batch=1)
     except Exception as e:  # Ultralytics raises many types; keep the message, drop the deep traceback
+        # the export writes a copy of the weights and an ONNX of about their size into the output folder
+        need = 2 * weights.stat().st_size
+        disk = next((write_failure(c, tmp.parent / f"{weights.stem}.onnx", need)
+                     for c in _chain(e) if isinstance(c, OSError)), None)
+        if disk is not None:  # a full disk surfaces as whatever Ultralytics makes of it: name it for what it is
+            raise disk from None
         raise ExportError(f"Ultralytics' ONNX export of {weights} failed ({type(e).__name__}: {e})",
                           "check that the checkpoint trains/predicts in Ultralytics; rerun with --debug for the traceback") from e
     finally:
         LOGGER.setLevel(level)
     return Path(f)
+
+
+def _chain(e: BaseException):
+    """``e`` and the exceptions it was raised from or during."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
 
 
 def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
@@ -136,7 +160,7 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
                          source_name=src.name)
     log(f"exporting {src} ({info.arch or 'unknown arch'}, {len(info.names)} classes) at imgsz {imgsz[0]}x{imgsz[1]}, "
         f"batch {'dynamic' if cfg.dynamic else cfg.batch}, opset {cfg.opset}")
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=out) as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("export"), dir=out) as tmp:
         raw = _ultralytics_onnx(src, imgsz, cfg.opset, Path(tmp))
         model = onnx.load(str(raw))
         pin_shapes(model, imgsz, meta.batch)
@@ -154,18 +178,16 @@ def _finish(model, meta: ModelMetadata, cfg: ExportConfig, log: Log):
         if rewrite_dfl(model):
             log("DFL: softmax + 1x1 conv rewritten as reductions over the bins (same outputs, no transpose)")
     write_metadata(model, meta)
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
     return model
 
 
 def _verify_and_write(model, meta, cfg, out: Path, reference, ref_name: str, log: Log) -> OnnxArtifact:
-    onnx = _import_onnx()
     final = out / f"{cfg.stem}.onnx"
-    with atomic_path(final) as tmp:
-        onnx.save(model, str(tmp))
-        inputs = parity_inputs(meta.imgsz, cfg.parity_images, cfg.parity_count)
-        report = check_parity(reference, str(tmp), inputs, meta.batch, cfg.parity_tol, ref_name)
-        log(report.summary())
+    inputs = parity_inputs(meta.imgsz, cfg.parity_images, cfg.parity_count)
+    report = check_parity(reference, model.SerializeToString(), inputs, meta.batch, cfg.parity_tol, ref_name)
+    log(report.summary())
+    save_onnx(model, final)  # checked first, so a failed check leaves nothing under the final name
     log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB)")
     return OnnxArtifact(final, meta, report)
 

@@ -1,51 +1,47 @@
-"""Build stage 1: the source (.pt or Ultralytics .onnx) → ``<out>/<stem>.onnx``."""
+"""Build stage 1: the source (.pt or Ultralytics .onnx) → ``<out>/<stem>.onnx``, parity-checked.
+
+The one required artifact: if it fails, the build fails (everything else is built from it).
+"""
 from __future__ import annotations
 
-import argparse
+from dataclasses import asdict
 from pathlib import Path
 
-from .config import ExportConfig, parse_imgsz
+KEY = "onnx"
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    src = ap.add_argument_group("source (one of; default: the bundled demo assets/demo/demo.pt)")
-    src.add_argument("--weights", type=Path, help="Ultralytics .pt checkpoint (detect)")
-    src.add_argument("--onnx", type=Path, help="an existing Ultralytics detect ONNX export (skips the PyTorch step)")
-    shape = ap.add_argument_group("input shape")
-    shape.add_argument("--imgsz", default=None,
-                       help="input size: 640 or height,width such as 384,640 for 16:9 cameras "
-                            "(default: the checkpoint's training size, else 640)")
-    b = shape.add_mutually_exclusive_group()
-    b.add_argument("--batch", type=int, default=1, help="static batch size")
-    b.add_argument("--dynamic", action="store_true", help="dynamic batch dimension (height and width stay fixed)")
-    ap.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    ap.add_argument("--out", type=Path, default=Path("deploy"), help="output folder")
-    ap.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
-    ap.add_argument("--keep-dfl-softmax", action="store_true",
-                    help="keep the head's DFL as Ultralytics exports it (Transpose + Softmax + Conv) instead of "
-                         "the equivalent reductions (default: rewritten; same outputs, faster on ONNX Runtime)")
-    par = ap.add_argument_group("parity check (ONNX vs its source on real images)")
-    par.add_argument("--parity-images", type=Path, default=None,
-                     help="folder of images for the check (default: the demo val images, else noise)")
-    par.add_argument("--parity-count", type=int, default=4, help="images used by the check")
-    par.add_argument("--parity-tol", type=float, default=1e-2, help="largest allowed absolute output difference")
+def run(b) -> None:
+    from engine.metadata import file_sha256
+
+    cfg = b.cfg.export
+    inputs = {"source_sha256": file_sha256(cfg.source) if cfg.source.is_file() else str(cfg.source),
+              "export": {k: str(v) for k, v in asdict(cfg).items() if k != "out"}}
+    rec = b.produce(KEY, lambda final: _make(b, final), inputs)
+    if rec.reused:
+        b.metadata = _read_metadata(rec.path)
 
 
-def config_from_args(args: argparse.Namespace) -> ExportConfig:
-    return ExportConfig(
-        weights=args.weights, onnx=args.onnx, imgsz=parse_imgsz(args.imgsz), batch=args.batch,
-        dynamic=args.dynamic, opset=args.opset, out=args.out, parity_images=args.parity_images,
-        parity_count=args.parity_count, parity_tol=args.parity_tol, simplify=not args.no_simplify,
-        rewrite_dfl=not args.keep_dfl_softmax,
-    )
+def _make(b, final: Path):
+    from .build import Outcome
+    from .onnx_export import export_onnx
+    from .records import Check
+
+    art = export_onnx(b.cfg.export, b.log)
+    b.metadata = art.metadata
+    p = art.parity
+    parity = Check("parity vs source", p.ok, p.summary(),
+                   {"max_abs_box": p.max_abs_box, "max_abs_score": p.max_abs_score, "images": p.n_images})
+    return Outcome(art.path, (parity,))
 
 
-def run(args: argparse.Namespace, ctx) -> None:
-    from .onnx_export import export_onnx  # onnx / torch load only when building
+def _read_metadata(path: Path):
+    import onnx
 
-    cfg = config_from_args(args)
-    art = export_onnx(cfg, ctx.log)
-    ctx.artifacts["onnx"] = art.path
-    ctx.info["config"] = cfg
-    ctx.info["metadata"] = art.metadata
-    ctx.info["parity"] = art.parity
+    from engine.errors import MetadataError
+    from engine.metadata import from_onnx_props
+
+    model = onnx.load(str(path), load_external_data=False)
+    meta = from_onnx_props({p.key: p.value for p in model.metadata_props})
+    if meta is None:
+        raise MetadataError(f"{path} (reused from the last build) has no metadata", "rerun with --rebuild")
+    return meta

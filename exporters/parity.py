@@ -8,7 +8,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from engine.errors import ParityError
+from engine.errors import ConfigError, ParityError
 from engine.preprocess import Letterbox
 
 from .config import DEMO_DIR
@@ -45,9 +45,13 @@ def parity_inputs(imgsz: tuple[int, int], folder: Path | None, count: int) -> np
     From ``folder``, else the bundled demo's val images, else seeded noise frames (a user who passes
     no images on an install without the demo still gets a numeric check).
     """
+    given = folder is not None
     folder = folder or (DEMO_DIR / "val" / "images")
     files = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})[:count]
     frames = [f for f in (cv2.imread(str(p)) for p in files) if f is not None]
+    if given and not frames:
+        raise ConfigError(f"--parity-images {folder}: no readable .jpg/.jpeg/.png/.bmp images in it",
+                          "pass a folder of images like the deployment's, or drop the flag")
     rng = np.random.default_rng(0)
     while len(frames) < count:
         frames.append(rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8))
@@ -55,7 +59,7 @@ def parity_inputs(imgsz: tuple[int, int], folder: Path | None, count: int) -> np
     return buf.copy()
 
 
-def check_parity(reference: Runner, onnx_path: str, images: np.ndarray, batch: int | None, tol: float,
+def check_parity(reference: Runner, onnx_path: str | bytes, images: np.ndarray, batch: int | None, tol: float,
                  ref_name: str) -> ParityReport:
     """Run ``reference`` (per image) and the ONNX file (in its batch size) on ``images``; compare.
 
@@ -66,7 +70,7 @@ def check_parity(reference: Runner, onnx_path: str, images: np.ndarray, batch: i
     """
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])  # a path or the model's bytes
     name = sess.get_inputs()[0].name
     b = batch or 2
     ref = np.concatenate([reference(images[i : i + 1]) for i in range(len(images))])
@@ -78,7 +82,7 @@ def check_parity(reference: Runner, onnx_path: str, images: np.ndarray, batch: i
         ours.append(sess.run(None, {name: chunk})[0][: len(images[i : i + b])])
     ours = np.concatenate(ours)
     if ours.shape != ref.shape:
-        raise ParityError(f"output shape {ours.shape} of {onnx_path} differs from the source's {ref.shape}",
+        raise ParityError(f"output shape {ours.shape} of the ONNX differs from the source's {ref.shape}",
                           "report this with the model; rerun with --debug")
     diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
     report = ParityReport(float(diff[:, :4].max()), float(diff[:, 4:].max()), len(images), tol, ref_name)

@@ -1,192 +1,207 @@
-"""Build stage 2: the FP32 ONNX → ``<stem>.fp16.onnx``, ``<stem>.int8.onnx``, ``<stem>.int8-cpu.onnx``.
+"""Build stage: the FP32 ONNX → ``<stem>.int8.onnx`` (TensorRT form) and ``<stem>.int8-cpu.onnx`` (CPU form).
 
-The FP16 graph is always built (``--no-fp16`` skips it). INT8 is built for the bundled demo (calibrated
-on its data.yaml's train split, gated on its val split) and otherwise when ``--int8`` is given with
-``--data``. With ``--data``, every artifact is scored and the accuracy report is written beside them
-(``<stem>.accuracy.json`` / ``.md``). An INT8 form over ``--max-map-drop`` after the fallback is not
-written (a stale one from an earlier build is removed), the later stages still run on the other
-artifacts, and the build exits non-zero at the end, naming the form.
+Both forms come from one NNCF calibration pass (cached in ``<stem>.calib.json``). INT8 is built for the
+bundled demo (calibrated on its data.yaml's train split, gated on its val split) and otherwise when
+``--int8`` is given with ``--data``. Each form goes through the accuracy gate (:mod:`exporters.gate`):
+its drop against the FP32 ONNX comes with a paired-bootstrap interval over every val image, and past
+``--max-map-drop`` (on the interval's upper end) its most sensitive layers (:mod:`exporters.sensitivity`)
+are kept float, stepwise. When FP32's own mAP is too low to judge a drop, the forms are judged by
+agreement with FP32's detections instead. A form still over the bar is withheld with its figures (an
+older file and the engine built from it are removed), and the other form and the later stages go on.
+The accuracy report (``<stem>.accuracy.json`` / ``.md``) is written at the end of this stage when
+``--data`` is given.
 """
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from dataclasses import dataclass
+import os
+import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from calibration.config import DEFAULT_MAX_IMAGES, DEFAULT_VIDEO_EVERY, CalibrationConfig, CalibrationMethod
-from engine.errors import AccuracyGateError, ConfigError
+from engine.errors import ArtifactWithheld
 
-from .config import DEMO_DATA, ExportConfig
+from . import evidence
+from .records import NOT_ASKED
 
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    g = ap.add_argument_group("FP16 and INT8 (INT8 is accuracy-gated; see README, 'INT8')")
-    g.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=True,
-                   help="write <stem>.fp16.onnx: an FP16 graph with FP32 input/output (what strongly typed "
-                        "TensorRT builds FP16 from)")
-    g.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
-                   help="write <stem>.int8.onnx (TensorRT, S8S8) and <stem>.int8-cpu.onnx (ONNX Runtime CPU, U8S8), "
-                        "each only if it passes the accuracy gate; needs --data. None: on for the bundled demo only")
-    g.add_argument("--data", type=Path, default=None, metavar="YAML",
-                   help="YOLO data.yaml: its val split scores every artifact (accuracy report), its train split "
-                        "calibrates unless --calib is given. None: the demo's data.yaml when building the demo")
-    g.add_argument("--calib", type=Path, default=None, metavar="PATH",
-                   help="calibration images: a folder, a .txt image list, a video (every --calib-every frame) "
-                        "or a data.yaml (its train split). None: the train split of --data")
-    g.add_argument("--calib-method", default=CalibrationMethod.MEAN_MINMAX.value,
-                   choices=[m.value for m in CalibrationMethod],
-                   help="how activation ranges are estimated (NNCF's estimators; see README, 'INT8')")
-    g.add_argument("--int8-float", default="fp16", choices=("fp16", "fp32"),
-                   help="the TensorRT INT8 form's layers that are not INT8: fp16 (as ModelOpt; strongly typed "
-                        "TensorRT runs each layer in its graph type) or fp32")
-    g.add_argument("--calib-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
-                   help="at most this many calibration images (a seeded random subset when there are more)")
-    g.add_argument("--calib-seed", type=int, default=0, metavar="SEED", help="seed of that subset")
-    g.add_argument("--calib-every", type=int, default=DEFAULT_VIDEO_EVERY, metavar="N",
-                   help="from a video, every Nth frame")
-    g.add_argument("--calib-cache", type=Path, default=None, metavar="FILE",
-                   help="tensor-range cache, reused when the model, size, method and images match. "
-                        "None: <out>/<stem>.calib.json")
-    g.add_argument("--exclude", action="append", default=None, metavar="NODES",
-                   help="keep more nodes in float: comma list of op types (Sigmoid), node names or globs "
-                        "('/model.23/cv3*'); repeatable. The decode tail is always kept float")
-    g.add_argument("--max-map-drop", type=float, default=1.0, metavar="POINTS",
-                   help="largest mAP50-95 loss of an INT8 form vs the FP32 ONNX, in points (0-100 scale)")
+METHOD = ("NNCF {method} statistics on {n} calibration images ({source}); TensorRT form: NVIDIA's Q/DQ placement, "
+          "{float_dtype} elsewhere; CPU form: ONNX Runtime's QDQ with SiLU-aware conv ranges. Alternatives measured "
+          "(NNCF's own graphs, ModelOpt, Ultralytics' OpenVINO INT8): benchmarks/RESULTS.md, 'INT8'")
+WITHHELD_FIX = ("judge on more val images (the interval narrows), calibrate on more images like the deployment's "
+                "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
+                "or allow more loss (--max-map-drop)")
 
 
-@dataclass(frozen=True)
-class QuantizeOptions:
-    """What this stage builds, resolved from the flags (see :func:`options_from_args`)."""
-
-    fp16: bool
-    int8: bool
-    data: Path | None
-    calib: CalibrationConfig | None
-    cache: Path
-    exclude: tuple[str, ...]
-    max_map_drop: float
-    int8_float: str = "fp16"  # the TensorRT form's non-INT8 layers
-
-
-def options_from_args(args: argparse.Namespace, cfg: ExportConfig) -> QuantizeOptions:
-    """Resolve the demo defaults and check the flags against each other."""
-    from .quantize import parse_excludes
-
-    demo = cfg.weights is None and cfg.onnx is None
-    int8 = demo if args.int8 is None else bool(args.int8)
-    data = args.data or (DEMO_DATA if demo else None)
-    if args.max_map_drop < 0:
-        raise ConfigError(f"--max-map-drop {args.max_map_drop} is negative", "use points of mAP50-95, e.g. 1.0")
-    if int8 and data is None:
-        raise ConfigError("--int8 needs --data data.yaml: INT8 is only written after its accuracy is checked on "
-                          "a labelled val split", "add --data path/to/data.yaml (and --calib PATH for other "
-                          "calibration images than its train split)")
-    calib = None
-    if int8:
-        calib = CalibrationConfig(source=args.calib or data, max_images=args.calib_images, seed=args.calib_seed,
-                                  video_every=args.calib_every, method=CalibrationMethod(args.calib_method))
-    cache = args.calib_cache or cfg.out / f"{cfg.stem}.calib.json"
-    return QuantizeOptions(bool(args.fp16), int8, data, calib, cache, parse_excludes(args.exclude), args.max_map_drop,
-                           getattr(args, "int8_float", "fp16"))
-
-
-def run(args: argparse.Namespace, ctx) -> None:
-    import onnx
-
-    from engine.metadata import file_sha256
-
-    from .accuracy import AccuracyReport, detect_onnx, score_detections, score_onnx, score_pt
-
-    cfg: ExportConfig = ctx.info["config"]
-    opts = options_from_args(args, cfg)
-    fp32: Path = ctx.artifacts["onnx"]
-    meta = ctx.info["metadata"].replace(source_sha256=file_sha256(fp32), source_name=fp32.name)
-    model = onnx.load(str(fp32))
-    show = sys.stderr.isatty()
-
-    items, report, ref, ref_dets = None, None, None, None
-    if opts.data is not None:
-        from engine.eval.datasets import load_split
-
-        items = load_split(opts.data, "val")
-        report = AccuracyReport(str(opts.data), "val", opts.max_map_drop, "-")
-        if cfg.source.suffix.lower() == ".pt":
-            res = score_pt(cfg.source, meta.imgsz, items, show)
-            report.add("pt", "PyTorch .pt (Ultralytics)", cfg.source, res, "reference")
-            ctx.log(f"mAP50-95 of {cfg.source.name} (Ultralytics): {res.map50_95:.4f}")
-        ref_dets = detect_onnx(fp32, items, show)  # kept: the INT8 gate compares each form with them
-        ref = score_detections(items, ref_dets)
-        report.add("fp32", "FP32 ONNX", fp32, ref, "gate reference")
-        ctx.log(f"mAP50-95 of {fp32.name}: {ref.map50_95:.4f}")
-
-    if opts.fp16:
-        path = _build_fp16(model, meta, fp32, items, ctx)
-        if report is not None:
-            report.add("fp16", "FP16 ONNX", path, score_onnx(path, items, show), "ok", ref)
-
-    if opts.int8:
-        from .int8_forms import build_int8_forms
-
-        build_int8_forms(model, meta, fp32, opts, items, ref_dets, report, ref, ctx, show)
-    else:
-        ctx.log("INT8 skipped: add --int8 --data path/to/data.yaml to build the accuracy-gated INT8 forms "
-                f"({cfg.stem}.int8.onnx for TensorRT, {cfg.stem}.int8-cpu.onnx for CPUs)")
-
-    if report is not None:
-        _finish_report(report, cfg, ctx)
-
-
-def _finish_report(report, cfg: ExportConfig, ctx) -> None:
+def run(b) -> None:
     from .quantize import QuantTarget
 
-    _, md = report.write(cfg.out, cfg.stem)
-    ctx.info["accuracy"] = report
-    ctx.log(f"accuracy report ({md}):\n" + report.table())
-    failed = [g for g in report.gates.values() if not g.passed]
-    if failed:
-        files = ", ".join(f"{cfg.stem}{QuantTarget(g.target).suffix}" for g in failed)
-        ctx.withheld.update(QuantTarget(g.target).suffix[1:] for g in failed)
-        ctx.failures.append(AccuracyGateError(
-            f"INT8 accuracy gate: {'; '.join(g.summary() for g in failed)}. Not written: {files} (report: {md})",
-            "judge on more val images (the interval narrows), calibrate on more images like the deployment's "
-            "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
-            "or allow more loss (--max-map-drop)"))
-        ctx.log("the build goes on without the withheld INT8 form(s) and will exit non-zero")
+    if not b.cfg.quantize.int8:
+        for target in QuantTarget:
+            b.skip(target.suffix[1:], f"{NOT_ASKED}: add --int8 --data path/to/data.yaml (the accuracy gate "
+                                      "needs a labelled val split)")
+    else:
+        for target in QuantTarget:
+            _form(b, target)
+    evidence.write_accuracy_report(b)
 
 
-def _letterboxed(items, imgsz: tuple[int, int], n: int) -> np.ndarray:
-    from engine.eval.datasets import read_image
-    from engine.preprocess import Letterbox
+def _inputs(b) -> dict:
+    from calibration.readers import open_source
 
-    frames = [read_image(i.path) for i in items[:n]]
-    return Letterbox(imgsz, batch=len(frames))(frames)[0].copy()
+    q = b.cfg.quantize
+    return {"calib": {k: str(v) for k, v in q.calib.__dict__.items()}, "calib_files": open_source(q.calib).fingerprint(),
+            "exclude": list(q.exclude), "max_map_drop": q.max_map_drop, "int8_float": q.int8_float,
+            "data": evidence.data_fingerprint(b)}
 
 
-def _build_fp16(model, meta, fp32: Path, items, ctx) -> Path:
-    import onnx
+def _form(b, target) -> None:
+    from engine.artifacts import INT8_ENGINE
+    from engine.backends.trt_sidecar import sidecar_path
 
+    key = target.suffix[1:]
+    out, stem = b.cfg.export.out, b.cfg.export.stem
+    # a withheld TensorRT form must not leave the engine an earlier build made from it
+    stale = [INT8_ENGINE.path(out, stem), sidecar_path(INT8_ENGINE.path(out, stem))] if key == "int8.onnx" else []
+    b.produce(key, lambda final: _make(b, target, final), _inputs(b), stale=stale)
+
+
+def _calibration(b):
+    """The calibrated ranges and their source, once per build (both forms use them)."""
+    def make():
+        import onnx
+
+        from .quantize import load_or_calibrate
+
+        q = b.cfg.quantize
+        model = onnx.load(str(b.path("onnx")))
+        ranges, source = load_or_calibrate(b.path("onnx"), model, b.metadata, q.calib, q.cache, b.log,
+                                           evidence.show_progress())
+        return model, ranges, source
+
+    return evidence.cached(b, "calibration", make)
+
+
+def _judge(b):
+    """The gate's judge (labels, or agreement with FP32 when its mAP cannot judge) and the note on few images."""
+    def make():
+        from .gate import MIN_GATE_IMAGES, make_judge
+
+        items, q = evidence.val_items(b), b.cfg.quantize
+        note = ""
+        if len(items) < MIN_GATE_IMAGES:
+            note = (f"the gate judges INT8 on {len(items)} labelled images, fewer than {MIN_GATE_IMAGES}: its drop "
+                    f"interval is wide, so a good form may be withheld (add images to the val split of {q.data})")
+            b.log(f"warning: {note}")
+        try:
+            judge = make_judge(items, evidence.reference_detections(b), evidence.reference(b).map50_95, q.max_map_drop)
+        except ValueError as e:
+            raise ArtifactWithheld(f"INT8 accuracy gate: {e}", "check that --data's classes are the model's and "
+                                   "that the checkpoint is trained") from e
+        if judge.kind == "agreement":
+            b.log(f"warning: {judge.reason}")
+        return judge, note
+
+    return evidence.cached(b, "int8_judge", make)
+
+
+def _make(b, target, final: Path):
     from engine.metadata import Precision
 
-    from .fp16 import check_fp16, convert_fp16
-    from .io import atomic_path
-    from .onnx_export import write_metadata
-    from .parity import parity_inputs
+    from .accuracy import detect_onnx, score_detections
+    from .build import Outcome
+    from .gate import LEVEL, run_gate
+    from .io import temp_prefix
+    from .quantize import decode_tail, match_nodes
+    from .records import Check
 
-    cfg: ExportConfig = ctx.info["config"]
-    t = time.perf_counter()
-    m16 = convert_fp16(model)
-    write_metadata(m16, meta.replace(precision=Precision.FP16))
-    images = (_letterboxed(items, meta.imgsz, 8) if items else parity_inputs(meta.imgsz, cfg.parity_images, 8))
-    final = cfg.out / f"{cfg.stem}.fp16.onnx"
-    with atomic_path(final) as tmp:
-        onnx.save(m16, str(tmp))
-        check = check_fp16(fp32, tmp, images, meta.imgsz, meta.batch)
-    ctx.log(check.summary())
-    ctx.log(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t:.1f}s)")
-    ctx.artifacts["fp16.onnx"] = final
-    ctx.info["fp16_check"] = check
-    return final
+    q = b.cfg.quantize
+    model, ranges, source = _calibration(b)
+    tail = decode_tail(model)
+    keep = tail + [n for n in match_nodes(model, q.exclude) if n not in tail]
+    b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float"
+          + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
+    judge, note = _judge(b)
+    items, ref = evidence.val_items(b), evidence.reference(b)
+    seen: dict[Path, list] = {}
+
+    def detect(path: Path) -> list:
+        seen[path] = detect_onnx(path, items, evidence.show_progress())
+        return seen[path]
+
+    int8_meta = b.metadata.replace(precision=Precision.INT8)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
+        build = _builder(b.path("onnx"), ranges, target, keep, int8_meta, Path(tmp), final.name, q.int8_float)
+        gate, passed = run_gate(target.value, build, detect, judge, _ranker(b, source), log=b.log)
+        last = gate.final
+        res = score_detections(items, seen[list(seen)[-1]])  # the final trial's candidate, on the labels
+        method = METHOD.format(method=q.calib.method.value, n=ranges.n_images, source=source.description,
+                               float_dtype=q.int8_float.upper())
+        figures = {"map50": round(res.map50, 5), "map50_95": round(res.map50_95, 5),
+                   "drop_points": round((ref.map50_95 - res.map50_95) * 100.0, 3),
+                   "drop_low": round(last.low, 3), "drop_high": round(last.high, 3), "interval_level": LEVEL,
+                   "judged_by": judge.kind, "judge_reason": judge.reason, "gate_images": len(items),
+                   "gate_note": note, "fp32_map50_95": round(ref.map50_95, 5), "val_images": res.n_images,
+                   "layers_kept_float": len(last.kept_float), "layers_float": ", ".join(last.kept_float),
+                   "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method}
+        if judge.kind == "agreement":
+            figures["agreement_drop_points"] = round(last.drop, 3)
+        b.log(f"  {gate.summary()}")
+        # short enough for the build table's note column (the Δ column shows the drop and its interval)
+        summary = (f"NNCF {q.calib.method.value}, {len(last.kept_float)} layers float"
+                   + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
+                   + ("by agreement with FP32: " if judge.kind == "agreement" else "")
+                   + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
+        check = Check("accuracy gate", gate.passed, summary, {**figures, "gate": gate.to_dict()})
+        if passed is None:
+            raise ArtifactWithheld(f"INT8 gate: {summary}", WITHHELD_FIX, (check,), figures)
+        os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
+    return Outcome(final, (check,), figures)
+
+
+def _ranker(b, source):
+    """``rank(first_candidate)`` for the gate's fallback, on calibration images (never val ones: the gate
+    must not tune on its own test set); the sample is read once per build."""
+    from .sensitivity import RANK_IMAGES, rank_layers
+
+    def rank(first: Path):
+        def sample() -> list[np.ndarray]:
+            from calibration.readers import CalibrationImages
+
+            meta, out = b.metadata, []
+            for x in CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None):
+                out.append(x)
+                if len(out) == RANK_IMAGES:
+                    break
+            return out
+
+        return rank_layers(b.path("onnx"), first, evidence.cached(b, "rank_images", sample))
+
+    return rank
+
+
+def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path, name: str, float_dtype: str):
+    """``build(extra_float, tag)`` for :func:`exporters.gate.run_gate`: quantize, check, stamp metadata."""
+    import onnx
+
+    from engine.errors import ExportError
+
+    from .onnx_export import write_metadata
+    from .quantize import QuantTarget, int8_metadata, quantize_model, tensorrt_problems
+
+    def build(extra: Sequence[str], tag: str) -> Path:
+        path = tmp / tag / name  # the artifact's own name, so the runtime loads it as this kind
+        path.parent.mkdir()
+        quantize_model(fp32, ranges, target, [*keep, *extra], path, float_dtype)
+        q = onnx.load(str(path))
+        if target is QuantTarget.TENSORRT:
+            problems = tensorrt_problems(q)
+            if problems:
+                raise ExportError(f"the TensorRT INT8 form has Q/DQ that TensorRT rejects: {'; '.join(problems[:3])}",
+                                  "report this with the model; meanwhile --exclude the nodes named")
+        write_metadata(q, int8_metadata(int8_meta, q))
+        onnx.checker.check_model(q, full_check=True)
+        onnx.save(q, str(path))
+        return path
+
+    return build

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import Callable
 
 from engine.errors import ConfigError, ExportError, ModelLoadError
-from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, PixelFormat, from_onnx_props
+from engine.metadata import (
+    METADATA_KEY,
+    HeadLayout,
+    ModelMetadata,
+    PixelFormat,
+    from_onnx_props,
+)
 
 from .io import atomic_path, ensure_out_dir, write_bytes_atomic
 
@@ -291,25 +297,30 @@ def write_model(repo: Path, name: str, artifact: Path, opts: TritonOptions, meta
 
 def write_repository(repo: Path, artifacts: dict[str, Path], stem: str, opts: TritonOptions,
                      meta: ModelMetadata | None = None, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """A model per model artifact in ``artifacts`` (kind → file); returns model name → folder.
+    """A model per model artifact in ``artifacts`` (artifact key → file); returns model name → folder.
 
-    Files that are not models (reports, caches, sidecars) are skipped, and so are TensorRT-RTX engines
-    (Triton's TensorRT backend runs TensorRT engines only; their ONNX is served instead). ``int8-cpu``
-    ONNX models get CPU instances (their U8S8 form is fast on CPUs only).
+    Which artifacts are models, and which Triton backend and device each gets, comes from the artifact
+    table (:mod:`engine.artifacts`); the rest (reports, caches, the repository itself) is skipped, and so
+    are TensorRT-RTX engines (Triton's TensorRT backend runs TensorRT engines only; their ONNX is served
+    instead). CPU-only kinds (the INT8 CPU form) get CPU instances.
     """
+    from engine.artifacts import kind, kind_of
+
     repo = ensure_out_dir(Path(repo))
     written: dict[str, Path] = {}
-    for kind, path in artifacts.items():
-        if Path(path).suffix.lower() not in (".onnx", ".engine", ".plan"):
+    for key, path in artifacts.items():
+        try:
+            spec = kind(key)
+        except KeyError:
+            spec = kind_of(path) if key != "triton" else None
+        if spec is None or not spec.backends:
             continue
-        if Path(path).suffix.lower() != ".onnx" and is_rtx_engine(Path(path), kind):
+        if spec.is_engine and is_rtx_engine(Path(path), key):
             log(f"triton: skipped {Path(path).name}: a TensorRT-RTX engine, which Triton's TensorRT backend cannot load")
             continue
-        name = model_name(stem, kind)
-        device = Device.CPU if "cpu" in kind else None
-        written[name] = write_model(repo, name, Path(path), opts, meta, device)
-        log(f"triton: {written[name]} ({'model.plan' if Path(path).suffix != '.onnx' else 'model.onnx'} "
-            f"from {Path(path).name})")
+        name = model_name(stem, key)
+        written[name] = write_model(repo, name, Path(path), opts, meta, Device.CPU if spec.cpu_only else None)
+        log(f"triton: {written[name]} ({'model.plan' if spec.is_engine else 'model.onnx'} from {Path(path).name})")
     if not written:
         raise ExportError(f"no model artifacts to put in the Triton repository {repo} (had {sorted(artifacts)})",
                           "build an ONNX model or engine in the same run as --triton")

@@ -1,6 +1,7 @@
 """Check that every TensorRT name the builder and the runtime backend use exists in a given TensorRT.
 
-The builder (``exporters/tensorrt.py``), the backend (``engine/backends/tensorrt.py``) and the flavour gate
+The builder (``exporters/tensorrt.py``), the backend (``engine/backends/tensorrt.py``, ``trt_engine.py``,
+``trt_context.py``) and the flavour gate
 (``engine/backends/trt_flavor.py``) serve TensorRT 10.x, 11.x and TensorRT-RTX 1.x. Only TensorRT-RTX
 installs and builds without a GPU; this checks the other two by name, in one of two ways:
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.engines import fake_engine  # noqa: F401 (a fixture: engine files of the fake TensorRT)
+from tests.yolo_data import dataset  # noqa: F401 (a fixture: a 3-image YOLO val split)
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "assets" / "demo"
@@ -20,6 +23,29 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=f"no GPU: {reason}"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 40-frame MPEG-4 clip of moving shapes (the stream tests' video file)."""
+    from tests.rtsp_server import make_clip
+
+    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=40)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, clip) -> Path:
+    """Six frames of the clip as JPEGs, a text file and a broken JPEG (the stream tests' image folder)."""
+    import cv2
+
+    d = tmp_path_factory.mktemp("images")
+    cap = cv2.VideoCapture(str(clip))
+    for i in range(6):
+        ok, img = cap.read()
+        cv2.imwrite(str(d / f"{i:03d}.jpg"), img)
+    (d / "notes.txt").write_text("not an image")
+    (d / "zz_broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
+    return d
 
 
 @pytest.fixture(scope="session")

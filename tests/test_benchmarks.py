@@ -11,8 +11,16 @@ import pytest
 from benchmarks import report, stats
 from benchmarks.artifacts import _cached, _save, form_of, form_rank
 from benchmarks.candidates import OURS, PEER, CallTimes, Candidate
-from benchmarks.harness import (Group, batch_frames, calls_per_candidate, group_ratios, measure, summarize_group, to_16x9,
-                                wide_imgsz)
+from benchmarks.harness import (
+    Group,
+    batch_frames,
+    calls_per_candidate,
+    group_ratios,
+    measure,
+    summarize_group,
+    to_16x9,
+    wide_imgsz,
+)
 from benchmarks.run import build_parser, main, resolve
 
 # ---------------------------------------------------------------- stats
@@ -327,3 +335,13 @@ def test_int8_speed_times_each_model_in_its_own_process_and_prints_the_machine(d
     assert set(pids) == {"fp32", "fp16"} and len(set(pids.values())) == 2 and os.getpid() not in pids.values()
     assert [r["model"] for r in d["rows"]] == ["fp32", "fp16"] and d["rows"][0]["speedup_vs_fp32"] == 1.0
     assert d["env"]["calls_per_model"] == 4 and d["env"]["machine"]["load_avg_end"] is not None
+
+
+def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_design(demo_onnx, capsys):
+    from benchmarks.thread_safety import CANDIDATES, main
+
+    assert main(["--model", str(demo_onnx), "--calls", "3", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0] in CANDIDATES]
+    assert [r.split()[0] for r in rows] == list(CANDIDATES) and rows[0].count("1.000x") == 2
+    assert "the gate alone:" in out and "load average before" in out

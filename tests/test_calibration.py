@@ -7,8 +7,14 @@ import cv2
 import numpy as np
 import pytest
 
-from calibration import (CalibrationConfig, CalibrationImages, CalibrationMethod, SourceKind, collect_ranges,
-                         open_source)
+from calibration import (
+    CalibrationConfig,
+    CalibrationImages,
+    CalibrationMethod,
+    SourceKind,
+    collect_ranges,
+    open_source,
+)
 from calibration.cache import CacheKey, TensorRanges, dumps, loads, read_cache
 from engine.errors import CalibrationError, ConfigError
 from engine.preprocess import Letterbox

@@ -69,10 +69,14 @@ def test_subprocess_exit_code_and_clean_stderr(tmp_path):
 
 
 def test_help_documents_every_flag():
+    from tests.cli_help import options_without_help
+
     p = subprocess.run([sys.executable, "-m", "exporters.build", "--help"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
+    assert p.returncode == 0
     for flag in ("--weights", "--onnx", "--imgsz", "--batch", "--dynamic", "--opset", "--out", "--parity-tol"):
         assert flag in p.stdout
+    assert not options_without_help(p.stdout), "flags without a help line"
 
 
 def test_default_run_builds_the_demo(demo_pt, tmp_path, capsys):

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 import engine.cuda.runtime as rt
-from engine.cuda import (CudaError, CudaGraph, CudaUnavailableError, DeviceBuffer, Event, PinnedBuffer, Stream,
-                         check, device_info, unavailable_reason)
+from engine.cuda import (
+    CudaError,
+    CudaGraph,
+    CudaUnavailableError,
+    DeviceBuffer,
+    Event,
+    PinnedBuffer,
+    Stream,
+    check,
+    device_info,
+    unavailable_reason,
+)
 from engine.errors import BackendUnavailableError
 from tests.fakes import make_fake_cudart
 
@@ -110,17 +120,23 @@ def test_copy_larger_than_the_buffer_is_refused(fake):
             dev.copy_from_host(host, s)
 
 
-def test_graph_replays_captured_copies(fake):
-    with Stream() as s, PinnedBuffer(16) as src, PinnedBuffer(16) as dst, DeviceBuffer(16) as dev, CudaGraph() as g:
+def _graph_replays_captured_copies(n: int, values: tuple[float, ...]) -> None:
+    """Capture H2D + D2H of ``n`` floats once, replay it for each value: the host sees each one."""
+    with Stream() as s, PinnedBuffer(4 * n) as src, PinnedBuffer(4 * n) as dst, DeviceBuffer(4 * n) as dev, \
+            CudaGraph() as g:
         g.begin_capture(s)
         dev.copy_from_host(src, s)
         dev.copy_to_host(dst, s)
         g.end_capture(s)
-        for value in (1.0, 2.0):
-            src.array((4,), np.float32)[:] = value
+        for value in values:
+            src.array((n,), np.float32)[:] = value
             g.launch(s)
             s.synchronize()
-            assert dst.array((4,), np.float32)[0] == value
+            assert dst.array((n,), np.float32)[0] == value
+
+
+def test_graph_replays_captured_copies(fake):
+    _graph_replays_captured_copies(4, (1.0, 2.0))
     assert not fake.graphs
 
 
@@ -159,13 +175,4 @@ def test_gpu_event_ordering_and_timing():
 
 @pytest.mark.gpu
 def test_gpu_graph_capture_and_replay():
-    with Stream() as s, PinnedBuffer(64) as src, PinnedBuffer(64) as dst, DeviceBuffer(64) as dev, CudaGraph() as g:
-        g.begin_capture(s)
-        dev.copy_from_host(src, s)
-        dev.copy_to_host(dst, s)
-        g.end_capture(s)
-        for value in (3, 4):
-            src.array((16,), np.float32)[:] = value
-            g.launch(s)
-            s.synchronize()
-            assert dst.array((16,), np.float32)[0] == value
+    _graph_replays_captured_copies(16, (3.0, 4.0))

@@ -9,7 +9,12 @@ import pytest
 
 from engine import Detections, Detector
 from engine.backends import backend_for
-from engine.errors import BackendUnavailableError, ConfigError, InputImageError, ModelLoadError
+from engine.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputImageError,
+    ModelLoadError,
+)
 from tests.conftest import DEMO
 
 
@@ -58,9 +63,11 @@ def test_blank_frame_gives_empty_detections(det):
     assert len(r) == 0 and r.xyxy.shape == (0, 4) and list(r) == [] and r.to_dict() == {"detections": []}
 
 
-def test_gray_frame_runs(det, frames):
+def test_gray_frame_gives_what_its_bgr_copy_gives(det, frames):
     gray = cv2.cvtColor(frames[0], cv2.COLOR_BGR2GRAY)
-    assert isinstance(det(gray), Detections)
+    got = det(gray)
+    assert isinstance(got, Detections) and len(got) > 0
+    assert got == det(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)) == det(gray[:, :, None])
 
 
 def test_bad_input_is_a_typed_error(det):
@@ -127,11 +134,20 @@ def test_missing_and_corrupt_models(tmp_path):
         Detector(bad)
 
 
-def test_ort_backend_reuses_output_buffers(det, frames):
-    x, _ = det._letterbox([frames[0]])
+def test_ort_backend_reuses_output_buffers_per_thread(det, frames):
+    import threading
+
+    from engine.preprocess import Letterbox
+
+    x, _ = Letterbox(det.imgsz)([frames[0]])
     a = det.backend.infer(x)[0]
     b = det.backend.infer(x)[0]
     assert a is b  # preallocated through IOBinding, not allocated per call
+    other = []
+    t = threading.Thread(target=lambda: other.append(det.backend.infer(x)[0]))
+    t.start()
+    t.join()
+    assert other[0] is not a and np.array_equal(other[0], a)  # another thread never writes into this one's
 
 
 def test_dynamic_batch_is_split_at_the_backends_limit(demo_pt, export_dir, frames, monkeypatch):

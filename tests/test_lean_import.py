@@ -7,12 +7,16 @@ import textwrap
 
 from tests.conftest import DEMO, ROOT
 
+# Blocked imports fail, and every attempt is recorded: a module that tries a heavy import at import time and
+# falls back when it fails still pays for it where the library is installed, so an attempt counts as a failure.
 BLOCKER = textwrap.dedent('''
     import importlib.abc, sys
     BLOCKED = {"torch", "torchvision", "ultralytics", "onnx", "onnxslim", "tensorrt", "tensorrt_rtx", "cuda", "pycuda"}
+    TRIED = []
     class _Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
+                TRIED.append(name)
                 raise ImportError(f"blocked in this test: {name}")
     sys.meta_path.insert(0, _Block())
 ''')
@@ -30,11 +34,10 @@ def test_every_engine_module_imports_without_heavy_libraries():
         for n in names:
             if not n.endswith("__main__"):  # running an entry point is not importing it
                 importlib.import_module(n)
-        heavy = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
-        print("imported", len(names), "heavy", heavy)
+        print("imported", len(names), "tried", sorted(set(TRIED)))
     ''')
     assert p.returncode == 0, p.stderr
-    assert "heavy []" in p.stdout
+    assert "tried []" in p.stdout and int(p.stdout.split()[1]) >= 30, p.stdout  # every room was walked
 
 
 def test_every_project_module_imports_without_tensorrt_or_cuda():
@@ -49,12 +52,12 @@ def test_every_project_module_imports_without_tensorrt_or_cuda():
         for n in names:
             if not n.endswith("__main__"):
                 importlib.import_module(n)
-        print("imported", len(names), "heavy", sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED))
+        print("imported", len(names), "tried", sorted(set(TRIED)))
     ''')
-    assert "tensorrt_rtx" in code and "torchvision" not in code
+    assert "tensorrt_rtx" in code and "torchvision" not in code  # the replace above took
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert "heavy []" in p.stdout
+    assert "tried []" in p.stdout, p.stdout
 
 
 def test_detector_runs_onnx_without_heavy_libraries(demo_onnx):

@@ -6,8 +6,16 @@ import json
 import pytest
 
 from engine.errors import MetadataError
-from engine.metadata import (METADATA_KEY, SCHEMA_VERSION, HeadLayout, ModelMetadata, Precision, Thresholds,
-                             file_sha256, from_onnx_props)
+from engine.metadata import (
+    METADATA_KEY,
+    SCHEMA_VERSION,
+    HeadLayout,
+    ModelMetadata,
+    Precision,
+    Thresholds,
+    file_sha256,
+    from_onnx_props,
+)
 
 
 def _meta(**kw) -> ModelMetadata:

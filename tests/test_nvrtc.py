@@ -1,10 +1,10 @@
-"""Our CUDA kernels: NVRTC compiles both (no GPU needed), their logic runs on the CPU, and on a GPU they
-match the CPU reference (``gpu``-marked, skipped without one).
+"""Our CUDA kernel: NVRTC compiles it (no GPU needed), its logic runs on the CPU, and on a GPU it matches
+the CPU reference (``gpu``-marked, skipped without one).
 
-The CPU run is the kernels' own ``.cu`` source compiled by the host C++ compiler with a small shim for
-CUDA's built-ins, each launch played as a loop over the same grid the Python wrapper uses. The kernels
-use no shared memory and no barriers, so that loop is a faithful schedule; it checks the arithmetic
-and indexing (not timing, atomics under contention, or the PTX itself).
+The CPU run is the kernel's own ``.cu`` source compiled by the host C++ compiler with a small shim for
+CUDA's built-ins, each launch played as a loop over the same grid the Python wrapper uses. The kernel
+uses no shared memory and no barriers, so that loop is a faithful schedule; it checks the arithmetic
+and indexing (not timing or the PTX itself).
 """
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cuda.kernels import (LETTERBOX_FILE, LETTERBOX_KERNELS, POSTPROCESS_FILE, POSTPROCESS_KERNELS,
-                                 PPArgs, PPBuffers, class_mask_words, iou_threshold_f32,
-                                 letterbox_args, letterbox_launch, postprocess_launches)
+from engine.cuda.kernels import (
+    LETTERBOX_FILE,
+    LETTERBOX_KERNELS,
+    letterbox_args,
+    letterbox_launch,
+)
 from engine.cuda.nvrtc import KERNEL_DIR, KernelCompileError
-from engine.nms import postprocess_raw
 from engine.preprocess import Letterbox, LetterboxGeometry
 from tests.conftest import DEMO
 
@@ -38,13 +40,13 @@ def _nvrtc_or_skip():
 
 # --------------------------------------------------------------------------------------------- NVRTC
 @pytest.mark.parametrize("arch", ["compute_75", "sm_86", "sm_89", "sm_120"])
-def test_both_kernels_compile(arch):
+def test_the_kernel_compiles(arch):
     from engine.cuda.nvrtc import compile_kernel_file, supported_archs
 
     _nvrtc_or_skip()
     if arch.startswith("sm_") and int(arch[3:]) not in supported_archs():
         pytest.skip(f"this NVRTC does not know {arch}")
-    for file, kernels in ((LETTERBOX_FILE, LETTERBOX_KERNELS), (POSTPROCESS_FILE, POSTPROCESS_KERNELS)):
+    for file, kernels in ((LETTERBOX_FILE, LETTERBOX_KERNELS),):
         m = compile_kernel_file(file, kernels, arch)
         assert m.kind == ("ptx" if arch.startswith("compute") else "cubin") and len(m.image) > 1000
         if m.kind == "ptx":
@@ -91,7 +93,7 @@ def test_arch_for_device(monkeypatch):
 def test_kernel_sources_ship_as_package_data():
     text = (Path(__file__).resolve().parents[1] / "setup.py").read_text()
     assert "cuda/kernels/*.cu" in text
-    assert {p.name for p in KERNEL_DIR.glob("*.cu")} >= {"letterbox.cu", "postprocess.cu"}
+    assert {p.name for p in KERNEL_DIR.glob("*.cu")} >= {"letterbox.cu"}
 
 
 # ----------------------------------------------------------------------------- the kernels, on the CPU
@@ -113,7 +115,6 @@ static inline float __fmul_rn(float a, float b) { return a * b; }
 static inline float __fdiv_rn(float a, float b) { return a / b; }
 static inline int atomicAdd(int* p, int v) { int o = *p; *p += v; return o; }
 #include "letterbox.cu"
-#include "postprocess.cu"
 template <class F> static void emu_grid(const unsigned* g, const unsigned* b, F f) {
     gridDim = {g[0], g[1], g[2]}; blockDim = {b[0], b[1], b[2]};
     for (unsigned bz = 0; bz < g[2]; ++bz) for (unsigned by = 0; by < g[1]; ++by) for (unsigned bx = 0; bx < g[0]; ++bx)
@@ -125,12 +126,6 @@ extern "C" void emu_letterbox(int f16, const unsigned* g, const unsigned* b, con
                               const LetterboxArgs* a) {
     if (f16) emu_grid(g, b, [&] { letterbox_f16(src, (unsigned short*)dst, *a); });
     else emu_grid(g, b, [&] { letterbox_f32(src, (float*)dst, *a); });
-}
-extern "C" void emu_pp(int k, const unsigned* g, const unsigned* b, const PPArgs* a, const PPBuffers* m) {
-    if (k == 0) emu_grid(g, b, [&] { pp_filter(*a, *m); });
-    if (k == 1) emu_grid(g, b, [&] { pp_rank(*a, *m); });
-    if (k == 2) emu_grid(g, b, [&] { pp_mask(*a, *m); });
-    if (k == 3) emu_grid(g, b, [&] { pp_select(*a, *m); });
 }
 '''
 
@@ -162,23 +157,6 @@ def emu_letterbox(lib, frame: np.ndarray, imgsz, dtype=np.float32) -> np.ndarray
     lib.emu_letterbox(int(dtype == np.float16), _dims(grid), _dims(block), frame.ctypes.data_as(ctypes.c_void_p),
                       out.ctypes.data_as(ctypes.c_void_p), ctypes.byref(args))
     return out
-
-
-def emu_postprocess(lib, pred, conf, iou, max_det=300, cap=1024, classes=None, agnostic=False) -> dict:
-    pred = np.ascontiguousarray(pred, np.float32)
-    B, ch, A = pred.shape
-    nc, words = ch - 4, cap // 64
-    z = np.zeros
-    bufs = dict(pred=pred, count=z(B, np.int32), cand_score=z((B, A), np.float32), cand_anchor=z((B, A), np.int32),
-                cand_class=z((B, A), np.int32), rank_box=z((B, cap, 4), np.float32), rank_score=z((B, cap), np.float32),
-                rank_class=z((B, cap), np.int32), mask=z((B, cap, words), np.uint64), removed=z((B, words), np.uint64),
-                num_dets=z((B, 1), np.int32), boxes=z((B, max_det, 4), np.float32), scores=z((B, max_det), np.float32),
-                classes=z((B, max_det), np.int32), class_mask=class_mask_words(classes, nc))
-    m = PPBuffers(**{k: (None if v is None else v.ctypes.data) for k, v in bufs.items()})
-    a = PPArgs(B, nc, A, cap, max_det, int(agnostic), float(np.float32(conf)), iou_threshold_f32(iou))
-    for kernel, grid, block in postprocess_launches(B, A, cap):
-        lib.emu_pp(POSTPROCESS_KERNELS.index(kernel), _dims(grid), _dims(block), ctypes.byref(a), ctypes.byref(m))
-    return bufs
 
 
 def _frames():
@@ -215,78 +193,6 @@ def test_letterbox_kernel_pads_with_114(emu):
     assert g.top > 0 and np.all(out[:, : g.top] == np.float32(114 / 255)) and np.all(out[:, g.top + 2 : g.top + 40] == 0)
 
 
-def synthetic_heads(rng, batch, nc, anchors, clusters=6):
-    pred = np.zeros((batch, 4 + nc, anchors), np.float32)
-    for b in range(batch):
-        centers, sizes = rng.uniform(30, 290, (clusters, 2)), rng.uniform(20, 90, (clusters, 2))
-        k = rng.integers(0, clusters, anchors)
-        pred[b, 0:2] = (centers[k] + rng.normal(0, 5, (anchors, 2))).T
-        pred[b, 2:4] = (sizes[k] * rng.uniform(0.8, 1.2, (anchors, 2))).T
-        pred[b, 4:] = rng.uniform(0, 0.6, (nc, anchors)) ** 2
-        pred[b, 4 + k % nc, np.arange(anchors)] = rng.uniform(0.1, 0.95, anchors)
-        pred[b, 4, : anchors // 10] = 0.5  # exact ties
-    return pred
-
-
-def _assert_matches_host(out, pred, conf, iou, max_det=300, classes=None, agnostic=False):
-    for j in range(len(pred)):
-        xyxy, scores, cls = postprocess_raw(pred[j], conf, iou, max_det, classes, agnostic)
-        n = int(out["num_dets"][j, 0])
-        assert n == len(scores)
-        np.testing.assert_array_equal(out["boxes"][j, :n], xyxy)
-        np.testing.assert_array_equal(out["scores"][j, :n], scores)
-        np.testing.assert_array_equal(out["classes"][j, :n], cls)
-        assert (out["classes"][j, n:] == -1).all() and (out["scores"][j, n:] == 0).all()
-
-
-@pytest.mark.parametrize("conf,iou,classes,agnostic,max_det", [
-    (0.25, 0.45, None, False, 300),
-    (0.05, 0.7, None, False, 300),
-    (0.25, 0.45, None, True, 300),
-    (0.1, 0.5, [1, 2], False, 300),
-    (0.05, 0.45, None, False, 7),
-    (0.99, 0.45, None, False, 300),  # nothing above conf
-])
-def test_postprocess_kernel_on_cpu_matches_host_nms(emu, conf, iou, classes, agnostic, max_det):
-    pred = synthetic_heads(np.random.default_rng(1), 3, 3, 2100)
-    out = emu_postprocess(emu, pred, conf, iou, max_det, cap=2112, classes=classes, agnostic=agnostic)  # cap >= anchors
-    _assert_matches_host(out, pred, conf, iou, max_det, classes, agnostic)
-
-
-def test_postprocess_kernel_keeps_the_best_cap_candidates(emu):
-    """Past ``cap`` candidates the lowest scores are dropped before NMS (Ultralytics' max_nms)."""
-    pred = synthetic_heads(np.random.default_rng(2), 1, 2, 2100)
-    out = emu_postprocess(emu, pred, 0.05, 0.45, cap=128)
-    assert out["count"][0] > 128
-    best = pred[0, 4:].max(0)
-    order = np.argsort(-best, kind="stable")
-    kept = pred.copy()
-    kept[0, 4:, order[128:]] = 0  # the host reference on the same 128 candidates
-    _assert_matches_host(out, kept, 0.05, 0.45)
-
-
-@pytest.mark.parametrize("iou,kept", [(0.5, 2), (0.49, 1)])
-def test_postprocess_kernel_iou_at_threshold(emu, iou, kept):
-    pred = np.zeros((1, 5, 64), np.float32)
-    pred[0, :, 0] = [5, 5, 10, 10, 0.9]
-    pred[0, :, 1] = [5, 10, 10, 20, 0.8]  # IoU exactly 0.5 with the first
-    out = emu_postprocess(emu, pred, 0.25, iou, cap=64)
-    assert out["num_dets"][0, 0] == kept
-
-
-def test_postprocess_kernel_on_demo_val_set(emu, demo_onnx):
-    import cv2
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(demo_onnx), providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    lb = Letterbox(tuple(inp.shape[2:]))
-    files = sorted((DEMO / "val" / "images").glob("*.jpg"))[:40]
-    for f in files:
-        pred = sess.run(None, {inp.name: lb([cv2.imread(str(f))])[0]})[0]
-        _assert_matches_host(emu_postprocess(emu, pred, 0.25, 0.45), pred, 0.25, 0.45)
-
-
 # ------------------------------------------------------------------------------- on a GPU (skipped here)
 @pytest.mark.gpu
 def test_gpu_letterbox_matches_cpu():
@@ -320,19 +226,6 @@ def test_gpu_letterbox_fp16():
         assert np.abs(h.array((3, 320, 320), np.float16).astype(np.float32) - ref).max() <= 1 / 255 + 1e-3
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("agnostic", [False, True])
-def test_gpu_postprocess_keeps_the_same_boxes(agnostic):
-    from engine.cuda.kernels import GpuPostprocess
-
-    pred = synthetic_heads(np.random.default_rng(3), 4, 3, 2100)
-    with GpuPostprocess(3, 2100, batch=4, cap=2112) as pp:
-        r = pp.run_host(pred, 0.25, 0.45, agnostic=agnostic)
-        out = dict(num_dets=r.num_dets, boxes=r.boxes, scores=r.scores, classes=r.classes)
-        _assert_matches_host(out, pred, 0.25, 0.45, agnostic=agnostic)
-
-
-# --------------------------------------------------------------------------------- without a GPU
 def test_gpu_preprocess_without_cuda_is_a_clear_error(tmp_path):
     from engine import Detector
     from engine.errors import BackendUnavailableError
@@ -348,13 +241,12 @@ def test_gpu_preprocess_without_cuda_is_a_clear_error(tmp_path):
 
 def test_gpu_kernels_without_cuda_raise_unavailable():
     from engine.cuda import CudaUnavailableError
-    from engine.cuda.kernels import GpuLetterbox, GpuPostprocess, cuda_unavailable_reason
+    from engine.cuda.kernels import GpuLetterbox, cuda_unavailable_reason
 
     if cuda_unavailable_reason() is None:
         pytest.skip("a GPU is present")
-    for make in (lambda: GpuLetterbox((320, 320)), lambda: GpuPostprocess(3, 2100)):
-        with pytest.raises(CudaUnavailableError, match="CUDA kernels cannot run"):
-            make()
+    with pytest.raises(CudaUnavailableError, match="CUDA kernels cannot run"):
+        GpuLetterbox((320, 320))
 
 
 def test_bad_preprocess_value_is_refused(tmp_path):

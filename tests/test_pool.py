@@ -9,8 +9,8 @@ import pytest
 
 from engine import Detector, DetectorPool
 from engine.backends.onnxruntime import OnnxRuntimeBackend
-from engine.eval.datasets import list_images, read_image
 from engine.errors import BackendUnavailableError, ConfigError, InputImageError
+from engine.eval.datasets import list_images, read_image
 from engine.pool import auto_workers, default_threads
 from engine.stream import CaptureConfig, Stream, StreamConfig
 from tests.conftest import DEMO
@@ -119,7 +119,7 @@ def test_stream_with_workers_runs_a_pool_over_its_sources(demo_onnx, clip):
     stream = Stream(demo_onnx, [f"a={clip}", f"b={clip}"], StreamConfig(log_interval=0, workers=2),
                     on_result=lambda r: got.append((r.source, r.index)), device="cpu")
     snap = stream.run()
-    assert isinstance(stream.detector, DetectorPool) and stream.detector.detectors == []  # the stream closed it
+    assert isinstance(stream.detector, DetectorPool) and "closed" in repr(stream.detector)  # the stream closed it
     assert snap["a"]["frames_out"] == 12 and snap["b"]["frames_out"] == 12
     assert [i for s, i in got if s == "a"] == list(range(12)) == [i for s, i in got if s == "b"]
     assert stream.batch == 2  # two static-batch-1 workers: two frames a call
@@ -173,3 +173,73 @@ def test_more_workers_than_live_sources_is_warned(demo_onnx, clip, caplog):
     with caplog.at_level("WARNING", logger="engine.stream"):
         Stream(demo_onnx, [str(clip)], StreamConfig(workers=2, log_interval=0)).start().close()  # frame by frame
     assert "live source" not in caplog.text
+
+
+def test_a_closed_pool_raises_a_typed_error(demo_onnx, frames):
+    from engine.errors import ClosedError
+
+    pool = DetectorPool(demo_onnx, workers=2)
+    pool.close()
+    pool.close()  # idempotent
+    for call in (lambda: pool(frames[0]), lambda: pool.predict(frames[:2]), lambda: pool.__enter__()):
+        with pytest.raises(ClosedError, match="(?s)DetectorPool.*is closed.*create a new"):
+            call()
+    assert pool.names == ("disc", "box", "triangle") and "closed" in repr(pool)
+
+
+INTERRUPT_EVERYWHERE = r'''
+import sys
+import numpy as np
+from engine.pool import DetectorPool
+
+class Interrupt:
+    """A profile function that raises KeyboardInterrupt at the calling thread's n-th place where CPython
+    runs signal handlers: entering a Python function and returning from a C function (its eval-breaker
+    checks; lock.acquire returning is one). Ctrl-C can land at each of these, and only there."""
+    def __init__(self, at):
+        self.at, self.n = at, 0
+    def __call__(self, frame, event, arg):
+        if event in ("call", "c_return"):
+            self.n += 1
+            if self.n == self.at:
+                raise KeyboardInterrupt
+
+pool = DetectorPool(sys.argv[1], workers=int(sys.argv[2]), threads=1)
+frames = [np.zeros((48, 64, 3), np.uint8), np.full((40, 30, 3), 200, np.uint8), np.zeros((20, 20, 3), np.uint8)]
+want = pool.predict(frames)
+count = Interrupt(0)
+sys.setprofile(count)
+pool.predict(frames)
+sys.setprofile(None)
+for at in range(1, count.n + 1):  # one interrupt at each such place of a call, one by one
+    sys.setprofile(Interrupt(at))
+    try:
+        pool.predict(frames)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.setprofile(None)
+    got = pool.predict(frames)  # the next call works, and is right
+    assert all(np.array_equal(a.xyxy, b.xyxy) and np.array_equal(a.confidence, b.confidence) for a, b in zip(got, want)), at
+pool.close()
+print("places", count.n, "closed", flush=True)
+'''
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_ctrl_c_at_any_line_of_a_call_leaves_the_pool_working_and_closable(tmp_path, workers):
+    """The root of the engine.stream Ctrl-C hang: a KeyboardInterrupt inside concurrent.futures' locks (after
+    ``wait`` acquired a future's condition) left a worker blocked forever and close() joined it forever. Here
+    Ctrl-C is raised at every place the caller can take it during one call, in turn; each time the next call
+    must work and be right, and close() must return (the old pool hung after a few dozen places)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.fakes.tiny_onnx import write_tiny_onnx
+
+    model = write_tiny_onnx(tmp_path / "tiny.onnx")  # fast, so the test is about the pool, not the model
+    p = subprocess.run([sys.executable, "-c", INTERRUPT_EVERYWHERE, str(model), str(workers)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "closed" in p.stdout, p.stdout + p.stderr[-2000:]
+    assert int(p.stdout.split()[1]) > 50  # it interrupted the call at many places

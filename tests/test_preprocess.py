@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from engine.errors import InputImageError
-from engine.preprocess import PAD_VALUE, Letterbox, LetterboxGeometry, as_bgr, letterbox_image
+from engine.preprocess import (
+    PAD_VALUE,
+    Letterbox,
+    LetterboxGeometry,
+    as_bgr,
+    letterbox_image,
+)
 
 SIZES = [((1080, 1920), (640, 640)), ((360, 640), (320, 320)), ((480, 480), (384, 640)), ((1080, 1920), (384, 640)),
          ((333, 517), (640, 640)), ((2000, 100), (640, 640))]

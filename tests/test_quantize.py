@@ -348,7 +348,7 @@ def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_da
     onnx.save(q, str(path))
     frame = read_image(load_split(small_data, "val")[0].path)
     with Detector(demo_onnx, device="cpu") as ref, Detector(path, device="cpu") as det:
-        assert det.backend.inputs[0].dtype == np.uint8 and det._letterbox.buffer.shape == (1, 320, 320, 3)
+        assert det.backend.inputs[0].dtype == np.uint8 and det._letterboxes[0].buffer.shape == (1, 320, 320, 3)
         a, b = ref(frame), det(frame)
         assert len(a) and abs(len(a) - len(b)) <= 1
         best = b.xyxy[int(np.argmax(b.confidence))]

@@ -1,19 +1,17 @@
-"""The stream pipeline on files, folders and fakes: sources, slots, batching, sinks, metrics, CLI.
+"""The stream pipeline on files, folders and fakes: sources, slots, batching, sinks, metrics.
 
-The RTSP tests (a real server on loopback) are in test_stream_rtsp.py.
+The RTSP tests (a real server on loopback) are in test_stream_rtsp.py, the command line's in test_stream_cli.py.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,12 +19,18 @@ import pytest
 
 from engine.detections import Detections
 from engine.errors import ConfigError, SourceError
+from engine.stream import CaptureConfig, EventKind, Stream, StreamConfig
 from engine.stream.metrics import StreamMetrics
 from engine.stream.sinks import JsonLinesSink, StreamResult, VideoSink, annotate
-from engine.stream import CaptureConfig, EventKind, Stream, StreamConfig
-from engine.stream.sources import Frame, FrameSlot, SourceKind, SourceSpec, backoff, redact
+from engine.stream.sources import (
+    Frame,
+    FrameSlot,
+    SourceKind,
+    SourceSpec,
+    backoff,
+    redact,
+)
 from tests.conftest import ROOT
-from tests.rtsp_server import make_clip
 
 NAMES = ("disc", "box", "triangle")
 
@@ -87,23 +91,6 @@ def run_in_thread(stream: Stream) -> tuple[threading.Thread, list[BaseException]
     t = threading.Thread(target=target, daemon=True)
     t.start()
     return t, errors
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    return make_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", frames=40)
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory, clip) -> Path:
-    d = tmp_path_factory.mktemp("images")
-    cap = cv2.VideoCapture(str(clip))
-    for i in range(6):
-        ok, img = cap.read()
-        cv2.imwrite(str(d / f"{i:03d}.jpg"), img)
-    (d / "notes.txt").write_text("not an image")
-    (d / "zz_broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning
-    return d
 
 
 # --- sources -------------------------------------------------------------------------------------
@@ -387,61 +374,3 @@ def test_stream_imports_without_prometheus_and_says_how_to_get_it(clip):
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "CONFIG" in p.stdout and "pip install" in p.stdout
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-def _cli(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "engine.stream", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def test_cli_help_lists_every_flag():
-    p = subprocess.run([sys.executable, "-m", "engine.stream", "--help"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60)
-    assert p.returncode == 0
-    for flag in ("--model", "--source", "--save", "--metrics-port", "--reconnect-max", "--read-timeout",
-                 "--connect-attempts", "--show", "--jsonl"):
-        assert flag in p.stdout
-
-
-def test_cli_corrupt_file_exits_2_with_message(demo_onnx, tmp_path):
-    bad = tmp_path / "bad.mp4"
-    bad.write_bytes(os.urandom(2048))
-    p = _cli("--model", str(demo_onnx), "--source", str(bad))
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 2, out
-    assert "error:" in out and "bad.mp4" in out and "fix:" in out and "Traceback" not in out
-
-
-def test_cli_dead_url_exits_2_after_its_attempts(demo_onnx):
-    from tests.rtsp_server import free_port
-
-    url = f"rtsp://user:secret@127.0.0.1:{free_port()}/cam"
-    p = _cli("--model", str(demo_onnx), "--source", url, "--connect-attempts", "2", "--reconnect-max", "0.1")
-    out, _ = p.communicate(timeout=120)
-    assert p.returncode == 2, out
-    assert "could not connect" in out and "after 2 attempts" in out and "--connect-attempts" in out
-    assert "secret" not in out  # credentials never reach the log
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
-def test_cli_signal_stops_cleanly_and_the_partial_video_plays(demo_onnx, clip, tmp_path, sig, code):
-    out_dir = tmp_path / "out"
-    p = _cli("--model", str(demo_onnx), "--source", f"cam={clip}", "--loop", "--save", str(out_dir),
-             "--log-interval", "0")
-    jsonl = out_dir / "detections.jsonl"
-    try:
-        assert Recorder().wait_for(lambda: jsonl.is_file() and len(jsonl.read_text().splitlines()) >= 20, 90)
-    finally:
-        p.send_signal(sig)
-        out, _ = p.communicate(timeout=60)
-    assert p.returncode == code, out
-    lines = jsonl.read_text().splitlines()
-    assert all(json.loads(x)["source"] == "cam" for x in lines)
-    assert any(json.loads(x)["detections"] for x in lines)  # the demo model finds the clip's shapes
-    cap = cv2.VideoCapture(str(out_dir / "cam.mp4"))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    assert len(lines) <= n <= len(lines) + 1  # finalized: every processed frame plays (Ctrl-C may land between sinks)

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-SOURCES = [ROOT / "exporters" / "tensorrt.py", ROOT / "engine" / "backends" / "tensorrt.py",
-           ROOT / "engine" / "backends" / "trt_flavor.py"]
+SOURCES = [ROOT / "exporters" / "tensorrt.py",
+           *(ROOT / "engine" / "backends" / f"{m}.py" for m in ("tensorrt", "trt_engine", "trt_context", "trt_flavor"))]
 
 
 def _script():

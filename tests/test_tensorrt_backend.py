@@ -12,41 +12,26 @@ import pytest
 from engine import Detector
 from engine.backends import backend_for
 from engine.backends.tensorrt import TensorRTBackend
-from engine.backends.trt_sidecar import EngineMismatchError, EngineSidecar, ProfileSpec, sidecar_path
+from engine.backends.trt_engine import SharedEngine
+from engine.backends.trt_sidecar import (
+    EngineMismatchError,
+    EngineSidecar,
+    ProfileSpec,
+    sidecar_path,
+)
 from engine.cuda import CudaUnavailableError
-from engine.errors import BackendUnavailableError, ConfigError, InputImageError, MetadataError
+from engine.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    InputImageError,
+    MetadataError,
+)
 from engine.metadata import Precision
-from exporters.tensorrt import BatchProfile, EngineConfig, build
 from tests.fakes import install_fakes
-from tests.fakes.tiny_onnx import tiny_metadata, write_tiny_onnx
-
-REBUILD = "python -m exporters.build --weights best.pt --engine fp32"
-
-
-def _sidecar(module="tensorrt", version="10.9.0.34", dynamic=False, **kw) -> EngineSidecar:
-    return EngineSidecar(metadata=tiny_metadata(dynamic), tensorrt=module, tensorrt_version=version,
-                         rebuild_command=REBUILD, **kw)
-
-
-def _write_engine(path: Path, plan: bytes, sc: EngineSidecar) -> Path:
-    path.write_bytes(plan)
-    sidecar_path(path).write_text(sc.to_json())
-    return path
-
-
-@pytest.fixture
-def fake_engine(tmp_path, monkeypatch):
-    """Build the tiny graph with a fake TensorRT (10.x unless told) and write engine + sidecar."""
-    def make(version="10.9.0.34", module="tensorrt", dynamic=False, **cudart_kw):
-        trt, cudart = install_fakes(monkeypatch, version, module=module, **cudart_kw)
-        onnx = write_tiny_onnx(tmp_path / "tiny.onnx", dynamic=dynamic)
-        built = build(onnx, EngineConfig(profile=BatchProfile(1, 2, 4)), log=lambda s: None)
-        targets = built.targets
-        sc = _sidecar(module, version, dynamic, targets=targets, profiles=built.profiles,
-                      built_on=None if targets else {"gpu": "FAKE RTX 3050 Laptop GPU", "sm": "sm86"})
-        return _write_engine(tmp_path / "tiny.fp32.engine", built.plan, sc), trt, cudart
-    return make
-
+from tests.fakes.engines import REBUILD
+from tests.fakes.engines import fake_sidecar as _sidecar
+from tests.fakes.engines import write_engine as _write_engine
+from tests.fakes.tiny_onnx import tiny_metadata
 
 # ---- sidecar checks (no GPU needed) ---------------------------------------------------------------
 
@@ -169,36 +154,53 @@ def test_dynamic_engine_batches_within_the_profile(fake_engine):
             be.infer(np.zeros((5, 3, 32, 32), np.float32))
 
 
-def test_pinned_input_view_skips_the_host_copy(fake_engine):
+def test_pinned_input_view_skips_the_host_copy(fake_engine, monkeypatch):
     engine, _, cudart = fake_engine()
+    copies = []
+    real_copyto = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda dst, src, **kw: (copies.append(dst.shape), real_copyto(dst, src, **kw)))
     with TensorRTBackend(engine) as be:
         view = be.input_buffer(1)
         view[:] = 0.5
         (out,) = be.infer(view)
-        assert out[0, 0, 0] == pytest.approx(0.5)
+        assert out[0, 0, 0] == pytest.approx(0.5) and copies == []  # the pinned buffer went to the GPU as it was
+        (out,) = be.infer(np.full((1, 3, 32, 32), 0.25, np.float32))  # any other array: one copy into it
+        assert out[0, 0, 0] == pytest.approx(0.25) and copies == [(1, 3, 32, 32)]
 
 
-def test_one_context_and_stream_per_thread(fake_engine):
+def _contexts(trt) -> int:
+    return sum(1 for c in trt.calls if c[0] == "create_execution_context")
+
+
+def test_one_context_and_stream_per_live_thread_reused_after_it_ends(fake_engine):
     engine, trt, cudart = fake_engine(dynamic=True)
     results, errors = {}, []
     with TensorRTBackend(engine) as be:
-        def work(i):
-            try:
-                x = np.full((2, 3, 32, 32), float(i), np.float32)
-                for _ in range(3):
-                    (out,) = be.infer(x)
-                    results[i] = float(out[0, 0, 0])
-            except Exception as e:  # surfaced below
-                errors.append(e)
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        def wave(values):
+            together = threading.Barrier(len(values))
+
+            def work(i):
+                try:
+                    x = np.full((2, 3, 32, 32), float(i), np.float32)
+                    for _ in range(3):
+                        (out,) = be.infer(x)
+                        results[i] = float(out[0, 0, 0])
+                    together.wait(10)  # all alive at once: each needs its own context
+                except Exception as e:  # surfaced below
+                    errors.append(e)
+            threads = [threading.Thread(target=work, args=(i,)) for i in values]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        wave([0, 1, 2])
         assert not errors and results == {0: 0.0, 1: 1.0, 2: 2.0}
-        # the loading thread's context (made at load) and one per worker thread
-        assert sum(1 for c in trt.calls if c[0] == "create_execution_context") == 4
-        assert len(cudart.streams) == 4
+        # the loading thread's context (made at load) and one per live worker thread
+        assert _contexts(trt) == 4 and len(cudart.streams) == 4
+        wave([3, 4, 5])  # new threads after the first ended: their slots, not new ones
+        assert not errors and results == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0, 5: 5.0}
+        assert _contexts(trt) == 4 and len(cudart.streams) == 4
     assert not cudart.streams and not cudart.host and not cudart.device
 
 
@@ -219,7 +221,7 @@ def test_rtx_runtime_cache_saved_and_graph_strategy_set(fake_engine):
     cache.write_bytes(b"prev")
     with TensorRTBackend(engine, cuda_graph=True) as be:
         be.infer(np.zeros((1, 3, 32, 32), np.float32))
-        config = be._runtime_configs[0]
+        config = be._slot().config
         assert config.cuda_graph_strategy == trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
         assert "cudaStreamBeginCapture" not in cudart.calls  # RTX captures by itself
     assert ("runtime_cache.deserialize", b"prev") in trt.calls
@@ -227,13 +229,24 @@ def test_rtx_runtime_cache_saved_and_graph_strategy_set(fake_engine):
 
 
 def test_detector_runs_an_engine_on_device_n(fake_engine):
+    from engine.preprocess import LetterboxGeometry
+
     engine, trt, cudart = fake_engine(devices=2)
+    devices, set_device = [], cudart.cudaSetDevice
+    cudart.cudaSetDevice = lambda i: (devices.append(i), set_device(i))[1]
     frame = np.full((48, 64, 3), 114, np.uint8)
     with Detector(engine, device=1, conf=0.25) as det:
         assert det.backend.device == 1 and det.names == tiny_metadata().names
         dets = det(frame)
-        assert len(dets) <= det.max_det
-    assert "cudaSetDevice" in cudart.calls
+    assert devices and set(devices) == {1}
+    # the fake engine answers mean(input) + row for every anchor: all 16 anchors are one box (cx, cy, w, h) =
+    # m + (0, 1, 2, 3) with class scores m + (4, 5, 6), m the letterboxed frame's value; NMS keeps one, class 2
+    m = float(np.float32(114) * np.float32(1 / 255))
+    cx, cy, w, h = m, m + 1, m + 2, m + 3
+    box = np.array([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]], np.float32)
+    want = LetterboxGeometry.fit((48, 64), (32, 32)).boxes_to_source(box)
+    assert dets.class_id.tolist() == [2] and dets.confidence.tolist() == pytest.approx([m + 6])
+    np.testing.assert_allclose(dets.xyxy, want, atol=1e-5)
     with pytest.raises(BackendUnavailableError, match="device 5 does not exist"):
         Detector(engine, device=5)
 
@@ -337,7 +350,7 @@ def test_failed_context_leaves_nothing_allocated(fake_engine, monkeypatch):
     from engine.backends.tensorrt import EngineRunError
 
     engine, _, cudart = fake_engine()
-    monkeypatch.setattr(TensorRTBackend, "_new_context", lambda self: None)
+    monkeypatch.setattr(SharedEngine, "new_context", lambda self, cuda_graph: (None, None))
     with pytest.raises(EngineRunError, match="could not create an execution context"):
         TensorRTBackend(engine)
     assert not cudart.streams and not cudart.host and not cudart.device

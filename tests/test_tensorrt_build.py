@@ -2,7 +2,6 @@
 fake modules that record calls (they prove our logic, not TensorRT's)."""
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,8 +15,16 @@ from engine.backends.trt_sidecar import EngineSidecar, read_sidecar
 from engine.errors import BackendUnavailableError, ConfigError, EngineBuildError
 from engine.metadata import Precision
 from exporters import engine_stage
-from exporters.build import BuildContext, build_parser
-from exporters.tensorrt import RTX_TARGETS, BatchProfile, EngineConfig, build, build_engine, normalize_target
+from exporters.config import EngineOptions
+from exporters.tensorrt import (
+    RTX_TARGETS,
+    BatchProfile,
+    EngineConfig,
+    build,
+    build_engine,
+    normalize_target,
+)
+from tests.build_helpers import stage_build
 from tests.conftest import ROOT
 from tests.fakes import install_fakes
 from tests.fakes.tiny_onnx import tiny_metadata, write_int8_qdq, write_tiny_onnx
@@ -44,15 +51,12 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _args(*argv: str) -> argparse.Namespace:
-    return build_parser().parse_args(list(argv))
-
-
-def _ctx(artifacts: dict[str, Path], dynamic: bool = False) -> BuildContext:
-    ctx = BuildContext(log=lambda s: None)
-    ctx.artifacts.update(artifacts)
-    ctx.info["metadata"] = tiny_metadata(dynamic)
-    return ctx
+def _stage(argv: list[str], artifacts: dict[str, Path], dynamic: bool = False, meta=None, log=lambda s: None):
+    """Run the engine stage of a build of ``argv`` whose earlier stages delivered ``artifacts``."""
+    stem = Path(artifacts["onnx"]).stem
+    b = stage_build(["--onnx", f"{stem}.onnx", *argv], artifacts, meta or tiny_metadata(dynamic), log)
+    engine_stage.run(b)
+    return b
 
 
 # ---- the real TensorRT-RTX builder --------------------------------------------------------------
@@ -110,22 +114,19 @@ def demo_engines(demo_pt, tmp_path_factory):
     onnx.save(convert_fp16(onnx.load(str(art.path))), str(fp16))
     int8 = write_int8_qdq(art.path, out / f"{art.path.stem}.int8.onnx")
     logs: list[str] = []
-    ctx = BuildContext(log=logs.append)
-    ctx.artifacts.update({"onnx": art.path, "fp16.onnx": fp16, "int8.onnx": int8})
-    ctx.info["metadata"] = art.metadata
-    engine_stage.run(_args("--weights", str(demo_pt), "--dynamic", "--out", str(out), "--engine", "fp32,fp16,int8",
-                           "--engine-batch", "1,4,8"), ctx)
-    return ctx, logs
+    b = _stage(["--dynamic", "--out", str(out), "--engine", "fp32,fp16,int8", "--engine-batch", "1,4,8"],
+               {"onnx": art.path, "fp16.onnx": fp16, "int8.onnx": int8}, meta=art.metadata, log=logs.append)
+    return b, logs
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_demo_engines_build_with_a_dynamic_batch(demo_engines, precision):
-    ctx, logs = demo_engines
-    engine = ctx.artifacts[f"{precision}.engine"]
+    b, logs = demo_engines
+    engine = b.path(f"{precision}.engine")
     sc = read_sidecar(engine)
     assert engine.stat().st_size > 1_000_000 and sc.precision.value == precision
     assert sc.profiles[0].min[0] == 1 and sc.profiles[0].max[0] == 8 and sc.metadata.batch is None
-    assert sc.metadata.names == ctx.info["metadata"].names
+    assert sc.metadata.names == b.metadata.names
     # Turing only where asked for or on a Turing machine (none here): every target costs engine bytes
     assert sc.targets == RTX_TARGETS and "sm75" not in sc.targets
     assert sc.builder["weights_bytes"] > 1_000_000  # the builder's own figure, from its log
@@ -138,20 +139,20 @@ def test_default_turing_target_is_dropped_with_a_fresh_builder(demo_engines, mon
     size of a direct build (retrying on the used builder and network wrote 26.3 MB against 14.3)."""
     import exporters.tensorrt as trt_builder
 
-    ctx, _ = demo_engines
+    b, _ = demo_engines
     monkeypatch.setattr(trt_builder, "local_sm", lambda: "sm75")
     logs: list[str] = []
-    retried = build(ctx.artifacts["onnx"], EngineConfig(), log=logs.append)
+    retried = build(b.path("onnx"), EngineConfig(), log=logs.append)
     assert retried.targets == RTX_TARGETS and "dropped sm75" in retried.notes[0] and any("dropped sm75" in x for x in logs)
-    direct = build(ctx.artifacts["onnx"], EngineConfig(targets=RTX_TARGETS), log=lambda s: None)
+    direct = build(b.path("onnx"), EngineConfig(targets=RTX_TARGETS), log=lambda s: None)
     assert abs(len(retried.plan) - len(direct.plan)) < 0.02 * len(direct.plan)
 
 
 @needs_rtx
 def test_explicit_turing_target_fails_loudly_for_an_fp32_yolo11(demo_engines):
-    ctx, _ = demo_engines
+    b, _ = demo_engines
     with pytest.raises(EngineBuildError, match="Turing") as e:
-        build(ctx.artifacts["onnx"], EngineConfig(targets=("75",)), log=lambda s: None)
+        build(b.path("onnx"), EngineConfig(targets=("75",)), log=lambda s: None)
     assert "fp16" in e.value.fix and "INT8 + FP16" in e.value.fix
 
 
@@ -161,11 +162,11 @@ def test_stage_writes_engine_and_sidecar(tiny, tmp_path):
     onnx.write_bytes(tiny["dynamic"].read_bytes())
     fp16 = tmp_path / "tiny.fp16.onnx"
     fp16.write_bytes(write_tiny_onnx(tmp_path / "x.onnx", dynamic=True, fp16=True).read_bytes())
-    ctx = _ctx({"onnx": onnx, "fp16.onnx": fp16}, dynamic=True)
-    engine_stage.run(_args("--dynamic", "--engine", "fp32,fp16", "--engine-batch", "1,2,4", "--out", str(tmp_path)), ctx)
+    b = _stage(["--dynamic", "--engine", "fp32,fp16", "--engine-batch", "1,2,4", "--out", str(tmp_path)],
+               {"onnx": onnx, "fp16.onnx": fp16}, dynamic=True)
     for precision in ("fp32", "fp16"):
         engine = tmp_path / f"tiny.{precision}.engine"
-        assert ctx.artifacts[f"{precision}.engine"] == engine and engine.stat().st_size > 10_000
+        assert b.path(f"{precision}.engine") == engine and engine.stat().st_size > 10_000
         sc = read_sidecar(engine)
         assert sc.precision.value == precision and sc.metadata.names == tiny_metadata().names
         assert sc.tensorrt == "tensorrt_rtx" and sc.tensorrt_version == tensorrt_rtx.__version__
@@ -180,20 +181,18 @@ def test_stage_writes_engine_and_sidecar(tiny, tmp_path):
 def test_stage_without_tensorrt_skips_and_says_which_extra(tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
-    logs = []
-    ctx = _ctx({"onnx": tiny["onnx"]})
-    ctx.log = logs.append
-    engine_stage.run(_args("--engine", "fp32"), ctx)
-    assert "fp32.engine" not in ctx.artifacts
-    assert any("engines skipped" in line and ".[rtx]" in line and ".[trt]" in line for line in logs)
+    b = _stage(["--engine", "fp32"], {"onnx": tiny["onnx"]})
+    rec = b.records["fp32.engine"]
+    assert rec.status.value == "skipped" and b.path("fp32.engine") is None
+    assert "no TensorRT" in rec.reason and ".[rtx]" in rec.fix and ".[trt]" in rec.fix
     with pytest.raises(BackendUnavailableError, match="no TensorRT is installed"):
-        engine_stage.run(_args("--engine", "fp32", "--require-engine"), ctx)
+        _stage(["--engine", "fp32", "--require-engine"], {"onnx": tiny["onnx"]})
 
 
 def test_stage_explicit_precision_without_its_graph_names_the_flag(tiny, monkeypatch):
     install_fakes(monkeypatch, "11.1.0.1")
     with pytest.raises(ConfigError, match="FP16 graph") as e:
-        engine_stage.run(_args("--engine", "fp32,fp16"), _ctx({"onnx": tiny["onnx"]}))
+        _stage(["--engine", "fp32,fp16", "--no-fp16"], {"onnx": tiny["onnx"]}, log=print)
     assert engine_stage.PRODUCERS["fp16.onnx"] in str(e.value)
 
 
@@ -201,21 +200,19 @@ def test_stage_auto_builds_only_what_the_run_produced(tiny, monkeypatch, tmp_pat
     install_fakes(monkeypatch, "11.1.0.1")
     onnx = tmp_path / "tiny.onnx"
     onnx.write_bytes(tiny["onnx"].read_bytes())
-    ctx = _ctx({"onnx": onnx})
-    engine_stage.run(_args(), ctx)
-    assert sorted(k for k in ctx.artifacts if k.endswith(".engine")) == ["fp32.engine"]
-    ctx = _ctx({"onnx": onnx})
-    engine_stage.run(_args("--engine", "none"), ctx)
-    assert "fp32.engine" not in ctx.artifacts
+    b = _stage(["--out", str(tmp_path), "--no-fp16", "--no-int8"], {"onnx": onnx})
+    assert sorted(k for k, r in b.records.items() if k.endswith(".engine") and r.delivered) == ["fp32.engine"]
+    b = _stage(["--out", str(tmp_path), "--engine", "none"], {"onnx": onnx})
+    assert b.path("fp32.engine") is None and b.records["fp32.engine"].not_asked
 
 
 @pytest.mark.parametrize("text", ["fp64", "fp32,", ""])
 def test_engine_flag_validation(text):
     if text == "fp32,":
-        assert engine_stage.wanted_precisions(text) == ("fp32",)
+        assert EngineOptions.parse(text, batch=None, targets=None, dynamic=False).wanted == ("fp32",)
         return
     with pytest.raises(ConfigError):
-        engine_stage.wanted_precisions(text or ",")
+        EngineOptions.parse(text or ",", batch=None, targets=None, dynamic=False)
 
 
 def test_config_validation():

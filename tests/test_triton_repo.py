@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ConfigError, ExportError
-from engine.metadata import METADATA_KEY, HeadLayout, ModelMetadata, Precision, Thresholds
+from engine.metadata import (
+    METADATA_KEY,
+    HeadLayout,
+    ModelMetadata,
+    Precision,
+    Thresholds,
+)
 
 onnx = pytest.importorskip("onnx")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
@@ -20,8 +26,9 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
 from google.protobuf import text_format  # noqa: E402  (comes with tritonclient)
 
 from exporters import triton_stage  # noqa: E402
-from exporters.build import BuildContext, build_parser  # noqa: E402
+from exporters.cli import build_parser  # noqa: E402
 from exporters.triton import TritonOptions, anchors, write_model  # noqa: E402
+from tests.build_helpers import stage_build  # noqa: E402
 
 NAMES = ("disc", "box", "triangle")
 IMGSZ = (64, 96)
@@ -54,11 +61,12 @@ def parse(folder: Path):
     return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
-def run_stage(argv: list[str], artifacts: dict[str, Path], meta: ModelMetadata | None = None) -> BuildContext:
-    args = build_parser().parse_args(argv)
-    ctx = BuildContext(log=lambda s: None, artifacts=dict(artifacts), info={"metadata": meta} if meta else {})
-    triton_stage.run(args, ctx)
-    return ctx
+def run_stage(argv: list[str], artifacts: dict[str, Path], meta: ModelMetadata | None = None, log=lambda s: None):
+    """The Triton stage of a build whose earlier stages delivered ``artifacts``; the record it made."""
+    stem = Path(artifacts["onnx"]).stem if "onnx" in artifacts else "model"
+    b = stage_build(["--onnx", f"{stem}.onnx", *argv], artifacts, meta, log)
+    triton_stage.run(b)
+    return b.records["triton"]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +89,8 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_a_model_per_artifact_and_every_config_parses(artifacts, tmp_path):
-    ctx = run_stage(["--triton", str(tmp_path / "repo")], artifacts)
-    assert ctx.artifacts["triton"] == tmp_path / "repo"
+    rec = run_stage(["--triton", str(tmp_path / "repo")], artifacts)
+    assert rec.delivered and rec.path == tmp_path / "repo"
     folders = sorted(p.parent for p in (tmp_path / "repo").glob("*/config.pbtxt"))
     assert [f.name for f in folders] == ["m_fp16_onnx", "m_fp32_engine", "m_int8-cpu_onnx", "m_onnx"]
     for folder in folders:
@@ -162,16 +170,14 @@ def test_tensorrt_rtx_engines_are_left_out(artifacts, tmp_path):
     rtx.write_bytes(b"rtx plan")
     rtx.with_suffix(".json").write_text(json.dumps({"builder": "tensorrt_rtx", "version": "1.7.1"}))
     lines: list[str] = []
-    args = build_parser().parse_args(["--triton", str(tmp_path / "repo")])
-    ctx = BuildContext(log=lines.append, artifacts={"onnx": artifacts["onnx"], "fp16.engine": rtx})
-    triton_stage.run(args, ctx)
+    run_stage(["--triton", str(tmp_path / "repo")], {"onnx": artifacts["onnx"], "fp16.engine": rtx}, log=lines.append)
     assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["m_onnx"]
     assert any("TensorRT-RTX" in line for line in lines)
 
 
 def test_no_flag_no_repository_and_bad_options(artifacts, tmp_path):
-    ctx = run_stage([], artifacts)
-    assert "triton" not in ctx.artifacts
+    rec = run_stage([], artifacts)
+    assert rec.not_asked and not rec.delivered
     with pytest.raises(ConfigError, match="--triton-max-batch"):
         run_stage(["--triton", str(tmp_path / "r"), "--triton-max-batch", "0"], artifacts)
     with pytest.raises(ConfigError, match="--triton-preferred"):
@@ -179,8 +185,8 @@ def test_no_flag_no_repository_and_bad_options(artifacts, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file"):
         run_stage(["--triton", str(tmp_path / "file")], artifacts)
-    with pytest.raises(ExportError, match="no model artifacts"):
-        run_stage(["--triton", str(tmp_path / "r2")], {"accuracy": artifacts["accuracy"]})
+    rec = run_stage(["--triton", str(tmp_path / "r2")], {"accuracy": artifacts["accuracy"]})
+    assert rec.status.value == "withheld" and "no model artifacts" in rec.reason
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--triton-preferred", "a,b"])
 

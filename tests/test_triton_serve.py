@@ -8,6 +8,7 @@ The last test loads a repository written by ``--triton`` into the same Triton bi
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,8 +24,14 @@ import pytest
 
 from engine import Detections, Detector
 from engine.errors import InputImageError
-from engine.serve import detections_from_outputs, frames_from_encoded_input, frames_from_image_input, pack_outputs
+from engine.serve import (
+    detections_from_outputs,
+    frames_from_encoded_input,
+    frames_from_image_input,
+    pack_outputs,
+)
 from tests.conftest import DEMO, ROOT
+from tests.rtsp_server import free_ports
 
 TRITON_VENV = ROOT / ".venv-triton"
 TRITON_PY = TRITON_VENV / "bin" / "python"
@@ -77,22 +84,12 @@ def test_cli_refuses_a_missing_model_and_a_missing_pytriton(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         p = subprocess.run([sys.executable, "-m", "engine.serve", "--model", str(model), "--grpc-port", str(port),
-                            "--http-port", str(_free_ports(1)[0]), "--metrics-port", "0"],
+                            "--http-port", str(free_ports(1)[0]), "--metrics-port", "0"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and f"--grpc-port {port}" in p.stderr and "not available" in p.stderr
 
 
 # ---- one server for the module -------------------------------------------------------------------
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
 
 def _wait_ready(proc: subprocess.Popen, log: Path, url: str, models: list[str], timeout: float = 150) -> None:
     import tritonclient.http as th
@@ -117,8 +114,16 @@ def _stop(proc: subprocess.Popen) -> None:
         try:
             proc.wait(timeout=40)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            _kill_all(proc)
+
+
+def _kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the server and what it started (Triton's stubs outlive a killed server; it runs in its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +156,13 @@ def server(served_model, tmp_path_factory):
     pytest.importorskip("tritonclient.http", reason="tritonclient not installed: pip install -e .[dev]")
     if not TRITON_PY.exists():
         pytest.skip(needs_triton.kwargs["reason"])
-    http, grpc, metrics = _free_ports(3)
+    http, grpc, metrics = free_ports(3)
     log = tmp_path_factory.mktemp("server") / "serve.log"
     with open(log, "w") as f:
         proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
                                  str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                                 "--max-batch", "4"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+                                 "--max-batch", "4"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http}", ["yolo", "yolo_encoded"])
         yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": metrics, "log": log}
@@ -209,26 +215,93 @@ def test_remote_detections_equal_the_local_detector(server, local, images, proto
           local(images[1]))
 
 
+def _bad_requests(images: list[np.ndarray]) -> list[tuple[str, str, str, np.ndarray, str, str]]:
+    """(case, model, input, array, dtype, expected message) for every bad request the issue lists."""
+    png = cv2.imencode(".png", images[0])[1].tobytes()
+    ours = "; fix: "  # the project's one line: reason, then the fix
+    return [
+        ("wrong dtype", "yolo", "image", images[0][None].astype(np.float32), "FP32", "expects 'UINT8'"),
+        ("wrong rank", "yolo", "image", images[0][:4], "UINT8", r"unexpected shape .* got \[4,"),
+        ("wrong rank, first axis over the batch", "yolo", "image", images[0], "UINT8", "batch-size must be <= 4"),
+        ("4 channels", "yolo", "image", np.zeros((1, 8, 8, 4), np.uint8), "UINT8", r"Expected \[-1,-1,-1,3\]"),
+        ("bytes that are not an image", "yolo_encoded", "encoded",
+         np.array([[b"these bytes are not an image"]], dtype=object), "BYTES", "not an image OpenCV can decode" + ours),
+        ("a truncated PNG", "yolo_encoded", "encoded", np.array([[png[: len(png) // 2]]], dtype=object), "BYTES",
+         r"\(\d+ bytes, starting b'\\x89PNG.*not an image OpenCV can decode" + ours),
+        ("empty bytes", "yolo_encoded", "encoded", np.array([[b""]], dtype=object), "BYTES", r"\(0 bytes" + ".*" + ours),
+        ("a raw frame sent to the encoded model", "yolo_encoded", "image", images[0][None], "UINT8",
+         "unexpected inference input 'image' for model 'yolo_encoded'"),
+        ("an empty batch", "yolo", "image", np.zeros((0, 8, 8, 3), np.uint8), "UINT8", "input byte size mismatch"),
+        ("a zero-size frame", "yolo", "image", np.zeros((1, 0, 64, 3), np.uint8), "UINT8",
+         r"input 'image' has shape \[1, 0, 64, 3\], with nothing in it" + ours),
+        ("a batch over the maximum", "yolo", "image", np.zeros((5, 8, 8, 3), np.uint8), "UINT8", "batch-size must be <= 4"),
+        ("an unknown input", "yolo", "pixels", images[0][None], "UINT8", "unexpected inference input 'pixels'"),
+        ("an unknown model", "nope", "image", images[0][None], "UINT8", "unknown model: 'nope'"),
+    ]
+
+
 @needs_triton
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server, local, images, protocol):
+def test_every_bad_request_gets_a_one_line_client_error_and_the_next_good_one_is_answered(server, local, images,
+                                                                                           protocol):
     from tritonclient.utils import InferenceServerException
 
     mod, client = _client(server, protocol)
-    cases = [
-        ("yolo", "image", images[0][None].astype(np.float32), "FP32", "expects 'UINT8'"),
-        ("yolo", "image", images[0][None, :, :, 0].copy(), "UINT8", "shape"),
-        ("yolo", "image", images[0][None, :, :, :2].copy(), "UINT8", "shape"),
-        ("yolo_encoded", "encoded", np.array([[b"these bytes are not an image"]], dtype=object), "BYTES",
-         "not an image OpenCV can decode"),
-        # a 0-pixel frame stops in pytriton's own stub, before our check, with pytriton's message
-        ("yolo", "image", np.zeros((1, 0, 64, 3), np.uint8), "UINT8", "zeros in shape"),
-    ]
-    for model, name, array, dtype, message in cases:
-        with pytest.raises(InferenceServerException, match=message):
+    client_error = {"http": ("400",), "grpc": ("StatusCode.INVALID_ARGUMENT",)}[protocol]
+    not_found = {"http": ("404",), "grpc": ("StatusCode.NOT_FOUND",)}[protocol]
+    for case, model, name, array, dtype, message in _bad_requests(images):
+        with pytest.raises(InferenceServerException) as e:
             _infer(mod, client, model, name, array, dtype)
-    assert client.is_server_live()
-    _same(_infer(mod, client, "yolo", "image", images[2][None], "UINT8")[0], local(images[2]))
+        text = e.value.message() or ""
+        assert str(e.value.status()) in (not_found if model == "nope" else client_error), (case, e.value.status(), text)
+        assert re.search(message, text), (case, text)
+        assert len(text.splitlines()) == 1 and "Traceback" not in text, (case, text)
+        assert not re.search(r"/(tmp|work|root|home|usr)/|site-packages|\.py\b", text), (case, text)  # no server path
+        _same(_infer(mod, client, "yolo", "image", images[2][None], "UINT8")[0], local(images[2]))
+    log = server["log"].read_text()
+    assert "Traceback" not in log and "bad request to 'yolo_encoded': request 0: input 'encoded'" in log
+    assert "engine.serve: bad request: request 0: input 'image' has shape [1, 0, 64, 3]" in log
+
+
+@needs_triton
+def test_a_bad_request_batched_with_good_ones_fails_alone(server, local, images):
+    """The dynamic batcher may put a zero-size frame in one batch with good requests: only it is refused."""
+    import tritonclient.grpc as mod
+    from tritonclient.utils import InferenceServerException
+
+    results: dict[int, object] = {}
+
+    def call(k: int) -> None:
+        client = mod.InferenceServerClient(server["grpc"])
+        frame = np.zeros((1, 0, 64, 3), np.uint8) if k == 0 else images[k % len(images)][None]
+        try:
+            results[k] = _infer(mod, client, "yolo", "image", frame, "UINT8")[0]
+        except InferenceServerException as e:
+            results[k] = e
+
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert isinstance(results[0], InferenceServerException) and "nothing in it" in results[0].message()
+    for k in (1, 2, 3):
+        _same(results[k], local(images[k % len(images)]))
+
+
+def test_bad_request_log_lines_are_rate_limited(caplog):
+    from engine.serve.server import LogLimit
+
+    now = [0.0]
+    limit = LogLimit(lines=3, window_s=10.0, clock=lambda: now[0])
+    with caplog.at_level("WARNING", logger="engine.serve"):
+        for i in range(8):
+            limit.warning(f"bad request {i}")
+        now[0] = 11.0
+        limit.warning("bad request later")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["bad request 0", "bad request 1", "bad request 2",
+                     "5 more bad requests in the last 10 s were not logged", "bad request later"]
 
 
 @needs_triton
@@ -263,6 +336,66 @@ def test_metrics_endpoint_counts_inferences(server):
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{server['metrics']}/metrics", timeout=10).read().decode()
     assert 'nv_inference_request_success{model="yolo"' in text
+
+
+def _cmdlines() -> list[list[str]]:
+    out = []
+    for f in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            out.append(f.read_bytes().decode(errors="replace").split("\0"))
+        except OSError:
+            pass
+    return out
+
+
+def _left_behind(pid: int, http_port: int) -> list[Path]:
+    """What server ``pid``'s Triton keeps while it runs: its stubs' model folders under /tmp (one per model
+    instance, ``/tmp/folderXXXXXX/1/model.py``) and pytriton's workspace."""
+    paths = [Path(a[1]).parents[1] for a in _cmdlines()
+             if a[0].endswith("triton_python_backend_stub") and any(f"pytrtion{pid}-" in x for x in a)]
+    for a in _cmdlines():
+        if a[0].endswith("tritonserver") and str(http_port) in a and "--model-repository" in a:
+            paths.append(Path(a[a.index("--model-repository") + 1]).parent)
+    return paths
+
+
+@needs_triton
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(served_model, tmp_path, sig):
+    """An HTTP keep-alive connection kept Triton waiting out its 30 s exit timeout, then it left its model
+    folders under /tmp: now the models are unloaded first and the exit timeout is short."""
+    import http.client
+
+    import tritonclient.grpc as tg
+
+    http_port, grpc_port = free_ports(2)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
+                                 str(http_port), "--grpc-port", str(grpc_port), "--metrics-port", "0", "--max-batch", "2"],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(proc, log, f"127.0.0.1:{http_port}", ["yolo", "yolo_encoded"])
+        kept = _left_behind(proc.pid, http_port)
+        assert len(kept) == 3 and all(d.is_dir() for d in kept), kept  # two stub folders and the workspace
+        keep_alive = http.client.HTTPConnection("127.0.0.1", http_port)
+        keep_alive.request("GET", "/v2/health/live")
+        assert keep_alive.getresponse().read() == b""  # answered, and the connection stays open
+        grpc_client = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert grpc_client.is_server_live()
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            _kill_all(proc)
+    out = log.read_text()
+    assert took < 10.0, f"stopped in {took:.1f}s\n{out[-3000:]}"
+    assert code == (0 if sig == signal.SIGTERM else 130), out[-3000:]  # engine.cli's policy: Ctrl-C exits 130
+    assert not [d for d in kept if d.exists()], kept  # the stubs' folders under /tmp and the workspace are gone
+    assert "Traceback" not in out and "non-graceful" not in out.lower(), out[-3000:]
 
 
 # ---- the --triton repository in the same Triton binary -----------------------------------------
@@ -310,7 +443,7 @@ def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path)
     shutil.copy(dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
     (backends / "onnxruntime").mkdir()
     (backends / "onnxruntime" / "model.py").write_text(STAND_IN_BACKEND)
-    http, grpc = _free_ports(2)
+    http, grpc = free_ports(2)
     env = dict(os.environ, PATH=f"{TRITON_VENV / 'bin'}:{os.environ['PATH']}",
                LD_LIBRARY_PATH=str(site / "nvidia_pytriton.libs"))
     log = tmp_path / "tritonserver.log"
@@ -318,7 +451,8 @@ def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path)
         proc = subprocess.Popen([str(dist / "bin" / "tritonserver"), "--model-repository", str(tmp_path / "repo"),
                                  "--backend-directory", str(backends), "--http-address", "127.0.0.1", "--http-port",
                                  str(http), "--grpc-address", "127.0.0.1", "--grpc-port", str(grpc),
-                                 "--allow-metrics", "false", "--exit-on-error", "true", "--disable-auto-complete-config"],
+                                 "--allow-metrics", "false", "--exit-on-error", "true", "--disable-auto-complete-config",
+                                 "--exit-timeout-secs", "5"],
                                 env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http}", ["demo_onnx"], timeout=90)
@@ -332,6 +466,7 @@ def test_generated_repository_loads_and_serves_in_triton(served_model, tmp_path)
         got = client.infer("demo_onnx", [inp]).as_numpy(cfg["output"][0]["name"])
         want = ort.InferenceSession(str(served_model), providers=["CPUExecutionProvider"]).run(None, {"images": x})[0]
         np.testing.assert_allclose(got, want, atol=1e-4)
+        client.close()  # a kept-alive connection makes Triton wait out its exit timeout, then exit leaving /tmp files
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -1,10 +1,13 @@
 """ONNX Runtime backend: CUDA when onnxruntime-gpu is installed, else CPU.
 
 Outputs are written into arrays allocated once per batch size through ``IOBinding``, so the hot
-path allocates no output memory.
+path allocates no output memory. Thread-safe by per-thread state: ONNX Runtime's ``Run`` may be called
+from several threads at once, and each thread gets its own ``IOBinding`` and output arrays (valid
+until that thread's next call), so concurrent calls neither share nor overwrite buffers.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +65,12 @@ class OnnxRuntimeBackend(Backend):
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
             raise ModelLoadError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                                  "the file is truncated, corrupt or not ONNX: export it again") from None
-        self.inputs = [self._spec(i) for i in self.session.get_inputs()]
-        self.outputs = [self._spec(o) for o in self.session.get_outputs()]
+        self.inputs = [self._spec(i, "input") for i in self.session.get_inputs()]
+        self.outputs = [self._spec(o, "output") for o in self.session.get_outputs()]
         self.metadata = from_onnx_props(self.session.get_modelmeta().custom_metadata_map) or self._infer_metadata()
-        self._binding = self.session.io_binding()
-        self._out_buffers: dict[int, list[np.ndarray]] = {}
+        self._out_shapes: dict[int, list[tuple[int, ...]]] = {}  # per batch size, shared by the threads
+        self._probe_lock = threading.Lock()
+        self._local = threading.local()  # per thread: .binding and .buffers {batch: [arrays]}
 
     @staticmethod
     def uses_cuda(device: str) -> bool:
@@ -75,10 +79,16 @@ class OnnxRuntimeBackend(Backend):
 
         return device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers()
 
-    @staticmethod
-    def _spec(arg) -> TensorSpec:
+    def _spec(self, arg, role: str) -> TensorSpec:
+        dtype = _DTYPES.get(arg.type)
+        if dtype is None:  # never guess: a double read as float32 gives garbage boxes, silently
+            handled = ", ".join(t[len("tensor("):-1] for t in _DTYPES)
+            raise ModelLoadError(f"{role} '{arg.name}' of {self.path} has type {arg.type}, which the runtime does "
+                                 f"not read (it reads {handled})",
+                                 "export the model again with python -m exporters.build (float32 outputs), or add a "
+                                 f"Cast to float32 after '{arg.name}' in the graph")
         shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
-        return TensorSpec(arg.name, shape, np.dtype(_DTYPES.get(arg.type, np.float32)))
+        return TensorSpec(arg.name, shape, np.dtype(dtype))
 
     def _infer_metadata(self) -> ModelMetadata:
         """For an ONNX file without metadata: sizes from the graph, class count from the output."""
@@ -98,19 +108,33 @@ class OnnxRuntimeBackend(Backend):
         return ModelMetadata(names=tuple(f"class{i}" for i in range(nc)), imgsz=imgsz,
                              batch=spec.shape[0], head=HeadLayout.RAW, tool_version="", pixels=pixels)
 
+    def _shapes_for(self, batch: int) -> list[tuple[int, ...]]:
+        shapes = self._out_shapes.get(batch)
+        if shapes is None:
+            with self._probe_lock:  # one probe run per batch size, whichever thread asks first
+                shapes = self._out_shapes.get(batch)
+                if shapes is None:
+                    spec = self.inputs[0]
+                    shape = PixelFormat.of_input(spec.shape, spec.dtype).shape(batch, self.metadata.imgsz)
+                    probe = self.session.run(None, {spec.name: np.zeros(shape, spec.dtype)})
+                    shapes = self._out_shapes[batch] = [p.shape for p in probe]
+        return shapes
+
     def _outputs_for(self, batch: int) -> list[np.ndarray]:
-        bufs = self._out_buffers.get(batch)
+        """This thread's output arrays for ``batch`` (made once per thread and batch size)."""
+        local = self._local
+        if not hasattr(local, "buffers"):
+            local.buffers, local.binding = {}, self.session.io_binding()
+        bufs = local.buffers.get(batch)
         if bufs is None:
-            spec = self.inputs[0]
-            shape = PixelFormat.of_input(spec.shape, spec.dtype).shape(batch, self.metadata.imgsz)
-            probe = self.session.run(None, {spec.name: np.zeros(shape, spec.dtype)})
-            bufs = self._out_buffers[batch] = [np.empty_like(p) for p in probe]
+            bufs = local.buffers[batch] = [np.empty(shape, spec.dtype)
+                                           for shape, spec in zip(self._shapes_for(batch), self.outputs)]
         return bufs
 
     def infer_impl(self, x: np.ndarray) -> list[np.ndarray]:
         x = np.ascontiguousarray(x)
         outs = self._outputs_for(x.shape[0])
-        b = self._binding
+        b = self._local.binding
         b.clear_binding_inputs()
         b.clear_binding_outputs()
         b.bind_cpu_input(self.inputs[0].name, x)
@@ -120,5 +144,7 @@ class OnnxRuntimeBackend(Backend):
         return outs
 
     def close(self) -> None:
-        self.__dict__.pop("session", None)
-        self._out_buffers = {}
+        """Release the session and every thread's buffers, after calls in flight end (idempotent)."""
+        if self.gate.close():
+            self._local = threading.local()
+            self.__dict__.pop("session", None)

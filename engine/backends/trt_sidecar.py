@@ -12,15 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import MetadataError, ModelLoadError
+from ..errors import EngineMismatchError, MetadataError
 from ..metadata import ModelMetadata, Precision
 from .trt_flavor import INSTALL, TrtFlavor
 
 SIDECAR_SCHEMA = 1
-
-
-class EngineMismatchError(ModelLoadError):
-    """An engine was built for another TensorRT version or GPU than the one here."""
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from .memory import DeviceBuffer, PinnedBuffer
 from .runtime import (CudaError, CudaUnavailableError, DeviceInfo, check, cudart, device_info, set_device,
                       unavailable_reason, versions)
 from .stream import CudaGraph, Event, Stream
-from .kernels import GpuLetterbox, GpuPostprocess  # our kernels (engine/cuda/kernels/*.cu, compiled by NVRTC)
+from .kernels import GpuLetterbox  # our kernel (engine/cuda/kernels/*.cu, compiled by NVRTC)
 from .nvrtc import KernelCompileError
 
 __all__ = ["PinnedBuffer", "DeviceBuffer", "Stream", "Event", "CudaGraph", "CudaError", "CudaUnavailableError",
            "DeviceInfo", "check", "cudart", "device_info", "set_device", "unavailable_reason", "versions",
-           "GpuLetterbox", "GpuPostprocess", "KernelCompileError"]
+           "GpuLetterbox", "KernelCompileError"]

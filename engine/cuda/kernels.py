@@ -1,24 +1,23 @@
-"""Our two CUDA kernels, from Python: GPU letterbox (a) and GPU decode + top-K + NMS (b).
+"""Our CUDA kernel, from Python: the GPU letterbox behind ``Detector(preprocess="gpu")``.
 
-Sources are readable ``.cu`` files beside this module (``kernels/letterbox.cu``, ``kernels/postprocess.cu``),
-compiled at first use by NVRTC (:mod:`engine.cuda.nvrtc`) and launched through ``cuda-python``'s driver
-API. This module imports without ``cuda-python`` (``ctypes`` only); compiling needs it and NVRTC,
-launching needs an NVIDIA GPU with its driver.
+The source is a readable ``.cu`` file beside this module (``kernels/letterbox.cu``), compiled at first use
+by NVRTC (:mod:`engine.cuda.nvrtc`) and launched through ``cuda-python``'s driver API. This module
+imports without ``cuda-python`` (``ctypes`` only); compiling needs it and NVRTC, launching needs an
+NVIDIA GPU with its driver.
 
-* :class:`GpuLetterbox` — one kernel: resize (bilinear, as OpenCV) + pad 114 + BGR→RGB + 1/255 +
-  HWC→CHW, from a uint8 frame into a model's FP32 or FP16 input buffer on the device. Each frame goes
-  through pinned host memory to the device, so the copy is asynchronous on the caller's stream.
-* :class:`GpuPostprocess` — decode + confidence filter + top-K + NMS on the raw head on the device; only
-  ``num_dets, boxes, scores, classes`` (``K = max_det`` rows, the layout of an ``--end2end`` graph)
-  come back to the host.
+:class:`GpuLetterbox` is one kernel: resize (bilinear, as OpenCV) + pad 114 + BGR→RGB + 1/255 + HWC→CHW,
+from a uint8 frame into a model's FP32 or FP16 input buffer on the device. Each frame goes through pinned
+host memory to the device, so the copy is asynchronous on the caller's stream.
 
-The launch geometry (:func:`letterbox_launch`, :func:`postprocess_launches`) and the argument structs
-are plain Python, shared with the tests that run the same kernel sources on the CPU.
+Post-processing on the GPU is the end-to-end graph's job (``python -m exporters.build --end2end``: decode
+and top-K inside the engine, only K rows cross PCIe); a separate NMS kernel that nothing ran was removed.
+
+The launch geometry (:func:`letterbox_launch`) and the argument struct are plain Python, shared with the
+tests that run the same kernel source on the CPU.
 """
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,9 +29,7 @@ from .runtime import CudaError, CudaUnavailableError, check, cudart, device_info
 from .stream import Event, Stream
 
 LETTERBOX_FILE, LETTERBOX_KERNELS = "letterbox", ("letterbox_f32", "letterbox_f16")
-POSTPROCESS_FILE, POSTPROCESS_KERNELS = "postprocess", ("pp_filter", "pp_rank", "pp_mask", "pp_select")
 LETTERBOX_BLOCK = (32, 8)
-BLOCK = 256
 INSTALL = "pip install cuda-python nvidia-cuda-nvrtc, on a machine with an NVIDIA GPU and its driver"
 
 
@@ -43,22 +40,6 @@ class LetterboxArgs(ctypes.Structure):
                 ("dst_h", ctypes.c_int), ("dst_w", ctypes.c_int), ("new_h", ctypes.c_int), ("new_w", ctypes.c_int),
                 ("top", ctypes.c_int), ("left", ctypes.c_int), ("scale_x", ctypes.c_double),
                 ("scale_y", ctypes.c_double)]
-
-
-class PPArgs(ctypes.Structure):
-    """``PPArgs`` of ``postprocess.cu``."""
-
-    _fields_ = [("batch", ctypes.c_int), ("num_classes", ctypes.c_int), ("num_anchors", ctypes.c_int),
-                ("cap", ctypes.c_int), ("max_det", ctypes.c_int), ("agnostic", ctypes.c_int),
-                ("conf", ctypes.c_float), ("iou", ctypes.c_float)]
-
-
-class PPBuffers(ctypes.Structure):
-    """``PPBuffers`` of ``postprocess.cu``: device pointers (see the .cu file for each shape)."""
-
-    _fields_ = [(n, ctypes.c_void_p) for n in (
-        "pred", "class_mask", "count", "cand_score", "cand_anchor", "cand_class", "rank_box", "rank_score",
-        "rank_class", "mask", "removed", "num_dets", "boxes", "scores", "classes")]
 
 
 def letterbox_args(frame_shape: tuple[int, ...], pitch: int, g: LetterboxGeometry) -> LetterboxArgs:
@@ -72,34 +53,6 @@ def letterbox_launch(dst_hw: tuple[int, int]) -> tuple[tuple[int, int, int], tup
     """(grid, block) of the letterbox kernel: one thread per output pixel."""
     bx, by = LETTERBOX_BLOCK
     return (-(-dst_hw[1] // bx), -(-dst_hw[0] // by), 1), (bx, by, 1)
-
-
-def postprocess_launches(batch: int, num_anchors: int, cap: int) -> list[tuple[str, tuple, tuple]]:
-    """The four launches of kernel (b), in order: ``(kernel, grid, block)``."""
-    words = cap // 64
-    return [
-        ("pp_filter", (-(-num_anchors // BLOCK), batch, 1), (BLOCK, 1, 1)),
-        ("pp_rank", (-(-num_anchors // BLOCK), batch, 1), (BLOCK, 1, 1)),
-        ("pp_mask", (-(-(cap * words) // BLOCK), batch, 1), (BLOCK, 1, 1)),
-        ("pp_select", (-(-batch // 32), 1, 1), (32, 1, 1)),
-    ]
-
-
-def iou_threshold_f32(iou: float) -> float:
-    """``iou`` as float32, rounded down where needed so ``x > t`` in float32 equals ``x > iou`` in double."""
-    t = np.float32(iou)
-    return float(np.nextafter(t, np.float32(-np.inf)) if float(t) > iou else t)
-
-
-def class_mask_words(classes: Sequence[int] | None, num_classes: int) -> np.ndarray | None:
-    """Bit ``c`` set for each kept class id (``None``: all classes, no mask)."""
-    if classes is None:
-        return None
-    words = np.zeros(-(-num_classes // 32), np.uint32)
-    for c in classes:
-        if 0 <= int(c) < num_classes:
-            words[int(c) >> 5] |= np.uint32(1 << (int(c) & 31))
-    return words
 
 
 # ---------------------------------------------------------------------------------------------- CUDA
@@ -228,134 +181,6 @@ class GpuLetterbox:
         self._mod.close()
 
     def __enter__(self) -> "GpuLetterbox":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-@dataclass(frozen=True)
-class PostprocessResult:
-    """Host views of kernel (b)'s outputs; ``candidates`` counts the anchors above ``conf`` per image."""
-
-    num_dets: np.ndarray  # (B, 1) int32
-    boxes: np.ndarray  # (B, K, 4) float32
-    scores: np.ndarray  # (B, K) float32
-    classes: np.ndarray  # (B, K) int32
-    candidates: np.ndarray  # (B,) int32; above ``cap`` the lowest-scoring were dropped
-
-
-_SCRATCH = ("count", "cand_score", "cand_anchor", "cand_class", "rank_box", "rank_score", "rank_class", "mask",
-            "removed", "class_mask", "pred")
-_OUTPUTS = {"num_dets": np.int32, "boxes": np.float32, "scores": np.float32, "classes": np.int32, "count": np.int32}
-
-
-class GpuPostprocess:
-    """Kernel (b): raw head on the device → ``K = max_det`` detections per image on the host.
-
-    Args:
-        num_classes, num_anchors: the raw head's ``(4 + num_classes, num_anchors)``.
-        batch: most images per call (every buffer is sized for it once).
-        max_det: detections per image (K).
-        cap: most candidates per image that are ranked and NMS'd (a multiple of 64; the rest, the lowest
-            scores, are dropped, as Ultralytics' ``max_nms`` does). Its square in bits is the IoU mask.
-        device: CUDA device index.
-
-    ``pp(pred_ptr, conf, iou, stream, batch=..., classes=..., agnostic=...)`` queues the four launches
-    and the copies of the outputs into pinned host memory on ``stream``, synchronizes after the last
-    copy and returns a :class:`PostprocessResult` (views of pinned memory, valid until the next call).
-    :meth:`run_host` takes a host array instead (it copies it to the device first).
-    """
-
-    def __init__(self, num_classes: int, num_anchors: int, batch: int = 1, max_det: int = 300, cap: int = 1024,
-                 device: int = 0) -> None:
-        if cap % 64 or cap < 64 or max_det < 1 or batch < 1:
-            raise ConfigError(f"cap={cap}, max_det={max_det}, batch={batch}",
-                              "use cap a positive multiple of 64, max_det >= 1, batch >= 1")
-        self.nc, self.A, self.batch, self.max_det, self.cap = num_classes, num_anchors, batch, max_det, cap
-        self._mod = _Module(POSTPROCESS_FILE, POSTPROCESS_KERNELS, device)
-        B, A, K, words = batch, num_anchors, max_det, cap // 64
-        dev_bytes = dict(count=4 * B, cand_score=4 * B * A, cand_anchor=4 * B * A, cand_class=4 * B * A,
-                         rank_box=16 * B * cap, rank_score=4 * B * cap, rank_class=4 * B * cap,
-                         mask=8 * B * cap * words, removed=8 * B * words, class_mask=4 * -(-num_classes // 32),
-                         pred=4 * B * (4 + num_classes) * A, num_dets=4 * B, boxes=16 * B * K, scores=4 * B * K,
-                         classes=4 * B * K)
-        self._dev = {k: DeviceBuffer(n) for k, n in dev_bytes.items()}
-        shapes = dict(num_dets=(B, 1), boxes=(B, K, 4), scores=(B, K), classes=(B, K), count=(B,))
-        self._host = {k: PinnedBuffer(dev_bytes[k]) for k in _OUTPUTS}
-        self._views = {k: self._host[k].array(shapes[k], _OUTPUTS[k]) for k in _OUTPUTS}
-        self._pred_staging = PinnedBuffer()
-        self.stream = Stream()
-
-    def _buffers(self, pred_ptr: int, with_mask: bool) -> PPBuffers:
-        ptrs = {k: b.ptr for k, b in self._dev.items()}
-        ptrs["pred"] = int(pred_ptr)
-        ptrs["class_mask"] = ptrs["class_mask"] if with_mask else None
-        return PPBuffers(**ptrs)
-
-    def launch(self, pred_ptr: int, conf: float, iou: float, stream: Any, batch: int | None = None,
-               classes: Sequence[int] | None = None, agnostic: bool = False) -> int:
-        """Queue the four kernels on ``stream`` (outputs stay on the device); returns the batch."""
-        batch = self.batch if batch is None else int(batch)
-        if not 1 <= batch <= self.batch:
-            raise ConfigError(f"batch {batch} is outside 1..{self.batch} of this GpuPostprocess",
-                              "create it with a larger batch")
-        rt, handle = cudart(), _stream_handle(stream)
-        mask = class_mask_words(classes, self.nc)
-        if mask is not None:  # pageable and tiny: cudaMemcpyAsync copies it before returning
-            check(rt.cudaMemcpyAsync(self._dev["class_mask"].ptr, mask.ctypes.data, mask.nbytes,
-                                     rt.cudaMemcpyKind.cudaMemcpyHostToDevice, handle), "cudaMemcpyAsync(class mask)")
-        check(rt.cudaMemsetAsync(self._dev["count"].ptr, 0, 4 * batch, handle), "cudaMemsetAsync(count)")
-        args = PPArgs(batch, self.nc, self.A, self.cap, self.max_det, int(agnostic), float(np.float32(conf)),
-                      iou_threshold_f32(iou))
-        bufs = self._buffers(pred_ptr, mask is not None)
-        for kernel, grid, block in postprocess_launches(batch, self.A, self.cap):
-            self._mod.launch(kernel, grid, block, handle, args, bufs)
-        return batch
-
-    def enqueue(self, pred_ptr: int, conf: float, iou: float, stream: Any, batch: int | None = None,
-                classes: Sequence[int] | None = None, agnostic: bool = False) -> int:
-        """:meth:`launch`, then the D2H copies of the outputs into pinned memory, without waiting.
-
-        The host may read the outputs only after ``stream`` is synchronized.
-        """
-        batch = self.launch(pred_ptr, conf, iou, stream, batch, classes, agnostic)
-        rt, handle = cudart(), _stream_handle(stream)
-        for k in _OUTPUTS:
-            n = self._views[k].nbytes // self.batch * batch
-            check(rt.cudaMemcpyAsync(self._host[k].ptr, self._dev[k].ptr, n, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
-                                     handle), f"cudaMemcpyAsync({k} D2H)")
-        return batch
-
-    def __call__(self, pred_ptr: int, conf: float, iou: float, stream: Any = None, batch: int | None = None,
-                 classes: Sequence[int] | None = None, agnostic: bool = False) -> PostprocessResult:
-        stream = self.stream if stream is None else stream
-        batch = self.enqueue(pred_ptr, conf, iou, stream, batch, classes, agnostic)
-        check(cudart().cudaStreamSynchronize(_stream_handle(stream)), "cudaStreamSynchronize")  # after the last copy
-        v = self._views
-        return PostprocessResult(v["num_dets"][:batch], v["boxes"][:batch], v["scores"][:batch], v["classes"][:batch],
-                                 v["count"][:batch])
-
-    def run_host(self, pred: np.ndarray, conf: float, iou: float, classes: Sequence[int] | None = None,
-                 agnostic: bool = False) -> PostprocessResult:
-        """Copy a host ``(B, 4 + nc, A)`` float32 head to the device (through pinned memory), then :meth:`__call__`."""
-        pred = np.ascontiguousarray(pred, dtype=np.float32)
-        if pred.ndim != 3 or pred.shape[1:] != (4 + self.nc, self.A) or not 1 <= len(pred) <= self.batch:
-            raise ConfigError(f"raw head of shape {pred.shape}, expected (1..{self.batch}, {4 + self.nc}, {self.A})",
-                              "pass the model's raw output, at most the batch this GpuPostprocess was made for")
-        self._pred_staging.resize(pred.nbytes)
-        np.copyto(self._pred_staging.array(pred.shape, np.float32), pred)
-        self._dev["pred"].copy_from_host(self._pred_staging, self.stream, pred.nbytes)
-        return self(self._dev["pred"].ptr, conf, iou, self.stream, len(pred), classes, agnostic)
-
-    def close(self) -> None:
-        """Free every buffer, the stream and the module (idempotent)."""
-        for b in [*self._dev.values(), *self._host.values(), self._pred_staging]:
-            b.close()
-        self.stream.close()
-        self._mod.close()
-
-    def __enter__(self) -> "GpuPostprocess":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import BackendUnavailableError, DeployError
+from ..errors import BackendUnavailableError, KernelCompileError
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 DEFAULT_ARCH = "compute_75"  # PTX for Turing and newer: the oldest GPU TensorRT-RTX supports
@@ -25,14 +25,6 @@ INSTALL = "pip install cuda-python nvidia-cuda-nvrtc (the NVRTC library wheel; n
 # Exactness over speed: no fused multiply-adds, IEEE division and square root (the kernels compare
 # IoUs with a threshold exactly as the host does).
 BASE_OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "-lineinfo")
-
-
-class KernelCompileError(DeployError):
-    """NVRTC refused a kernel source; :attr:`log` holds its full log."""
-
-    def __init__(self, message: str, log: str = "", fix: str = "") -> None:
-        self.log = log
-        super().__init__(f"{message}\n{log.strip()}" if log.strip() else message, fix)
 
 
 @dataclass(frozen=True)

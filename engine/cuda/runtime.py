@@ -11,26 +11,13 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendUnavailableError, DeployError
+from ..errors import CudaError, CudaUnavailableError
 
 _CUDART: Any = None
 INSTALL_HINT = "pip install -e .[rtx] (TensorRT-RTX) or .[trt] / .[gpu]: each brings cuda-python"
 # cudaErrorInsufficientDriver, cudaErrorNoDevice, cudaErrorInvalidDevice, cudaErrorDevicesUnavailable,
 # cudaErrorStartupFailure, cudaErrorSystemDriverMismatch: "this machine has no usable GPU", not a bug.
 _NO_GPU_CODES = {35, 100, 101, 46, 127, 803}
-
-
-class CudaError(DeployError):
-    """A CUDA runtime call failed; ``call`` and ``error_name`` say which and why."""
-
-    def __init__(self, message: str, fix: str = "", call: str = "", error_name: str = "") -> None:
-        super().__init__(message, fix)
-        self.call = call
-        self.error_name = error_name
-
-
-class CudaUnavailableError(CudaError, BackendUnavailableError):
-    """No usable CUDA: cuda-python missing, no NVIDIA driver, or no such device."""
 
 
 def cudart() -> Any:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from ..errors import DeployError
+from ..cli import run_cli
 from .server import SETUP_HINT, ServeConfig, serve
 
 
@@ -40,26 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    try:
-        cfg = ServeConfig(model=args.model, name=args.name, host=args.host, http_port=args.http_port,
+
+    def action() -> None:
+        serve(ServeConfig(model=args.model, name=args.name, host=args.host, http_port=args.http_port,
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
                           dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
                           instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                          threads=args.threads)
-        serve(cfg)
-    except DeployError as e:
-        if args.debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0
-    except Exception as e:  # pytriton/Triton start-up failures: name the likely cause
-        if args.debug:
-            raise
-        print(f"error: Triton did not start ({type(e).__name__}: {e})\n  fix: read Triton's log lines above; if the "
-              "Python-backend stub failed, serve from a venv made from Debian's /usr/bin/python3 "
-              f"({SETUP_HINT}); --debug shows the traceback", file=sys.stderr)
-        return 1
-    return 0
+                          threads=args.threads))
+
+    # a failure of pytriton or Triton itself is unexpected: its traceback, then where to look first
+    return run_cli(action, args.debug, "interrupted: Triton stopped, detectors closed",
+                   hint="read Triton's log lines above; if the Python-backend stub failed, serve from a venv made "
+                        f"from Debian's /usr/bin/python3 ({SETUP_HINT})")
 

@@ -10,11 +10,27 @@ import cv2
 import numpy as np
 
 from ..detections import Detections
-from ..errors import InputImageError
+from ..errors import DeployError, InputImageError
 
 IMAGE_INPUT = "image"
 ENCODED_INPUT = "encoded"
 OUTPUTS = ("num_detections", "boxes", "scores", "class_ids", "class_names")
+# A response carrying one of these (instead of OUTPUTS) is an error for that request alone; the shim
+# inside Triton (engine/serve/stub.py) sends it as INVALID_ARG (client) or INTERNAL (server).
+CLIENT_ERROR = "_engine_serve_client_error"
+SERVER_ERROR = "_engine_serve_server_error"
+EMPTY_INPUT = ("request {request}: input '{name}' has shape {shape}, with nothing in it; fix: send at least one "
+               "frame of at least 1x1 pixels (or one non-empty image file)")
+
+
+def one_line(err: DeployError) -> str:
+    """A typed error as the one line a client reads: what is wrong, then the fix."""
+    return f"{err.message}; fix: {err.fix}" if err.fix else err.message
+
+
+def error_outputs(message: str, server: bool = False) -> dict[str, np.ndarray]:
+    """The response of one request that failed: ``message`` as a client error (or a server error)."""
+    return {SERVER_ERROR if server else CLIENT_ERROR: np.array([message.encode("utf-8")], dtype=np.bytes_)}
 
 
 def frames_from_image_input(batch: np.ndarray, request: int = 0) -> list[np.ndarray]:

@@ -17,27 +17,55 @@ Both answer, per request, ``num_detections`` int32 ``(batch, 1)``, ``boxes`` flo
 ``class_names`` bytes ``(batch, K)``; rows past ``num_detections`` are padding (K >= 1).
 :func:`detections_from_outputs` turns them back into :class:`Detections`.
 
-A wrong dtype or shape is refused by Triton before it reaches us; content the ``Detector`` cannot take
-(an empty frame, bytes that are not an image) is an error response naming the request and the fix.
-Either way the server keeps serving.
+Bad requests get a client error (HTTP 400 / gRPC INVALID_ARGUMENT) with one line, never a traceback: a
+wrong dtype, rank, channel count, input name or batch size is refused by Triton itself, before it
+reaches us (Triton's one-line message); content the ``Detector`` cannot take (bytes that are not an
+image, a truncated file, a zero-size frame) gets the project's message naming the request and the fix
+(:mod:`engine.serve.stub`). The other requests of a batch are answered as usual, each bad request is
+one warning line in the server log (at most :data:`BAD_REQUEST_LOG_LINES` per
+:data:`BAD_REQUEST_LOG_WINDOW_S`), and the server keeps serving.
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then unloads both
+models (Triton's Python-backend stubs exit and remove their folders under /tmp), stops Triton, which waits at most
+:data:`EXIT_TIMEOUT_S` for clients that hold connections open (an HTTP keep-alive kept it 30 s), and
+closes the detectors. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and returns for SIGTERM.
 
 pytriton is imported only by :func:`serve`, so ``import engine.serve`` works without it. Triton's
 Python-backend stub needs a venv made from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
 """
 from __future__ import annotations
 
-import signal
+import logging
 import socket
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ConfigError
-from .protocol import ENCODED_INPUT, IMAGE_INPUT, frames_from_encoded_input, frames_from_image_input, pack_outputs
+from ..cli import Terminated
+from ..errors import BackendUnavailableError, ConfigError, DeployError
+from ..signals import StopSignals
+from .protocol import (
+    ENCODED_INPUT,
+    IMAGE_INPUT,
+    error_outputs,
+    frames_from_encoded_input,
+    frames_from_image_input,
+    one_line,
+    pack_outputs,
+)
+
+log = logging.getLogger("engine.serve")
+
+EXIT_TIMEOUT_S = 3  # Triton's wait for in-flight requests and open client connections at stop (its default: 30)
+UNLOAD_WAIT_S = 4.0  # at stop, how long the models may take to unload before Triton is stopped anyway
+BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S = 10, 10.0
 
 SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
 
@@ -95,28 +123,74 @@ class ServeConfig:
 
 # ---- the inference callable Triton calls --------------------------------------------------------
 
+class LogLimit:
+    """At most ``lines`` log lines per ``window_s`` seconds, then one line counting those left out."""
+
+    def __init__(self, lines: int = BAD_REQUEST_LOG_LINES, window_s: float = BAD_REQUEST_LOG_WINDOW_S,
+                 clock=time.monotonic) -> None:
+        self.lines, self.window_s, self.clock = lines, window_s, clock
+        self._lock = threading.Lock()
+        self._start, self._count, self._dropped = clock(), 0, 0
+
+    def warning(self, message: str) -> None:
+        with self._lock:
+            now = self.clock()
+            if now - self._start >= self.window_s:
+                if self._dropped:
+                    log.warning("%d more bad requests in the last %.0f s were not logged", self._dropped, self.window_s)
+                self._start, self._count, self._dropped = now, 0, 0
+            if self._count < self.lines:
+                self._count += 1
+                log.warning("%s", message)
+            else:
+                self._dropped += 1
+
+
 class DetectorModel:
     """Triton's inference callable: a list of requests in, a list of output dicts out.
 
-    All frames of all requests Triton batched together go through one ``Detector.predict`` call
-    (batched inference for a dynamic-batch model; frames one by one for a static one).
+    All frames of all good requests Triton batched together go through one ``Detector.predict`` call
+    (batched inference for a dynamic-batch model; frames one by one for a static one). A request whose
+    input the Detector cannot take is answered with its own client error; the others are not affected.
     """
 
-    def __init__(self, detector: Any, input_name: str, lock: threading.Lock | None = None) -> None:
+    def __init__(self, detector: Any, input_name: str, lock: threading.Lock | None = None, model: str = "yolo",
+                 bad_requests: LogLimit | None = None) -> None:
         self.detector = detector
         self.input_name = input_name
-        self.lock = lock or threading.Lock()  # shared by the models that share this Detector
+        self.lock = lock or threading.Lock()  # one inference at a time per Detector, whichever model asks
+        self.model = model
+        self.bad_requests = bad_requests or LogLimit()
         self._decode = frames_from_encoded_input if input_name == ENCODED_INPUT else frames_from_image_input
 
     def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
-        per_request = [self._decode(r[self.input_name], i) for i, r in enumerate(requests)]
-        with self.lock:  # a Detector reuses its buffers: one call at a time
-            dets = self.detector.predict([f for frames in per_request for f in frames])
-        out, start = [], 0
-        for frames in per_request:
-            out.append(pack_outputs(dets[start:start + len(frames)]))
-            start += len(frames)
+        out: list[dict[str, np.ndarray] | None] = [None] * len(requests)
+        good: list[tuple[int, list[np.ndarray]]] = []
+        for i, r in enumerate(requests):
+            try:
+                good.append((i, self._decode(r[self.input_name], i)))
+            except DeployError as e:
+                out[i] = self._refuse(e)
+        if good:
+            try:
+                with self.lock:
+                    dets = self.detector.predict([f for _, frames in good for f in frames])
+            except DeployError as e:  # checked frames the Detector still refused: the whole batch's input
+                dets, failed = None, [self._refuse(e) for _ in good]
+            except Exception as e:  # noqa: BLE001 - a bug of ours: the traceback to our log, one line to clients
+                log.exception("inference failed on %d request(s) to '%s'", len(good), self.model)
+                dets, failed = None, [error_outputs(f"engine.serve: internal error ({type(e).__name__}); see the "
+                                                    "server log", server=True) for _ in good]
+            start = 0
+            for k, (i, frames) in enumerate(good):
+                out[i] = pack_outputs(dets[start:start + len(frames)]) if dets is not None else failed[k]
+                start += len(frames)
         return out
+
+    def _refuse(self, err: DeployError) -> dict[str, np.ndarray]:
+        line = one_line(err)
+        self.bad_requests.warning(f"bad request to '{self.model}': {line}")
+        return error_outputs(line)
 
 
 def _pytriton():
@@ -157,16 +231,71 @@ def _detector(cfg: ServeConfig):
     return det
 
 
-def _interrupt(*_: object) -> None:
-    """SIGTERM (docker stop, a test's teardown) shuts down like Ctrl+C: Triton and its stubs stop too."""
-    raise KeyboardInterrupt
+def _detectors(cfg: ServeConfig, stack: ExitStack) -> list:
+    """``cfg.instances`` Detectors, each closed by ``stack``.
+
+    For an engine they share one deserialized TensorRT engine, each with its own execution context
+    (the TensorRT backend shares engines of one file). They are made and warmed up on a helper thread
+    that then ends, so each one's context and buffers go back to its pool and Triton's instance thread
+    takes them over: N instances hold N execution contexts, not one more per Detector for this thread.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="serve-load") as pool:
+        detectors = []
+        for _ in range(cfg.instances):
+            det = pool.submit(_detector, cfg).result()
+            stack.callback(det.close)
+            detectors.append(det)
+    return detectors
+
+
+def _unload(triton: Any, cfg: ServeConfig, models: Sequence[str]) -> None:
+    """Unload ``models`` through Triton's repository API while it still runs: its Python-backend stubs
+    then exit cleanly and remove their model folders under /tmp (a stop that times out leaves them)."""
+    scheme, port = ("http", cfg.http_port) if cfg.http_port else ("grpc", cfg.grpc_port)
+    try:
+        from pytriton.client.auth import create_auth_headers
+        from pytriton.client.utils import create_client_from_url
+
+        client = create_client_from_url(f"{scheme}://{cfg.host}:{port}", network_timeout_s=10)
+        headers = create_auth_headers(triton.get_access_token(), scheme)
+        try:
+            for name in models:
+                client.unload_model(name, headers=headers)
+            deadline = time.monotonic() + UNLOAD_WAIT_S  # a loaded machine unloads slowly: Triton's exit
+            while time.monotonic() < deadline and any(client.is_model_ready(n) for n in models):  # timeout must
+                time.sleep(0.1)  # not be spent on it, or Triton exits without finalizing its Python backend
+        finally:
+            client.close()
+    except Exception as e:  # noqa: BLE001 - the stop goes on; Triton unloads them itself, slower
+        log.warning("could not unload the models before stopping Triton (%s: %s)", type(e).__name__, e)
 
 
 def serve(cfg: ServeConfig, log=print) -> None:
-    """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops."""
+    """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops.
+
+    Raises:
+        KeyboardInterrupt: after Ctrl-C, once Triton stopped and the Detectors closed.
+        engine.cli.Terminated: the same after SIGTERM.
+    """
     _check_ports(cfg)
+    _pytriton()  # before loading models: a missing pytriton fails in a second
+    with StopSignals() as stop, ExitStack() as stack:  # signals only set a flag the serving loop polls
+        _run_triton(cfg, _detectors(cfg, stack), stop, log)
+    # Triton has stopped and the Detectors are closed (the with block): now the signal decides the exit
+    if stop.interrupted:
+        raise KeyboardInterrupt
+    if stop.signum is not None:
+        raise Terminated
+
+
+def _run_triton(cfg: ServeConfig, detectors: list, stop: StopSignals, log) -> None:
+    """Bind the two models to ``detectors`` and serve until a stop signal or Triton stops."""
     DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
-    detectors = [_detector(cfg) for _ in range(cfg.instances)]
+    from pytriton.models.model import Model
+
+    from .stub import install
+
+    install(Model, BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S)  # bad requests: INVALID_ARG, one line (stub.py)
     outputs = [Tensor(name="num_detections", dtype=np.int32, shape=(1,)),
                Tensor(name="boxes", dtype=np.float32, shape=(-1, 4)),
                Tensor(name="scores", dtype=np.float32, shape=(-1,)),
@@ -176,17 +305,23 @@ def serve(cfg: ServeConfig, log=print) -> None:
     tcfg = TritonConfig(http_address=cfg.host, http_port=cfg.http_port or None, allow_http=bool(cfg.http_port),
                         grpc_address=cfg.host, grpc_port=cfg.grpc_port or None, allow_grpc=bool(cfg.grpc_port),
                         metrics_address=cfg.host, metrics_port=cfg.metrics_port or None,
-                        allow_metrics=bool(cfg.metrics_port), allow_gpu_metrics=False, exit_on_error=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+                        allow_metrics=bool(cfg.metrics_port), allow_gpu_metrics=False, exit_on_error=True,
+                        exit_timeout_secs=EXIT_TIMEOUT_S)
     locks = [threading.Lock() for _ in detectors]  # the raw and the encoded model share each Detector
+    bad_requests = LogLimit()
+    names = (cfg.name, f"{cfg.name}_encoded")
+    # strict=False: a refused request's response carries an error key in place of the outputs (see stub.py)
     with Triton(config=tcfg) as triton:
-        triton.bind(model_name=cfg.name, infer_func=[DetectorModel(d, IMAGE_INPUT, k) for d, k in zip(detectors, locks)],
+        triton.bind(model_name=names[0],
+                    infer_func=[DetectorModel(d, IMAGE_INPUT, k, names[0], bad_requests)
+                                for d, k in zip(detectors, locks)],
                     inputs=[Tensor(name=IMAGE_INPUT, dtype=np.uint8, shape=(-1, -1, 3))], outputs=outputs,
-                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=batcher), strict=True)
-        triton.bind(model_name=f"{cfg.name}_encoded",
-                    infer_func=[DetectorModel(d, ENCODED_INPUT, k) for d, k in zip(detectors, locks)],
+                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=batcher), strict=False)
+        triton.bind(model_name=names[1],
+                    infer_func=[DetectorModel(d, ENCODED_INPUT, k, names[1], bad_requests)
+                                for d, k in zip(detectors, locks)],
                     inputs=[Tensor(name=ENCODED_INPUT, dtype=np.bytes_, shape=(1,))], outputs=outputs,
-                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=None), strict=True)
+                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=None), strict=False)
         triton.connect()  # raises if Triton or a model fails to start
         d = detectors[0]
         where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
@@ -196,6 +331,7 @@ def serve(cfg: ServeConfig, log=print) -> None:
             f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
             f"{'on' if cfg.dynamic_batching else 'off'}; Ctrl+C stops")
         sys.stdout.flush()
-        triton.serve()
-    for det in detectors:
-        det.close()
+        while stop.signum is None and triton.is_alive():
+            time.sleep(0.1)
+        if stop.signum is not None:
+            _unload(triton, cfg, names)

@@ -5,7 +5,9 @@
         s.run()
 
 :mod:`.sources` reads cameras, files and folders (one capture thread each); :mod:`.pipeline` runs the
-detector over them; :mod:`.sinks` writes results; :mod:`.metrics` counts; :mod:`.cli` is the command line.
+detector over them; :mod:`.processors` are the stages between detector and sinks (a tracker, incident
+rules, the status page: :mod:`engine.track`, :mod:`engine.events`, :mod:`engine.status`); :mod:`.sinks`
+writes results; :mod:`.metrics` counts; :mod:`.cli` is the command line.
 """
 from .pipeline import Stream, StreamConfig
 from .sinks import StreamResult

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "several. NAME= names it in outputs and metrics (default s0, s1, …)")
     ap.add_argument("--save", type=Path, metavar="DIR",
                     help="write DIR/<name>.mp4 (annotated) per source and DIR/detections.jsonl")
+    ap.add_argument("--no-video", action="store_true", help="with --save, write no annotated MP4s (events, JSON only)")
     ap.add_argument("--jsonl", type=Path, metavar="FILE",
                     help="write detections as JSON lines here (default DIR/detections.jsonl with --save)")
     ap.add_argument("--show", action="store_true", help="show each source in a window (q or Esc stops)")
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames in all")
     ap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
+    from ..events.cli import add_arguments
+
+    add_arguments(ap)
     return ap
 
 
@@ -80,23 +84,26 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Build the stream from parsed ``args`` and run it; return the final metrics."""
+    from ..events.cli import build
     from .sinks import JsonLinesSink, VideoSink, WindowSink
     from .pipeline import Stream, StreamConfig
     from .sources import CaptureConfig
 
     _check(args)
+    tracker, processors = build(args)  # reads rules.yaml: its errors come before the model loads
     capture = CaptureConfig(reconnect_max=args.reconnect_max, read_timeout=args.read_timeout,
                             connect_attempts=args.connect_attempts, realtime=args.realtime, loop=args.loop)
     config = StreamConfig(capture=capture, batch=args.batch, log_interval=args.log_interval,
                           max_frames=args.max_frames, duration=args.duration, workers=args.workers)
     sinks = []
-    if args.save:
+    if args.save and not args.no_video:
         sinks.append(VideoSink(args.save))
     jsonl = args.jsonl or (args.save / "detections.jsonl" if args.save else None)
     if jsonl:
         sinks.append(JsonLinesSink(jsonl))
     stream = Stream(args.model, args.source, config, sinks, metrics_port=args.metrics_port,
-                    metrics_host=args.metrics_host, conf=args.conf, iou=args.iou)
+                    metrics_host=args.metrics_host, tracker=tracker, processors=processors, conf=args.conf,
+                    iou=args.iou)
     if args.show:
         stream.sinks.append(WindowSink(stream.stop))
     try:
@@ -105,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
         for sink in sinks:
             for name, path in getattr(sink, "paths", {}).items():
                 logging.getLogger("engine.stream").info("%s: wrote %s", name, path)
-        if jsonl:
+        if jsonl and jsonl.is_file():  # nothing processed: no file (see JsonLinesSink)
             logging.getLogger("engine.stream").info("wrote %s", jsonl)
 
 

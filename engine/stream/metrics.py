@@ -1,4 +1,4 @@
-"""Per-source stream metrics: fps in and out, latency p50/p95, dropped frames, reconnects.
+"""Per-source stream metrics: fps in and out, latency p50/p95, dropped frames, reconnects, stage times.
 
 :class:`StreamMetrics` holds one :class:`SourceMetrics` per source. Counters have one writer each
 (the capture thread counts frames in and reconnects, the pipeline counts frames out), and the
@@ -39,6 +39,7 @@ class SourceMetrics:
         self._t_in: deque[float] = deque(maxlen=4096)
         self._t_out: deque[float] = deque(maxlen=4096)
         self._latency: deque[float] = deque(maxlen=latency_window)
+        self._stages: dict[str, deque[float]] = {}  # seconds per frame of a processor (tracker, rules)
         self._lock = threading.Lock()
 
     @property
@@ -58,6 +59,14 @@ class SourceMetrics:
             self._t_out.append(t)
             self._latency.append(latency_s)
 
+    def record_stage(self, stage: str, seconds: float) -> None:
+        """A processor stage (``track``, ``rules``) took ``seconds`` on one frame."""
+        with self._lock:
+            window = self._stages.get(stage)
+            if window is None:
+                window = self._stages[stage] = deque(maxlen=self._latency.maxlen)
+            window.append(seconds)
+
     def _rate(self, stamps: deque[float], now: float) -> float:
         recent = [t for t in stamps if now - t <= self._rate_window]
         if len(recent) < 2:
@@ -71,11 +80,16 @@ class SourceMetrics:
             lat = np.array(self._latency, dtype=np.float64)
             fps_in, fps_out = self._rate(self._t_in, now), self._rate(self._t_out, now)
             frames_in, frames_out = self.frames_in, self.frames_out
+            stages = {k: np.array(v, dtype=np.float64) for k, v in self._stages.items()}
         p50, p95 = (np.percentile(lat, [50, 95]) * 1e3).tolist() if lat.size else (0.0, 0.0)
-        return {"frames_in": frames_in, "frames_out": frames_out, "dropped": self.dropped,
+        snap = {"frames_in": frames_in, "frames_out": frames_out, "dropped": self.dropped,
                 "reconnects": self.reconnects, "disconnects": self.disconnects, "connected": self.connected,
                 "fps_in": round(fps_in, 2), "fps_out": round(fps_out, 2),
                 "latency_p50_ms": round(p50, 1), "latency_p95_ms": round(p95, 1)}
+        if stages:  # only with processors, so the plain stream's snapshot stays as it was
+            snap["stages_ms"] = {k: dict(zip(("p50", "p95"), (np.percentile(v, [50, 95]) * 1e3).round(4).tolist()))
+                                 for k, v in stages.items() if v.size}
+        return snap
 
 
 class StreamMetrics:
@@ -83,6 +97,8 @@ class StreamMetrics:
 
     def __init__(self) -> None:
         self.sources: dict[str, SourceMetrics] = {}
+        # more Prometheus families at each scrape: objects with collect(prefix) (e.g. the events' counters)
+        self.collectors: list[Any] = []
 
     def add(self, name: str) -> SourceMetrics:
         self.sources[name] = SourceMetrics(name)
@@ -134,6 +150,28 @@ class _Collector:
             fam.add_metric([name, "0.5"], s["latency_p50_ms"] / 1e3)
             fam.add_metric([name, "0.95"], s["latency_p95_ms"] / 1e3)
         yield fam
+        if any("stages_ms" in s for s in snap.values()):
+            fam = GaugeMetricFamily(f"{p}_stage_seconds", "time of a processor stage (tracker, rules) per frame, "
+                                    "recent frames", labels=["source", "stage", "quantile"])
+            for name, s in snap.items():
+                for stage, q in s.get("stages_ms", {}).items():
+                    fam.add_metric([name, stage, "0.5"], q["p50"] / 1e3)
+                    fam.add_metric([name, stage, "0.95"], q["p95"] / 1e3)
+            yield fam
+        for extra in self.metrics.collectors:
+            yield from extra.collect(p)
+
+
+def registry(metrics: StreamMetrics, prefix: str = "yolo_stream"):
+    """A prometheus-client registry that reads ``metrics`` at each scrape (a clear error without the library)."""
+    try:
+        from prometheus_client import CollectorRegistry
+    except ImportError:
+        raise ConfigError("Prometheus metrics need prometheus-client, which is not installed",
+                          "pip install 'yolo-deploy[stream]' (or pip install prometheus-client)") from None
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Collector(metrics, prefix))
+    return reg
 
 
 class PrometheusExporter:
@@ -147,15 +185,11 @@ class PrometheusExporter:
     """
 
     def __init__(self, metrics: StreamMetrics, port: int, host: str = "127.0.0.1", prefix: str = "yolo_stream") -> None:
+        reg = registry(metrics, prefix)
+        from prometheus_client import start_http_server
+
         try:
-            from prometheus_client import CollectorRegistry, start_http_server
-        except ImportError:
-            raise ConfigError("--metrics-port needs prometheus-client, which is not installed",
-                              "pip install 'yolo-deploy[stream]' (or pip install prometheus-client)") from None
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(metrics, prefix))
-        try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+            self._server, self._thread = start_http_server(port, addr=host, registry=reg)
         except OSError as e:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {e}",
                               "pick a free port with --metrics-port") from None

@@ -11,13 +11,18 @@ or from Python::
 One capture thread per source (:mod:`engine.stream.sources`) feeds the pipeline thread (the one that
 calls :meth:`Stream.run`), which batches the ready frames of several sources when the model takes a
 batch, runs the detector, and hands each :class:`~engine.stream.sinks.StreamResult` to the sinks and the
-callbacks of its source. Ctrl-C and SIGTERM stop it cleanly: capture threads joined, videos finalized.
+callbacks of its source. Between the detector and the sinks, :mod:`.processors` (a tracker, incident
+rules, the status page) see each result in frame order. Ctrl-C and SIGTERM stop it cleanly: capture
+threads joined, videos finalized.
+
+Signals: while :meth:`Stream.run` runs on the main thread, SIGINT, SIGTERM (and SIGBREAK) only set a
+flag that the pipeline loop polls (:mod:`engine.signals`); the stream then closes in order and ``run``
+raises ``KeyboardInterrupt`` for SIGINT (returns for SIGTERM).
 """
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -25,12 +30,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import ConfigError
+from ..signals import StopSignals
 from .metrics import PrometheusExporter, StreamMetrics
+from .processors import Processor, StreamContext
 from .sinks import CallbackSink, Sink, StreamResult
 from .sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
                              SourceKind, SourceSpec, StreamEvent)
 
 log = logging.getLogger("engine.stream")
+
+# close() waits at most this long for capture threads: a file or folder reader stops at its next frame;
+# a live read in flight ends only by its timeout (up to --read-timeout), and such a thread is left to
+# end alone (a daemon) so that a stop takes seconds whatever the sources do.
+STOP_JOIN_S = 2.0
 
 ResultCallback = Callable[[StreamResult], None]
 EventCallback = Callable[[StreamEvent], None]
@@ -78,13 +90,19 @@ class Stream:
         on_event: called with each :class:`StreamEvent` (connected, disconnected, reconnected, ended, failed).
         metrics_port: serve Prometheus metrics on this port (needs the ``stream`` extra).
         metrics_host: the address the metrics server binds.
+        tracker: track objects per source (:mod:`engine.track`, the ``track`` extra): ``"bytetrack"``,
+            ``"ocsort"``, ``"sort"`` or a :class:`~engine.track.TrackerConfig`. Each detection then has a
+            ``track_id``; each source has its own tracker.
+        processors: :class:`~engine.stream.processors.Processor` stages run on every result before the
+            sinks, after the tracker (incident rules, the status page).
         **detector_options: passed to :class:`~engine.Detector` when ``detector`` is a path.
     """
 
     def __init__(self, detector: Any, sources: Sequence[str], config: StreamConfig = StreamConfig(),
                  sinks: Iterable[Sink] = (), on_result: ResultCallback | Mapping[str, ResultCallback] | None = None,
                  on_event: EventCallback | None = None, metrics_port: int | None = None,
-                 metrics_host: str = "127.0.0.1", **detector_options: Any) -> None:
+                 metrics_host: str = "127.0.0.1", tracker: Any = None, processors: Iterable[Processor] = (),
+                 **detector_options: Any) -> None:
         if not sources:
             raise ConfigError("no source given", "pass at least one --source (file, folder, URL or webcam index)")
         self.specs = [SourceSpec.parse(s, i) for i, s in enumerate(sources)]
@@ -105,6 +123,11 @@ class Stream:
                 if name not in names:
                     raise ConfigError(f"callback for unknown source '{name}'", f"use one of {names}")
                 self.sinks.append(CallbackSink(fn, name))
+        self.processors: list[Processor] = list(processors)
+        if tracker is not None:
+            from ..track import TrackingProcessor
+
+            self.processors.insert(0, TrackingProcessor(tracker))
         self._on_event = on_event
         self._metrics_port, self._metrics_host = metrics_port, metrics_host
         self._detector_arg, self._detector_options = detector, detector_options
@@ -112,6 +135,7 @@ class Stream:
         self._owns_detector = False
         self.metrics = StreamMetrics()
         self._stop = threading.Event()
+        self._signals = StopSignals()  # SIGINT/SIGTERM during run(): a flag the loop polls
         self._ready = threading.Event()
         self._threads: list[CaptureThread] = []
         self._slots: list[FrameSlot] = []
@@ -142,15 +166,8 @@ class Stream:
         live = sum(spec.kind.live or cap.realtime for spec in self.specs)
         path = self._detector_arg if isinstance(self._detector_arg, (str, Path)) else None
         self.workers = self.config.workers or (self._auto_workers(path, live) if path is not None else 1)
-        if path is not None and self.workers > 1:
-            from ..pool import DetectorPool
-
-            self.detector = DetectorPool(path, self.workers, **self._detector_options)
-            self._owns_detector = True
-        elif path is not None:
-            from ..detector import Detector
-
-            self.detector, self._owns_detector = Detector(path, **self._detector_options), True
+        if path is not None:
+            self._load_detector(path)
         elif self.workers > 1:
             raise ConfigError(f"workers={self.workers} given with a ready detector",
                               "pass a model path to Stream, or a DetectorPool as the detector")
@@ -160,13 +177,19 @@ class Stream:
         else:
             self.detector = self._detector_arg
         self.batch = self._batch_size()
+        context = StreamContext(tuple(self.detector.names), {s.name: s for s in self.specs}, self.metrics,
+                                any(p.adds_track_ids for p in self.processors), str(path or "the model"))
+        for spec in self.specs:
+            self.metrics.add(spec.name)
+        for p in self.processors:  # before any source opens: a bad rule fails here, no camera touched
+            p.start(context)
         if self._metrics_port is not None:
             self._exporter = PrometheusExporter(self.metrics, self._metrics_port, self._metrics_host)
             log.info("metrics: http://%s:%d/metrics", self._exporter.host, self._exporter.port)
         if any(spec.kind is SourceKind.URL for spec in self.specs):  # now: setenv in threads is unsafe
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_OPTIONS)
         for spec in self.specs:
-            m = self.metrics.add(spec.name)
+            m = self.metrics[spec.name]
             slot = FrameSlot(cap.queue_size, latest_only=spec.kind.live or cap.realtime, ready=self._ready)
             m.dropped_fn = lambda slot=slot: slot.dropped
             thread = CaptureThread(spec, cap, slot, self._stop, self._event, m.record_in)
@@ -180,6 +203,29 @@ class Stream:
                  ", ".join(f"{s.name}={s.label} ({s.kind.value})" for s in self.specs))
         for t in self._threads:
             t.start()
+
+    def _load_detector(self, path: str | Path) -> None:
+        """The stream's own Detector (or DetectorPool); a tracker may ask for weaker boxes (ByteTrack)."""
+        def load(options: dict[str, Any]) -> Any:
+            if self.workers > 1:
+                from ..pool import DetectorPool
+
+                return DetectorPool(path, self.workers, **options)
+            from ..detector import Detector
+
+            return Detector(path, **options)
+
+        options = self._detector_options
+        for p in self.processors:
+            options = p.detector_options(options)
+        try:
+            self.detector = load(options)
+        except ConfigError as e:  # e.g. an end-to-end model refuses a conf below the one baked in
+            if options is self._detector_options:
+                raise
+            log.warning("tracking with the model's own conf: %s", e.message)
+            self.detector = load(self._detector_options)
+        self._owns_detector = True
 
     def _auto_workers(self, path: str | Path, live: int) -> int:
         from ..pool import auto_workers
@@ -209,7 +255,7 @@ class Stream:
             return
         self._closed = True
         self.stop()
-        join_s = self.config.capture.read_timeout + 2.0  # a read in flight ends by its timeout
+        join_s = STOP_JOIN_S
         deadline = time.monotonic() + join_s
         for t in self._threads:
             if t.ident is None:  # never started (start() failed part-way)
@@ -217,7 +263,7 @@ class Stream:
             t.join(timeout=max(deadline - time.monotonic(), 0.1))
             if t.is_alive():
                 log.warning("capture thread %s did not stop within %.0fs; leaving it (daemon)", t.name, join_s)
-        for sink in self.sinks:
+        for sink in (*self.processors, *self.sinks):  # processors first: they flush events and stop servers
             try:
                 sink.close()
             except Exception as e:  # noqa: BLE001 - close the others anyway
@@ -247,6 +293,8 @@ class Stream:
                 m.connected = False
         level = logging.WARNING if ev.kind in (EventKind.DISCONNECTED, EventKind.FAILED) else logging.INFO
         log.log(level, "%s %s%s", ev.source, ev.kind.value, f": {ev.detail}" if ev.detail else "")
+        for p in self.processors:
+            p.on_event(ev)
         if self._on_event is not None:
             self._on_event(ev)
         self._ready.set()  # wake the pipeline: a source may have ended or failed
@@ -284,6 +332,8 @@ class Stream:
             latency = done - f.t_capture
             self.metrics[f.source].record_out(done, latency)
             result = StreamResult(f.source, f.index, f.timestamp, f.image, d, latency * 1e3, f.fps)
+            for p in self.processors:
+                result = p.process(result)
             for sink in self.sinks:
                 sink.write(result)
         self.frames_out += len(frames)
@@ -293,15 +343,16 @@ class Stream:
 
         Returns each source's final metrics. Raises :class:`~engine.errors.SourceError` when a source
         fails (a dead URL after its connect attempts, a corrupt file). Ctrl-C closes everything, then
-        re-raises ``KeyboardInterrupt``.
+        raises ``KeyboardInterrupt``; SIGTERM closes everything and returns.
         """
-        restore = self._install_sigterm()
-        try:
-            self.start()
-            self._loop()
-        finally:
-            restore()
-            self.close()
+        with self._signals:
+            try:
+                self.start()
+                self._loop()
+            finally:
+                self.close()
+        if self._signals.interrupted:
+            raise KeyboardInterrupt
         snap = self.metrics.snapshot()
         for name, s in snap.items():
             log.info("final %s", StreamMetrics.format(name, s))
@@ -311,7 +362,7 @@ class Stream:
         cfg = self.config
         t_end = time.monotonic() + cfg.duration if cfg.duration else None
         next_log = time.monotonic() + cfg.log_interval if cfg.log_interval > 0 else None
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._signals.signum is None:
             self._ready.clear()
             alive = self._check_sources()
             frames = self._gather()
@@ -329,21 +380,5 @@ class Stream:
                 next_log = now + cfg.log_interval
             if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end and now >= t_end):
                 break
-        self._check_sources()
-
-    def _install_sigterm(self) -> Callable[[], None]:
-        """SIGTERM (and SIGBREAK on Windows) → :meth:`stop`, while :meth:`run` runs on the main thread."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        previous = {}
-        for name in ("SIGTERM", "SIGBREAK"):
-            sig = getattr(signal, name, None)
-            if sig is not None:
-                previous[sig] = signal.signal(sig, lambda *_: self.stop())
-
-        def restore() -> None:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-        return restore
-
+        if self._signals.signum is None:
+            self._check_sources()

@@ -67,18 +67,20 @@ def _colour(class_id: int) -> tuple[int, int, int]:
 
 
 def annotate(image: np.ndarray, detections: Detections) -> np.ndarray:
-    """``image`` copied, with each box and ``name score`` drawn."""
+    """``image`` copied, with each box and ``name score`` drawn (``#id name score`` when tracked)."""
     out = image.copy()
     thick = max(1, round(sum(out.shape[:2]) / 600))
-    for (x1, y1, x2, y2), score, class_id, name in detections:
+    ids = detections.track_id.tolist() if detections.track_id is not None else [-1] * len(detections)
+    for ((x1, y1, x2, y2), score, class_id, name), tid in zip(detections, ids):
         colour = _colour(class_id)
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(out, p1, p2, colour, thick, cv2.LINE_AA)
-        text = f"{name} {score:.2f}"
+        text = f"#{tid} {name} {score:.2f}" if tid >= 0 else f"{name} {score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, 1)
         top = max(p1[1] - th - base, 0)
-        cv2.rectangle(out, (p1[0], top), (p1[0] + tw, top + th + base), colour, -1)
-        cv2.putText(out, text, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1, cv2.LINE_AA)
+        left = max(min(p1[0], out.shape[1] - tw), 0)  # a label at the right edge stays readable
+        cv2.rectangle(out, (left, top), (left + tw, top + th + base), colour, -1)
+        cv2.putText(out, text, (left, top + th), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thick, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -103,25 +105,43 @@ class CallbackSink(Sink):
             self.fn(result)
 
 
+def check_writable(directory: Path, fix: str) -> None:
+    """Fail now, naming ``directory``, if it cannot be created or written; create nothing (a run whose
+    sources all fail must leave no empty files or folders behind, so sinks open on their first result)."""
+    d = directory
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    if not d.is_dir():
+        raise OutputDirError(f"cannot write into {directory}: {d} is a file, not a folder", fix)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OutputDirError(f"cannot write into {directory}: {d} is not writable", fix)
+
+
 class JsonLinesSink(Sink):
     """One JSON object per processed frame: source, frame, timestamp (Unix s), latency_ms, detections.
 
-    Lines are flushed as written, so a stopped or crashed run loses at most the line in progress.
+    Lines are flushed as written, so a stopped or crashed run loses at most the line in progress. The
+    file is created with the first line: a run that processed nothing leaves no empty file.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8", newline="\n", buffering=1)
-        except OSError as e:
-            raise OutputDirError(f"cannot write {self.path}: {e}", "choose a writable --save/--jsonl path") from None
+        if self.path.is_dir():
+            raise OutputDirError(f"cannot write {self.path}: it is a folder", "pass a file path to --jsonl")
+        check_writable(self.path.parent, "choose a writable --save/--jsonl path")
+        self._f = None
 
     def write(self, result: StreamResult) -> None:
+        if self._f is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._f = open(self.path, "a", encoding="utf-8", newline="\n", buffering=1)
+            except OSError as e:
+                raise OutputDirError(f"cannot write {self.path}: {e}", "choose a writable --save/--jsonl path") from None
         self._f.write(json.dumps(result.to_json(), separators=(",", ":")) + "\n")
 
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self._f.close()
 
 
@@ -139,10 +159,7 @@ class VideoSink(Sink):
 
     def __init__(self, directory: str | Path, fourcc: str = "mp4v", suffix: str = ".mp4") -> None:
         self.dir = Path(directory)
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputDirError(f"cannot create {self.dir}: {e}", "choose a writable --save folder") from None
+        check_writable(self.dir, "choose a writable --save folder")  # created with the first video
         self.fourcc, self.suffix = fourcc, suffix
         self._writers: dict[str, tuple[cv2.VideoWriter, tuple[int, int], float]] = {}
         self._last: dict[str, int] = {}
@@ -154,6 +171,10 @@ class VideoSink(Sink):
             h, w = result.image.shape[:2]
             fps = result.fps or DEFAULT_VIDEO_FPS
             path = self.dir / f"{safe_filename(result.source)}{self.suffix}"
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OutputDirError(f"cannot create {self.dir}: {e}", "choose a writable --save folder") from None
             writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*self.fourcc), fps, (w, h))
             if not writer.isOpened():
                 raise OutputDirError(f"OpenCV cannot write {path} with codec {self.fourcc}",

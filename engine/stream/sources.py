@@ -304,7 +304,7 @@ class CaptureThread(threading.Thread):
                 n = self._read_all(reader)
             finally:
                 reader.release()
-            if n == 0 and first:
+            if n == 0 and first and not self.stop.is_set():  # stopped before its first frame: not a failure
                 raise SourceError(f"{self.spec.label}: no frame could be decoded (corrupt or empty video?)",
                                   _open_fix(self.spec))
             first = False

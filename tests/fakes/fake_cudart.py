@@ -3,7 +3,8 @@
 It proves OUR logic (every call checked, buffers freed, copies queued on a stream and only visible to
 the host after a synchronize), not CUDA's. "Device" memory is host memory; async operations are
 queued per stream and run on ``cudaStreamSynchronize`` / ``cudaEventSynchronize``, so code that
-reads outputs before synchronizing sees stale data, as it would on a GPU.
+reads outputs before synchronizing sees stale data, as it would on a GPU. Freed memory is kept (not
+reused) and a queued copy that touches it is recorded in ``use_after_free`` instead of crashing the tests.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ def make_fake_cudart(devices: int = 1, sm: tuple[int, int] = (8, 6), name: str =
     m.cudaError_t, m.cudaMemcpyKind, m.cudaStreamCaptureMode = cudaError_t, cudaMemcpyKind, cudaStreamCaptureMode
     m.cudaStreamNonBlocking = 1
     m.calls, m.host, m.device, m.streams, m.events, m.graphs = [], {}, {}, {}, {}, {}
+    m.freed, m.use_after_free = {}, []  # freed address -> its buffer (kept alive); copies that touched one
     ids = itertools.count(1)
     fail = cudaError_t.cudaErrorInsufficientDriver
 
@@ -84,7 +86,14 @@ def make_fake_cudart(devices: int = 1, sm: tuple[int, int] = (8, 6), name: str =
         return (OK, ctypes.addressof(buf))
 
     def free(table, ptr):
-        return (OK,) if table.pop(int(ptr), None) is not None else (cudaError_t.cudaErrorInvalidValue,)
+        buf = table.pop(int(ptr), None)
+        if buf is None:
+            return (cudaError_t.cudaErrorInvalidValue,)
+        m.freed[int(ptr)] = buf
+        return (OK,)
+
+    def freed_at(ptr: int) -> bool:
+        return any(a <= ptr < a + len(b) for a, b in m.freed.items())
 
     def enqueue(stream, op, label):
         target = stream.capturing if stream.capturing is not None else stream.queue
@@ -143,7 +152,11 @@ def make_fake_cudart(devices: int = 1, sm: tuple[int, int] = (8, 6), name: str =
     @api
     def cudaMemcpyAsync(dst, src, n, kind, stream):
         label = {1: "H2D", 2: "D2H"}.get(int(kind), "copy")
-        enqueue(stream, lambda: ctypes.memmove(int(dst), int(src), int(n)), label)
+        def copy():
+            if freed_at(int(dst)) or freed_at(int(src)):
+                m.use_after_free.append(label)
+            ctypes.memmove(int(dst), int(src), int(n))
+        enqueue(stream, copy, label)
         return (OK,)
 
     @api

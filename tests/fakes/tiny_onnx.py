@@ -61,7 +61,12 @@ def write_int8_qdq(src: Path, dst: Path, images: int = 2) -> Path:
     only), calibrated by ONNX Runtime's quantize_static on random images: a stand-in for the INT8
     stage's real artifact, good for builder tests, useless for accuracy."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     inp = onnx.load(str(src), load_external_data=False).graph.input[0]
     shape = [d.dim_value or 1 for d in inp.type.tensor_type.shape.dim]

@@ -1,0 +1,48 @@
+"""Stop signals as a flag, for the long-running commands (``engine.stream``, ``engine.serve``).
+
+While installed (``with StopSignals() as stop:`` on the main thread), SIGINT, SIGTERM and SIGBREAK
+(Windows) only record which signal came in :attr:`StopSignals.signum`; the command's loop polls it,
+stops in order, and raises ``KeyboardInterrupt`` afterwards for Ctrl-C (:attr:`interrupted`). The
+default ``KeyboardInterrupt`` is raised at whatever bytecode the main thread is running, which can be
+inside a lock's bookkeeping (a ``threading.Condition``, a pool's wait) and leave that lock held, so the
+shutdown itself hangs; a flag cannot. A second Ctrl-C raises at once (the user will not wait). A SIGINT
+that a parent left ignored (a background job) stays ignored.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+__all__ = ["StopSignals"]
+
+
+class StopSignals:
+    """Record SIGINT / SIGTERM / SIGBREAK in :attr:`signum` while installed (a context manager)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the stop came from Ctrl-C (the caller then raises ``KeyboardInterrupt``)."""
+        return self.signum == signal.SIGINT
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        if self.interrupted and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum  # the only thing a handler does: it runs between any two bytecodes
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():  # signal.signal works only there
+            for name in ("SIGINT", "SIGTERM", "SIGBREAK"):
+                sig = getattr(signal, name, None)
+                if sig is not None and (sig != signal.SIGINT or signal.getsignal(sig) is not signal.SIG_IGN):
+                    self._previous[sig] = signal.signal(sig, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -1,0 +1,169 @@
+"""What several stages judge artifacts on, computed once per build: the val split, the FP32 reference
+score, the accuracy report, and the images the agreement checks run on.
+
+Each is computed the first time a stage asks for it and kept in ``Build.shared``, so a rerun that
+reuses every artifact scores nothing.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+AGREEMENT_IMAGES = 32  # images the detection-agreement checks run on (val images, else the parity images)
+
+
+def cached(b, key: str, make) -> Any:
+    if key not in b.shared:
+        b.shared[key] = make()
+    return b.shared[key]
+
+
+def show_progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def val_items(b) -> list | None:
+    """The labelled val split of ``--data`` (``None`` without data)."""
+    data = b.cfg.quantize.data
+
+    def load():
+        if data is None:
+            return None
+        from engine.eval.datasets import load_split
+
+        return load_split(data, "val")
+
+    return cached(b, "val_items", load)
+
+
+def data_fingerprint(b) -> str | None:
+    """A fingerprint of the val split's files (names, sizes, times), for reuse keys."""
+    from .reuse import files_digest
+
+    items = val_items(b)
+    if items is None:
+        return None
+    from engine.eval.datasets import label_path_for
+
+    return cached(b, "val_fp", lambda: files_digest([p for i in items for p in (i.path, label_path_for(i.path))]))
+
+
+REPORT_KEYS = ("onnx", "fp16.onnx", "int8.onnx", "int8-cpu.onnx")  # the artifacts the accuracy report lists
+
+
+def write_accuracy_report(b) -> None:
+    """``<stem>.accuracy.json`` / ``.md``: the ``.pt``'s mAP beside every scored ONNX artifact's.
+
+    Written when ``--data`` was given and some scored artifact was built in this run (a rerun that
+    reused them all leaves the last report, which has the same figures).
+    """
+    from engine.eval.evaluate import MapResult
+
+    from .accuracy import AccuracyReport, score_pt
+
+    recs = [b.records[k] for k in REPORT_KEYS if k in b.records and "map50_95" in b.records[k].figures]
+    if val_items(b) is None or not recs or all(r.reused for r in recs):
+        return
+    cfg = b.cfg
+    calib = next((r.figures["calibration"] for r in recs if "calibration" in r.figures), "-")
+    report = AccuracyReport(str(cfg.quantize.data), "val", cfg.quantize.max_map_drop, str(calib))
+    src = cfg.export.source
+    if src.suffix.lower() == ".pt":
+        res = score_pt(src, b.metadata.imgsz, val_items(b), show_progress())
+        report.add("pt", "PyTorch .pt (Ultralytics)", src, res, "reference")
+        b.log(f"mAP50-95 of {src.name} (Ultralytics): {res.map50_95:.4f}")
+    n = len(val_items(b))
+    as_map = lambda r: MapResult(r.figures["map50"], r.figures["map50_95"], r.figures.get("val_images", n), 0)  # noqa: E731
+    fp32 = next((as_map(r) for r in recs if r.key == "onnx"), None)
+    from .gate import GateResult
+
+    for r in recs:
+        f = r.figures
+        status = "gate reference" if r.key == "onnx" else r.status.value
+        if r.delivered and f.get("layers_kept_float"):
+            status += f", {f['layers_kept_float']} layers kept float"
+        if f.get("judged_by") == "agreement":
+            status += (f" (agreement with FP32: -{f['agreement_drop_points']:.2f} points, "
+                       f"upper end {f['drop_high']:.2f})")
+        interval = (f["drop_low"], f["drop_high"]) if f.get("judged_by") == "map" and "drop_low" in f else None
+        report.add("fp32" if r.key == "onnx" else r.key[:-5], r.label, r.path or "", as_map(r), status,
+                   None if r.key == "onnx" else fp32, interval)
+        report.judged_by = f.get("judge_reason", report.judged_by)
+        report.gate_images = f.get("gate_images", report.gate_images)
+        if f.get("gate_note") and f["gate_note"] not in report.notes:
+            report.notes.append(f["gate_note"])
+        for c in r.checks:
+            if "gate" in c.figures:
+                gate = GateResult.from_dict(c.figures["gate"])
+                report.gates[gate.target] = gate
+    _, md = report.write(cfg.export.out, cfg.export.stem)
+    b.log(f"accuracy report ({md}):\n" + report.table())
+
+
+def reference_detections(b) -> list | None:
+    """The FP32 ONNX's per-image detections on the val split (``None`` without data): the INT8 gate pairs
+    each form's detections with them image by image."""
+    if val_items(b) is None:
+        return None
+
+    def make():
+        from .accuracy import detect_onnx
+
+        return detect_onnx(b.path("onnx"), val_items(b), show_progress())
+
+    return cached(b, "reference_dets", make)
+
+
+def reference(b):
+    """mAP of the FP32 ONNX on the val split (``None`` without data)."""
+    if val_items(b) is None:
+        return None
+
+    def make():
+        from dataclasses import replace
+
+        from .accuracy import score_detections
+
+        res = score_detections(val_items(b), reference_detections(b))
+        b.log(f"mAP50-95 of {b.path('onnx').name}: {res.map50_95:.4f}")
+        rec = b.records["onnx"]  # the reference's own figures join its record
+        b.records["onnx"] = replace(rec, figures={**rec.figures, "map50": round(res.map50, 5),
+                                                  "map50_95": round(res.map50_95, 5), "val_images": res.n_images})
+        return res
+
+    return cached(b, "reference", make)
+
+
+def check_images(b, n: int = AGREEMENT_IMAGES) -> np.ndarray:
+    """``n`` letterboxed float NCHW images for agreement checks: the val split's, else the parity images."""
+    def make():
+        from .agreement import agreement_images
+        from .parity import parity_inputs
+
+        items = val_items(b)
+        if items:
+            from engine.eval.datasets import read_image
+
+            return agreement_images([read_image(i.path) for i in items[:n]], b.metadata.imgsz)
+        return parity_inputs(b.metadata.imgsz, b.cfg.export.parity_images, n)
+
+    return cached(b, f"check_images_{n}", make)
+
+
+def map_check(b, path: Path, name: str, max_drop: float):
+    """Score ``path`` on the val split against the FP32 reference: ``(Check, figures, MapResult)``."""
+    from .accuracy import drop_points, score_onnx
+    from .records import Check
+
+    ref = reference(b)
+    res = score_onnx(path, val_items(b), show_progress())
+    drop = drop_points(ref, res)
+    ok = drop <= max_drop + 1e-9
+    figures = {"map50": round(res.map50, 5), "map50_95": round(res.map50_95, 5), "drop_points": round(drop, 3),
+               "fp32_map50_95": round(ref.map50_95, 5), "val_images": res.n_images}
+    summary = (f"mAP50-95 {res.map50_95:.4f} vs FP32 {ref.map50_95:.4f} on {res.n_images} val images: "
+               f"{'loses' if drop >= 0 else 'gains'} {abs(drop):.2f} points (bar {max_drop:g})")
+    return Check(name, ok, summary, figures), figures, res

@@ -1,0 +1,114 @@
+"""The build under faults: a full or read-only disk, leftovers of a killed build, absurd sizes, path typos,
+and every ONNX it writes valid enough to be given back with --onnx."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("ultralytics")
+
+from exporters.build import EXIT_FAILED, EXIT_OK, main  # noqa: E402
+from exporters.io import atomic_path, remove_stale_temporaries, temp_prefix  # noqa: E402
+
+
+def test_a_full_disk_is_a_typed_error_naming_the_file_and_the_space(demo_pt, tmp_path, monkeypatch, capsys):
+    real_save = onnx.save
+
+    def full(model, f, *a, **k):
+        real_save(model, f, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(onnx, "save", full)
+    out = tmp_path / "o"
+    assert main(["--weights", str(demo_pt), "--no-int8", "--engine", "none", "--out", str(out)]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write") and "demo.onnx" in err and "disk is full" in err
+    assert "MB free" in err and "MB needed" in err and "Traceback" not in err and "fix:" in err
+    assert not any(p.name.startswith("demo.") for p in out.iterdir())  # nothing half-written, no temporaries
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_refused(demo_pt, tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    assert main(["--weights", str(demo_pt), "--out", str(out)]) == EXIT_FAILED
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_atomic_path_turns_only_write_failures_into_typed_errors(tmp_path):
+    from engine.errors import OutputDirError
+
+    with pytest.raises(OutputDirError, match="read-only"):
+        with atomic_path(tmp_path / "a.bin", need=10):
+            raise OSError(errno.EROFS, "Read-only file system")
+    with pytest.raises(FileNotFoundError):  # a missing input is not a disk problem
+        with atomic_path(tmp_path / "b.bin"):
+            open(tmp_path / "missing" / "x")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_killed_build_leaves_temporaries_the_next_build_removes(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    (tmp_path / f".int8-p{pid}-abc").mkdir()
+    (tmp_path / f".int8-p{pid}-abc" / "q0.onnx").write_bytes(b"x" * 100)
+    (tmp_path / f".demo.onnx.p{pid}.x1y2.tmp").write_bytes(b"half")
+    (tmp_path / ".export-oldstyle").mkdir()
+    live = tmp_path / f"{temp_prefix('int8')}mine"  # this process is alive: a build still running
+    live.mkdir()
+    (tmp_path / "demo.onnx").write_bytes(b"a delivered artifact")
+    removed = {p.name for p in remove_stale_temporaries(tmp_path)}
+    assert removed == {f".int8-p{pid}-abc", f".demo.onnx.p{pid}.x1y2.tmp", ".export-oldstyle"}
+    assert live.is_dir() and (tmp_path / "demo.onnx").is_file()
+
+
+def test_sigkill_mid_build_then_a_rebuild_leaves_no_temporaries(demo_pt, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    p = subprocess.Popen([sys.executable, "-m", "exporters.build", "--weights", str(demo_pt), "--out", str(out),
+                          "--no-int8", "--engine", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.is_dir() and any(x.name.startswith(".export-") for x in out.iterdir())):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert main(["--weights", str(demo_pt), "--out", str(out), "--no-int8", "--engine", "none", "--no-fp16",
+                 "--no-end2end"]) == EXIT_OK
+    assert not [x for x in out.iterdir() if x.name.startswith(".")]
+
+
+@pytest.mark.parametrize("imgsz", ["100000", "640,9000"])
+def test_an_absurd_imgsz_is_refused_before_any_work(demo_pt, tmp_path, imgsz, capsys):
+    assert main(["--weights", str(demo_pt), "--imgsz", imgsz, "--out", str(tmp_path / "o")]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "--imgsz" in err and "4096" in err and not (tmp_path / "o").exists()
+
+
+def test_a_parity_folder_without_images_is_an_error(demo_pt, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--weights", str(demo_pt), "--parity-images", str(empty), "--out", str(tmp_path / "o")]) == EXIT_FAILED
+    assert "no readable" in capsys.readouterr().err
+
+
+def test_every_onnx_the_build_writes_passes_the_full_check_and_is_accepted_back(demo_pt, small_data, tmp_path):
+    out = tmp_path / "o"
+    assert main(["--weights", str(demo_pt), "--int8", "--data", str(small_data), "--max-map-drop", "100",
+                 "--engine", "none", "--out", str(out)]) == EXIT_OK
+    written = sorted(out.glob("*.onnx"))
+    assert [p.name for p in written] == ["demo.end2end.onnx", "demo.fp16.onnx", "demo.int8-cpu.onnx",
+                                         "demo.int8.onnx", "demo.onnx"]
+    for path in written:
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        from exporters.onnx_export import _read_onnx
+
+        _read_onnx(path)  # what --onnx does first: no "truncated or corrupt"

@@ -1,0 +1,184 @@
+"""engine.eval.datasets: data.yaml parsing, image lists, YOLO labels (the evaluator's tests: test_evaluate.py)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.errors import DatasetError
+from engine.eval.datasets import (
+    label_path_for,
+    list_images,
+    load_labels,
+    load_split,
+    read_data_yaml,
+    read_image,
+)
+from tests.yolo_data import write_image as _write_image
+from tests.yolo_data import write_text as _write
+
+# --------------------------------------------------------------------------- data.yaml
+
+
+@pytest.mark.parametrize("names_yaml", ["names: [cat, dog]", "names:\n  0: cat\n  1: dog", "names: {1: dog, 0: cat}"])
+def test_names_as_list_or_dict(tmp_path, names_yaml):
+    cfg = read_data_yaml(_write(tmp_path / "data.yaml", f"val: images\n{names_yaml}\n"))
+    assert cfg.names == ("cat", "dog")
+
+
+def test_nc_only_gives_generic_names(tmp_path):
+    assert read_data_yaml(_write(tmp_path / "d.yaml", "val: images\nnc: 2\n")).names == ("class_0", "class_1")
+
+
+def test_path_absent_is_the_yaml_folder(tmp_path):
+    cfg = read_data_yaml(_write(tmp_path / "sub" / "data.yaml", "train: images/train\nval: images/val\nnames: [a]\n"))
+    assert cfg.root == (tmp_path / "sub").resolve()
+    assert cfg.splits == {"train": [(tmp_path / "sub/images/train").resolve()],
+                          "val": [(tmp_path / "sub/images/val").resolve()]}
+
+
+def test_yaml_given_by_a_relative_path_without_path_key(tmp_path, monkeypatch):
+    """``--data sub/data.yaml`` from the folder above: splits resolve inside sub/, not sub/sub/."""
+    _write(tmp_path / "sub" / "data.yaml", "val: images/val\nnames: [a]\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = read_data_yaml(Path("sub") / "data.yaml")
+    assert cfg.root == (tmp_path / "sub").resolve()
+    assert cfg.splits["val"] == [(tmp_path / "sub" / "images" / "val").resolve()]
+
+
+def test_relative_path_is_relative_to_the_yaml(tmp_path):
+    cfg = read_data_yaml(_write(tmp_path / "cfg" / "data.yaml", "path: ../data\nval: [v1, v2]\nnames: [a]\n"))
+    assert cfg.root == (tmp_path / "data").resolve()
+    assert cfg.splits["val"] == [(tmp_path / "data" / "v1").resolve(), (tmp_path / "data" / "v2").resolve()]
+    assert "test" not in cfg.splits
+
+
+def test_absolute_path_key(tmp_path):
+    text = f"path: {json.dumps(str(tmp_path / 'd'))}\nval: v\nnames: [a]\n"  # JSON string = YAML double-quoted
+    cfg = read_data_yaml(_write(tmp_path / "y" / "data.yaml", text))
+    assert cfg.root == (tmp_path / "d").resolve()
+
+
+def test_txt_image_list(tmp_path):
+    a = _write_image(tmp_path / "images" / "a.png")
+    b = _write_image(tmp_path / "other" / "images" / "b.jpg")
+    _write(tmp_path / "val.txt", f"./images/a.png\n\n{b}\n")  # relative to the list's folder, and absolute
+    cfg = read_data_yaml(_write(tmp_path / "data.yaml", "val: val.txt\nnames: [a]\n"))
+    assert list_images(cfg.splits["val"]) == [a.resolve(), b]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("- just\n- a list\n", "mapping"),
+    ("val: images\n", "neither 'names:' nor 'nc:'"),
+    ("val: images\nnames: {0: a, 2: b}\n", "without gaps"),
+    ("val: images\nnames: [a, b]\nnc: 3\n", "'nc: 3' but 2 names"),
+    ("val: {a: 1}\nnames: [a]\n", "'val:' must be a path"),
+    ("val: [unclosed\n", "not valid YAML"),
+])
+def test_bad_yaml_raises_dataset_error(tmp_path, text, match):
+    y = _write(tmp_path / "data.yaml", text)
+    with pytest.raises(DatasetError, match=match) as e:
+        read_data_yaml(y)
+    assert str(y) in str(e.value) and e.value.fix
+
+
+def test_missing_yaml(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        read_data_yaml(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------- images and labels
+
+
+def test_list_images_recursive_sorted_case_insensitive(tmp_path):
+    for rel in ("b.JPG", "a.png", "sub/c.jpeg", "sub/deeper/d.TIFF", "e.webp", "f.bmp"):
+        _write(tmp_path / rel, "x")
+    _write(tmp_path / "notes.txt", "x")
+    _write(tmp_path / "g.gif", "x")
+    got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert got == ["a.png", "b.JPG", "e.webp", "f.bmp", "sub/c.jpeg", "sub/deeper/d.TIFF"]
+
+
+def test_list_images_missing_source(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        list_images(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("image, label", [
+    ("ds/images/val/a.jpg", "ds/labels/val/a.txt"),
+    ("images/x/images/b.PNG", "images/x/labels/b.txt"),  # the last 'images' folder only
+    ("imgs/c.jpg", "imgs/c.txt"),  # no 'images' folder: beside the image
+    ("my_images/d.jpg", "my_images/d.txt"),  # a whole folder name must match
+])
+def test_label_path_for(image, label):
+    assert label_path_for(Path(image)) == Path(label)
+
+
+def test_load_labels_to_pixels(dataset):
+    xyxy, cls = load_labels(dataset.parent / "images/val/a.jpg", (100, 200))
+    np.testing.assert_allclose(xyxy, [[80, 30, 120, 70], [40, 20, 60, 30]], atol=1e-4)
+    assert xyxy.dtype == np.float32 and cls.dtype == np.int32 and cls.tolist() == [0, 1]
+
+
+def test_missing_label_file_means_no_objects(dataset):
+    xyxy, cls = load_labels(dataset.parent / "images/val/c.jpg", (100, 200))
+    assert xyxy.shape == (0, 4) and cls.shape == (0,)
+
+
+def test_polygon_label_and_duplicates(tmp_path):
+    img = tmp_path / "images" / "p.jpg"
+    _write(tmp_path / "labels" / "p.txt", "2 0.1 0.2 0.5 0.2 0.3 0.6\n0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n\n")
+    xyxy, cls = load_labels(img, (10, 10))
+    np.testing.assert_allclose(xyxy, [[1, 2, 5, 6], [4, 4, 6, 6]], atol=1e-5)
+    assert cls.tolist() == [2, 0]
+
+
+@pytest.mark.parametrize("line, match", [
+    ("0 0.5 0.5 0.2", "expected 5 values"),
+    ("cat 0.5 0.5 0.2 0.2", "not numbers"),
+    ("-1 0.5 0.5 0.2 0.2", "class must be an integer"),
+    ("1.5 0.5 0.5 0.2 0.2", "class must be an integer"),
+    ("0 320 240 50 50", "outside 0..1"),
+    ("0 nan 0.5 0.2 0.2", "non-finite"),
+])
+def test_malformed_label_names_file_and_line(tmp_path, line, match):
+    lbl = _write(tmp_path / "labels" / "m.txt", f"0 0.5 0.5 0.1 0.1\n{line}\n")
+    with pytest.raises(DatasetError, match=match) as e:
+        load_labels(tmp_path / "images" / "m.jpg", (10, 10))
+    assert f"{lbl}, line 2" in str(e.value)
+
+
+def test_load_split_from_yaml_and_from_folder(dataset):
+    items = load_split(dataset, "val")
+    assert [i.path.name for i in items] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert [len(i) for i in items] == [2, 1, 0] and items[0].hw == (100, 200)
+    same = load_split(dataset.parent / "images" / "val")
+    assert [i.path for i in same] == [i.path for i in items]
+
+
+def test_image_size_without_pillow(dataset, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PIL", None)  # the base install has OpenCV only
+    assert [i.hw for i in load_split(dataset)] == [(100, 200)] * 3
+
+
+def test_load_split_errors(dataset, tmp_path):
+    with pytest.raises(DatasetError, match="no 'test:' split"):
+        load_split(dataset, "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images found"):
+        load_split(tmp_path / "empty")
+
+
+def test_read_image_non_ascii_path_and_corrupt(tmp_path):
+    p = tmp_path / "données" / "é.png"
+    p.parent.mkdir()
+    ok, buf = cv2.imencode(".png", np.zeros((5, 7, 3), np.uint8))
+    buf.tofile(str(p))
+    assert read_image(p).shape == (5, 7, 3)
+    bad = _write(tmp_path / "bad.jpg", "not an image")
+    with pytest.raises(DatasetError, match="cannot decode"):
+        read_image(bad)
