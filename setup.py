@@ -25,8 +25,10 @@ EXTRAS = {
     "trt": ["tensorrt>=10.0,<12", "cuda-python>=12.6"],
     # onnxruntime-gpu replaces onnxruntime (both provide the `onnxruntime` module): see README
     "gpu": ["onnxruntime-gpu>=1.17", "cuda-python>=12.6"],
+    # openvino + nncf: the Ultralytics OpenVINO peers (FP32, and INT8 by NNCF); both ship Windows wheels.
     # lap: Ultralytics' own trackers need it (benchmarks/tracking.py runs model.track as the peer)
-    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6", "lap>=0.5.12"],
+    "bench": ["rich>=13", "matplotlib>=3.7", "tqdm>=4.60", "psutil>=5.9", "faster-coco-eval>=1.6",
+              "openvino>=2024.4", "nncf>=2.14", "lap>=0.5.12"],
     "stream": ["prometheus-client>=0.20"],  # 0.20: start_http_server returns the server, so it can be shut down
     # --track: roboflow's trackers (Apache-2.0; 2.6: timestamped updates); pure Python, like its dependencies' wheels
     "track": ["trackers>=2.6"],

@@ -1,4 +1,5 @@
-"""The files a benchmark runs: our artifacts (built by the exporters), the Ultralytics ONNX peer, random-weight models.
+"""The files a benchmark runs: our artifacts (built by ``python -m exporters.build``), the Ultralytics peers' exports,
+random-weight models.
 
 Each build goes into its own folder under ``<out>/artifacts/`` with a ``manifest.json`` naming what it
 was built from (the weights' sha256, the size, the batch mode, the tool and library versions, and a hash
@@ -12,9 +13,10 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import logging
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,7 +34,9 @@ def form_of(path: Path) -> tuple[str, str]:
 
     kind = kind_of(path)
     if kind is None:
-        raise DeployError(f"{path} is not a model artifact (.onnx, .engine or .plan)",
+        from engine.artifacts import runtime_suffixes
+
+        raise DeployError(f"{path} is not a model artifact ({', '.join(runtime_suffixes())})",
                           "pass --models with files written by python -m exporters.build")
     return kind.form, kind.label
 
@@ -82,7 +86,7 @@ class ModelSource:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for dist in ("yolo-deploy", "ultralytics", "onnxruntime", "onnx", "torch"):
+    for dist in ("yolo-deploy", "ultralytics", "onnxruntime", "onnx", "torch", "openvino", "nncf"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -123,7 +127,7 @@ def _cached(folder: Path, key: dict) -> list[Path] | None:
     except (OSError, ValueError):
         return None
     files = [folder / f for f in m.get("files", [])]
-    return files if m.get("key") == key and files and all(f.is_file() for f in files) else None
+    return files if m.get("key") == key and files and all(f.exists() for f in files) else None
 
 
 def _save(folder: Path, key: dict, files: list[Path], notes: list[str]) -> None:
@@ -152,8 +156,8 @@ class Built:
 
 
 def build_ours(src: ModelSource, imgsz: tuple[int, int], dynamic: bool, root: Path, rebuild: bool, log: Log) -> Built:
-    """Our artifacts of ``src`` at ``imgsz``: what ``python -m exporters.build`` writes (trained weights), or
-    the FP32 ONNX and an ungated INT8 CPU form (random weights)."""
+    """Our artifacts of ``src`` at ``imgsz``: what ``python -m exporters.build`` delivers (with random weights:
+    FP32 and the INT8 forms only)."""
     folder = folder_for(root, src, imgsz, dynamic) / "ours"
     key = _key(src, imgsz, dynamic, "ours")
     hit = None if rebuild else _cached(folder, key)
@@ -162,99 +166,116 @@ def build_ours(src: ModelSource, imgsz: tuple[int, int], dynamic: bool, root: Pa
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    notes: list[str] = []
+    files, notes = _build(src, imgsz, dynamic, folder, log)
     if src.random:
-        files = _build_random(src, imgsz, dynamic, folder, log)
-        notes.append("random weights: timing only; INT8 CPU form calibrated on 16 demo images, not accuracy-gated")
-    else:
-        files, notes = _build_trained(src, imgsz, dynamic, folder, log)
+        notes.append("random weights: timing only; INT8 forms calibrated on 16 demo images (the gate cannot judge "
+                     "a model that detects nothing)")
     _save(folder, key, files, notes)
     return Built(files, notes, False)
 
 
 def _artifacts_in(folder: Path, stem: str) -> list[Path]:
-    from engine.artifacts import kind_of
+    """The files (or folders) of the artifact table's kinds that a build of ``stem`` wrote in ``folder``."""
+    from engine.artifacts import ARTIFACTS
 
-    out = []
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or not f.name.startswith(stem + "."):
-            continue
-        if kind_of(f) is not None and f.name[len(stem):].count(".") <= 2:
-            out.append(f)
-    return sorted(out, key=lambda p: form_rank(form_of(p)[0]))
+    return [p for p in (kind.path(folder, stem) for kind in ARTIFACTS) if p.exists()]
 
 
-def _build_trained(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log) -> tuple[list[Path], list[str]]:
-    from exporters.build import build_argv
+def _exporters_root() -> str:
+    return str(Path(importlib.util.find_spec("exporters").origin).parents[1])
 
+
+def _build_cli(argv: list[str], folder: Path, log: Log) -> tuple[int, str]:
+    """``python -m exporters.build ARGV`` in a child process (the build's public interface, and none of its
+    imports or threads stay in this process); its output goes to ``folder/build.log``. Returns the exit
+    code and what a reader of the figures must know: each artifact the build withheld, with its reason
+    (from ``build_report.json``), or the last ``error:`` paragraph when the build failed."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_exporters_root(),
+                                                                    os.environ.get("PYTHONPATH")])))
+    env.setdefault("YOLO_OFFLINE", "1")
+    out = folder / "build.log"
+    log(f"building our artifacts: python -m exporters.build {' '.join(argv)} (log: {out})")
+    with out.open("w", encoding="utf-8") as fh:
+        rc = subprocess.run([sys.executable, "-m", "exporters.build", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                            env=env, check=False).returncode
+    from exporters.build import EXIT_OK, EXIT_WITHHELD
+    from exporters.reuse import REPORT_NAME
+
+    if rc == EXIT_WITHHELD:  # the build finished; some optional artifacts failed their check
+        doc = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
+        return rc, "; ".join(f"{a['label']} withheld: {a['reason']}" for a in doc["artifacts"]
+                             if a["status"] == "withheld")[:600]
+    if rc == EXIT_OK:
+        return rc, ""
+    text = out.read_text(encoding="utf-8", errors="replace")
+    at = text.rfind("error: ")
+    return rc, (" ".join(text[at + 7:].split()) if at >= 0 else "")[:600]
+
+
+def _build(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log) -> tuple[list[Path], list[str]]:
     argv = ["--weights", str(src.weights), "--imgsz", f"{imgsz[0]},{imgsz[1]}", "--out", str(folder),
             "--engine", "auto" if engine_unavailable_reason() is None else "none"]
     argv += ["--dynamic"] if dynamic else []
-    argv += ["--int8", "--data", str(src.data)] if src.data else ["--no-int8"]
-    log(f"building our artifacts: python -m exporters.build {' '.join(argv)}")
-    notes = []
-    for rec in build_argv(argv, log=log).withheld:  # the artifacts that passed are written; the withheld are not
-        notes.append(f"{rec.label} withheld: {rec.reason}")
-        log(f"note: {notes[-1]}")
-    if not src.data:
+    if src.random:  # timing only: FP32 and the INT8 forms, calibrated on 16 demo images; the gate cannot fail
+        from exporters.config import DEMO_DATA
+
+        argv += ["--int8", "--data", str(DEMO_DATA), "--calib-images", "16", "--max-map-drop", "100",
+                 "--no-fp16", "--no-end2end"]
+    else:
+        argv += ["--int8", "--data", str(src.data)] if src.data else ["--no-int8"]
+    rc, error = _build_cli(argv, folder, log)
+    files = _artifacts_in(folder, src.weights.stem)
+    from engine.artifacts import FP32_ONNX
+
+    if FP32_ONNX.path(folder, src.weights.stem) not in files:
+        raise DeployError(f"python -m exporters.build did not write the FP32 ONNX of {src.weights} "
+                          f"(exit code {rc}): {error or 'see ' + str(folder / 'build.log')}",
+                          f"run the build alone to see why: python -m exporters.build {' '.join(argv)}")
+    notes = [f"build (exit code {rc}): {error}; the artifacts it delivered are benchmarked"] if rc else []
+    if not src.data and not src.random:
         notes.append("no INT8 forms: they are built only with a labelled --data (accuracy gate)")
-    return _artifacts_in(folder, src.weights.stem), notes
+    log(notes[0] if rc else f"built {', '.join(p.name for p in files)}")
+    return files, notes
 
 
-def _build_random(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log) -> list[Path]:
-    import onnx
+def _export_in_child(weights: str, kwargs: dict, log_file: str) -> str:
+    """In a fresh process: ``YOLO(weights).export(**kwargs)`` with its output (NNCF is talkative) in ``log_file``."""
+    with open(log_file, "a", encoding="utf-8") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from ultralytics import YOLO
 
-    from calibration.config import CalibrationConfig
-    from exporters.config import DEMO_DATA, ExportConfig
-    from exporters.onnx_export import export_onnx, write_metadata
-    from exporters.quantize import (
-        QuantTarget,
-        decode_tail,
-        int8_metadata,
-        load_or_calibrate,
-        quantize_model,
-    )
-
-    art = export_onnx(ExportConfig(weights=src.weights, imgsz=imgsz, dynamic=dynamic, out=folder, parity_count=2),
-                      log)
-    model = onnx.load(str(art.path))
-    meta = art.metadata
-    calib = CalibrationConfig(source=DEMO_DATA, max_images=16)
-    ranges, _ = load_or_calibrate(art.path, model, meta, calib, folder / f"{src.weights.stem}.calib.json", log,
-                                  show_progress=False)
-    out = folder / f"{src.weights.stem}{QuantTarget.CPU.suffix}"
-    quantize_model(art.path, ranges, QuantTarget.CPU, decode_tail(model), out)
-    q = onnx.load(str(out))
-    write_metadata(q, int8_metadata(meta, q))
-    onnx.save(q, str(out))
-    log(f"wrote {out} (INT8 CPU form, not accuracy-gated: random weights)")
-    return [art.path, out]
+        return str(YOLO(weights).export(**kwargs))
 
 
-def ultralytics_onnx(src: ModelSource, imgsz: tuple[int, int], dynamic: bool, root: Path, rebuild: bool,
-                     log: Log) -> Path:
-    """The ONNX that Ultralytics itself exports from ``src`` (its defaults; dynamic batch when ``dynamic``)."""
-    folder = folder_for(root, src, imgsz, dynamic) / "ultralytics"
-    key = _key(src, imgsz, dynamic, "ultralytics-onnx")
+def ultralytics_export(src: ModelSource, peer, imgsz: tuple[int, int], dynamic: bool, root: Path, rebuild: bool,
+                       log: Log) -> Path:
+    """The file (or folder) Ultralytics itself exports from ``src`` for ``peer`` (a
+    :class:`~benchmarks.candidates.PeerKind`): its defaults, dynamic batch when ``dynamic``, INT8 calibrated
+    on the train split of ``src.data`` (the images our INT8 forms calibrate on) when the peer calibrates."""
+    from .worker import in_fresh_process
+
+    folder = folder_for(root, src, imgsz, dynamic) / f"ultralytics-{peer.key}"
+    key = _key(src, imgsz, dynamic, f"ultralytics-{peer.key}")
     hit = None if rebuild else _cached(folder, key)
     if hit:
         return hit[0]
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    from ultralytics import YOLO
-    from ultralytics.utils import LOGGER
+    kwargs = dict(peer.export, imgsz=list(imgsz), dynamic=dynamic, device="cpu")
+    if peer.calibrated:
+        from exporters.config import DEMO_DATA
 
+        data = src.data or DEMO_DATA  # random weights: timing only, calibrated on the demo's images
+        kwargs.update(data=str(Path(data).resolve()), split="train")
     copy = folder / src.weights.name  # Ultralytics writes its export beside the weights: keep it here
     shutil.copy2(src.weights, copy)
-    log(f"Ultralytics export: YOLO({copy.name}).export(format='onnx', imgsz={list(imgsz)}, dynamic={dynamic})")
-    level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    try:
-        f = Path(YOLO(str(copy)).export(format="onnx", imgsz=list(imgsz), dynamic=dynamic, device="cpu"))
-    finally:
-        LOGGER.setLevel(level)
+    log(f"Ultralytics export: YOLO({copy.name}).export({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) "
+        f"(log: {folder / 'export.log'})")
+    f = Path(in_fresh_process(_export_in_child, str(copy), kwargs, str(folder / "export.log"),
+                              name=f"Ultralytics {peer.key} export"))
     copy.unlink()
     _save(folder, key, [f], [])
     return f

@@ -1,46 +1,85 @@
-"""What is timed: our ``Detector`` on an artifact, or Ultralytics ``predict`` (.pt or its own ONNX).
+"""What is timed: our ``Detector`` on an artifact, or Ultralytics ``predict`` on a ``.pt`` or on its own exports.
 
-Every candidate is called with a list of BGR frames (one batch) and returns the call's milliseconds
-per stage and its wall time. Ours reads the stages from ``Detector.last_timings``; Ultralytics from
-``Results.speed`` (milliseconds per image, so multiplied back by the batch). The wall time is taken
-around the whole call, so any work outside the three stages counts too.
+The parent plans :class:`Candidate` s; each one runs in a worker process (:mod:`benchmarks.worker`), where
+:func:`make_runner` builds its runner. A runner is called with a list of BGR frames (one batch) and returns
+the call's milliseconds per stage and its wall time: ours reads the stages from ``Detector.last_timings``,
+Ultralytics from ``Results.speed`` (milliseconds per image, multiplied back by the batch). The wall time is
+taken around the whole call, so work outside the three stages counts too. A runner also counts the input
+size every call really ran (Ultralytics' letterbox picks it per frame for a ``.pt``).
+
+:data:`PEERS` lists the Ultralytics peers once: what ``--peers`` names, how each is exported, and what it needs.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from .worker import CallTimes, WorkerSpec
+
 OURS, PEER = "ours", "peer"
-PEER_PT, PEER_ONNX = "ultralytics .pt", "ultralytics onnx"
 
 
 @dataclass(frozen=True)
-class CallTimes:
-    """Milliseconds of one call (a batch of frames)."""
+class PeerKind:
+    """One Ultralytics peer.
 
-    preprocess: float
-    inference: float
-    postprocess: float
-    end_to_end: float
+    Attributes:
+        key: its ``--peers`` name.
+        name: its candidate name in the tables.
+        label: a longer description.
+        export: ``YOLO.export`` arguments that make its file (``None``: the ``.pt`` itself).
+        needs: modules it needs (a missing one: the peer is listed as not run, with the install line).
+        calibrated: its export calibrates INT8 on the train split of ``--data``.
+    """
+
+    key: str
+    name: str
+    label: str
+    export: tuple[tuple[str, object], ...] | None
+    needs: tuple[str, ...]
+    calibrated: bool = False
+
+    def missing(self) -> str | None:
+        """Why it cannot run here, or ``None``."""
+        gone = [m for m in self.needs if importlib.util.find_spec(m) is None]
+        return f"{', '.join(gone)} not installed (pip install -e .[export,bench])" if gone else None
+
+
+PEERS: tuple[PeerKind, ...] = (
+    PeerKind("pt", "ultralytics .pt", "Ultralytics predict, PyTorch .pt", None, ("ultralytics", "torch")),
+    PeerKind("onnx", "ultralytics onnx", "Ultralytics predict, its own ONNX export (ONNX Runtime)",
+             (("format", "onnx"),), ("ultralytics", "onnxruntime")),
+    PeerKind("openvino", "ultralytics openvino", "Ultralytics predict, its own OpenVINO export (FP32)",
+             (("format", "openvino"),), ("ultralytics", "openvino")),
+    PeerKind("openvino-int8", "ultralytics openvino int8",
+             "Ultralytics predict, its own OpenVINO export, INT8 by NNCF calibrated on the train split of --data",
+             (("format", "openvino"), ("quantize", 8)), ("ultralytics", "openvino", "nncf"), calibrated=True),
+)
+PEER_BY_KEY = {p.key: p for p in PEERS}
+PEER_PT, PEER_ONNX, PEER_OV, PEER_OV_INT8 = (p.name for p in PEERS)
 
 
 @dataclass
 class Candidate:
-    """One thing timed in a group.
+    """One thing timed in a group (planned in the parent; run in its own worker).
 
     Attributes:
         name: unique within its group ("ours fp32", "ultralytics .pt").
         role: ``"ours"`` or ``"peer"``.
-        form: fp32 / fp16 / int8 / int8-cpu / end2end / trt-* / pt / onnx.
-        path: the model file.
-        imgsz: the model input (height, width).
+        form: fp32 / int8-cpu / trt-fp16 ... (ours, from the artifact table) or a peer's key.
+        path: the model file or folder.
+        imgsz: the input size asked for (height, width).
         label: a longer description for the tables.
         skip: why it is not run here (``None``: it runs).
+        rect: Ultralytics' minimal-padding letterbox (``False`` in square groups, so the ``.pt`` runs square).
+        reference: shown for a comparison inside the group, not at the group's input size.
     """
 
     name: str
@@ -50,47 +89,43 @@ class Candidate:
     imgsz: tuple[int, int]
     label: str = ""
     skip: str | None = None
-    options: dict = field(default_factory=dict)
-    _runner: Callable | None = field(default=None, repr=False)
-    _closer: Callable | None = field(default=None, repr=False)
+    rect: bool | None = None
+    reference: bool = False
 
-    def load(self) -> None:
-        if self._runner is None:
-            self._runner, self._closer = _make_runner(self, **self.options)
+    def spec(self, frames, batch: int, warmup: int, conf: float, iou: float, device: str) -> WorkerSpec:
+        return WorkerSpec(self.name, self.role, Path(self.path), tuple(self.imgsz), frames, batch, warmup, conf, iou,
+                          device, self.rect)
+
+
+# ---- in the worker process -------------------------------------------------------------------
+
+
+class _OursRunner:
+    def __init__(self, spec: WorkerSpec) -> None:
+        from engine import Detector
+
+        self.det = Detector(spec.path, conf=spec.conf, iou=spec.iou, **our_options(spec.path, spec.device))
+        self.sizes: Counter = Counter()
+        self.info = {"backend": self.det.backend.name, "imgsz": list(self.det.imgsz), "pid": os.getpid()}
 
     def __call__(self, frames: Sequence[np.ndarray]) -> CallTimes:
-        return self._runner(frames)
-
-    def close(self) -> None:
-        if self._closer is not None:
-            self._closer()
-        self._runner = self._closer = None
-
-
-def _make_runner(c: Candidate, conf: float, iou: float, device: str):
-    if c.role == OURS:
-        return _ours_runner(c.path, conf, iou, device)
-    return _ultralytics_runner(c.path, c.imgsz, conf, iou, device)
-
-
-def _ours_runner(path: Path, conf: float, iou: float, device: str):
-    from engine import Detector
-
-    opts = {"device": device} if path.suffix == ".onnx" else {}
-    det = Detector(path, conf=conf, iou=iou, **opts)
-
-    def run(frames: Sequence[np.ndarray]) -> CallTimes:
         t = time.perf_counter()
-        det(list(frames))
+        self.det(list(frames))
         wall = (time.perf_counter() - t) * 1e3
-        lt = det.last_timings
+        self.sizes[tuple(self.det.imgsz)] += len(frames)  # our letterbox always fills the model's input
+        lt = self.det.last_timings
         return CallTimes(lt["preprocess"], lt["inference"], lt["postprocess"], wall)
 
-    return run, det.close
+    def close(self) -> None:
+        self.det.close()
 
 
-def _ultralytics_device(device: str) -> str:
-    return "cpu" if device == "cpu" else "0"
+def our_options(path: Path, device: str) -> dict:
+    """``device`` for the backends that take it (ONNX Runtime); the others pick their own."""
+    from engine.artifacts import kind_of
+
+    kind = kind_of(path)
+    return {"device": device} if kind is not None and kind.backends[0] == "onnxruntime" else {}
 
 
 def quiet_ultralytics() -> None:
@@ -103,36 +138,70 @@ def quiet_ultralytics() -> None:
     LOGGER.setLevel(logging.WARNING)
 
 
-def _ultralytics_runner(path: Path, imgsz: tuple[int, int], conf: float, iou: float, device: str):
-    quiet_ultralytics()
-    from ultralytics import YOLO
+def _ultralytics_device(device: str) -> str:
+    return "cpu" if device == "cpu" else "0"
 
-    model = YOLO(str(path), task="detect")
-    kwargs = dict(imgsz=list(imgsz), conf=conf, iou=iou, device=_ultralytics_device(device), verbose=False)
 
-    def run(frames: Sequence[np.ndarray]) -> CallTimes:
+class _UltralyticsRunner:
+    def __init__(self, spec: WorkerSpec) -> None:
+        quiet_ultralytics()
+        from ultralytics import YOLO
+
+        self.model = YOLO(str(spec.path), task="detect")
+        self.kwargs = dict(imgsz=list(spec.imgsz), conf=spec.conf, iou=spec.iou,
+                           device=_ultralytics_device(spec.device), verbose=False)
+        if spec.rect is not None:
+            self.kwargs["rect"] = spec.rect
+        self.sizes: Counter = Counter()
+        self._hooked = False
+        self.info = {"backend": "ultralytics", "pid": os.getpid()}
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> CallTimes:
         source = frames[0] if len(frames) == 1 else list(frames)
         t = time.perf_counter()
-        results = model.predict(source, **kwargs)
+        results = self.model.predict(source, **self.kwargs)
         wall = (time.perf_counter() - t) * 1e3
+        if not self._hooked:  # the predictor exists after the first call (a warm-up call)
+            count_input_sizes(self.model.predictor, self.sizes)
+            self._hooked = True
         s, n = results[0].speed, len(frames)  # Results.speed is per image
         return CallTimes(s["preprocess"] * n, s["inference"] * n, s["postprocess"] * n, wall)
 
-    return run, lambda: None
+    def close(self) -> None:
+        pass
 
 
-def accuracy_predictor(c: Candidate, device: str):
-    """A fresh predictor of ``c`` with the build's accuracy-report settings (conf 0.001, IoU 0.7), and its closer."""
+def count_input_sizes(predictor, sizes: Counter) -> None:
+    """Count in ``sizes`` the tensor shape Ultralytics' preprocess really makes (its letterbox picks it per frame)."""
+    inner = predictor.preprocess
+
+    def preprocess(im):
+        t = inner(im)
+        sizes[tuple(int(d) for d in t.shape[2:])] += int(t.shape[0])
+        return t
+
+    predictor.preprocess = preprocess
+
+
+def make_runner(spec: WorkerSpec):
+    """The runner of ``spec`` (called in its worker process)."""
+    return _OursRunner(spec) if spec.role == OURS else _UltralyticsRunner(spec)
+
+
+def accuracy_predictor(spec: WorkerSpec):
+    """A fresh predictor of ``spec`` with the build's accuracy-report settings (conf 0.001, IoU 0.7), and its
+    closer; a peer keeps its timing letterbox (``rect``), so its mAP is of what was timed."""
     from exporters.accuracy import EVAL_CONF, EVAL_IOU, EVAL_MAX_DET
 
-    if c.role == OURS:
+    if spec.role == OURS:
         from engine import Detector
 
-        opts = {"device": device} if c.path.suffix == ".onnx" else {}
-        det = Detector(c.path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, **opts)
+        det = Detector(spec.path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET,
+                       **our_options(spec.path, spec.device))
         return det, det.close
     from exporters.ultralytics_ref import UltralyticsPredictor
 
     quiet_ultralytics()
-    return UltralyticsPredictor(c.path, imgsz=c.imgsz, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET,
-                                device=_ultralytics_device(device)), lambda: None
+    extra = {} if spec.rect is None else {"rect": spec.rect}
+    return UltralyticsPredictor(spec.path, imgsz=spec.imgsz, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET,
+                                device=_ultralytics_device(spec.device), **extra), lambda: None

@@ -11,7 +11,8 @@ from pathlib import Path
 # distribution name → shown name; missing ones are recorded as absent, never imported here
 PACKAGES = {"yolo-deploy": "yolo-deploy", "numpy": "numpy", "opencv-python": "opencv", "onnxruntime": "onnxruntime",
             "onnxruntime-gpu": "onnxruntime-gpu", "onnx": "onnx", "torch": "torch", "ultralytics": "ultralytics",
-            "tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx", "cuda-python": "cuda-python"}
+            "tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt-rtx", "cuda-python": "cuda-python",
+            "openvino": "openvino", "nncf": "nncf"}
 
 
 def cpu_model() -> str:

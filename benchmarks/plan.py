@@ -12,16 +12,18 @@ from typing import Callable
 
 import numpy as np
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DeployError
 
 from .artifacts import (ModelSource, build_ours, engine_unavailable_reason, form_of, form_rank, is_engine,
-                        random_checkpoint, ultralytics_onnx)
-from .candidates import OURS, PEER, PEER_ONNX, PEER_PT, Candidate
-from .harness import Group, to_16x9
+                        random_checkpoint, ultralytics_export)
+from .candidates import OURS, PEER, PEERS, Candidate
+from .harness import Group, native_imgsz, to_16x9
+from .worker import in_fresh_process
 
 Log = Callable[[str], None]
-RANDOM_NOTE = "random weights: timing only (the model detects nothing; no INT8 gate, no mAP)"
-WIDE_FORMS = ("fp32", "int8-cpu")  # the forms compared on 16:9 frames at both input sizes
+RANDOM_NOTE = "random weights: timing only (the model detects nothing; no mAP)"
+RANDOM_FORMS = ("fp32", "int8-cpu")  # of a random-weight model: the FP32 ONNX and the CPU's INT8 form
+REFERENCE_FORMS = ("fp32", "int8-cpu")  # the square builds shown in the native group
 
 
 @dataclass
@@ -70,27 +72,40 @@ def load_frames(args: argparse.Namespace) -> Frames:
                           f"{', ...' if len(sizes) > 4 else ''})", data)
 
 
-def _ours(path: Path, imgsz, suffix_name: bool = False) -> Candidate:
+def native_frames(frames: Frames) -> tuple[list[np.ndarray], str]:
+    """The frames of the native group: the frames themselves when they share one non-square shape (a video),
+    else their 16:9 center crops at 1280x720 (a camera's frame)."""
+    shapes = {f.shape for f in frames.frames}
+    if len(shapes) == 1 and frames.frames[0].shape[0] != frames.frames[0].shape[1]:
+        return frames.frames, frames.desc
+    return ([to_16x9(f) for f in frames.frames],
+            f"the same {len(frames.frames)} frames, center-cropped to 16:9 and resized to 1280x720")
+
+
+def _ours(path: Path, imgsz, suffix: str = "", reference: bool = False) -> Candidate:
     form, label = form_of(path)
-    name = f"ours {form}" + (f" {imgsz[0]}x{imgsz[1]}" if suffix_name else "")
     skip = engine_unavailable_reason() if is_engine(path) else None
-    return Candidate(name, OURS, form, path, imgsz, label, skip=skip)
+    return Candidate(f"ours {form}{suffix}", OURS, form, path, tuple(imgsz), label, skip=skip, reference=reference)
 
 
-def _peers(args, src: ModelSource, imgsz, dynamic: bool, log: Log) -> list[Candidate]:
-    import importlib.util
-
-    from engine.errors import BackendUnavailableError
-
-    if args.peers and importlib.util.find_spec("ultralytics") is None:
-        raise BackendUnavailableError("the Ultralytics peers need the 'ultralytics' package",
-                                      "pip install -e .[export,bench], or pass --peers none")
+def _peers(args, src: ModelSource, imgsz, dynamic: bool, log: Log, pt_imgsz=None) -> list[Candidate]:
+    """The Ultralytics peers of ``--peers``, exported at ``imgsz`` and run there exactly (``rect=False``); the
+    ``.pt`` at ``pt_imgsz`` with its own letterbox when given (the native group: what a .pt user gets)."""
     out = []
-    if "pt" in args.peers:
-        out.append(Candidate(PEER_PT, PEER, "pt", src.weights, imgsz, "Ultralytics predict, PyTorch .pt"))
-    if "onnx" in args.peers:
-        onnx = ultralytics_onnx(src, imgsz, dynamic, args.out / "artifacts", args.rebuild, log)
-        out.append(Candidate(PEER_ONNX, PEER, "onnx", onnx, imgsz, "Ultralytics predict, its own ONNX export"))
+    for p in PEERS:
+        if p.key not in args.peers:
+            continue
+        why = p.missing() or ("needs a labelled --data: Ultralytics calibrates its INT8 on it"
+                              if p.calibrated and src.data is None and not src.random else None)
+        path = src.weights
+        if why is None and p.export is not None:
+            try:
+                path = ultralytics_export(src, p, imgsz, dynamic, args.cache, args.rebuild, log)
+            except DeployError as e:
+                why = f"Ultralytics' export failed: {e.message}"
+                log(f"{p.name}: {e}")
+        size, rect = (pt_imgsz, None) if p.export is None and pt_imgsz else (imgsz, False)
+        out.append(Candidate(p.name, PEER, p.key, path, tuple(size), p.label, skip=why, rect=rect))
     return out
 
 
@@ -108,13 +123,20 @@ def sources(args: argparse.Namespace, log: Log) -> list[ModelSource]:
             out.append(ModelSource(w.stem, w, args.data))
     for arch in args.arch:
         log(f"random-weight model: {arch}.yaml (seed 0)")
-        out.append(ModelSource(f"{arch}-random", random_checkpoint(arch, args.out / "artifacts"), None, random=True))
+        out.append(ModelSource(f"{arch}-random", random_checkpoint(arch, args.cache), None, random=True))
     return out
+
+
+def _sorted_ours(files: list[Path], imgsz, random: bool, suffix: str = "", reference: bool = False) -> list[Candidate]:
+    cands = [_ours(p, imgsz, suffix, reference) for p in files]
+    if random:  # timing only: the INT8 TensorRT form is slow on a CPU by design and says nothing more here
+        cands = [c for c in cands if c.form in RANDOM_FORMS]
+    return sorted(cands, key=lambda c: form_rank(c.form))
 
 
 def plan(args: argparse.Namespace, frames: Frames, log: Log) -> list[Group]:
     """Every group this run measures (building what is missing)."""
-    root = args.out / "artifacts"
+    root = args.cache
     groups: list[Group] = []
     if args.models:
         groups += _models_groups(args, frames, log)
@@ -122,40 +144,42 @@ def plan(args: argparse.Namespace, frames: Frames, log: Log) -> list[Group]:
         for b in args.batch:
             dynamic = b > 1
             built = build_ours(src, args.imgsz, dynamic, root, args.rebuild, log)
-            ours = sorted((_ours(p, args.imgsz) for p in built.files), key=lambda c: form_rank(c.form))
             h, w = args.imgsz
-            title = f"{src.label} at {h}x{w}, batch {b}" + (" (dynamic-batch export)" if dynamic else "")
+            title = (f"{src.label}, everyone at {h}x{w}, batch {b}" + (" (dynamic-batch exports)" if dynamic else "")
+                     + (f" — {RANDOM_NOTE}" if src.random else ""))
             notes = list(built.notes) + ([RANDOM_NOTE] if src.random else [])
-            data = src.data if not src.random else None
-            groups.append(Group(f"{src.label} {h}x{w} b{b}", title + (f" — {RANDOM_NOTE}" if src.random else ""),
-                                src.label, src.random, b, frames.frames, frames.desc,
-                                ours + _peers(args, src, args.imgsz, dynamic, log), data=data, notes=notes))
-        if args.wide and not src.random and 1 in args.batch:
-            groups.append(_wide_group(args, src, frames, log))
+            groups.append(Group(f"{src.label} {h}x{w} b{b}", title, src.label, src.random, b, frames.frames,
+                                frames.desc, _sorted_ours(built.files, args.imgsz, src.random)
+                                + _peers(args, src, args.imgsz, dynamic, log),
+                                imgsz=tuple(args.imgsz), data=None if src.random else src.data, notes=notes))
+        if args.native and not src.random and 1 in args.batch:
+            group = _native_group(args, src, frames, log)
+            if group is not None:
+                groups.append(group)
     return groups
 
 
-def _wide_group(args, src: ModelSource, frames: Frames, log: Log) -> Group:
-    """Our square and 16:9 inputs (and the peers at the square size) on 16:9 versions of the frames."""
-    root = args.out / "artifacts"
-    wide = args.wide
+def _native_group(args, src: ModelSource, frames: Frames, log: Log) -> Group | None:
+    """Everyone at the rect size Ultralytics' predictor picks for the native frames (ours through a build at
+    that size), plus our square FP32 and INT8 CPU form as reference rows for the rect-vs-square comparison."""
+    root = args.cache
+    nframes, desc = native_frames(frames)
+    fh, fw = nframes[0].shape[:2]
+    size = args.native if args.native != "auto" else native_imgsz((fh, fw), args.imgsz)
+    if tuple(size) == tuple(args.imgsz):
+        log(f"native group: {fw}x{fh} frames run at {size[0]}x{size[1]}, the size of --imgsz; no separate group")
+        return None
+    narrow = build_ours(src, size, False, root, args.rebuild, log)
     square = build_ours(src, args.imgsz, False, root, args.rebuild, log)
-    narrow = build_ours(src, wide, False, root, args.rebuild, log)
-    cands = []
-    for form in WIDE_FORMS:
-        for built, size in ((square, args.imgsz), (narrow, wide)):
-            hit = [p for p in built.files if form_of(p)[0] == form]
-            if hit:
-                cands.append(_ours(hit[0], size, suffix_name=True))
-    peers = _peers(args, src, args.imgsz, False, log)
-    for p in peers:
-        p.name += f" {args.imgsz[0]}x{args.imgsz[1]}"
-    wide_frames = [to_16x9(f) for f in frames.frames]
-    h, w = args.imgsz
-    title = f"{src.label} on 16:9 frames (1280x720): {wide[0]}x{wide[1]} input vs {h}x{w}, batch 1"
-    return Group(f"{src.label} 16:9 b1", title, src.label, False, 1, wide_frames,
-                 f"the same {len(wide_frames)} frames, center-cropped to 16:9 and resized to 1280x720", cands + peers,
-                 data=src.data, kind="wide", notes=list(narrow.notes))
+    sq = f" {args.imgsz[0]}x{args.imgsz[1]}"
+    refs = [c for c in _sorted_ours(square.files, args.imgsz, False, sq, reference=True) if c.form in REFERENCE_FORMS]
+    cands = _sorted_ours(narrow.files, size, False) + refs + _peers(args, src, size, False, log, pt_imgsz=args.imgsz)
+    title = (f"{src.label} on {fw}x{fh} frames, everyone at {size[0]}x{size[1]} (the size Ultralytics' .pt "
+             f"predictor picks for them at imgsz {max(args.imgsz)}), batch 1")
+    return Group(f"{src.label} native {size[0]}x{size[1]} b1", title, src.label, False, 1, nframes, desc, cands,
+                 imgsz=tuple(size), data=src.data, kind="native",
+                 notes=list(narrow.notes) + [f"reference rows (ours at{sq}): the square builds on the same frames, "
+                                             "for the rect-vs-square comparison"])
 
 
 def _models_groups(args, frames: Frames, log: Log) -> list[Group]:
@@ -166,14 +190,15 @@ def _models_groups(args, frames: Frames, log: Log) -> list[Group]:
     found: list[tuple[Path, tuple[int, int], int | None]] = []
     skipped = []
     for path in args.models:
-        if not path.is_file():
-            raise ConfigError(f"--models {path}: file not found", "pass artifacts written by python -m exporters.build")
+        if not path.exists():
+            raise ConfigError(f"--models {path}: not found", "pass artifacts written by python -m exporters.build")
         form, _ = form_of(path)
         reason = engine_unavailable_reason() if is_engine(path) else None
         if reason:
             skipped.append(Candidate(f"ours {form}", OURS, form, path, (0, 0), skip=reason))
             continue
-        found.append((path, *_loaded_shape(path, args.device)))  # the model's own size, from its metadata
+        shape = in_fresh_process(loaded_shape, path, args.device, name=f"reading {path.name}")
+        found.append((path, *shape))  # the model's own size, from its metadata
     src = ModelSource(args.weights[0].stem, args.weights[0], args.data) if args.weights else None
     groups = []
     for b in args.batch:
@@ -190,9 +215,9 @@ def _models_groups(args, frames: Frames, log: Log) -> list[Group]:
                 cands += skipped
             peers = _peers(args, src, size, b > 1, log) if src else []
             note = [] if src else ["no Ultralytics peers: pass --weights with the .pt these models came from"]
-            groups.append(Group(f"models {size[0]}x{size[1]} b{b}", f"--models at {size[0]}x{size[1]}, batch {b}",
-                                "models", False, b, frames.frames, frames.desc, cands + peers,
-                                data=args.data or frames.data, kind="models", notes=note))
+            groups.append(Group(f"models {size[0]}x{size[1]} b{b}", f"--models, everyone at {size[0]}x{size[1]}, "
+                                f"batch {b}", "models", False, b, frames.frames, frames.desc, cands + peers,
+                                imgsz=tuple(size), data=args.data or frames.data, kind="models", notes=note))
     if not groups and skipped:
         groups.append(Group("models", "--models", "models", False, 1, frames.frames, frames.desc, skipped,
                             kind="models"))
@@ -202,9 +227,12 @@ def _models_groups(args, frames: Frames, log: Log) -> list[Group]:
     return groups
 
 
-def _loaded_shape(path: Path, device: str) -> tuple[tuple[int, int], int | None]:
-    """(input size, static batch or ``None`` for dynamic) of a model, as the runtime reads it."""
+def loaded_shape(path: Path, device: str) -> tuple[tuple[int, int], int | None]:
+    """(input size, static batch or ``None`` for dynamic) of a model, as the runtime reads it (run in a fresh
+    process: this one never loads a model)."""
     from engine import Detector
 
-    with Detector(path, **({"device": device} if path.suffix == ".onnx" else {})) as det:
+    from .candidates import our_options
+
+    with Detector(path, **our_options(path, device)) as det:
         return tuple(det.imgsz), det.backend.max_batch

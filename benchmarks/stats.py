@@ -1,4 +1,4 @@
-"""Pure arithmetic of the benchmark: percentiles, per-frame summaries, ratios and target verdicts.
+"""Pure arithmetic of the benchmark: percentiles, per-frame summaries, ratios, agreement and target verdicts.
 
 No timing happens here, so every function is unit-tested with exact numbers.
 """
@@ -38,6 +38,42 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     out["mean"] = sum(samples) / len(samples)
     out["n"] = len(samples)
     return out
+
+
+def summarize_rounds(rounds: Sequence[Sequence[float]]) -> dict[str, float | list[float]]:
+    """The figures of one stage over rounds of calls (each round: one turn of the candidate, its calls).
+
+    ``p50`` is the median over rounds of each round's median (a round slowed by another process moves one
+    of those medians, not the figure); ``min`` and ``max`` are the fastest and slowest round medians and
+    ``spread_pct`` their distance in percent of ``p50``. ``p50_all``, ``p95``, ``p99``, ``mean`` and ``n`` are
+    over every call pooled (a tail needs every call), and ``rounds`` keeps each round's median.
+
+    Raises:
+        ValueError: no rounds, or a round without calls.
+    """
+    if not rounds or any(len(r) == 0 for r in rounds):
+        raise ValueError("summarize_rounds needs at least one round, each with calls")
+    medians = [percentile(r, 50) for r in rounds]
+    pooled = [float(x) for r in rounds for x in r]
+    mid = percentile(medians, 50)
+    out = summarize(pooled)
+    out.update(p50_all=out["p50"], p50=mid, min=min(medians), max=max(medians),
+               spread_pct=(max(medians) - min(medians)) / mid * 100.0 if mid > 0 else 0.0, rounds=medians)
+    return out
+
+
+def agreement(harness_ms: float, standalone_ms: float, tolerance: float = 0.10) -> dict:
+    """Whether a harness figure agrees with the same candidate timed alone: ``|harness / standalone - 1| <= tolerance``."""
+    if standalone_ms is None or harness_ms is None or standalone_ms <= 0:
+        return {"harness_ms": harness_ms, "standalone_ms": standalone_ms, "ratio": None, "agrees": None}
+    r = harness_ms / standalone_ms
+    return {"harness_ms": harness_ms, "standalone_ms": standalone_ms, "ratio": round(r, 4),
+            "agrees": abs(r - 1.0) <= tolerance + 1e-12, "tolerance": tolerance}
+
+
+def busy(load: Sequence[float] | None, cores: int | None) -> bool:
+    """Whether a 1-minute load average above the core count says other work shared the machine."""
+    return bool(load) and bool(cores) and float(load[0]) > float(cores)
 
 
 def per_frame(call_ms: Iterable[float], batch: int) -> list[float]:
@@ -82,21 +118,27 @@ def ratio_table(ours: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 @dataclass(frozen=True)
 class Target:
-    """A speed target stated as a ratio: ``numerator / denominator <= limit`` on end-to-end p50."""
+    """A goal stated as a ratio of two figures measured in the same run.
+
+    ``at_most`` (the default): ``numerator / denominator <= limit`` (a time ratio: ours over a peer's);
+    ``at_least=True``: ``>= limit`` (a throughput ratio: served over in-process).
+    """
 
     name: str
     numerator: str
     denominator: str
     limit: float
+    at_least: bool = False
 
     def verdict(self, value: float | None) -> dict:
-        """A JSON-ready verdict; ``missed_by`` is how far over the limit, as a ratio and in percent."""
+        """A JSON-ready verdict; ``missed_by`` is how far past the limit, as a ratio and in percent."""
+        op = ">=" if self.at_least else "<="
         if value is None:
-            return {"target": self.name, "limit": self.limit, "ratio": None, "met": None,
+            return {"target": self.name, "limit": self.limit, "op": op, "ratio": None, "met": None,
                     "note": f"not measured: needs both {self.numerator!r} and {self.denominator!r} in one run"}
-        met = value <= self.limit
-        out = {"target": self.name, "limit": self.limit, "ratio": round(value, 4), "met": met}
+        met = value >= self.limit if self.at_least else value <= self.limit
+        out = {"target": self.name, "limit": self.limit, "op": op, "ratio": round(value, 4), "met": met}
         if not met:
-            out["missed_by"] = round(value - self.limit, 4)
-            out["missed_by_pct"] = round((value / self.limit - 1.0) * 100.0, 1)
+            out["missed_by"] = round(abs(value - self.limit), 4)
+            out["missed_by_pct"] = round(abs(value / self.limit - 1.0) * 100.0, 1)
         return out

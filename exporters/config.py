@@ -79,6 +79,10 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.weights is not None and self.onnx is not None:
             raise ConfigError("--weights and --onnx were both given", "pass one source: a .pt with --weights or an .onnx with --onnx")
+        for flag, path, what in (("--weights", self.weights, "an Ultralytics checkpoint (runs/detect/train/weights/best.pt)"),
+                                 ("--onnx", self.onnx, "an Ultralytics detect ONNX export")):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such file", f"pass {what}")
         if self.batch < 1:
             raise ConfigError(f"--batch {self.batch} must be >= 1", "use --batch 1 (default) or --dynamic")
         if not 11 <= self.opset <= 21:

@@ -19,23 +19,24 @@ class UltralyticsPredictor:
     """Run ``YOLO(model_path).predict`` on one BGR frame at a time.
 
     Args:
-        model_path: a YOLOv8/YOLO11 detection ``.pt``, or an ``.onnx`` Ultralytics exported
-            (Ultralytics loads it with ONNX Runtime and reads the class names from its metadata).
+        model_path: a YOLOv8/YOLO11 detection ``.pt``, or an ``.onnx`` or OpenVINO folder Ultralytics
+            exported (Ultralytics loads it with its runtime and reads the class names from its metadata).
         imgsz: inference size (an int or ``(h, w)``), normally the size the model was trained or
             exported at.
         conf: confidence threshold (use 0.001 for mAP, as ``val`` does).
         iou: NMS IoU threshold.
         max_det: boxes kept per image.
         device: ``"cpu"``, ``"0"``, ``"cuda:0"``...
+        **predict_options: more ``predict`` arguments, e.g. ``rect=False`` (a ``.pt`` letterboxes square).
 
     Calling it with a BGR uint8 image returns its :class:`Detections` in source pixels, with the
     model's class names.
     """
 
     def __init__(self, model_path: Union[str, Path], imgsz: Union[int, tuple[int, int]], conf: float = 0.25,
-                 iou: float = 0.7, max_det: int = 300, device: str = "cpu") -> None:
+                 iou: float = 0.7, max_det: int = 300, device: str = "cpu", **predict_options) -> None:
         path = Path(model_path)
-        if not path.is_file():
+        if not path.exists():
             raise ModelLoadError(f"model not found: {path}", "pass the path of a YOLO .pt or .onnx file")
         # No update checks, hub pings or font downloads: runs on offline machines (and in CI).
         os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -51,7 +52,8 @@ class UltralyticsPredictor:
                                  "pass a YOLOv8/YOLO11 detection model (.pt or Ultralytics-exported .onnx)") from err
         self.names = tuple(str(self.model.names[i]) for i in sorted(self.model.names))
         self.imgsz = imgsz
-        self.kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False)
+        self.kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False,
+                           **predict_options)
 
     def __call__(self, frame: np.ndarray) -> Detections:
         """Detect objects in one BGR uint8 image."""

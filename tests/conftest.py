@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests.fakes.engines import fake_engine  # noqa: F401 (a fixture: engine files of the fake TensorRT)
 from tests.yolo_data import dataset  # noqa: F401 (a fixture: a 3-image YOLO val split)
+
+# A suite started in the background by a non-interactive shell (`pytest &`) has SIGINT ignored, and every
+# process it starts inherits that: the Ctrl-C tests would see their servers ignore Ctrl-C and hang.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]

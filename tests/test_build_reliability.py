@@ -112,3 +112,14 @@ def test_every_onnx_the_build_writes_passes_the_full_check_and_is_accepted_back(
         from exporters.onnx_export import _read_onnx
 
         _read_onnx(path)  # what --onnx does first: no "truncated or corrupt"
+
+
+@pytest.mark.parametrize("flag", ["--parity-images", "--data", "--calib", "--onnx"])
+def test_a_missing_path_flag_is_refused_before_any_work(demo_pt, tmp_path, flag, capsys):
+    argv = ([] if flag == "--onnx" else ["--weights", str(demo_pt)]) + [flag, str(tmp_path / "nope"),
+                                                                       "--out", str(tmp_path / "o")]
+    argv += ["--int8", "--data", str(tmp_path / "nope.yaml")] if flag == "--calib" else []
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err and "fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

@@ -44,6 +44,27 @@ needs_triton = pytest.mark.skipif(
 
 # ---- request/response helpers: no server needed -------------------------------------------------
 
+def test_serve_defaults_on_a_cpu_and_on_a_gpu(demo_onnx, tmp_path, monkeypatch):
+    """A CPU model: no dynamic batcher, the cores shared out between instances; an engine: one instance, batched."""
+    from engine.serve import ServeConfig
+    from engine.serve.defaults import resolve
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    cpu = resolve(ServeConfig(model=demo_onnx))
+    assert (cpu.dynamic_batching, cpu.instances, cpu.threads) == (False, 2, 2)
+    mine = resolve(ServeConfig(model=demo_onnx, dynamic_batching=True, instances=1, threads=0))
+    assert (mine.dynamic_batching, mine.instances, mine.threads) == (True, 1, 0)  # explicit values win
+    assert resolve(ServeConfig(model=demo_onnx, instances=1)).threads == 0  # one instance: every core
+    engine = tmp_path / "m.fp16.engine"
+    engine.write_bytes(b"x")
+    gpu = resolve(ServeConfig(model=engine))
+    assert (gpu.dynamic_batching, gpu.instances, gpu.threads) == (True, 1, 0)
+    from engine.serve.cli import _batching, build_parser
+
+    parse = lambda *a: _batching(build_parser().parse_args(["--model", "m.onnx", *a]))  # noqa: E731
+    assert parse() is None and parse("--dynamic-batching", "on") is True and parse("--no-dynamic-batching") is False
+
+
 def test_outputs_round_trip_with_padding():
     a = Detections([[1, 2, 3, 4], [5, 6, 7, 8]], [0.9, 0.5], [2, 0], ("a", "b", "c"))
     empty = Detections.empty(("a", "b", "c"))
@@ -161,8 +182,8 @@ def server(served_model, tmp_path_factory):
     with open(log, "w") as f:
         proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
                                  str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                                 "--max-batch", "4"], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                 "--max-batch", "4", "--dynamic-batching", "on"],  # off by default on a CPU
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http}", ["yolo", "yolo_encoded"])
         yield {"http": f"127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}", "metrics": metrics, "log": log}
@@ -349,14 +370,14 @@ def _cmdlines() -> list[list[str]]:
 
 
 def _left_behind(pid: int, http_port: int) -> list[Path]:
-    """What server ``pid``'s Triton keeps while it runs: its stubs' model folders under /tmp (one per model
-    instance, ``/tmp/folderXXXXXX/1/model.py``) and pytriton's workspace."""
+    """What server ``pid``'s Triton keeps while it runs: its stubs' model folders under /tmp (one per model,
+    ``/tmp/folderXXXXXX/1/model.py``, whatever its instance count) and pytriton's workspace."""
     paths = [Path(a[1]).parents[1] for a in _cmdlines()
              if a[0].endswith("triton_python_backend_stub") and any(f"pytrtion{pid}-" in x for x in a)]
     for a in _cmdlines():
         if a[0].endswith("tritonserver") and str(http_port) in a and "--model-repository" in a:
             paths.append(Path(a[a.index("--model-repository") + 1]).parent)
-    return paths
+    return list(dict.fromkeys(paths))  # the instances of one model share its folder
 
 
 @needs_triton

@@ -22,17 +22,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (0 = off)")
     ap.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0 = off)")
     ap.add_argument("--max-batch", type=int, default=8, help="most frames Triton gathers into one inference")
-    ap.add_argument("--no-dynamic-batching", action="store_true", help="run each request alone (for comparison)")
+    ap.add_argument("--dynamic-batching", choices=("auto", "on", "off"), default="auto",
+                    help="Triton's dynamic batcher; auto: on where the model runs on a GPU, off on a CPU (where it "
+                         "does not pay: engine/serve/defaults.py)")
+    ap.add_argument("--no-dynamic-batching", action="store_true", help="the same as --dynamic-batching off")
     ap.add_argument("--queue-delay-us", type=int, default=2000,
                     help="how long the dynamic batcher may hold a request waiting for more (microseconds)")
-    ap.add_argument("--instances", type=int, default=1, help="model instances (Detectors) side by side")
+    ap.add_argument("--instances", type=int, default=None,
+                    help="model instances (Detectors) side by side; None: 1 on a GPU, 2 on a CPU of 2+ cores")
     ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
     ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
     ap.add_argument("--max-det", type=int, default=300, help="most detections per frame")
-    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per instance (0 = all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ONNX Runtime intra-op threads per instance (0 = all cores); None: the cores shared out "
+                         "between the instances")
     ap.add_argument("--verbose", action="store_true", help="pytriton's and Triton's logs at INFO level")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
     return ap
+
+
+def _batching(args: argparse.Namespace) -> bool | None:
+    if args.no_dynamic_batching:
+        return False
+    return {"auto": None, "on": True, "off": False}[args.dynamic_batching]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     def action() -> None:
         serve(ServeConfig(model=args.model, name=args.name, host=args.host, http_port=args.http_port,
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
-                          dynamic_batching=not args.no_dynamic_batching, queue_delay_us=args.queue_delay_us,
+                          dynamic_batching=_batching(args), queue_delay_us=args.queue_delay_us,
                           instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
                           threads=args.threads))
 

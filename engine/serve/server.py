@@ -63,7 +63,10 @@ from .protocol import (
 
 log = logging.getLogger("engine.serve")
 
-EXIT_TIMEOUT_S = 3  # Triton's wait for in-flight requests and open client connections at stop (its default: 30)
+# Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:
+# 30 s). 6 s: the CPU default of two instances per model takes about 3.5 s to unload on a busy 2-core machine,
+# and a stub that Triton does not wait for leaves its folder under /tmp.
+EXIT_TIMEOUT_S = 6
 UNLOAD_WAIT_S = 4.0  # at stop, how long the models may take to unload before Triton is stopped anyway
 BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S = 10, 10.0
 
@@ -80,11 +83,14 @@ class ServeConfig:
         host: address HTTP, gRPC and metrics bind to (loopback by default).
         http_port, grpc_port, metrics_port: ports (0 = that endpoint is off; metrics may be off).
         max_batch: most frames Triton gathers into one ``Detector`` call.
-        dynamic_batching: let Triton's dynamic batcher gather requests (else one request per call).
+        dynamic_batching: let Triton's dynamic batcher gather requests (else one request per call);
+            ``None``: on where the model runs on a GPU, off on a CPU (:mod:`engine.serve.defaults`).
         queue_delay_us: how long the batcher may hold a request waiting for more.
-        instances: model instances (each a ``Detector``) running side by side.
+        instances: model instances (each a ``Detector``) running side by side; ``None``: 1 on a GPU, 2 on a
+            CPU of two cores or more.
         conf, iou, max_det: the ``Detector``'s thresholds.
-        threads: ONNX Runtime intra-op threads per instance (0 = all cores).
+        threads: ONNX Runtime intra-op threads per instance (0 = all cores); ``None``: the cores shared out
+            between the instances.
     """
 
     model: Path
@@ -94,13 +100,13 @@ class ServeConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch: int = 8
-    dynamic_batching: bool = True
+    dynamic_batching: bool | None = None
     queue_delay_us: int = 2000
-    instances: int = 1
+    instances: int | None = None
     conf: float = 0.25
     iou: float = 0.45
     max_det: int = 300
-    threads: int = 0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.model).is_file():
@@ -109,7 +115,8 @@ class ServeConfig:
         if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
             raise ConfigError(f"--name {self.name!r}: Triton model names take letters, digits, '.', '_' and '-'",
                               "use --name yolo (default)")
-        if not 1 <= self.max_batch <= 1024 or self.instances < 1 or self.queue_delay_us < 0 or self.threads < 0:
+        if (not 1 <= self.max_batch <= 1024 or (self.instances or 1) < 1 or self.queue_delay_us < 0
+                or (self.threads or 0) < 0):
             raise ConfigError(f"--max-batch {self.max_batch}, --instances {self.instances}, "
                               f"--queue-delay-us {self.queue_delay_us}, --threads {self.threads} out of range",
                               "use 1 <= --max-batch <= 1024, --instances >= 1, --queue-delay-us >= 0, --threads >= 0")
@@ -221,12 +228,14 @@ def _check_ports(cfg: ServeConfig) -> None:
 def _detector(cfg: ServeConfig):
     from ..detector import Detector
 
-    opts = {"intra_op_threads": cfg.threads} if Path(cfg.model).suffix.lower() == ".onnx" else {}
+    # no spinning: Triton's and the stub's threads need the cores between calls (engine.serve.defaults)
+    opts = ({"intra_op_threads": cfg.threads, "spin_wait": False} if Path(cfg.model).suffix.lower() == ".onnx"
+            else {})
     det = Detector(cfg.model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, **opts)
     # warm up every batch size the batcher may form: a backend's first run at a new shape is several
     # times slower (ONNX Runtime plans memory per shape), which would land on some client's request
     blank = np.full((*det.imgsz, 3), 114, np.uint8)
-    for b in range(1, (cfg.max_batch if det.backend.max_batch is None else 1) + 1):
+    for b in range(1, (cfg.max_batch if det.backend.max_batch is None and cfg.dynamic_batching else 1) + 1):
         det.predict([blank] * b)
     return det
 
@@ -273,10 +282,15 @@ def _unload(triton: Any, cfg: ServeConfig, models: Sequence[str]) -> None:
 def serve(cfg: ServeConfig, log=print) -> None:
     """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops.
 
+    Fields of ``cfg`` left ``None`` take this machine's defaults (:func:`.defaults.resolve`).
+
     Raises:
         KeyboardInterrupt: after Ctrl-C, once Triton stopped and the Detectors closed.
         engine.cli.Terminated: the same after SIGTERM.
     """
+    from .defaults import resolve
+
+    cfg = resolve(cfg)
     _check_ports(cfg)
     _pytriton()  # before loading models: a missing pytriton fails in a second
     with StopSignals() as stop, ExitStack() as stack:  # signals only set a flag the serving loop polls
@@ -329,7 +343,8 @@ def _run_triton(cfg: ServeConfig, detectors: list, stop: StopSignals, log) -> No
         log(f"serving {Path(cfg.model).name} ({len(d.names)} classes, {d.imgsz[0]}x{d.imgsz[1]}, "
             f"{'dynamic' if d.backend.max_batch is None else 'static'} batch) as '{cfg.name}' (raw frames) and "
             f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
-            f"{'on' if cfg.dynamic_batching else 'off'}; Ctrl+C stops")
+            f"{'on' if cfg.dynamic_batching else 'off'}, {cfg.instances} instance(s) x {cfg.threads or 'all'} "
+            "thread(s); Ctrl+C stops")
         sys.stdout.flush()
         while stop.signum is None and triton.is_alive():
             time.sleep(0.1)

@@ -1,0 +1,140 @@
+"""``python -m benchmarks.selfcheck``: does the harness time each candidate as it runs alone?
+
+It times the groups of ``python -m benchmarks.run`` (same flags; by default the demo at 640, square group
+only), then times every candidate again standalone: a fresh process that loads only that candidate and
+times the same number of calls on the same frames with the same thresholds in one loop, nothing else alive
+(:func:`benchmarks.worker.time_alone`; the candidates in a shuffled order). A candidate agrees when its
+harness end-to-end figure is within ``--tolerance`` (10 %) of its standalone median. Output: a table on
+stdout, ``selfcheck.json`` and ``selfcheck.md`` in ``--out``; exit code 1 when a candidate disagrees, and a
+warning when the machine was busy (load above its cores), where no agreement can be expected.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import random
+import shlex
+import sys
+from pathlib import Path
+
+from engine.cli import run_cli
+
+from . import report
+from .env import environment, load_average
+from .harness import Timing, run_group, summarize_group
+from .run import build_parser, resolve
+from .stats import agreement, busy, per_frame, summarize
+from .worker import FrameSet, WorkerError, in_fresh_process, time_alone
+
+SELF_DEFAULTS = {"arch": "none", "native": "none", "streams": "none"}
+
+
+def parser():
+    ap = build_parser()
+    ap.prog = "python -m benchmarks.selfcheck"
+    ap.description = ("Time the candidates with the harness, then each alone in a fresh process; report whether the "
+                      "harness's end-to-end figure is within --tolerance of the standalone one.")
+    ap.set_defaults(out=Path("runs/selfcheck"), **SELF_DEFAULTS)
+    ap.add_argument("--tolerance", type=float, default=0.10, help="largest |harness / standalone - 1| that agrees")
+    ap.add_argument("--standalone-calls", type=int, default=None, metavar="N",
+                    help="timed calls of each standalone run (None: rounds x iters, as many as the harness)")
+    return ap
+
+
+def check(args, argv: list[str]) -> dict:
+    from .plan import load_frames, plan
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    env = environment()
+    frames = load_frames(args)
+    timing = Timing(args.rounds, args.iters, args.warmup, args.settle, args.pause, args.seed)
+    opts = {"conf": args.conf, "iou": args.iou, "device": args.device}
+    calls = args.standalone_calls or args.rounds * args.iters
+    rows = []
+    for k, g in enumerate(plan(args, frames, log)):
+        fs = FrameSet.write(g.frames, args.out / "frames" / f"group{k}.npy", g.frames_desc)
+        try:
+            log(f"{g.id}: the harness ({len(g.running())} candidates, {args.rounds} rounds)")
+            run = run_group(g, fs, timing, opts, log)
+            summary = summarize_group(g, run.times)
+            cands = [c for c in g.running() if c.name in summary]
+            random.Random(args.seed).shuffle(cands)
+            for c in cands:
+                log(f"{g.id}: {c.name} alone ({calls} calls)")
+                load = [load_average()]
+                try:
+                    times = in_fresh_process(time_alone, c.spec(fs, g.batch, args.warmup, **opts), calls,
+                                             name=f"{c.name} alone")
+                except WorkerError as e:
+                    rows.append({"group": g.id, "name": c.name, "error": e.message})
+                    continue
+                load.append(load_average())
+                alone = summarize(per_frame([t.end_to_end for t in times], g.batch))["p50"]
+                rows.append({"group": g.id, "name": c.name, "file": c.path.name, "load_avg": load,
+                             "harness_load_avg": run.load_avg,
+                             "busy": any(busy(x, os.cpu_count()) for x in load + run.load_avg),
+                             **agreement(summary[c.name]["per_frame_ms"]["end_to_end"]["p50"], alone,
+                                         args.tolerance)})
+        finally:
+            fs.path.unlink(missing_ok=True)
+    env["load_avg_end"] = load_average()
+    res = {"command": "python -m benchmarks.selfcheck" + (" " + shlex.join(argv) if argv else ""), "env": env,
+           "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "tolerance": args.tolerance, "standalone_calls": calls,
+           "settings": {"rounds": args.rounds, "iters": args.iters, "warmup": args.warmup, "settle": args.settle,
+                        "pause": args.pause, "seed": args.seed, "imgsz": list(args.imgsz), "frames": frames.desc},
+           "rows": rows}
+    res["warnings"] = [f"{r['name']}: load average above the {os.cpu_count()} cores while it was timed; rerun on a "
+                       "quiet machine" for r in rows if r.get("busy")]
+    (args.out / "selfcheck.json").write_text(json.dumps(res, indent=1) + "\n")
+    (args.out / "selfcheck.md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+def rows_table(res: dict) -> tuple[list[str], list[list[str]]]:
+    head = ["group", "candidate", "harness e2e ms", "alone e2e ms", "harness / alone", "within ±"
+            f"{res['tolerance'] * 100:.0f} %", "load (harness; alone)"]
+    out = []
+    for r in res["rows"]:
+        if "error" in r:
+            out.append([r["group"], r["name"], "", "", "", f"not run: {r['error']}", ""])
+            continue
+        hl, al = r.get("harness_load_avg") or [], r.get("load_avg") or []
+        load = (f"{'–'.join(f'{x[0]:.2f}' for x in hl if x)}; {'–'.join(f'{x[0]:.2f}' for x in al if x)}"
+                + (" BUSY" if r.get("busy") else ""))
+        out.append([r["group"], r["name"], f"{r['harness_ms']:.2f}", f"{r['standalone_ms']:.2f}",
+                    f"{r['ratio']:.3f}", "yes" if r["agrees"] else "**no**", load])
+    return head, out
+
+
+def markdown(res: dict) -> str:
+    out = report.header(res, "# Harness vs standalone")
+    out += [f"Harness: {res['settings']['rounds']} rounds x {res['settings']['iters']} calls per candidate, each in "
+            f"its own process, random order per round (seed {res['settings']['seed']}); alone: "
+            f"{res['standalone_calls']} calls in one fresh process with nothing else running. End-to-end ms per "
+            "frame: the harness's median of round medians, the standalone median.", "",
+            report.md_table(*rows_table(res)), ""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    result: dict = {}
+
+    def go():
+        result.update(check(resolve(args), argv))
+
+    rc = run_cli(go, args.debug)
+    if rc == 0 and any(r.get("agrees") is False for r in result.get("rows", [])):
+        return 1
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
