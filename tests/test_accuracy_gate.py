@@ -131,28 +131,30 @@ def _config(*argv: str):
 
 
 def test_flags_resolve_demo_defaults_and_refuse_int8_without_data(tmp_path):
+    pt = tmp_path / "best.pt"  # a source flag must name a file (checked before any work)
+    pt.write_bytes(b"")
     demo = _config("--out", str(tmp_path))
     assert demo.quantize.int8 and demo.quantize.data == DEMO_DATA and demo.quantize.calib.source == DEMO_DATA
     assert demo.quantize.cache == tmp_path / "demo.calib.json"
-    user = _config("--weights", "best.pt", "--out", str(tmp_path))
+    user = _config("--weights", str(pt), "--out", str(tmp_path))
     assert not user.quantize.int8 and user.quantize.data is None and user.fp16
     data, clip = tmp_path / "d.yaml", tmp_path / "clip.mp4"
     data.write_text("val: x\n")
     clip.write_bytes(b"")
-    calib = _config("--weights", "best.pt", "--int8", "--data", str(data), "--calib", str(clip), "--calib-method",
+    calib = _config("--weights", str(pt), "--int8", "--data", str(data), "--calib", str(clip), "--calib-method",
                     "percentile", "--exclude", "Sigmoid,/x", "--int8-float", "fp32")
     assert calib.quantize.calib.source == clip and calib.quantize.calib.method.value == "percentile"
     assert calib.quantize.int8_float == "fp32" and demo.quantize.int8_float == "fp16"
     assert demo.quantize.calib.method.value == "mean-minmax"
     assert calib.quantize.exclude == ("Sigmoid", "/x")
     with pytest.raises(ConfigError, match="--int8 needs --data") as err:
-        _config("--weights", "best.pt", "--int8")
+        _config("--weights", str(pt), "--int8")
     assert "--data" in err.value.fix
     with pytest.raises(ConfigError, match="--max-map-drop"):
         _config("--max-map-drop", "-1")
     for flag in ("--data", "--calib", "--parity-images"):  # a typo in a path is an error, never a silent fallback
         with pytest.raises(ConfigError, match=f"{flag} .*no such") as err:
-            _config("--weights", "best.pt", "--int8", "--data", str(data), flag, str(tmp_path / "typo"))
+            _config("--weights", str(pt), "--int8", "--data", str(data), flag, str(tmp_path / "typo"))
         assert flag in err.value.fix or "folder" in err.value.fix
 
 

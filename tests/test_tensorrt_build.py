@@ -53,8 +53,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 def _stage(argv: list[str], artifacts: dict[str, Path], dynamic: bool = False, meta=None, log=lambda s: None):
     """Run the engine stage of a build of ``argv`` whose earlier stages delivered ``artifacts``."""
-    stem = Path(artifacts["onnx"]).stem
-    b = stage_build(["--onnx", f"{stem}.onnx", *argv], artifacts, meta or tiny_metadata(dynamic), log)
+    b = stage_build(["--onnx", str(artifacts["onnx"]), *argv], artifacts, meta or tiny_metadata(dynamic), log)
     engine_stage.run(b)
     return b
 
