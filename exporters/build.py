@@ -221,6 +221,7 @@ def build(cfg: BuildConfig, log: Log = print) -> BuildResult:
     from .io import ensure_out_dir, remove_stale_temporaries
     from .reuse import REPORT_NAME
 
+    cfg.export.check_source()
     out = ensure_out_dir(cfg.export.out)
     removed = remove_stale_temporaries(out)
     if removed:

@@ -79,10 +79,6 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.weights is not None and self.onnx is not None:
             raise ConfigError("--weights and --onnx were both given", "pass one source: a .pt with --weights or an .onnx with --onnx")
-        for flag, path, what in (("--weights", self.weights, "an Ultralytics checkpoint (runs/detect/train/weights/best.pt)"),
-                                 ("--onnx", self.onnx, "an Ultralytics detect ONNX export")):
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{flag} {path}: no such file", f"pass {what}")
         if self.batch < 1:
             raise ConfigError(f"--batch {self.batch} must be >= 1", "use --batch 1 (default) or --dynamic")
         if not 11 <= self.opset <= 21:
@@ -92,6 +88,13 @@ class ExportConfig:
         if self.parity_images is not None and not Path(self.parity_images).is_dir():
             raise ConfigError(f"--parity-images {self.parity_images}: no such folder",
                               "pass a folder of images like the deployment's, or drop the flag (the demo val images)")
+
+    def check_source(self) -> None:
+        """The model file must exist: checked when a build starts (before its output folder is made)."""
+        for flag, path, what in (("--weights", self.weights, "a checkpoint, e.g. runs/detect/train/weights/best.pt"),
+                                 ("--onnx", self.onnx, "an Ultralytics detect ONNX export")):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path}: no such file", f"pass {what}")
 
     @property
     def source(self) -> Path:
