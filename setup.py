@@ -18,7 +18,8 @@ RUNTIME = ["numpy>=1.23", "opencv-python>=4.8", "onnxruntime>=1.17", "pyyaml>=5.
 EXTRAS = {
     # torch comes with ultralytics (torchvision has no CPU build: CUDA torch is installed, and runs on a CPU)
     # faster-coco-eval scores mAP for the INT8 accuracy gate (pycocotools is the fallback)
-    "export": ["ultralytics>=8.3", "onnx>=1.15", "onnxslim>=0.1.50", "faster-coco-eval>=1.6"],
+    # nncf: INT8 calibration statistics (calibration/strategies.py uses its statistics aggregator: 3.x API)
+    "export": ["ultralytics>=8.3", "onnx>=1.15", "onnxslim>=0.1.50", "faster-coco-eval>=1.6", "nncf>=3.0,<4"],
     # the versions engine/backends/trt_flavor.py supports: TensorRT-RTX 1.x, TensorRT 10.x and 11.x
     "rtx": ["tensorrt-rtx>=1.0,<2", "cuda-python>=12.6"],
     "trt": ["tensorrt>=10.0,<12", "cuda-python>=12.6"],

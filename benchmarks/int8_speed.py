@@ -5,8 +5,11 @@
     python -m benchmarks.int8_speed --workers 2        # throughput of two single-threaded detectors per model
 
 What is timed: ``Detector(path)(frame)`` on real frames (the demo val images, cycled), i.e. letterbox +
-ONNX Runtime CPU inference + decode and NMS, per frame, batch 1, conf 0.25. The models run in
-interleaved rounds (each round times every model ``--iters`` times) so a busy machine slows them alike.
+ONNX Runtime CPU inference + decode and NMS, per frame, batch 1, conf 0.25. Each model lives in its own
+process (its own ONNX Runtime, thread pool and allocator, so one model's threads and memory never
+slow another's), and the parent has the processes run in interleaved rounds (each round times every
+model ``--iters`` times, one process at a time) so a busy machine slows them alike. The machine, its
+load before and after, and the library versions are printed first.
 Per model: the median over all its calls, and its speed-up over FP32 as the median, over rounds, of
 the ratio of the two models' block medians in the same round (with the middle half of those ratios). ``--threads`` sets ONNX Runtime's intra-op
 threads (0: its default, all cores).
@@ -19,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.env import cpu_model
+from benchmarks.env import cpu_model, describe, environment, load_average
 from engine.cli import run_cli
 from engine.errors import ConfigError, DatasetError, ModelLoadError
 from exporters.config import DEMO_DIR, REPO_ROOT
@@ -43,6 +47,67 @@ def _frames(folder: Path, n: int) -> list[np.ndarray]:
     if not files:
         raise DatasetError(f"no images in {folder}", "pass --images with a folder of JPEG/PNG frames")
     return [read_image(p) for p in files]
+
+
+FRAMES = 32
+
+
+class _Worker:
+    """One model in a child process of its own, timing blocks of calls when asked (see the docstring)."""
+
+    def __init__(self, path: Path, images: Path, threads: int, workers: int) -> None:
+        ctx = mp.get_context("spawn")  # a fresh interpreter: nothing of the parent's ONNX Runtime state
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, str(path), str(images), threads, workers), daemon=True)
+        self.proc.start()
+        child.close()
+        self.imgsz = self.threads = None
+
+    def wait_ready(self) -> None:
+        msg = self.conn.recv()
+        if msg[0] == "error":
+            raise ModelLoadError(msg[1], "check the file with python -m benchmarks.verify, or rebuild it")
+        _, self.imgsz, self.threads = msg
+
+    def time(self, start: int, iters: int) -> list[float]:
+        self.conn.send(("time", start, iters))
+        return self.conn.recv()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _serve(conn, path: str, images: str, threads: int, workers: int) -> None:
+    """The child: load the frames and the model, then time ``iters`` calls per request (seconds per frame)."""
+    try:
+        from engine import Detector, DetectorPool
+
+        frames = _frames(Path(images), FRAMES)
+        det = (Detector(path, conf=0.25, device="cpu", intra_op_threads=threads) if workers == 1 else
+               DetectorPool(path, workers, threads=threads or None, conf=0.25))
+    except (Exception, SystemExit) as e:  # the parent shows it and stops
+        conn.send(("error", f"{path}: {e}"))
+        return
+    conn.send(("ready", tuple(det.imgsz), getattr(det, "threads", threads)))
+    with det:
+        while True:
+            msg = conn.recv()
+            if msg[0] != "time":
+                return
+            _, start, iters = msg
+            block = []
+            for i in range(start, start + iters):
+                f = [frames[(i * workers + k) % len(frames)] for k in range(workers)]
+                t = time.perf_counter()
+                det.predict(f)
+                block.append((time.perf_counter() - t) / workers)  # per frame: N frames ran at once
+            conn.send(block)
 
 
 def _row(name: str, file: str, blocks: list[list[float]], fp32_blocks: list[list[float]]) -> dict:
@@ -78,57 +143,50 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Measure and print the table; the figures also go to ``--json``."""
-
-    from engine import Detector, DetectorPool
-
-    frames = _frames(args.images, 32)
     w = args.workers
     if w < 1:
         raise ConfigError(f"--workers {w}", "use 1 or more")
-    dets = {}
-    for name, suffix in FORMS:
-        path = args.deploy / f"{args.stem}{suffix}"
-        if path.is_file():
-            dets[name] = (Detector(path, conf=0.25, device="cpu", intra_op_threads=args.threads) if w == 1 else
-                          DetectorPool(path, w, threads=args.threads or None, conf=0.25))
-    if "fp32" not in dets:
+    env0 = environment()
+    print(f"machine: {describe(env0)}", flush=True)
+    paths = {name: args.deploy / f"{args.stem}{suffix}" for name, suffix in FORMS}
+    paths = {name: p for name, p in paths.items() if p.is_file()}
+    if "fp32" not in paths:
         raise ModelLoadError(f"{args.deploy / (args.stem + '.onnx')} not found",
                              "run python -m exporters.build first, or pass --deploy / --stem")
-    times: dict[str, list[list[float]]] = {k: [] for k in dets}
-    for name, det in dets.items():
-        for i in range(args.warmup):
-            det.predict([frames[(i * w + k) % len(frames)] for k in range(w)])
-    for _ in range(args.rounds):
-        for name, det in dets.items():
-            time.sleep(PAUSE_S)
-            block = []
-            for i in range(args.iters):
-                f = [frames[(i * w + k) % len(frames)] for k in range(w)]
-                t = time.perf_counter()
-                det.predict(f)
-                block.append((time.perf_counter() - t) / w)  # per frame: N frames ran at once
-            times[name].append(block)
-    files = {k: args.deploy / f"{args.stem}{suffix}" for k, suffix in FORMS}
-    rows = [_row(name, files[name].name, blocks, times["fp32"]) for name, blocks in times.items()]
-    imgsz = dets["fp32"].imgsz
+    workers = {name: _Worker(p, args.images, args.threads, w) for name, p in paths.items()}
+    try:
+        for name, worker in workers.items():
+            worker.wait_ready()
+            worker.time(0, args.warmup)  # untimed warm-up
+        times: dict[str, list[list[float]]] = {k: [] for k in workers}
+        for _ in range(args.rounds):
+            for name, worker in workers.items():
+                time.sleep(PAUSE_S)
+                times[name].append(worker.time(0, args.iters))
+        imgsz, det_threads = workers["fp32"].imgsz, workers["fp32"].threads
+    finally:
+        for worker in workers.values():
+            worker.close()
+    rows = [_row(name, paths[name].name, blocks, times["fp32"]) for name, blocks in times.items()]
     import onnxruntime as ort
 
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "imgsz": list(imgsz),
-           "threads": args.threads, "workers": w, "frames": len(frames), "calls_per_model": args.iters * args.rounds}
+           "threads": args.threads, "workers": w, "frames": FRAMES, "calls_per_model": args.iters * args.rounds,
+           "pids": {name: wk.proc.pid for name, wk in workers.items()},
+           "machine": {**env0, "load_avg_end": load_average()}}
     print(f"{env['cpu']}, {env['cores']} cores, ONNX Runtime {ort.__version__} CPU, imgsz {imgsz[0]}x{imgsz[1]}, "
           f"batch 1, end to end (letterbox + inference + NMS), {env['calls_per_model']} calls per model"
-          + (f", {w} detectors per model side by side ({dets['fp32'].threads} threads each), ms per frame = "
-             f"a call's time / {w}" if w > 1 else "") + "\n")
+          + (f", {w} detectors per model side by side ({det_threads} threads each), ms per frame = "
+             f"a call's time / {w}" if w > 1 else "") + ", each model in its own process\n")
     print("| model | file | median ms | p90 ms | FPS | speed-up vs FP32 (median of rounds) | middle half of rounds |\n"
           "|---|---|---|---|---|---|---|")
     for r in rows:
         lo, hi = r["speedup_iqr"]
         print(f"| {r['model']} | {r['file']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['fps']:.1f} | "
               f"{r['speedup_vs_fp32']:.2f}x | {lo:.2f}-{hi:.2f}x |")
+    print(f"\nmachine: {describe(env['machine'])}")
     if args.json:
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    for det in dets.values():
-        det.close()
     return 0
 
 

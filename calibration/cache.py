@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,7 +18,7 @@ from engine._version import __version__
 
 from .config import CalibrationMethod
 
-CACHE_SCHEMA = 2  # 2: the key gained ``preprocessing``
+CACHE_SCHEMA = 3  # 2: the key gained ``preprocessing``; 3: ranges from NNCF's estimators
 
 
 @dataclass(frozen=True)
@@ -40,23 +40,26 @@ class CacheKey:
 
 @dataclass(frozen=True)
 class TensorRanges:
-    """Observed (low, high) per tensor name, from one calibration pass."""
+    """Estimated (low, high) per tensor name from one calibration pass, and the extremes over all images.
+
+    ``ranges`` are the method's estimates; ``extremes`` the smallest and largest values seen (the same as
+    ``ranges`` for ``minmax``; empty when not measured).
+    """
 
     method: CalibrationMethod
     ranges: Mapping[str, tuple[float, float]]
     n_images: int = 0
+    extremes: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_ort(self):
-        """ONNX Runtime's ``TensorsData`` for ``quantize_static``."""
+        """ONNX Runtime's ``TensorsData`` for ``quantize_static`` (ranges as given, whatever the method)."""
         import numpy as np
         from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
         from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-        ort_method = {CalibrationMethod.MINMAX: OrtMethod.MinMax, CalibrationMethod.ENTROPY: OrtMethod.Entropy,
-                      CalibrationMethod.PERCENTILE: OrtMethod.Percentile}[self.method]
         data = {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32))
                 for k, (lo, hi) in self.ranges.items()}
-        return TensorsData(ort_method, data)
+        return TensorsData(OrtMethod.MinMax, data)
 
 
 def graph_hash(model) -> str:
@@ -72,6 +75,7 @@ def dumps(key: CacheKey, ranges: TensorRanges) -> str:
                 "images": key.images, "preprocessing": key.preprocessing},
         "n_images": ranges.n_images,
         "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(ranges.ranges.items())},
+        "extremes": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(ranges.extremes.items())},
     }, indent=1)
 
 
@@ -84,7 +88,8 @@ def loads(text: str) -> tuple[CacheKey, TensorRanges]:
     key = CacheKey(str(k["graph"]), (int(k["imgsz"][0]), int(k["imgsz"][1])), str(k["method"]), str(k["options"]),
                    str(k["images"]), str(k["preprocessing"]))
     ranges = {str(n): (float(v[0]), float(v[1])) for n, v in d["ranges"].items()}
-    return key, TensorRanges(CalibrationMethod(key.method), ranges, int(d.get("n_images", 0)))
+    extremes = {str(n): (float(v[0]), float(v[1])) for n, v in d.get("extremes", {}).items()}
+    return key, TensorRanges(CalibrationMethod(key.method), ranges, int(d.get("n_images", 0)), extremes)
 
 
 def read_cache(path: Path) -> tuple[CacheKey, TensorRanges] | None:

@@ -12,16 +12,17 @@ DEFAULT_VIDEO_EVERY = 30  # about one frame a second at 30 fps: neighbouring fra
 
 
 class CalibrationMethod(str, Enum):
-    """How a tensor's observed values become its quantization range.
+    """How a tensor's observed values become its quantization range (NNCF's estimators, see
+    :mod:`calibration.strategies`).
 
-    ``MINMAX``: the smallest and largest value seen (what NVIDIA ModelOpt's ``max`` does). Robust for
-    detectors, whose rare large activations carry the boxes. ``ENTROPY``: the range that minimizes the
-    KL divergence between the float histogram and its 8-bit version (TensorRT's legacy calibrator).
-    ``PERCENTILE``: clip the top ``100 - percentile`` % of absolute values.
+    ``MEAN_MINMAX`` (default): the mean over images of each image's smallest and largest value,
+    NNCF's default for activations. ``MINMAX``: the smallest and largest value over all images
+    (NVIDIA ModelOpt's ``max``). ``PERCENTILE``: the mean over images of each image's
+    ``100 - percentile`` and ``percentile`` quantiles.
     """
 
+    MEAN_MINMAX = "mean-minmax"
     MINMAX = "minmax"
-    ENTROPY = "entropy"
     PERCENTILE = "percentile"
 
 
@@ -45,7 +46,7 @@ class CalibrationConfig:
     max_images: int = DEFAULT_MAX_IMAGES
     seed: int = 0
     video_every: int = DEFAULT_VIDEO_EVERY
-    method: CalibrationMethod = CalibrationMethod.MINMAX
+    method: CalibrationMethod = CalibrationMethod.MEAN_MINMAX
     percentile: float = 99.999
 
     def __post_init__(self) -> None:

@@ -18,6 +18,7 @@ from engine.errors import ConfigError
 
 from .config import (
     DEMO_DATA,
+    INT8_FLOAT_DTYPES,
     BuildConfig,
     EngineOptions,
     ExportConfig,
@@ -73,8 +74,12 @@ def _quantize_flags(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--calib", type=Path, default=None, metavar="PATH",
                    help="calibration images: a folder, a .txt image list, a video (every --calib-every frame) "
                         "or a data.yaml (its train split). None: the train split of --data")
-    g.add_argument("--calib-method", default=CalibrationMethod.MINMAX.value,
-                   choices=[m.value for m in CalibrationMethod], help="how activation ranges are estimated")
+    g.add_argument("--calib-method", default=CalibrationMethod.MEAN_MINMAX.value,
+                   choices=[m.value for m in CalibrationMethod],
+                   help="how activation ranges are estimated (NNCF's estimators; see README, 'INT8')")
+    g.add_argument("--int8-float", default="fp16", choices=INT8_FLOAT_DTYPES,
+                   help="the TensorRT INT8 form's layers that are not INT8: fp16 (as ModelOpt; strongly typed "
+                        "TensorRT runs each layer in its graph type) or fp32")
     g.add_argument("--calib-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
                    help="at most this many calibration images (a seeded random subset when there are more)")
     g.add_argument("--calib-seed", type=int, default=0, metavar="SEED", help="seed of that subset")
@@ -87,7 +92,8 @@ def _quantize_flags(ap: argparse.ArgumentParser) -> None:
                    help="keep more nodes in float: comma list of op types (Sigmoid), node names or globs "
                         "('/model.23/cv3*'); repeatable. The decode tail is always kept float")
     g.add_argument("--max-map-drop", type=float, default=1.0, metavar="POINTS",
-                   help="largest mAP50-95 loss of an INT8 form vs the FP32 ONNX, in points (0-100 scale)")
+                   help="largest mAP50-95 loss of an INT8 form vs the FP32 ONNX, in points (0-100 scale); the "
+                        "upper end of the drop's paired-bootstrap interval is held to it")
 
 
 def _end2end_flags(ap: argparse.ArgumentParser) -> None:
@@ -196,7 +202,7 @@ def _quantize_options(args: argparse.Namespace, export: ExportConfig) -> Quantiz
         calib = CalibrationConfig(source=args.calib or data, max_images=args.calib_images, seed=args.calib_seed,
                                   video_every=args.calib_every, method=CalibrationMethod(args.calib_method))
     cache = args.calib_cache or export.out / f"{export.stem}.calib.json"
-    return QuantizeOptions(int8, data, calib, cache, parse_excludes(args.exclude), args.max_map_drop)
+    return QuantizeOptions(int8, data, calib, cache, parse_excludes(args.exclude), args.max_map_drop, args.int8_float)
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:

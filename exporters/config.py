@@ -112,6 +112,9 @@ def _existing(flag: str, path: Path | None, kind: str = "file or folder") -> Non
         raise ConfigError(f"{flag} {path}: no such {kind}", f"check the path given to {flag}")
 
 
+INT8_FLOAT_DTYPES = ("fp16", "fp32")
+
+
 @dataclass(frozen=True)
 class QuantizeOptions:
     """The INT8 forms (and the accuracy data every artifact is scored on).
@@ -122,7 +125,9 @@ class QuantizeOptions:
         calib: where calibration images come from (``None`` when ``int8`` is off).
         cache: the calibration range cache file.
         exclude: extra nodes kept float (op types, names or globs).
-        max_map_drop: largest mAP50-95 loss of an INT8 form against the FP32 ONNX, points.
+        max_map_drop: largest mAP50-95 loss of an INT8 form against the FP32 ONNX, points (the upper end
+            of its paired-bootstrap interval is held to it; see :mod:`exporters.gate`).
+        int8_float: the TensorRT form's layers that are not INT8: ``fp16`` (as ModelOpt) or ``fp32``.
     """
 
     int8: bool
@@ -131,10 +136,14 @@ class QuantizeOptions:
     cache: Path
     exclude: tuple[str, ...] = ()
     max_map_drop: float = 1.0
+    int8_float: str = "fp16"
 
     def __post_init__(self) -> None:
         if self.max_map_drop < 0:
             raise ConfigError(f"--max-map-drop {self.max_map_drop} is negative", "use points of mAP50-95, e.g. 1.0")
+        if self.int8_float not in INT8_FLOAT_DTYPES:
+            raise ConfigError(f"--int8-float {self.int8_float!r} is not one of {', '.join(INT8_FLOAT_DTYPES)}",
+                              "use --int8-float fp16 (default) or fp32")
         _existing("--data", self.data, "file")
         if self.calib is not None:
             _existing("--calib", self.calib.source)

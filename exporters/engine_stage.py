@@ -12,7 +12,9 @@ int8       ``int8.onnx`` (Q/DQ)         ``int8.onnx`` + the INT8 and FP16 flags
 
 Each engine is its own artifact: one whose graph was withheld is skipped with that reason, one whose
 build raises is withheld, and the others are still built. With no TensorRT installed the engines are
-skipped (the report says which extra installs one), unless ``--require-engine`` was given.
+skipped (the report says which extra installs one), unless ``--require-engine`` was given. Last, the
+engines delivered are timed where a GPU is and the fastest is marked recommended in their records and
+sidecars; without a GPU the choice is pending (:mod:`exporters.engine_choice`).
 """
 from __future__ import annotations
 
@@ -144,6 +146,15 @@ def run(b) -> None:
             b.skip(spec.key, f"{NOT_ASKED}: its graph {key} was not asked for")
             continue
         _engine(b, precision, spec, key, flavor)
+    _choose(b)
+
+
+def _choose(b) -> None:
+    """Time the delivered engines where a GPU is and recommend the fastest, else say the choice is pending
+    (issue 23; :mod:`exporters.engine_choice`)."""
+    from .engine_choice import recommend
+
+    recommend(b, {p: b.path(spec.key) for p, spec in ENGINES.items() if b.path(spec.key) is not None})
 
 
 def _engine(b, precision: str, spec, key: str, flavor) -> None:
@@ -168,7 +179,8 @@ def _engine(b, precision: str, spec, key: str, flavor) -> None:
         built = build(src, cfg, b.log)  # Build.produce logs a heartbeat while it runs
         _write(b, built, src, final)
         figures = {"engine_bytes": len(built.plan), "targets": ",".join(built.targets),
-                   "tensorrt": built.flavor.label, "build_seconds": round(built.seconds, 2)}
+                   "tensorrt": built.flavor.label, "build_seconds": round(built.seconds, 2),
+                   "weights_bytes": built.settings.get("weights_bytes")}
         summary = f"{flavor.label} built it for {','.join(built.targets) or 'this GPU'} in {built.seconds:.1f}s"
         return Outcome(final, (Check("engine build", True, summary, figures),), figures)
 

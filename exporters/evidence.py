@@ -79,18 +79,43 @@ def write_accuracy_report(b) -> None:
     n = len(val_items(b))
     as_map = lambda r: MapResult(r.figures["map50"], r.figures["map50_95"], r.figures.get("val_images", n), 0)  # noqa: E731
     fp32 = next((as_map(r) for r in recs if r.key == "onnx"), None)
-    from .accuracy import GateResult
+    from .gate import GateResult
 
     for r in recs:
+        f = r.figures
         status = "gate reference" if r.key == "onnx" else r.status.value
-        key = "fp32" if r.key == "onnx" else r.key.removesuffix(".onnx")
-        report.add(key, r.label, r.path or "", as_map(r), status, None if r.key == "onnx" else fp32)
+        if r.delivered and f.get("layers_kept_float"):
+            status += f", {f['layers_kept_float']} layers kept float"
+        if f.get("judged_by") == "agreement":
+            status += (f" (agreement with FP32: -{f['agreement_drop_points']:.2f} points, "
+                       f"upper end {f['drop_high']:.2f})")
+        interval = (f["drop_low"], f["drop_high"]) if f.get("judged_by") == "map" and "drop_low" in f else None
+        report.add("fp32" if r.key == "onnx" else r.key.removesuffix(".onnx"), r.label, r.path or "", as_map(r), status,
+                   None if r.key == "onnx" else fp32, interval)
+        report.judged_by = f.get("judge_reason", report.judged_by)
+        report.gate_images = f.get("gate_images", report.gate_images)
+        if f.get("gate_note") and f["gate_note"] not in report.notes:
+            report.notes.append(f["gate_note"])
         for c in r.checks:
             if "gate" in c.figures:
                 gate = GateResult.from_dict(c.figures["gate"])
                 report.gates[gate.target] = gate
     _, md = report.write(cfg.export.out, cfg.export.stem)
     b.log(f"accuracy report ({md}):\n" + report.table())
+
+
+def reference_detections(b) -> list | None:
+    """The FP32 ONNX's per-image detections on the val split (``None`` without data): the INT8 gate pairs
+    each form's detections with them image by image."""
+    if val_items(b) is None:
+        return None
+
+    def make():
+        from .accuracy import detect_onnx
+
+        return detect_onnx(b.path("onnx"), val_items(b), show_progress())
+
+    return cached(b, "reference_dets", make)
 
 
 def reference(b):
@@ -101,9 +126,9 @@ def reference(b):
     def make():
         from dataclasses import replace
 
-        from .accuracy import score_onnx
+        from .accuracy import score_detections
 
-        res = score_onnx(b.path("onnx"), val_items(b), show_progress())
+        res = score_detections(val_items(b), reference_detections(b))
         b.log(f"mAP50-95 of {b.path('onnx').name}: {res.map50_95:.4f}")
         rec = b.records["onnx"]  # the reference's own figures join its record
         b.records["onnx"] = replace(rec, figures={**rec.figures, "map50": round(res.map50, 5),

@@ -36,3 +36,26 @@ def drop_unused_initializers(model) -> None:
     keep = [i for i in model.graph.initializer if i.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+class UnionFind:
+    """Groups of tensor names (the tensors that must share one quantization scale)."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, t: str) -> str:
+        while self.parent.setdefault(t, t) != t:
+            self.parent[t] = self.parent[self.parent[t]]
+            t = self.parent[t]
+        return t
+
+    def union(self, a: str, b: str) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+    def groups(self) -> dict[str, list[str]]:
+        """Root -> members, every name seen."""
+        out: dict[str, list[str]] = {}
+        for t in list(self.parent):
+            out.setdefault(self.find(t), []).append(t)
+        return out

@@ -17,7 +17,7 @@ fallback layers. Unlike Ultralytics we run NNCF's full
 bias correction (``fast_bias_correction=False``): a longer build, the same IR speed (it only changes
 biases), and on the demo at 320 (500 fresh images) mAP50-95 0.8296 instead of 0.8286 against 0.8312 for the
 FP32 IR (``benchmarks/RESULTS.md``, "OpenVINO").
-:func:`sensitivity` ranks the INT8 layers for that fallback, as :func:`exporters.accuracy.sensitivity` does
+:func:`sensitivity` ranks the INT8 layers for that fallback, as :func:`exporters.sensitivity.rank_layers` does
 for the ONNX forms.
 """
 from __future__ import annotations
@@ -177,13 +177,14 @@ def quantized_layers(model) -> dict[str, tuple[list[str], str]]:
     return layers
 
 
-def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) -> list[tuple[str, float]]:
-    """Rank the INT8 IR's layers by the output error each adds (most harmful first), as
-    :func:`exporters.accuracy.sensitivity` does for Q/DQ ONNX: both models run in f32 on the CPU with
-    every layer's input and output exposed; the names are OpenVINO operation names."""
+def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) -> tuple[list[tuple[str, float]],
+                                                                                       float | None]:
+    """Rank the INT8 IR's layers by the output error each adds (most harmful first), with the ranking's
+    two-halves overlap, as :func:`exporters.sensitivity.rank_layers` does for Q/DQ ONNX: both models run in
+    f32 on the CPU with every layer's input and output exposed; the names are OpenVINO operation names."""
     from engine.backends.openvino import find_model_file
 
-    from .accuracy import rank_layers
+    from .sensitivity import rank_runs
 
     ov = _ov()
     core = ov.Core()
@@ -205,7 +206,7 @@ def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) ->
             return {t: res[p] for t, p in ports.items()}
         return run
 
-    return rank_layers(layers, runner(f), runner(q), images)
+    return rank_runs(layers, runner(f), runner(q), images)
 
 
 def ir_runner(ir: Path):

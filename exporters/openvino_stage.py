@@ -99,11 +99,13 @@ def _make_int8(b, final: Path):
     from calibration.readers import CalibrationImages, open_source
     from engine.metadata import Precision
 
-    from .accuracy import run_gate, score_onnx
+    from .accuracy import detect_onnx
     from .build import Outcome
+    from .gate import run_gate
     from .io import staged, temp_prefix
     from .openvino import int8_model, sensitivity, write_ir
     from .quantize import match_nodes
+    from .quantize_stage import WITHHELD_FIX, gate_figures, gate_judge, rank_images
     from .records import Check
 
     q, fp32, meta = b.cfg.quantize, b.path("onnx"), _meta(b)
@@ -111,16 +113,13 @@ def _make_int8(b, final: Path):
     images = CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None)
     exclude = match_nodes(onnx.load(str(fp32), load_external_data=False), q.exclude)
     b.log(f"OpenVINO INT8: NNCF on {source.description}")
-    sample: list = []
+    judge, note = gate_judge(b)  # the ONNX INT8 forms' judge: same images, same bar, same fallback
+    items, seen = evidence.val_items(b), {}
 
-    def rank(first: Path) -> list[tuple[str, float]]:
-        for x in images:  # a few calibration images, never the gate's own val images
-            if len(sample) == 8:
-                break
-            sample.append(x)
-        return sensitivity(fp32, first, sample)
+    def detect(path: Path) -> list:
+        seen[path] = detect_onnx(path, items, evidence.show_progress())  # any artifact: here the IR's backend
+        return seen[path]
 
-    items, ref = evidence.val_items(b), evidence.reference(b)
     with tempfile.TemporaryDirectory(prefix=temp_prefix("ov-int8"), dir=final.parent) as tmp:
         def build(extra, tag: str) -> Path:
             folder = Path(tmp) / tag / final.name  # the artifact's own name, so the runtime loads it as this kind
@@ -128,19 +127,14 @@ def _make_int8(b, final: Path):
             return write_ir(int8_model(fp32, images, [*exclude, *extra]), folder, b.cfg.export.stem,
                             meta.replace(precision=Precision.INT8))
 
-        gate, passed = run_gate("openvino", build, lambda p: score_onnx(p, items, evidence.show_progress()), ref,
-                                q.max_map_drop, rank, log=b.log)
-        last = gate.final
-        figures = {"map50": round(last.map50, 5), "map50_95": round(last.map50_95, 5),
-                   "drop_points": round(last.drop, 3), "fp32_map50_95": round(ref.map50_95, 5),
-                   "val_images": ref.n_images, "layers_kept_float": len(last.kept_float),
+        gate, passed = run_gate("openvino", build, detect, judge,
+                                lambda first: sensitivity(fp32, first, rank_images(b, source)), log=b.log)
+        figures = {**gate_figures(b, gate, judge, note, seen[list(seen)[-1]]),
                    "calibration": f"NNCF on {source.description}"}
+        b.log(f"  {gate.summary()}")
         check = Check("accuracy gate", gate.passed, gate.summary(), {**figures, "gate": gate.to_dict()})
         if passed is None:
-            raise ArtifactWithheld(
-                f"OpenVINO INT8 accuracy gate: {gate.summary()}",
-                "calibrate on more images like the deployment's (--calib, --calib-images), keep more layers float "
-                "(--exclude), or allow more loss (--max-map-drop)", (check,), figures)
+            raise ArtifactWithheld(f"OpenVINO INT8 gate: {gate.summary()}", WITHHELD_FIX, (check,), figures)
         with staged(final) as target:
             os.replace(passed, target)  # the passing candidate, complete, moved into place
     return Outcome(final, (check,), figures)

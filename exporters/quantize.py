@@ -1,24 +1,26 @@
 """Explicit INT8: Q/DQ nodes written into the ONNX graph from one set of calibrated ranges.
 
-Two forms come from the same :class:`calibration.TensorRanges`:
+Two forms come from the same :class:`calibration.TensorRanges` (one NNCF statistics pass, see
+:mod:`calibration.strategies`), each with the Q/DQ placement its runtime fuses:
 
-* :attr:`QuantTarget.TENSORRT` → ``<stem>.int8.onnx``: int8 activations with symmetric ranges and
-  per-channel int8 weights (every zero point 0), Q/DQ only on the inputs of convolutions and matrix
-  products, bias left in float. That is the placement TensorRT fuses (convolution + bias + SiLU run
-  as one int8 kernel) and the only one TensorRT-RTX 1.7's parser and builder accept here: an int32
-  bias ``DequantizeLinear`` (ONNX Runtime's default), any uint8 Q/DQ, and Q/DQ on constants feeding
-  ``Mul``/``Add`` (what ONNX Runtime's all-operator placement writes into the attention block) were
-  each refused.
+* :attr:`QuantTarget.TENSORRT` → ``<stem>.int8.onnx``: symmetric int8 activations and per-channel
+  int8 weights (every zero point 0), placed after NVIDIA's guidance by :mod:`exporters.qdq_tensorrt`
+  (convolution inputs, both inputs of residual additions, a Quantize right after each layer that
+  computes a tensor, one scale per Concat, attention MatMuls unquantized), bias float. Every layer
+  that is not INT8 is FP16 and the graph's input and output FP32 (:mod:`exporters.mixed_precision`):
+  strongly typed TensorRT (11, TensorRT-RTX) runs each layer in its graph type, so without this the
+  float layers ran FP32. ``float_dtype="fp32"`` writes the INT8 graph with FP32 float layers instead.
 * :attr:`QuantTarget.CPU` → ``<stem>.int8-cpu.onnx``: uint8 activations with asymmetric ranges and
-  int8 weights (U8S8) on every operator ONNX Runtime has an integer kernel for, so the CPU stays in
-  integers between layers; each Concat's inputs share its range (:func:`share_concat_ranges`), so
-  concatenation is a copy; the stem convolution stays float (:func:`stem_convs`); and
-  :mod:`exporters.cpu_graph` makes its input uint8 BGR pixels (bit-identical to the float input) and its
-  upsamples NHWC Gathers.
+  int8 weights (U8S8) on every operator ONNX Runtime has an integer kernel for (its own
+  ``quantize_static``, so the graph is the pattern ONNX Runtime fuses into ``QLinearConv``), with the
+  range rules and tweaks of :mod:`exporters.qdq_cpu`, and :mod:`exporters.cpu_graph` making its input
+  uint8 BGR pixels (bit-identical to the float input) and its upsamples NHWC Gathers.
 
 In both, the decode tail (everything after the detect head's last convolutions: DFL, box decode,
 sigmoid, the final concat) stays float: its output concat mixes box pixels (0..640) and scores
-(0..1) and collapses to mAP 0 under one int8 scale (DESIGN.md).
+(0..1) and collapses to mAP 0 under one int8 scale (DESIGN.md). And in both the detect head's tensors
+(:func:`detect_head`) take the extremes seen over all calibration images, the rest the method's
+estimate (:func:`head_ranges`).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
 class QuantTarget(str, Enum):
-    """Which INT8 artifact: the TensorRT form (S8S8) or the ONNX Runtime CPU form (U8S8)."""
+    """Which INT8 artifact: the TensorRT form (S8S8, FP16 elsewhere) or the ONNX Runtime CPU form (U8S8)."""
 
     TENSORRT = "tensorrt"
     CPU = "cpu"
@@ -51,27 +53,23 @@ class QuantTarget(str, Enum):
 
     @property
     def label(self) -> str:
-        return ("INT8 TensorRT form (S8S8; on ORT CPU, approximates TensorRT)" if self is QuantTarget.TENSORRT
+        return ("INT8 TensorRT form (S8S8 + FP16; on ORT CPU, approximates TensorRT)" if self is QuantTarget.TENSORRT
                 else "INT8 CPU form (U8S8)")
 
 
 @dataclass(frozen=True)
-class _FormSpec:
-    activation: str  # onnxruntime.quantization.QuantType member name
-    op_types: tuple[str, ...] | None  # None: every operator ONNX Runtime quantizes
-    extra: tuple[tuple[str, object], ...]
-    float_stem: bool = False  # keep the convolutions that read the image in float (see stem_convs)
-    shared_concat: bool = False  # one range for each Concat's inputs and output (see share_concat_ranges)
-    cpu_rewrites: bool = False  # exporters.cpu_graph: Gather upsamples, uint8 BGR input
+class CpuFormSpec:
+    """The CPU form's steps around ONNX Runtime's ``quantize_static`` (see :mod:`exporters.qdq_cpu`)."""
+
+    float_stem: bool = True  # keep the convolutions that read the image in float (stem_convs)
+    shared_concat: bool = True  # one range for each Concat's inputs and output (share_concat_ranges)
+    silu_ranges: bool = True  # conv outputs that only feed a SiLU start where SiLU turns flat
+    float_head: bool = True  # the head's last convolutions write float for the decode tail
+    cpu_rewrites: bool = True  # exporters.cpu_graph: Gather upsamples, uint8 BGR input
 
 
-_FORMS = {
-    QuantTarget.TENSORRT: _FormSpec("QInt8", WEIGHTED_OPS, (
-        ("ActivationSymmetric", True), ("WeightSymmetric", True), ("QuantizeBias", False),
-        ("OpTypesToExcludeOutputQuantization", list(WEIGHTED_OPS)))),
-    QuantTarget.CPU: _FormSpec("QUInt8", None, (("WeightSymmetric", True),), float_stem=True,
-                                 shared_concat=True, cpu_rewrites=True),
-}
+CPU_FORM = CpuFormSpec()
+FLOAT_DTYPES = ("fp16", "fp32")  # the TensorRT form's non-INT8 layers
 
 
 def _onnx():
@@ -88,73 +86,6 @@ def _dfl_conv(node, init: dict) -> bool:
         return False
     w = _onnx().numpy_helper.to_array(init[node.input[1]])
     return w.ndim == 4 and w.shape[0] == 1 and np.array_equal(w.reshape(-1), np.arange(w.size, dtype=w.dtype))
-
-
-def stem_convs(model) -> list[str]:
-    """The convolutions that read a graph input directly (YOLO's first 3x3 conv on the RGB image).
-
-    The CPU form keeps them float: with 3 input channels an int8 convolution's depth of 27 is too
-    shallow for ONNX Runtime's U8S8 kernels (slower than the float one), and an int8 stem on a
-    4-channel input, which is faster, lost accuracy on the demo (benchmarks/RESULTS.md).
-    """
-    inputs = {i.name for i in model.graph.input}
-    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
-
-
-# Operators whose quantized output ONNX Runtime gives its input's scale and zero point.
-_SCALE_PRESERVING = frozenset({"Split", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "MaxPool",
-                               "Resize", "Slice", "Gather"})
-
-
-def share_concat_ranges(model, ranges: TensorRanges, keep_float: Sequence[str] = ()) -> tuple[TensorRanges, int]:
-    """Give every quantized Concat one range for its inputs and its output (the union of theirs).
-
-    A Concat whose inputs carry other scales than its output is run by ONNX Runtime as a per-input
-    requantization (a 256-entry table per element); with one shared scale it is a plain copy. On the
-    demo YOLO11n (17 Concats, in every C3k2, SPPF and the neck) that was 5 % of the INT8 CPU form's
-    time, and mAP50-95 did not drop (0.8255 -> 0.8270 on the demo val set). TensorRT shares concat
-    scales the same way. The range given to an input is given to the tensor its scale comes from
-    (through Split, MaxPool, Resize, ...), and Concats that share tensors end up in one group.
-
-    Returns:
-        the new ranges and the number of Concats that now share one range.
-    """
-    producer = {o: n for n in model.graph.node for o in n.output}
-    skip = set(keep_float)
-    parent: dict[str, str] = {}
-
-    def find(t: str) -> str:
-        while parent.setdefault(t, t) != t:
-            parent[t] = parent[parent[t]]
-            t = parent[t]
-        return t
-
-    concats = 0
-    for node in model.graph.node:
-        if node.op_type != "Concat" or node.name in skip or node.output[0] not in ranges.ranges:
-            continue
-        chain = []
-        for t in node.input:
-            while t in ranges.ranges:
-                chain.append(t)
-                p = producer.get(t)
-                if p is None or p.op_type not in _SCALE_PRESERVING or p.name in skip:
-                    break
-                t = p.input[0]
-        if not chain:
-            continue
-        concats += 1
-        for t in chain:
-            parent[find(t)] = find(node.output[0])
-    union: dict[str, tuple[float, float]] = {}
-    for t in parent:
-        lo, hi = ranges.ranges[t]
-        r = find(t)
-        a, b = union.get(r, (lo, hi))
-        union[r] = (min(a, lo), max(b, hi))
-    new = dict(ranges.ranges)
-    new.update({t: union[find(t)] for t in parent})
-    return replace(ranges, ranges=new), concats
 
 
 def decode_tail(model) -> list[str]:
@@ -175,6 +106,51 @@ def decode_tail(model) -> list[str]:
         upstream.add(id(node))
         stack.extend(producer[i] for i in node.input if i in producer)
     return [n.name for n in model.graph.node if id(n) not in upstream]
+
+
+def detect_head(model, tail: Sequence[str] | None = None) -> list[str]:
+    """The detect head's branches: the nodes (outside the decode tail) from which exactly one of the
+    tensors the tail reads can be reached, i.e. one scale's box convolutions or its class convolutions.
+    Found from the graph, not from names; the neck, which feeds several scales, is not part of it."""
+    tail = set(decode_tail(model) if tail is None else tail)
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    reach: dict[str, set[str]] = {}
+    for n in reversed(model.graph.node):  # ONNX keeps nodes in topological order
+        if n.name in tail:
+            continue
+        r: set[str] = set()
+        for o in n.output:
+            for c in consumers.get(o, []):
+                r |= {o} if c.name in tail else reach.get(c.name, set())
+        reach[n.name] = r
+    return [n.name for n in model.graph.node if len(reach.get(n.name, ())) == 1]
+
+
+def head_ranges(model, ranges: TensorRanges) -> tuple[TensorRanges, int]:
+    """Give the detect head's tensors the extremes seen over all calibration images.
+
+    The head's activations peak where objects are, and only there: an estimate that averages each
+    image's extremes (``mean-minmax``) clips the strongest objects' box and class evidence. On a model
+    trained on small, sparse objects (benchmarks/RESULTS.md, "signs") that cost the CPU form 0.8 points
+    where the extremes in the head alone cost 0.x; on the demo it made no difference. The backbone and
+    neck keep the method's estimate, which there lost less than the extremes.
+
+    Returns:
+        the new ranges and how many tensors changed.
+    """
+    if not ranges.extremes:
+        return ranges, 0
+    new, n = dict(ranges.ranges), 0
+    nodes = {nd.name: nd for nd in model.graph.node}
+    for name in detect_head(model):
+        for t in nodes[name].output:
+            if t in ranges.extremes and new.get(t) != ranges.extremes[t]:
+                new[t] = ranges.extremes[t]
+                n += 1
+    return replace(ranges, ranges=new), n
 
 
 def match_nodes(model, patterns: Iterable[str]) -> list[str]:
@@ -200,7 +176,8 @@ def parse_excludes(values: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(p.strip() for v in values or () for p in v.split(",") if p.strip())
 
 
-def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_float: Sequence[str], out: Path) -> Path:
+def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_float: Sequence[str], out: Path,
+                   float_dtype: str = "fp16") -> Path:
     """Write the ``target`` INT8 form of ``fp32`` to ``out``, using ``ranges`` (no calibration inference).
 
     Args:
@@ -208,23 +185,54 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
         ranges: from :func:`calibration.collect_ranges` or the cache.
         target: the form to write.
         keep_float: node names left in float (the decode tail, ``--exclude``, the gate's fallback);
-            the CPU form also keeps :func:`stem_convs` float.
+            the CPU form also keeps :func:`exporters.qdq_cpu.stem_convs` float.
         out: the file to write.
+        float_dtype: the TensorRT form's layers that are not INT8: ``fp16`` (default) or ``fp32``.
 
     Raises:
-        ExportError: ONNX Runtime is too old to take precomputed ranges, or quantization failed.
+        ExportError: ONNX Runtime is too old to take precomputed ranges, quantization failed, or a
+            tensor to quantize has no calibrated range.
     """
+    ranges, _ = head_ranges(_onnx().load(str(fp32), load_external_data=False), ranges)
+    if target is QuantTarget.TENSORRT:
+        return _tensorrt_form(fp32, ranges, keep_float, out, float_dtype)
+    return _cpu_form(fp32, ranges, keep_float, out, CPU_FORM)
+
+
+def _tensorrt_form(fp32: Path, ranges: TensorRanges, keep_float: Sequence[str], out: Path, float_dtype: str) -> Path:
+    from .mixed_precision import int8_fp16
+    from .qdq_tensorrt import write_tensorrt_form
+
+    if float_dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"--int8-float {float_dtype!r} is not one of {', '.join(FLOAT_DTYPES)}",
+                          "use fp16 (the default) or fp32")
+    model = _onnx().load(str(fp32))
+    try:
+        write_tensorrt_form(model, ranges.ranges, keep_float)
+    except KeyError as e:
+        raise ExportError(f"the TensorRT INT8 form of {fp32} needs a range the calibration did not measure ({e})",
+                          "delete the calibration cache (--calib-cache) and build again") from None
+    if float_dtype == "fp16":
+        model = int8_fp16(model)
+    _onnx().save(model, str(out))
+    return out
+
+
+def _cpu_form(fp32: Path, ranges: TensorRanges, keep_float: Sequence[str], out: Path, spec: CpuFormSpec) -> Path:
     from onnxruntime import __version__ as ort_version
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
+    from .qdq_cpu import float_head_outputs, share_concat_ranges, silu_input_ranges, stem_convs
+
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ExportError(f"onnxruntime {ort_version} cannot quantize from cached ranges",
                           "pip install -U 'onnxruntime>=1.32' (or onnxruntime-gpu>=1.32)")
-    spec = _FORMS[target]
-    graph = _onnx().load(str(fp32), load_external_data=False) if spec.float_stem or spec.shared_concat else None
+    graph = _onnx().load(str(fp32), load_external_data=False)
     if spec.float_stem:
         keep_float = [*keep_float, *(n for n in stem_convs(graph) if n not in keep_float)]
+    if spec.silu_ranges:
+        ranges, _ = silu_input_ranges(graph, ranges)
     if spec.shared_concat:
         ranges, _ = share_concat_ranges(graph, ranges, keep_float)
     ort_ranges = ranges.to_ort()
@@ -235,19 +243,21 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
             with quiet_ort():
                 quantize_static(
                     str(fp32), str(out), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=getattr(QuantType, spec.activation), weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(spec.op_types) if spec.op_types else None,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=None,
                     nodes_to_exclude=list(keep_float), calibrate_method=ort_ranges.calibration_method,
-                    calibration_cache_path=cache, extra_options=dict(spec.extra),
+                    calibration_cache_path=cache, extra_options={"WeightSymmetric": True},
                 )
         except Exception as e:  # ORT raises ValueError/RuntimeError/onnx errors from deep inside
-            raise ExportError(f"quantizing {fp32} to the {target.value} INT8 form failed ({type(e).__name__}: {e})",
+            raise ExportError(f"quantizing {fp32} to the cpu INT8 form failed ({type(e).__name__}: {e})",
                               "rerun with --debug; --exclude the node named above to keep it in float") from e
-    if spec.cpu_rewrites:
+    if spec.float_head or spec.cpu_rewrites:
         from .cpu_graph import rewrite_cpu_form
 
         q = _onnx().load(str(out))
-        rewrite_cpu_form(q)
+        if spec.float_head:
+            float_head_outputs(q, keep_float)
+        if spec.cpu_rewrites:
+            rewrite_cpu_form(q)
         _onnx().save(q, str(out))
     return out
 

@@ -1,12 +1,15 @@
 """Build stage: the FP32 ONNX → ``<stem>.int8.onnx`` (TensorRT form) and ``<stem>.int8-cpu.onnx`` (CPU form).
 
-Both forms come from one calibration pass (cached in ``<stem>.calib.json``). INT8 is built for the
+Both forms come from one NNCF calibration pass (cached in ``<stem>.calib.json``). INT8 is built for the
 bundled demo (calibrated on its data.yaml's train split, gated on its val split) and otherwise when
-``--int8`` is given with ``--data``. Each form goes through the accuracy gate (:mod:`exporters.accuracy`):
-past ``--max-map-drop`` its most sensitive layers are kept float, stepwise; a form still over the bar is
-withheld with its figures (an older file and the engine built from it are removed), and the other form
-and the later stages go on. The accuracy report (``<stem>.accuracy.json`` / ``.md``) is written at the
-end of this stage when ``--data`` is given.
+``--int8`` is given with ``--data``. Each form goes through the accuracy gate (:mod:`exporters.gate`):
+its drop against the FP32 ONNX comes with a paired-bootstrap interval over every val image, and past
+``--max-map-drop`` (on the interval's upper end) its most sensitive layers (:mod:`exporters.sensitivity`)
+are kept float, stepwise. When FP32's own mAP is too low to judge a drop, the forms are judged by
+agreement with FP32's detections instead. A form still over the bar is withheld with its figures (an
+older file and the engine built from it are removed), and the other form and the later stages go on.
+The accuracy report (``<stem>.accuracy.json`` / ``.md``) is written at the end of this stage when
+``--data`` is given.
 """
 from __future__ import annotations
 
@@ -21,6 +24,13 @@ from engine.errors import ArtifactWithheld
 
 from . import evidence
 from .records import NOT_ASKED
+
+METHOD = ("NNCF {method} statistics on {n} calibration images ({source}); TensorRT form: NVIDIA's Q/DQ placement, "
+          "{float_dtype} elsewhere; CPU form: ONNX Runtime's QDQ with SiLU-aware conv ranges. Alternatives measured "
+          "(NNCF's own graphs, ModelOpt, Ultralytics' OpenVINO INT8): benchmarks/RESULTS.md, 'INT8'")
+WITHHELD_FIX = ("judge on more val images (the interval narrows), calibrate on more images like the deployment's "
+                "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
+                "or allow more loss (--max-map-drop)")
 
 
 def run(b) -> None:
@@ -41,7 +51,8 @@ def _inputs(b) -> dict:
 
     q = b.cfg.quantize
     return {"calib": {k: str(v) for k, v in q.calib.__dict__.items()}, "calib_files": open_source(q.calib).fingerprint(),
-            "exclude": list(q.exclude), "max_map_drop": q.max_map_drop, "data": evidence.data_fingerprint(b)}
+            "exclude": list(q.exclude), "max_map_drop": q.max_map_drop, "int8_float": q.int8_float,
+            "data": evidence.data_fingerprint(b)}
 
 
 def _form(b, target) -> None:
@@ -71,59 +82,122 @@ def _calibration(b):
     return evidence.cached(b, "calibration", make)
 
 
+def gate_judge(b):
+    """The gate's judge (labels, or agreement with FP32 when its mAP cannot judge) and the note on few images."""
+    def make():
+        from .gate import MIN_GATE_IMAGES, make_judge
+
+        items, q = evidence.val_items(b), b.cfg.quantize
+        note = ""
+        if len(items) < MIN_GATE_IMAGES:
+            note = (f"the gate judges INT8 on {len(items)} labelled images, fewer than {MIN_GATE_IMAGES}: its drop "
+                    f"interval is wide, so a good form may be withheld (add images to the val split of {q.data})")
+            b.log(f"warning: {note}")
+        try:
+            judge = make_judge(items, evidence.reference_detections(b), evidence.reference(b).map50_95, q.max_map_drop)
+        except ValueError as e:
+            raise ArtifactWithheld(f"INT8 accuracy gate: {e}", "check that --data's classes are the model's and "
+                                   "that the checkpoint is trained") from e
+        if judge.kind == "agreement":
+            b.log(f"warning: {judge.reason}")
+        return judge, note
+
+    return evidence.cached(b, "int8_judge", make)
+
+
 def _make(b, target, final: Path):
     from engine.metadata import Precision
 
-    from .accuracy import run_gate, score_onnx, sensitivity
+    from .accuracy import detect_onnx
     from .build import Outcome
+    from .gate import LEVEL, run_gate
     from .io import temp_prefix
     from .quantize import decode_tail, match_nodes
     from .records import Check
 
     q = b.cfg.quantize
-    fp32 = b.path("onnx")
     model, ranges, source = _calibration(b)
     tail = decode_tail(model)
     keep = tail + [n for n in match_nodes(model, q.exclude) if n not in tail]
     b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float"
           + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
-    sample: list[np.ndarray] = []
+    judge, note = gate_judge(b)
+    items = evidence.val_items(b)
+    seen: dict[Path, list] = {}
 
-    def rank(first: Path) -> list[tuple[str, float]]:
-        if not sample:  # a few calibration images (not val ones: the gate must not tune on its own test set)
-            from calibration.readers import CalibrationImages
+    def detect(path: Path) -> list:
+        seen[path] = detect_onnx(path, items, evidence.show_progress())
+        return seen[path]
 
-            meta = b.metadata
-            for x in CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None):
-                sample.append(x)
-                if len(sample) == 8:
-                    break
-        return sensitivity(fp32, first, sample)
-
-    items, ref = evidence.val_items(b), evidence.reference(b)
     int8_meta = b.metadata.replace(precision=Precision.INT8)
     with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
-        build = _builder(fp32, ranges, target, keep, int8_meta, Path(tmp), final.name)
-        gate, passed = run_gate(target.value, build, lambda p: score_onnx(p, items, evidence.show_progress()), ref,
-                                q.max_map_drop, rank, log=b.log)
+        build = _builder(b.path("onnx"), ranges, target, keep, int8_meta, Path(tmp), final.name, q.int8_float)
+        gate, passed = run_gate(target.value, build, detect, judge, _ranker(b, source), log=b.log)
         last = gate.final
-        figures = {"map50": round(last.map50, 5), "map50_95": round(last.map50_95, 5),
-                   "drop_points": round(last.drop, 3), "fp32_map50_95": round(ref.map50_95, 5),
-                   "val_images": ref.n_images, "layers_kept_float": len(last.kept_float),
-                   "calibration": f"{q.calib.method.value} on {ranges.n_images} images ({source.description})"}
-        check = Check("accuracy gate", gate.passed, gate.summary(), {**figures, "gate": gate.to_dict()})
+        method = METHOD.format(method=q.calib.method.value, n=ranges.n_images, source=source.description,
+                               float_dtype=q.int8_float.upper())
+        figures = {**gate_figures(b, gate, judge, note, seen[list(seen)[-1]]),
+                   "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method}
+        b.log(f"  {gate.summary()}")
+        # short enough for the build table's note column (the Δ column shows the drop and its interval)
+        summary = (f"NNCF {q.calib.method.value}, {len(last.kept_float)} layers float"
+                   + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
+                   + ("by agreement with FP32: " if judge.kind == "agreement" else "")
+                   + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
+        check = Check("accuracy gate", gate.passed, summary, {**figures, "gate": gate.to_dict()})
         if passed is None:
-            raise ArtifactWithheld(
-                f"INT8 accuracy gate: {gate.summary()}",
-                "calibrate on more images like the deployment's (--calib, --calib-images), try --calib-method "
-                "entropy or percentile, keep more layers float (--exclude '/model.23/*'), or allow more loss "
-                "(--max-map-drop)", (check,), figures)
+            raise ArtifactWithheld(f"INT8 gate: {summary}", WITHHELD_FIX, (check,), figures)
         os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
     return Outcome(final, (check,), figures)
 
 
-def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path, name: str):
-    """``build(extra_float, tag)`` for :func:`exporters.accuracy.run_gate`: quantize, check, stamp metadata."""
+def gate_figures(b, gate, judge, note: str, final_dets) -> dict:
+    """The figures every INT8 artifact's record carries (the ONNX forms and the OpenVINO IR): its mAP on
+    the labels (``final_dets``: the final trial's per-image detections), the drop with its interval, how
+    it was judged, and the layers kept float."""
+    from .accuracy import score_detections
+    from .gate import LEVEL
+
+    items, ref, last = evidence.val_items(b), evidence.reference(b), gate.final
+    res = score_detections(items, final_dets)
+    figures = {"map50": round(res.map50, 5), "map50_95": round(res.map50_95, 5),
+               "drop_points": round((ref.map50_95 - res.map50_95) * 100.0, 3),
+               "drop_low": round(last.low, 3), "drop_high": round(last.high, 3), "interval_level": LEVEL,
+               "judged_by": judge.kind, "judge_reason": judge.reason, "gate_images": len(items),
+               "gate_note": note, "fp32_map50_95": round(ref.map50_95, 5), "val_images": res.n_images,
+               "layers_kept_float": len(last.kept_float), "layers_float": ", ".join(last.kept_float)}
+    if judge.kind == "agreement":
+        figures["agreement_drop_points"] = round(last.drop, 3)
+    return figures
+
+
+def rank_images(b, source) -> list[np.ndarray]:
+    """The calibration images the gate's sensitivity ranking runs on (never val ones: the gate must not
+    tune on its own test set), read once per build."""
+    from .sensitivity import RANK_IMAGES
+
+    def sample() -> list[np.ndarray]:
+        from calibration.readers import CalibrationImages
+
+        meta, out = b.metadata, []
+        for x in CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None):
+            out.append(x)
+            if len(out) == RANK_IMAGES:
+                break
+        return out
+
+    return evidence.cached(b, "rank_images", sample)
+
+
+def _ranker(b, source):
+    """``rank(first_candidate)`` for the gate's fallback, on :func:`rank_images`."""
+    from .sensitivity import rank_layers
+
+    return lambda first: rank_layers(b.path("onnx"), first, rank_images(b, source))
+
+
+def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path, name: str, float_dtype: str):
+    """``build(extra_float, tag)`` for :func:`exporters.gate.run_gate`: quantize, check, stamp metadata."""
     import onnx
 
     from engine.errors import ExportError
@@ -134,7 +208,7 @@ def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Pa
     def build(extra: Sequence[str], tag: str) -> Path:
         path = tmp / tag / name  # the artifact's own name, so the runtime loads it as this kind
         path.parent.mkdir()
-        quantize_model(fp32, ranges, target, [*keep, *extra], path)
+        quantize_model(fp32, ranges, target, [*keep, *extra], path, float_dtype)
         q = onnx.load(str(path))
         if target is QuantTarget.TENSORRT:
             problems = tensorrt_problems(q)

@@ -103,6 +103,9 @@ def _cell(rec: ArtifactRecord) -> list[str]:
     m = f"{f['map50_95']:.4f}" if isinstance(f.get("map50_95"), float) else "-"
     drop = f.get("drop_points")
     d = f"{-drop:+.2f}" if isinstance(drop, (int, float)) else ""
+    low, high = f.get("drop_low"), f.get("drop_high")
+    if d and f.get("judged_by") == "map" and isinstance(low, (int, float)) and isinstance(high, (int, float)):
+        d += f" ({-high:+.2f} to {-low:+.2f})"  # the INT8 gate's bootstrap interval of the drop
     agree = f.get("agreement")
     a = f"{agree:.1%}" if isinstance(agree, float) else ""
     status = rec.status.value + (" (reused)" if rec.reused else "")
@@ -111,7 +114,7 @@ def _cell(rec: ArtifactRecord) -> list[str]:
     return [rec.label, name, status, m, d, a, note]
 
 
-HEADER = ["artifact", "file", "status", "mAP50-95", "Δ pts vs FP32", "agreement", "check / reason"]
+HEADER = ["artifact", "file", "status", "mAP50-95", "Δ pts vs FP32 (interval)", "agreement", "check / reason"]
 
 
 def table(records: list[ArtifactRecord], width: int = 200) -> str:

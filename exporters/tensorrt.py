@@ -5,9 +5,20 @@ this module only asks it. Strongly typed flavours (RTX, 11.x) take precision fro
 the FP16 ONNX, INT8 from the Q/DQ ONNX. TensorRT 10.x takes FP16/INT8 as builder flags.
 
 TensorRT-RTX builds ahead of time for a list of compute capabilities and needs no GPU to do so (only
-running the engine does). Its default here is every RTX generation, SM75 (Turing) to SM120 (Blackwell);
-Turing has no FP32 GEMM in TensorRT-RTX, so when the builder rejects SM75 for that reason and the
-targets were the default, the build is retried without SM75 and the sidecar records what was dropped.
+running the engine does). Its default here is every RTX generation from Ampere, SM80 to SM120 (Blackwell),
+plus SM75 (Turing) only when this machine's GPU is a Turing one or ``--engine-targets`` asks for it: each
+target adds its own copy of the weights and kernels (the FP16 demo engine: 24.8 MB with SM75, 9.9 MB
+without). Turing has no FP32 GEMM in TensorRT-RTX, so a parsed network with an FP32 matrix multiply
+(YOLO11's attention in an FP32 or INT8-with-FP32 graph) drops a default SM75 before building, with a note
+in the sidecar, and fails before building when SM75 was asked for. Deciding before building matters: in
+TensorRT-RTX 1.7.1 a build that failed for SM75 left the process in a state where every later build, on
+a fresh builder and network too, wrote a larger engine (demo FP32 at 320: 18.0 MB against 13.8; the INT8 +
+FP16 engine built after it: 22.5 MB against 15.2). Should the builder still refuse a default SM75 for
+another reason, the build is retried without it, on a fresh builder and network.
+
+The builder's own figures go to the sidecar: the weights memory TensorRT reports (``weights_bytes``; the
+rest of the engine is kernels and tactics for each target) and which compute layers the strongly typed
+network runs in FP32 (:func:`float32_layers`).
 """
 from __future__ import annotations
 
@@ -25,8 +36,13 @@ from engine.metadata import Precision
 from .io import write_bytes_atomic
 
 Log = Callable[[str], None]
-RTX_TARGETS: tuple[str, ...] = ("sm75", "sm80", "sm86", "sm89", "sm120")
+RTX_TARGETS: tuple[str, ...] = ("sm80", "sm86", "sm89", "sm120")
+TURING = "sm75"
 _TURING_REJECTED = "Turing (SM75)"
+_WEIGHTS = re.compile(r"Total Weights Memory: (\d+) bytes")
+# Layers that may write FP32 in an FP16 or INT8 + FP16 network: constants (weights, scales, shapes) and the
+# casts that keep the graph's input and output FP32.
+FP32_ALLOWED = frozenset({"CONSTANT", "CAST", "SHAPE", "ASSERTION", "IDENTITY"})
 
 
 @dataclass(frozen=True)
@@ -54,7 +70,8 @@ class EngineConfig:
         opt_level: builder optimization level 0..5 (TensorRT's default 3; higher builds slower).
         profile: batch range for an ONNX with a dynamic batch dimension (ignored for a static one).
         targets: TensorRT-RTX compute capabilities (``"sm86"`` or ``"86"``; ``"current"``: this machine's
-            GPU); ``None``: :data:`RTX_TARGETS`. Must stay ``None`` for TensorRT 10/11.
+            GPU); ``None``: :data:`RTX_TARGETS`, plus SM75 on a Turing machine. Must stay ``None`` for
+            TensorRT 10/11.
         timing_cache: TensorRT 10/11: file of kernel timings, read if present and updated after the build.
         tensorrt: ``"auto"`` (TensorRT-RTX if installed, else TensorRT), ``"rtx"`` or ``"tensorrt"``.
         verbose: echo TensorRT's info messages.
@@ -126,6 +143,52 @@ def build(onnx_path: str | Path, cfg: EngineConfig, log: Log = print) -> BuiltEn
     if cfg.timing_cache is not None and not flavor.timing_cache:
         log(f"note: {flavor.label} has no timing cache; --engine-timing-cache is ignored "
             "(its runtime cache of JIT kernels is kept beside the engine at run time)")
+    targets = _targets(cfg, flavor)
+    notes: list[str] = []
+    t0 = time.perf_counter()
+    parsed = _parse(trt, flavor, onnx_path, cfg, log)
+    blockers = [n for n, kind in parsed.fp32 if kind == "MATRIX_MULTIPLY"]
+    if TURING in targets and blockers:  # decided before building: see the module docstring
+        reason = f"Cannot compile operation '{blockers[0]}' for Turing (SM75): FP32 GEMM is not supported"
+        if cfg.targets is not None:
+            raise EngineBuildError(f"{flavor.label} cannot build {onnx_path} ({cfg.precision.value}) for sm75: {reason}",
+                                   _build_fix([_TURING_REJECTED], flavor))
+        notes.append(_turing_note([f"{_TURING_REJECTED}: {reason}"], cfg.precision))
+        log(f"note: {notes[-1]}")
+        targets = tuple(t for t in targets if t != TURING)
+    plan = _build_once(trt, flavor, parsed.builder, parsed.network, cfg, parsed.profiles, targets, parsed.logger)
+    if plan is None and cfg.targets is None and TURING in targets and any(
+            _TURING_REJECTED in e for e in parsed.logger.errors):
+        notes.append(_turing_note(parsed.logger.errors, cfg.precision))
+        log(f"note: {notes[-1]}")
+        targets = tuple(t for t in targets if t != TURING)
+        parsed = _parse(trt, flavor, onnx_path, cfg, log)
+        plan = _build_once(trt, flavor, parsed.builder, parsed.network, cfg, parsed.profiles, targets, parsed.logger)
+    logger = parsed.logger
+    if plan is None:
+        raise EngineBuildError(f"{flavor.label} failed to build {onnx_path} ({cfg.precision.value}): "
+                               + ("; ".join(_short(e) for e in logger.errors[-4:]) or "no error was logged"),
+                               _build_fix(logger.errors, flavor))
+    seconds = time.perf_counter() - t0
+    weights = next((int(m.group(1)) for line in logger.infos for m in [_WEIGHTS.search(line)] if m), None)
+    settings = {"workspace_mib": cfg.workspace_mib, "opt_level": cfg.opt_level, "weights_bytes": weights}
+    if parsed.fp32 and cfg.precision is not Precision.FP32 and flavor.strongly_typed:
+        names = [n for n, _ in parsed.fp32]
+        notes.append(f"{len(names)} compute layers run FP32 ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    return BuiltEngine(bytes(plan), flavor, cfg.precision, targets, parsed.profiles, seconds, tuple(notes), settings)
+
+
+@dataclass
+class _Parsed:
+    logger: Any
+    builder: Any
+    network: Any
+    profiles: tuple[ProfileSpec, ...]
+    fp32: list[tuple[str, str]]  # (layer, type) of the compute layers that write FP32
+
+
+def _parse(trt, flavor: TrtFlavor, onnx_path: Path, cfg: EngineConfig, log: Log) -> _Parsed:
+    """A fresh logger, builder, network and parser for one build attempt, the ONNX parsed into them."""
     logger = capturing_logger(trt, echo=log if cfg.verbose else None, verbose=cfg.verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, flavor))
@@ -134,24 +197,29 @@ def build(onnx_path: str | Path, cfg: EngineConfig, log: Log = print) -> BuiltEn
     if not parser.parse_from_file(str(onnx_path)):
         raise EngineBuildError(_parser_report(parser, onnx_path, flavor), _parser_fix(parser, flavor))
     _check_graph_precision(network, cfg.precision, flavor, onnx_path)
-    profiles = _profiles(network, cfg.profile)
-    targets = _targets(cfg, flavor)
-    settings = {"workspace_mib": cfg.workspace_mib, "opt_level": cfg.opt_level}
-    notes: list[str] = []
-    t0 = time.perf_counter()
-    plan = _build_once(trt, flavor, builder, network, cfg, profiles, targets, logger)
-    if plan is None and cfg.targets is None and "sm75" in targets and any(_TURING_REJECTED in e for e in logger.errors):
-        notes.append(_turing_note(logger.errors, cfg.precision))
-        log(f"note: {notes[-1]}")
-        targets = tuple(t for t in targets if t != "sm75")
-        logger.clear()
-        plan = _build_once(trt, flavor, builder, network, cfg, profiles, targets, logger)
-    if plan is None:
-        raise EngineBuildError(f"{flavor.label} failed to build {onnx_path} ({cfg.precision.value}): "
-                               + ("; ".join(_short(e) for e in logger.errors[-4:]) or "no error was logged"),
-                               _build_fix(logger.errors, flavor))
-    seconds = time.perf_counter() - t0
-    return BuiltEngine(bytes(plan), flavor, cfg.precision, targets, profiles, seconds, tuple(notes), settings)
+    return _Parsed(logger, builder, network, _profiles(network, cfg.profile), _float32_layers(network))
+
+
+def float32_layers(network) -> list[str]:
+    """Names of the compute layers of a parsed network that write FP32 (anything but :data:`FP32_ALLOWED`).
+
+    In a strongly typed network a layer runs in its output type, so for an FP16 or INT8 + FP16 graph
+    this lists what would run in FP32. ``[]`` when the network cannot be inspected.
+    """
+    return [name for name, _ in _float32_layers(network)]
+
+
+def _float32_layers(network) -> list[tuple[str, str]]:
+    if not hasattr(network, "num_layers"):
+        return []
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = getattr(layer.type, "name", "")
+        if kind not in FP32_ALLOWED and any(getattr(layer.get_output(j).dtype, "name", "") == "FLOAT"
+                                            for j in range(layer.num_outputs)):
+            out.append((layer.name, kind))
+    return out
 
 
 def _turing_note(errors: list[str], precision: Precision) -> str:
@@ -201,7 +269,19 @@ def _network_flags(trt, flavor: TrtFlavor) -> int:
 def _targets(cfg: EngineConfig, flavor: TrtFlavor) -> tuple[str, ...]:
     if not flavor.compute_targets:
         return ()
-    return RTX_TARGETS if cfg.targets is None else cfg.targets
+    if cfg.targets is not None:
+        return cfg.targets
+    return (TURING, *RTX_TARGETS) if local_sm() == TURING else RTX_TARGETS
+
+
+def local_sm() -> str | None:
+    """This machine's first GPU as ``"sm86"``, or ``None`` without a GPU or cuda-python."""
+    try:
+        from engine.cuda import device_info
+
+        return device_info(0).sm_tag
+    except Exception:  # no driver, no cuda-python, no device: nothing local to add
+        return None
 
 
 def _profiles(network, batch: BatchProfile) -> tuple[ProfileSpec, ...]:
@@ -301,5 +381,5 @@ def _build_fix(errors: list[str], flavor: TrtFlavor) -> str:
         return (f"{flavor.label} needs a GPU and driver for this build (targets 'current' or standard TensorRT): "
                 "build on the GPU machine, or use TensorRT-RTX with explicit --engine-targets")
     if _TURING_REJECTED in text:
-        return "drop 75 from --engine-targets, or build the fp16 engine for Turing"
+        return "drop 75 from --engine-targets, or build the fp16 or the INT8 + FP16 (--int8-float fp16) engine for Turing"
     return "rerun with --engine-verbose for TensorRT's full log"

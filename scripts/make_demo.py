@@ -6,6 +6,10 @@ shapes (disc, box, triangle) in random colours and sizes on cluttered, noisy bac
 
     python scripts/make_demo.py                 # dataset + training (~35 min on 2 CPU cores)
     python scripts/make_demo.py --data-only     # just the dataset
+    python scripts/make_demo.py --kind signs --work /work/data/signs --assets /work/data/signs/bundle
+                                                # a second model on other data (scripts/synth_signs.py)
+    python scripts/make_demo.py --data-only --seed 10 --n-train 0 --n-val 600 --n-calib 0 --work /work/data/fresh
+                                                # 600 fresh labelled demo-domain images (val seed 11)
 
 The script writes the dataset to ``--work`` (default ``build/demo``), trains
 ``YOLO("yolo11n.yaml")`` on the CPU with a fixed seed, and copies into ``assets/demo/``:
@@ -28,6 +32,7 @@ import numpy as np
 CLASSES = ("disc", "box", "triangle")
 FRAME_SIZES = ((640, 360), (512, 384), (480, 480))  # (w, h): 16:9, 4:3, square
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: `scripts.synth_signs` must import
 
 
 def _background(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -103,21 +108,29 @@ def make_image(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, fl
     return img, labels
 
 
-def write_split(root: Path, n: int, seed: int, quality: int = 90) -> None:
-    """Write ``n`` images and labels under ``root/images`` and ``root/labels``."""
+def _kinds() -> dict:
+    """Data-set kinds: name -> (make_image, class names)."""
+    from scripts import synth_signs
+
+    return {"shapes": (make_image, CLASSES), "signs": (synth_signs.make_image, synth_signs.CLASSES)}
+
+
+def write_split(root: Path, n: int, seed: int, quality: int = 90, kind: str = "shapes") -> None:
+    """Write ``n`` images and labels of data-set ``kind`` under ``root/images`` and ``root/labels``."""
+    make = _kinds()[kind][0]
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        img, labels = make_image(rng)
+        img, labels = make(rng)
         cv2.imwrite(str(root / "images" / f"{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, quality])
         lines = [f"{c} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}" for c, cx, cy, bw, bh in labels]
         (root / "labels" / f"{i:05d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
-def write_yaml(path: Path, train: str, val: str, root: Path | None = None) -> None:
+def write_yaml(path: Path, train: str, val: str, root: Path | None = None, kind: str = "shapes") -> None:
     """A YOLO data.yaml; without ``root`` the splits resolve against the yaml's own folder."""
-    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(_kinds()[kind][1]))
     head = f"path: {root.as_posix()}\n" if root else ""
     path.write_text(f"{head}train: {train}\nval: {val}\nnames:\n{names}\n")
 
@@ -133,14 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--imgsz", type=int, default=320, help="training size (default: 320)")
     ap.add_argument("--seed", type=int, default=0, help="seed for data and training (default: 0)")
     ap.add_argument("--data-only", action="store_true", help="write the dataset and stop")
+    ap.add_argument("--kind", default="shapes", choices=("shapes", "signs"),
+                    help="data set: the demo's shapes, or signs (scripts/synth_signs.py) for a second model")
+    ap.add_argument("--stem", default="demo", help="name of the weights file in --assets (default: demo)")
     args = ap.parse_args(argv)
 
     data = args.work / "data"
     t0 = time.time()
-    write_split(data / "train", args.n_train, seed=args.seed)
-    write_split(data / "val", args.n_val, seed=args.seed + 1)
-    write_split(data / "calib", args.n_calib, seed=args.seed + 2)
-    write_yaml(data / "data.yaml", "train/images", "val/images", root=data.resolve())
+    for split, n, offset in (("train", args.n_train, 0), ("val", args.n_val, 1), ("calib", args.n_calib, 2)):
+        write_split(data / split, n, seed=args.seed + offset, kind=args.kind)
+    write_yaml(data / "data.yaml", "train/images", "val/images", root=data.resolve(), kind=args.kind)
     print(f"dataset written to {data} in {time.time() - t0:.1f}s")
     if args.data_only:
         return 0
@@ -160,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result))
 
     args.assets.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(best, args.assets / "demo.pt")
+    shutil.copy2(best, args.assets / f"{args.stem}.pt")
     for split in ("val", "calib"):
         shutil.rmtree(args.assets / split, ignore_errors=True)
         shutil.copytree(data / split, args.assets / split)
-    write_yaml(args.assets / "data.yaml", "calib/images", "val/images")
+    write_yaml(args.assets / "data.yaml", "calib/images", "val/images", kind=args.kind)
     (args.assets / "train_result.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

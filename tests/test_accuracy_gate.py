@@ -1,4 +1,5 @@
-"""The accuracy report and gate: the fallback search, the report files, the flags, a passing build and a failing one."""
+"""The accuracy report and gate: the judge (bootstrap interval, agreement when FP32 cannot judge), the fallback
+search, the report files, the flags, a passing build and a failing one."""
 from __future__ import annotations
 
 import json
@@ -10,48 +11,69 @@ import pytest
 
 from engine.errors import ConfigError
 from engine.eval.evaluate import MapResult
-from exporters import accuracy
-from exporters.accuracy import AccuracyReport, run_gate
+from exporters import gate
+from exporters.accuracy import AccuracyReport
 from exporters.config import DEMO_DATA
+from exporters.gate import Verdict, make_judge, run_gate
+from exporters.map_bootstrap import PairedDrop
 
 
 def _map(v: float) -> MapResult:
     return MapResult(v + 0.2, v, 10, 30)
 
 
-def _gate(scores: list[float], ranking_len: int = 40, steps=(1, 2, 4)):
-    """Run the gate against a reference mAP of 0.50 with candidates scoring ``scores`` in turn."""
+class _Judge:
+    """Candidates score ``drops`` in turn (points, each with an interval of +-0.3)."""
+
+    kind, max_drop = "map", 1.0
+
+    def __init__(self, drops):
+        self.drops = iter(drops)
+
+    def __call__(self, dets):
+        d = next(self.drops)
+        return Verdict(0.7, 0.5 - d / 100, PairedDrop(d, d - 0.3, d + 0.3, 0.9, 100, 300))
+
+    def passes(self, v):
+        return gate.Judge.passes(self, v)
+
+
+def _gate(drops: list[float], ranking_len: int = 40, steps=(1, 2, 4)):
+    """Run the gate (bar 1.0 on the interval's upper end) with candidates dropping ``drops`` in turn."""
     built, ranked = [], []
 
     def build(extra, tag):
         built.append(tuple(extra))
         return Path(f"{tag}.onnx")
 
-    it = iter(scores)
-    res, path = run_gate("cpu", build, lambda p: _map(next(it)), _map(0.50), 1.0,
-                         lambda first: ranked.append(first) or [(f"n{i}", 1.0 / (i + 1)) for i in range(ranking_len)],
+    res, path = run_gate("cpu", build, lambda p: [], _Judge(drops),
+                         lambda first: ranked.append(first) or ([(f"n{i}", 1.0 / (i + 1)) for i in range(ranking_len)],
+                                                                0.75),
                          steps=steps, log=lambda s: None)
     return res, path, built, ranked
 
 
-@pytest.mark.parametrize("scores,passed,n_trials,kept,ranked", [
-    ([0.495], True, 1, 0, 0),                    # within the bar: no fallback, no ranking
-    ([0.49], True, 1, 0, 0),                     # exactly 1.0 point: passes (bar is inclusive)
-    ([0.40, 0.45, 0.492], True, 3, 2, 1),        # passes once the 2 most sensitive layers are float
-    ([0.10, 0.20, 0.30, 0.35], False, 4, 4, 1),  # never: withheld after the last step
+@pytest.mark.parametrize("drops,passed,n_trials,kept,ranked", [
+    ([0.5], True, 1, 0, 0),                   # upper end 0.8 within the bar: no fallback, no ranking
+    ([0.7], True, 1, 0, 0),                   # upper end exactly 1.0: passes (the bar is inclusive)
+    ([0.8], False, 2, 1, 1),                  # the drop is under the bar but its upper end is not
+    ([1.0, 0.9, 0.6], True, 3, 2, 1),         # passes once the 2 most sensitive layers are float
+    ([9.0, 8.0, 7.0, 6.5], False, 4, 4, 1),   # never: withheld after the last step
 ])
-def test_gate_fallback_search(scores, passed, n_trials, kept, ranked):
-    res, path, built, calls = _gate(scores)
-    assert res.passed is passed and len(res.trials) == n_trials == len(built)
-    assert len(res.final.kept_float) == kept and len(calls) == ranked
+def test_gate_judges_the_upper_end_and_falls_back(drops, passed, n_trials, kept, ranked):
+    drops = drops + [5.0] * 4
+    res, path, built, calls = _gate(drops)
+    assert res.passed is passed and len(res.trials) >= n_trials and len(res.trials) == len(built)
+    assert len(calls) == ranked
     assert (path is not None) is passed
-    if kept:
+    if passed:
+        assert len(res.final.kept_float) == kept and len(res.trials) == n_trials
         assert list(res.final.kept_float) == [f"n{i}" for i in range(kept)]  # most sensitive first
     assert ("withheld" in res.summary()) is (not passed)
 
 
 def test_gate_stops_when_the_ranking_is_short():
-    res, path, built, _ = _gate([0.1, 0.1, 0.1, 0.1], ranking_len=2)
+    res, path, built, _ = _gate([5.0] * 4, ranking_len=2)
     assert path is None and len(built) == 3  # 0, 1, 2 layers; 4 > 2 ranked layers is not tried
 
 
@@ -59,16 +81,47 @@ def test_report_table_markdown_and_json(tmp_path):
     rep = AccuracyReport("data.yaml", "val", 1.0, "minmax on 8 images")
     ref = _map(0.5)
     rep.add("fp32", "FP32 ONNX", tmp_path / "m.onnx", ref, "gate reference")
-    rep.add("int8", "INT8 TensorRT form", tmp_path / "m.int8.onnx", _map(0.493), "ok", ref)
-    res, _, _, _ = _gate([0.40, 0.45, 0.492])
+    rep.add("int8", "INT8 TensorRT form", tmp_path / "m.int8.onnx", _map(0.493), "ok", ref, (0.4, 1.0))
+    res, _, _, _ = _gate([1.0, 0.9, 0.6])
     rep.gates["cpu"] = res
-    assert "-0.70" in rep.table() and "m.int8.onnx" in rep.table()
+    assert "-0.70 (-1.00 to -0.40)" in rep.table() and "m.int8.onnx" in rep.table()
     j, md = rep.write(tmp_path, "m")
     d = json.loads(j.read_text())
     assert [r["key"] for r in d["rows"]] == ["fp32", "int8"] and d["rows"][1]["drop_points"] == pytest.approx(0.7)
+    assert d["rows"][1]["drop_interval"] == [0.4, 1.0]
     assert d["gates"]["cpu"]["passed"] and len(d["gates"]["cpu"]["trials"]) == 3
+    # what each fallback step bought: n0 took 0.1 points off, n1 0.3
+    assert [b["points"] for b in d["gates"]["cpu"]["bought"]] == pytest.approx([0.1, 0.3])
     text = md.read_text(encoding="utf-8")
     assert "| FP32 ONNX |" in text and "approximation of TensorRT" in text and "2 sensitive layers" in text
+    assert "kept float n1: +0.30 points" in text and "75% of the top layers agree" in text
+
+
+def _dets(boxes, scores, classes=None):
+    from engine.detections import Detections
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return Detections(boxes, np.asarray(scores, np.float32), np.zeros(len(boxes), np.int64) if classes is None
+                      else np.asarray(classes, np.int64))
+
+
+def test_a_reference_that_cannot_judge_turns_the_judge_to_agreement():
+    """FP32 scoring ~0 on the labels (random weights, wrong classes) must not pass every form at 'drop 0.00'."""
+    from engine.eval.datasets import LabeledImage
+
+    items = [LabeledImage(Path(f"{i}.jpg"), (100, 100), np.array([[60, 60, 90, 90]], np.float32), np.array([1]))
+             for i in range(6)]
+    ref = [_dets([[10, 10, 40, 40]], [0.9]) for _ in items]  # FP32 finds a box of class 0 where there is none
+    j = make_judge(items, ref, 0.0, 1.0, agreement_max_drop=8.0, resamples=50)
+    assert j.kind == "agreement" and "below" in j.reason
+    same = j(ref)
+    assert same.drop.drop == pytest.approx(0.0) and j.passes(same)
+    moved = j([_dets([[20, 20, 50, 50]], [0.9]) for _ in items])  # IoU 0.5 with FP32's boxes: disagrees
+    assert moved.drop.drop > 50 and not j.passes(moved)
+    with pytest.raises(ValueError, match="detects nothing"):
+        make_judge(items, [_dets([], []) for _ in items], 0.0, 1.0)
+    labelled = make_judge(items, [_dets([[60, 60, 90, 90]], [0.9], [1]) for _ in items], 1.0, 1.0, resamples=50)
+    assert labelled.kind == "map"
 
 
 def _config(*argv: str):
@@ -78,26 +131,30 @@ def _config(*argv: str):
 
 
 def test_flags_resolve_demo_defaults_and_refuse_int8_without_data(tmp_path):
+    pt = tmp_path / "best.pt"  # a source flag must name a file (checked before any work)
+    pt.write_bytes(b"")
     demo = _config("--out", str(tmp_path))
     assert demo.quantize.int8 and demo.quantize.data == DEMO_DATA and demo.quantize.calib.source == DEMO_DATA
     assert demo.quantize.cache == tmp_path / "demo.calib.json"
-    user = _config("--weights", "best.pt", "--out", str(tmp_path))
+    user = _config("--weights", str(pt), "--out", str(tmp_path))
     assert not user.quantize.int8 and user.quantize.data is None and user.fp16
     data, clip = tmp_path / "d.yaml", tmp_path / "clip.mp4"
     data.write_text("val: x\n")
     clip.write_bytes(b"")
-    calib = _config("--weights", "best.pt", "--int8", "--data", str(data), "--calib", str(clip), "--calib-method",
-                    "entropy", "--exclude", "Sigmoid,/x")
-    assert calib.quantize.calib.source == clip and calib.quantize.calib.method.value == "entropy"
+    calib = _config("--weights", str(pt), "--int8", "--data", str(data), "--calib", str(clip), "--calib-method",
+                    "percentile", "--exclude", "Sigmoid,/x", "--int8-float", "fp32")
+    assert calib.quantize.calib.source == clip and calib.quantize.calib.method.value == "percentile"
+    assert calib.quantize.int8_float == "fp32" and demo.quantize.int8_float == "fp16"
+    assert demo.quantize.calib.method.value == "mean-minmax"
     assert calib.quantize.exclude == ("Sigmoid", "/x")
     with pytest.raises(ConfigError, match="--int8 needs --data") as err:
-        _config("--weights", "best.pt", "--int8")
+        _config("--weights", str(pt), "--int8")
     assert "--data" in err.value.fix
     with pytest.raises(ConfigError, match="--max-map-drop"):
         _config("--max-map-drop", "-1")
     for flag in ("--data", "--calib", "--parity-images"):  # a typo in a path is an error, never a silent fallback
         with pytest.raises(ConfigError, match=f"{flag} .*no such") as err:
-            _config("--weights", "best.pt", "--int8", "--data", str(data), flag, str(tmp_path / "typo"))
+            _config("--weights", str(pt), "--int8", "--data", str(data), flag, str(tmp_path / "typo"))
         assert flag in err.value.fix or "folder" in err.value.fix
 
 
@@ -130,6 +187,15 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
         assert b.metadata.precision.value == precision and b.metadata.source_name == f"{stem}.onnx"
         b.close()
     assert "accuracy report" in log and "approximation of TensorRT" in (tmp_path / f"{stem}.accuracy.md").read_text()
+    # the gate's figures reach build_report.json's check figures and the console table
+    recs = {r["key"]: r for r in json.loads((tmp_path / "build_report.json").read_text())["artifacts"]}
+    for key in ("int8.onnx", "int8-cpu.onnx"):
+        f = recs[key]["figures"]
+        assert f["drop_low"] <= f["drop_high"] and f["judged_by"] == "map" and f["calib_method"] == "mean-minmax"
+        assert f["gate_images"] == 12 and "fewer than 300" in f["gate_note"] and "NNCF" in f["calibration"]
+        assert recs[key]["checks"][-1]["figures"]["gate"]["trials"]
+        assert f"{-f['drop_points']:+.2f} ({-f['drop_high']:+.2f} to {-f['drop_low']:+.2f})" in log
+    assert "NNCF mean-minmax, 0 layers float, FP16 elsewhere; 90% upper end" in log
     rc, log = _build(argv + ["--no-fp16", "--rebuild"], capsys)
     assert rc == 0 and "no calibration inference" in log
     assert not list(tmp_path.glob(".int8-*")) and not list(tmp_path.glob("*.tmp"))
@@ -145,11 +211,11 @@ def test_gate_failure_withholds_int8_and_exits_nonzero(demo_onnx, small_data, tm
     stale = [out / f"{demo_onnx.stem}{s}" for s in (".int8-cpu.onnx", ".int8.engine", ".int8.json")]
     for path in stale:
         path.write_bytes(b"from an earlier build")
-    monkeypatch.setattr(accuracy, "FALLBACK_STEPS", (2,))  # one fallback trial keeps the test short
+    monkeypatch.setattr(gate, "FALLBACK_STEPS", (2,))  # one fallback trial keeps the test short
     rc, log = _build(["--onnx", str(demo_onnx), "--out", str(out), "--int8", "--data", str(small_data), "--calib",
                       str(calib), "--engine", "none", "--no-fp16", "--no-openvino"], capsys)
     assert rc == 3  # withheld: the rest of the build is usable
-    assert "INT8 accuracy gate" in log and "WITHHELD" in log and "fix:" in log
+    assert "INT8 gate:" in log and "> bar 1" in log and "WITHHELD" in log and "fix:" in log
     assert not list(out.glob("*.int8*.onnx")) and not any(p.exists() for p in stale)
     # the failure is deferred: the stages after INT8 still ran on the FP32 graph, then the build failed
     assert (out / f"{demo_onnx.stem}.end2end.onnx").is_file() and "finished with withheld artifacts" in log

@@ -642,6 +642,28 @@ def test_a_worker_that_dies_while_timed_takes_out_its_candidate_not_the_group(mo
     assert any("peer p failed while timed" in m for m in logged)
 
 
+def test_int8_speed_times_each_model_in_its_own_process_and_prints_the_machine(demo_onnx, tmp_path, capsys):
+    """Two forms (FP32 and a copy) run as two child processes of their own; the machine line comes first."""
+    import json
+    import os
+    import shutil
+
+    from benchmarks.int8_speed import main
+
+    shutil.copy2(demo_onnx, tmp_path / "m.onnx")
+    shutil.copy2(demo_onnx, tmp_path / "m.fp16.onnx")  # any second model will do for the harness
+    out = tmp_path / "speed.json"
+    assert main(["--deploy", str(tmp_path), "--stem", "m", "--rounds", "2", "--iters", "2", "--warmup", "1",
+                 "--threads", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("machine: ") and "load average at start" in text and "its own process" in text
+    d = json.loads(out.read_text())
+    pids = d["env"]["pids"]
+    assert set(pids) == {"fp32", "fp16"} and len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    assert [r["model"] for r in d["rows"]] == ["fp32", "fp16"] and d["rows"][0]["speedup_vs_fp32"] == 1.0
+    assert d["env"]["calls_per_model"] == 4 and d["env"]["machine"]["load_avg_end"] is not None
+
+
 def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_design(demo_onnx, capsys):
     from benchmarks.thread_safety import CANDIDATES, main
 

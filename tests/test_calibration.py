@@ -171,11 +171,12 @@ def test_config_checks():
         CalibrationConfig(Path("x"), max_images=0)
     with pytest.raises(ConfigError, match="--calib-every"):
         CalibrationConfig(Path("x"), video_every=0)
-    assert CalibrationConfig(Path("x"), method="entropy").method is CalibrationMethod.ENTROPY
+    assert CalibrationConfig(Path("x"), method="minmax").method is CalibrationMethod.MINMAX
+    assert CalibrationConfig(Path("x")).method is CalibrationMethod.MEAN_MINMAX  # NNCF's default estimator
 
 
 def _tiny_model(path: Path) -> Path:
-    """Conv → Relu → Conv: enough for ONNX Runtime's calibrators."""
+    """Conv → Relu → Conv: enough for a calibration pass."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -202,28 +203,47 @@ def test_one_pass_gives_every_tensor_a_range(tmp_path, method):
     images = CalibrationImages(open_source(cfg), (32, 32), show_progress=False, log=lambda s: None)
     ranges = collect_ranges(model, images, cfg, log=lambda s: None)
     assert ranges.method is method and ranges.n_images == 10
-    assert {"c1", "r1", "out"} <= set(ranges.ranges)
-    if method is CalibrationMethod.MINMAX:  # exactly the observed extremes
-        m = onnx.load(str(model))
-        m.graph.output.append(onnx.helper.make_empty_tensor_value_info("c1"))
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        outs = np.stack([sess.run(["c1"], {"images": x})[0] for x in images])
-        lo, hi = ranges.ranges["c1"]
-        assert np.isclose(lo, outs.min(), rtol=1e-5) and np.isclose(hi, outs.max(), rtol=1e-5)
+    assert {"images", "c1", "r1", "out"} <= set(ranges.ranges)
+    m = onnx.load(str(model))
+    m.graph.output.append(onnx.helper.make_empty_tensor_value_info("c1"))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = np.stack([sess.run(["c1"], {"images": x})[0] for x in images])
+    per_image = outs.reshape(len(outs), -1)
+    lo, hi = ranges.ranges["c1"]
+    expected = {CalibrationMethod.MINMAX: (outs.min(), outs.max()),  # the extremes over all images
+                CalibrationMethod.MEAN_MINMAX: (per_image.min(1).mean(), per_image.max(1).mean()),
+                CalibrationMethod.PERCENTILE: (np.quantile(per_image, 1 - cfg.percentile / 100, axis=1).mean(),
+                                               np.quantile(per_image, cfg.percentile / 100, axis=1).mean())}[method]
+    assert np.allclose((lo, hi), expected, rtol=1e-4, atol=1e-6), (method, (lo, hi), expected)
+    assert np.allclose(ranges.extremes["c1"], (outs.min(), outs.max()), rtol=1e-4)  # kept by every method
     for lo, hi in ranges.ranges.values():
         assert lo <= hi
 
 
 def test_cache_round_trip_and_key_differences(tmp_path):
     key = CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "p" * 32)
-    ranges = TensorRanges(CalibrationMethod.MINMAX, {"a": (-1.5, 2.0), "b": (0.0, 6.0)}, n_images=7)
+    ranges = TensorRanges(CalibrationMethod.MINMAX, {"a": (-1.5, 2.0), "b": (0.0, 6.0)}, n_images=7,
+                          extremes={"a": (-3.0, 4.0), "b": (0.0, 9.0)})
     k2, r2 = loads(dumps(key, ranges))
     assert k2 == key and dict(r2.ranges) == dict(ranges.ranges) and r2.n_images == 7
-    swapped = TensorRanges(CalibrationMethod.MINMAX, {"b": (0.0, 6.0), "a": (-1.5, 2.0)}, n_images=7)
+    assert dict(r2.extremes) == dict(ranges.extremes)
+    swapped = TensorRanges(CalibrationMethod.MINMAX, {"b": (0.0, 6.0), "a": (-1.5, 2.0)}, n_images=7,
+                           extremes={"b": (0.0, 9.0), "a": (-3.0, 4.0)})
     assert dumps(key, swapped) == dumps(key, ranges)  # byte-stable whatever order calibration found them in
-    assert key.differences(CacheKey("h" * 32, (320, 320), "entropy", "", "i" * 32, "p" * 32)) == ["graph", "method"]
+    assert key.differences(CacheKey("h" * 32, (320, 320), "mean-minmax", "", "i" * 32, "p" * 32)) == ["graph", "method"]
     assert key.differences(CacheKey("g" * 32, (320, 320), "minmax", "", "i" * 32, "q" * 32)) == ["preprocessing"]
     (tmp_path / "bad.json").write_text("{not json")
     assert read_cache(tmp_path / "bad.json") is None and read_cache(tmp_path / "absent.json") is None
     td = ranges.to_ort()
     assert float(td["a"].range_value[0]) == -1.5
+
+
+def test_nncf_dataset_feeds_the_calibration_images_by_input_name(tmp_path):
+    """The one calibration path every NNCF use shares: CalibrationImages in, {input: batch} feeds out."""
+    from calibration import nncf_dataset
+
+    _write_images(tmp_path / "imgs", 3)
+    images = _images(tmp_path / "imgs")
+    feeds = list(nncf_dataset(images, "pixels").get_inference_data())
+    assert len(feeds) == 3 and set(feeds[0]) == {"pixels"} and feeds[0]["pixels"].shape == (1, 3, 32, 32)
+    assert any(np.array_equal(f["pixels"], b) for f in feeds for b in images)

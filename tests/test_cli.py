@@ -82,8 +82,15 @@ def test_help_documents_every_flag():
 
 
 def test_default_run_builds_the_demo(demo_pt, tmp_path, capsys):
-    assert main(["--out", str(tmp_path)]) == 0
+
+    code = main(["--out", str(tmp_path)])
     out = capsys.readouterr().out
+    # exit 3 only for the INT8 gate: the demo's 100 val images leave the TensorRT form's interval
+    # (0.87 points, 90 % interval 0.24 to 1.52) over the 1.0 bar; nothing else may be withheld
+    withheld = [r for r in json.loads((tmp_path / "build_report.json").read_text())["artifacts"]
+                if r["status"] == "withheld"]
+    assert code == (3 if withheld else 0), out
+    assert all(r["key"] in ("int8.onnx", "int8-cpu.onnx") and r["reason"].startswith("INT8 gate:") for r in withheld)
     assert (tmp_path / "demo.onnx").is_file() and "parity" in out and "OK" in out
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):  # the IRs join the main job
         assert (tmp_path / "demo_openvino" / "demo.xml").is_file() and (tmp_path / "demo.int8_openvino" / "demo.bin").is_file()

@@ -1,6 +1,8 @@
-"""INT8 Q/DQ: the decode tail kept float, the TensorRT form's types and zero points, the CPU form, the range
-cache, --exclude, and that TensorRT-RTX's builder accepts the TensorRT form."""
+"""INT8 Q/DQ: the decode tail kept float, the TensorRT form's placement, types and FP16 float layers, the CPU
+form and its range rules, the range cache, --exclude, and that TensorRT-RTX's builder accepts the TensorRT form."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,17 +13,9 @@ from engine.errors import ConfigError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from exporters.quantize import (  # noqa: E402
-    QuantTarget,
-    decode_tail,
-    load_or_calibrate,
-    match_nodes,
-    parse_excludes,
-    quantize_model,
-    quantized_nodes,
-    stem_convs,
-    tensorrt_problems,
-)
+from exporters.qdq_cpu import stem_convs  # noqa: E402
+from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes,  # noqa: E402
+                                parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
 
 
 def _meta(model):
@@ -102,13 +96,9 @@ def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, sma
     from exporters import quantize as qz
 
     model, ranges, _, _ = calibrated
-    spec = qz._FORMS[QuantTarget.CPU]
     plain = tmp_path / "plain.onnx"
-    qz._FORMS[QuantTarget.CPU] = qz.replace(spec, cpu_rewrites=False)
-    try:
-        quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), plain)
-    finally:
-        qz._FORMS[QuantTarget.CPU] = spec
+    qz._cpu_form(demo_onnx, qz.head_ranges(model, ranges)[0], decode_tail(model), plain,
+                 replace(qz.CPU_FORM, cpu_rewrites=False))
     rewritten = quantize_model(demo_onnx, ranges, QuantTarget.CPU, decode_tail(model), tmp_path / "cpu.onnx")
     frames = [read_image(i.path) for i in load_split(small_data, "val")[:3]]
     a = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"])
@@ -119,7 +109,11 @@ def test_cpu_form_rewrites_change_no_number(demo_onnx, calibrated, tmp_path, sma
         assert np.array_equal(a.run(None, {"images": x})[0], b.run(None, {"images": u})[0])
 
 
-def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onnx):
+def _scale_of(q, init, dq):
+    return float(onnx.numpy_helper.to_array(init[dq.input[1]]))
+
+
+def test_tensorrt_form_is_s8s8_with_zero_points_0(forms, demo_onnx):
     q = forms[QuantTarget.TENSORRT]
     assert tensorrt_problems(q) == []
     init = {i.name: i for i in q.graph.initializer}
@@ -130,18 +124,67 @@ def test_tensorrt_form_is_s8s8_with_zero_points_0_and_float_bias(forms, demo_onn
         assert zp.data_type == onnx.TensorProto.INT8 and not np.any(onnx.numpy_helper.to_array(zp))
         if n.op_type == "DequantizeLinear" and n.input[0] in init:  # weights: int8, never int32 (bias)
             assert init[n.input[0]].data_type == onnx.TensorProto.INT8
-    producer = {o: n for n in q.graph.node for o in n.output}
-    convs = [n for n in q.graph.node if n.op_type == "Conv" and len(n.input) > 2]
-    assert convs and all(n.input[2] in init and init[n.input[2]].data_type == onnx.TensorProto.FLOAT for n in convs)
-    # Q/DQ sit on the inputs of convolutions / matmuls only (others may share such a tensor), none in the tail
-    for n in qdq:
-        if n.op_type == "DequantizeLinear" and n.input[0] not in init:
-            consumers = {c.op_type for c in q.graph.node if n.output[0] in c.input}
-            assert consumers & {"Conv", "MatMul"}, (n.name, consumers)
     tail = set(decode_tail(onnx.load(str(demo_onnx))))
+    producer = {o: n for n in q.graph.node for o in n.output}
     assert not tail & set(quantized_nodes(q))
     assert all(producer.get(i) is None or producer[i].op_type != "DequantizeLinear"
                for n in q.graph.node if n.name in tail for i in n.input)
+
+
+def test_tensorrt_form_places_qdq_as_nvidia_describes(forms):
+    """Residual Adds: both inputs quantized. A Quantize right after each SiLU that feeds a Split or
+    Concat (not after the Split). One scale for all inputs of a Concat. Attention MatMuls: no Q/DQ."""
+    q = forms[QuantTarget.TENSORRT]
+    init = {i.name: i for i in q.graph.initializer}
+    producer = {o: n for n in q.graph.node for o in n.output}
+    consumers: dict = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    from_dq = lambda t: t in producer and producer[t].op_type == "DequantizeLinear"  # noqa: E731
+    movers = {"Split", "Slice", "MaxPool", "Resize", "Reshape", "Transpose"}  # TensorRT moves DQ through them
+
+    def source(t):
+        while producer[t].op_type in movers:
+            t = producer[t].input[0]
+        return t
+
+    adds = [n for n in q.graph.node if n.op_type == "Add" and "/model.23/" not in n.name
+            and all(i not in init for i in n.input)]
+    assert len(adds) >= 10 and all(from_dq(source(i)) for n in adds for i in n.input)
+    splits = [n for n in q.graph.node if n.op_type == "Split" and "/model.23/" not in n.name]
+    assert splits and all(from_dq(source(n.input[0])) for n in splits)
+    assert not any(producer[i].op_type == "QuantizeLinear" for n in splits for o in n.output
+                   for c in consumers.get(o, []) for i in c.input if c.op_type == "DequantizeLinear")
+    concats = [n for n in q.graph.node if n.op_type == "Concat" and "/model.23/" not in n.name]
+    assert len(concats) >= 10
+    for c in concats:
+        scales = set()
+        for t in map(source, c.input):
+            assert from_dq(t), (c.name, t)
+            scales.add(_scale_of(q, init, producer[t]))
+        assert len(scales) == 1, (c.name, scales)
+    matmuls = [n for n in q.graph.node if n.op_type == "MatMul"]
+    assert matmuls and not any(from_dq(i) for n in matmuls for i in n.input)
+
+
+def test_tensorrt_form_runs_int8_and_fp16_with_fp32_io(forms, demo_onnx, calibrated, tmp_path):
+    """Every float initializer and value of the TensorRT form is FP16 but the graph's input and output;
+    Q/DQ scales are FP16 at opset 19. --int8-float fp32 keeps the float layers FP32."""
+    q = forms[QuantTarget.TENSORRT]
+    F32, F16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) == 19
+    assert q.graph.input[0].type.tensor_type.elem_type == F32 and q.graph.output[0].type.tensor_type.elem_type == F32
+    consumers = {i: n for n in q.graph.node for i in n.input}
+    f32 = [i.name for i in q.graph.initializer if i.data_type == F32 and consumers[i.name].op_type != "Resize"]
+    assert not f32  # (Resize's scales input is float by the operator's definition)
+    assert {i.data_type for i in q.graph.initializer if i.name.endswith("_qscale")} == {F16}
+    casts = [n for n in q.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 2  # one at each end of the graph
+    model, ranges, _, _ = calibrated
+    fp32 = onnx.load(str(quantize_model(demo_onnx, ranges, QuantTarget.TENSORRT, decode_tail(model),
+                                        tmp_path / "int8-fp32.onnx", float_dtype="fp32")))
+    assert not [i for i in fp32.graph.initializer if i.data_type == F16] and tensorrt_problems(fp32) == []
 
 
 def test_cpu_form_is_u8s8_and_rejected_by_the_tensorrt_check(forms):
@@ -191,7 +234,7 @@ def test_second_build_reuses_the_cache_without_inference(calibrated, demo_onnx, 
                           again.append, show_progress=False)
     assert any("made for another images" in s for s in again)
     with pytest.raises(AssertionError, match="despite"):
-        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, method="entropy"), cache,
+        load_or_calibrate(demo_onnx, model, _meta(model), CalibrationConfig(small_data, method="minmax"), cache,
                           again.append, show_progress=False)
     assert any("made for another method" in s for s in again)
     # the same model and images under another letterbox (here its border value): not applied either
@@ -216,15 +259,27 @@ def test_exclude_patterns(demo_onnx):
     assert "--exclude" in err.value.message
 
 
-def test_tensorrt_rtx_builds_the_int8_form(forms, tmp_path):
+def test_tensorrt_rtx_builds_the_int8_fp16_form_for_every_target_with_no_fp32_compute(forms, tmp_path):
+    """TensorRT-RTX parses the TensorRT form into a network whose compute layers are INT8 or FP16 (only
+    constants and the two I/O casts write FP32) and builds it for Turing too, which an FP32 MatMul forbids."""
     pytest.importorskip("tensorrt_rtx")
+    from engine.backends.trt_flavor import capturing_logger, import_tensorrt
     from engine.metadata import Precision
-    from exporters.tensorrt import EngineConfig, build_engine
+    from exporters.tensorrt import RTX_TARGETS, TURING, EngineConfig, build, float32_layers
 
     path = tmp_path / "demo.int8.onnx"
     onnx.save(forms[QuantTarget.TENSORRT], str(path))
-    plan = build_engine(path, EngineConfig(precision=Precision.INT8, tensorrt="rtx", targets=("sm86",)))
-    assert len(plan) > 1_000_000
+    trt, _ = import_tensorrt("rtx")
+    logger = capturing_logger(trt)
+    network = trt.Builder(logger).create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(path))
+    kinds = {network.get_layer(i).type.name for i in range(network.num_layers)}
+    assert {"CONVOLUTION", "QUANTIZE", "DEQUANTIZE", "MATRIX_MULTIPLY"} <= kinds
+    assert float32_layers(network) == []
+    built = build(path, EngineConfig(precision=Precision.INT8, tensorrt="rtx", targets=(TURING, *RTX_TARGETS)),
+                  log=lambda s: None)
+    assert len(built.plan) > 1_000_000 and built.targets == (TURING, *RTX_TARGETS) and not built.notes
+    assert built.settings["weights_bytes"] > 1_000_000
 
 
 def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
@@ -233,7 +288,7 @@ def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
 
     from calibration.cache import TensorRanges
     from calibration.config import CalibrationMethod
-    from exporters.quantize import share_concat_ranges
+    from exporters.qdq_cpu import share_concat_ranges
 
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="relu"),
              helper.make_node("Split", ["a"], ["s0", "s1"], name="split", axis=1, num_outputs=2),
@@ -302,3 +357,85 @@ def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_da
         assert len(two) == 2 and len(two[0]) == len(b)
     with pytest.raises(ConfigError, match="preprocess='gpu'"):
         Detector(path, device="cpu", preprocess="gpu")
+
+
+def test_sensitivity_ranks_int8_layers_of_both_forms_and_checks_its_stability(forms, demo_onnx, small_data, tmp_path):
+    """The fallback's ranking names INT8 layers (convolutions included, for the TensorRT form's producer
+    placement too) and says how much two halves of its images agree on the top layers."""
+    from engine.eval.datasets import load_split, read_image
+    from engine.preprocess import Letterbox
+    from exporters.sensitivity import TOP, rank_layers
+
+    images = [Letterbox((320, 320))([read_image(i.path)])[0].copy() for i in load_split(small_data, "val")[:4]]
+    for target, q in forms.items():
+        path = tmp_path / f"{target.value}.onnx"
+        onnx.save(q, str(path))
+        ranking, overlap = rank_layers(demo_onnx, path, images)
+        convs = {n.name for n in q.graph.node if n.op_type == "Conv"}
+        assert len(ranking) > 50 and set(n for n, _ in ranking) & convs, target
+        assert ranking == sorted(ranking, key=lambda s: -s[1])
+        assert overlap is not None and 0 <= overlap <= 1 and overlap * TOP == round(overlap * TOP)
+        assert rank_layers(demo_onnx, path, images[:2])[1] is None  # too few images to split
+
+
+def test_cpu_form_head_convs_write_float_for_the_decode_tail(forms, demo_onnx):
+    """The head's last convolutions (box distributions, class logits) feed the float tail unquantized;
+    every other convolution's output is quantized (the fused QLinearConv pattern)."""
+    q = forms[QuantTarget.CPU]
+    tail = set(decode_tail(onnx.load(str(demo_onnx))))
+    consumers: dict = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    head = [n for n in convs if all(c.name in tail for c in consumers.get(n.output[0], []))]
+    assert len(head) == 6  # three scales x (box, class)
+    assert not any(c.op_type == "QuantizeLinear" for n in head for c in consumers[n.output[0]])
+    inner = [n for n in convs if n not in head and not n.name.startswith("/model.0/")]
+    assert inner and all(any(c.op_type == "QuantizeLinear" for c in consumers[n.output[0]]) for n in inner)
+
+
+def test_silu_input_ranges_start_where_silu_turns_flat():
+    from onnx import TensorProto, helper
+
+    from calibration.cache import TensorRanges
+    from calibration.config import CalibrationMethod
+    from exporters.qdq_cpu import LEVELS, SILU_MIN_X, silu_flat_below, silu_input_ranges
+
+    silu = lambda x: x / (1 + np.exp(-x))  # noqa: E731
+    for step in (0.01, 0.04, 0.2):
+        cut = silu_flat_below(step)
+        assert abs(silu(cut)) <= step / 2 + 1e-12 < abs(silu(cut + 1e-3)) and cut < SILU_MIN_X
+    assert silu_flat_below(1.0) == SILU_MIN_X  # a coarse output grid: nothing below the minimum matters
+    w = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Sigmoid", ["c"], ["s"], name="sig"), helper.make_node("Mul", ["c", "s"], ["y"], name="mul"),
+             helper.make_node("Conv", ["y", "w"], ["c2"], name="conv2"), helper.make_node("Relu", ["c2"], ["r"], name="relu")]
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [1, 2, 4, 4])], [vi("r", TensorProto.FLOAT, None)], [w])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    r = TensorRanges(CalibrationMethod.MEAN_MINMAX, {"c": (-20.0, 10.0), "y": (-0.28, 10.0), "c2": (-20.0, 5.0)})
+    new, n = silu_input_ranges(model, r)
+    assert n == 1 and new.ranges["c2"] == (-20.0, 5.0)  # not a SiLU's input: untouched
+    lo, hi = new.ranges["c"]
+    assert hi == 10.0 and lo == pytest.approx(silu_flat_below((10.0 + 0.28) / LEVELS)) and -8 < lo < -5
+    assert r.ranges["c"] == (-20.0, 10.0)  # not modified in place
+
+
+def test_detect_head_takes_the_extremes_and_the_rest_the_estimate(demo_onnx, calibrated):
+    """The head's branches (one scale's box or class convolutions) are found from the graph; their tensors
+    get the extremes over all images, every other tensor keeps the mean-minmax estimate."""
+    from exporters.quantize import detect_head, head_ranges
+
+    model, ranges, _, _ = calibrated
+    head = detect_head(model)
+    tail = set(decode_tail(model))
+    assert len(head) == 60 and all(n.startswith("/model.23/cv") for n in head) and not tail & set(head)
+    assert {n.name for n in model.graph.node if n.name.startswith("/model.23/cv")} == set(head)  # all of it
+    new, changed = head_ranges(model, ranges)
+    nodes = {n.name: n for n in model.graph.node}
+    head_tensors = {o for n in head for o in nodes[n].output}
+    assert changed > 0
+    for t, r in new.ranges.items():
+        assert r == (ranges.extremes[t] if t in head_tensors else ranges.ranges[t]), t
+    assert any(ranges.ranges[t] != ranges.extremes[t] for t in head_tensors)  # (the rule changes something)

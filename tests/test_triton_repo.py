@@ -7,6 +7,7 @@ checked too once assets/demo/demo.pt exists.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,12 @@ def parse(folder: Path):
 
 def run_stage(argv: list[str], artifacts: dict[str, Path], meta: ModelMetadata | None = None, log=lambda s: None):
     """The Triton stage of a build whose earlier stages delivered ``artifacts``; the record it made."""
-    stem = Path(artifacts["onnx"]).stem if "onnx" in artifacts else "model"
-    b = stage_build(["--onnx", f"{stem}.onnx", *argv], artifacts, meta, log)
+    if "onnx" in artifacts:
+        src = Path(artifacts["onnx"])
+    else:  # --onnx must name a file (checked before any work); the stage never reads it
+        src = Path(tempfile.mkdtemp()) / "model.onnx"
+        src.write_bytes(b"")
+    b = stage_build(["--onnx", str(src), *argv], artifacts, meta, log)
     triton_stage.run(b)
     return b.records["triton"]
 

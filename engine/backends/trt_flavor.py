@@ -126,6 +126,7 @@ def capturing_logger(trt: ModuleType, echo=None, verbose: bool = False):
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
             self.warnings: list[str] = []
+            self.infos: list[str] = []  # the builder's figures (weights memory, ...) arrive at INFO
 
         def log(self, severity, msg) -> None:  # called by TensorRT, possibly from its threads
             level = str(getattr(severity, "name", None) or severity).rsplit(".", 1)[-1]
@@ -133,6 +134,10 @@ def capturing_logger(trt: ModuleType, echo=None, verbose: bool = False):
                 self.errors.append(str(msg))
             elif level == "WARNING":
                 self.warnings.append(str(msg))
+            elif level == "INFO":
+                self.infos.append(str(msg))
+                if not verbose:
+                    return
             elif not verbose:
                 return
             if echo is not None:
@@ -141,6 +146,7 @@ def capturing_logger(trt: ModuleType, echo=None, verbose: bool = False):
         def clear(self) -> None:
             self.errors.clear()
             self.warnings.clear()
+            self.infos.clear()
 
     flavor_label = "TensorRT-RTX" if trt.__name__.split(".")[0] == RTX_MODULE else "TensorRT"
     return CapturingLogger()

@@ -143,9 +143,10 @@ def make_fake_tensorrt(version: str = "10.9.0.34", module: str = "tensorrt", cud
             def dims(vi):
                 return tuple(d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim)
 
-            kinds = {"QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE"}
+            kinds = {"QuantizeLinear": "QUANTIZE", "DequantizeLinear": "DEQUANTIZE", "MatMul": "MATRIX_MULTIPLY",
+                     "Conv": "CONVOLUTION", "Cast": "CAST"}
             self.network.layers = [
-                Tensor(type=SimpleNamespace(name=kinds.get(n.op_type, "OTHER")), num_outputs=1,
+                Tensor(name=n.name, type=SimpleNamespace(name=kinds.get(n.op_type, "OTHER")), num_outputs=1,
                        get_output=lambda j, half=(n.op_type == "Cast" and n.attribute[0].i == 10):
                        SimpleNamespace(dtype=SimpleNamespace(name="HALF" if half else "FLOAT")))
                 for n in model.graph.node]
