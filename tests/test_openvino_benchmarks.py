@@ -30,10 +30,13 @@ def test_speed_table_gives_ratios_against_the_same_precision():
     report = {"load_before": [0.1, 0.1, 0.1], "load_after": [0.2, 0.1, 0.1], "rounds": 3, "iters": 50, "streams": 2,
               "sizes": {"320": {"single": {"ours OpenVINO FP32": 4.0, "Ultralytics OpenVINO FP32": 5.0,
                                            "ours OpenVINO INT8": 3.0, "Ultralytics OpenVINO INT8": 4.5},
+                                "streams": {"ours OpenVINO INT8, throughput mode": 500.0}},
+                        "640": {"single": {"ours OpenVINO FP32": 4.0, "Ultralytics OpenVINO FP32": 3.9},
                                 "streams": {"ours OpenVINO INT8, throughput mode": 500.0}}}}
     text = openvino_speed.table(report)
     assert "| 320 | ours OpenVINO FP32 | 4.00 | 1.25x faster |" in text
     assert "| 320 | ours OpenVINO INT8 | 3.00 | 1.50x faster |" in text
+    assert "| 640 | ours OpenVINO FP32 | 4.00 | 0.97x (slower: **missed**) |" in text  # a miss says so
     assert "| 320 | ours OpenVINO INT8, throughput mode | 500 |" in text and "before [0.1, 0.1, 0.1]" in text
 
 
