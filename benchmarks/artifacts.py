@@ -199,12 +199,13 @@ def _build_cli(argv: list[str], folder: Path, log: Log) -> tuple[int, str]:
         rc = subprocess.run([sys.executable, "-m", "exporters.build", *argv], stdout=fh, stderr=subprocess.STDOUT,
                             env=env, check=False).returncode
     from exporters.build import EXIT_OK, EXIT_WITHHELD
-    from exporters.reuse import REPORT_NAME
+    from exporters.records import Status
+    from exporters.reuse import previous_records
 
     if rc == EXIT_WITHHELD:  # the build finished; some optional artifacts failed their check
-        doc = json.loads((folder / REPORT_NAME).read_text(encoding="utf-8"))
-        return rc, "; ".join(f"{a['label']} withheld: {a['reason']}" for a in doc["artifacts"]
-                             if a["status"] == "withheld")[:600]
+        stem = Path(argv[argv.index("--weights") + 1]).stem
+        return rc, "; ".join(f"{r.label} withheld: {r.reason}" for r in previous_records(folder, stem).values()
+                             if r.status is Status.WITHHELD)[:600]
     if rc == EXIT_OK:
         return rc, ""
     text = out.read_text(encoding="utf-8", errors="replace")

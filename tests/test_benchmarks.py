@@ -584,6 +584,26 @@ def test_refresh_writes_a_block_with_command_machine_and_load(tmp_path, monkeypa
     assert refresh.demote("# T\n\n## G\ntext\n### H") == "#### G\ntext\n##### H"
 
 
+def test_a_build_with_withheld_artifacts_names_each_with_its_reason(tmp_path, monkeypatch):
+    """Exit code 3: the build finished, and its report says what was withheld and why."""
+    import subprocess as sp
+
+    from benchmarks import artifacts
+    from exporters.records import ArtifactRecord, Status, write_report
+
+    def fake_build(cmd, **kw):
+        write_report(tmp_path / "build_report.json", [
+            ArtifactRecord("onnx", "FP32 ONNX", Status.DELIVERED, tmp_path / "best.onnx"),
+            ArtifactRecord("int8.onnx", "INT8 TensorRT form", Status.WITHHELD, reason="upper end 1.08 > bar 1"),
+            ArtifactRecord("triton", "Triton model repository", Status.SKIPPED, reason="not asked for")],
+            {"stem": "best"})
+        return sp.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(artifacts.subprocess, "run", fake_build)
+    rc, text = artifacts._build_cli(["--weights", str(tmp_path / "best.pt")], tmp_path, log=lambda m: None)
+    assert (rc, text) == (3, "INT8 TensorRT form withheld: upper end 1.08 > bar 1")
+
+
 def test_a_build_that_stops_part_way_still_benchmarks_what_it_delivered(tmp_path, monkeypatch, demo_pt):
     """A user's model whose optional artifact fails its check: the FP32 ONNX and the rest are benchmarked, with why."""
     from benchmarks import artifacts
