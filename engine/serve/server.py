@@ -64,8 +64,8 @@ from .protocol import (
 log = logging.getLogger("engine.serve")
 
 # Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:
-# 30 s). 6 s: the CPU default of two instances per model takes about 3.5 s to unload on a busy 2-core machine,
-# and a stub that Triton does not wait for leaves its folder under /tmp.
+# 30 s). 6 s: the CPU default of two instances per model did not unload within 3 s on a busy 2-core machine
+# (the stop test saw it), and a stub that Triton does not wait for leaves its folder under /tmp.
 EXIT_TIMEOUT_S = 6
 UNLOAD_WAIT_S = 4.0  # at stop, how long the models may take to unload before Triton is stopped anyway
 BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S = 10, 10.0
