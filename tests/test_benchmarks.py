@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -577,6 +578,10 @@ def test_refresh_writes_a_block_with_command_machine_and_load(tmp_path, monkeypa
     assert "old figures" not in text and "| a | 1.5 |" in text and "analysis" in text and "more analysis" in text
     ok_block = text[text.index("refresh:ok begin"):text.index("refresh:ok end")]
     assert "python -c" in ok_block and "load average" in ok_block and "Versions:" in ok_block and "(UTC)" in ok_block
+    from benchmarks.env import source_commit
+
+    commit = source_commit()  # the code that measured: this checkout's commit, + when edited
+    assert commit and re.fullmatch(r"[0-9a-f]{10}\+?", commit) and f"commit {commit}" in ok_block
     bad_block = text[text.index("refresh:bad begin"):text.index("refresh:bad end")]
     assert "**Not measured:" in bad_block and "exited with 3" in bad_block and "old" not in bad_block.split("-->")[1]
     with pytest.raises(KeyError):
