@@ -85,6 +85,9 @@ SECTIONS: tuple[Section, ...] = (
             (("-m", "benchmarks.int8_speed", "--deploy", "{root}/deploy"),
              ("-m", "benchmarks.int8_speed", "--deploy", "{root}/deploy", "--workers", "2"),
              ("-m", "benchmarks.int8_breakdown", "--deploy", "{root}/deploy")), uses=("deploy",), minutes=12),
+    Section("openvino-speed", "our OpenVINO IRs vs Ultralytics' OpenVINO predict (python -m benchmarks.openvino_speed)",
+            (("-m", "benchmarks.openvino_speed", "--imgsz", "320,640", "--streams", "4", "--out", "{out}"),),
+            minutes=15),
     Section("triton", "served throughput (scripts/triton_load.py)",
             (("scripts/triton_load.py", "--model", "{root}/served/demo.onnx", "--log-dir", "{out}", "--json",
               "{out}/triton.json", "--md", "{out}/triton.md"),), "triton.md", uses=("served",), needs="triton",
@@ -134,6 +137,8 @@ def demote(markdown: str, levels: int = 2) -> str:
 
 def run_section(section: Section, root: Path, built: set[str]) -> str:
     """Run ``section`` and return its block's Markdown (the failure, if a step failed)."""
+    from exporters.build import EXIT_OK, EXIT_WITHHELD
+
     out = root / section.key
     if out.exists():
         shutil.rmtree(out)
@@ -146,7 +151,8 @@ def run_section(section: Section, root: Path, built: set[str]) -> str:
             argv = _fill(RESOURCES[name], out, root)
             commands.append(argv)
             rc, _ = _run(argv, log)
-            if rc:
+            if rc not in (EXIT_OK, EXIT_WITHHELD):  # 3: the build finished and its gate withheld an artifact
+                # (the demo's INT8 TensorRT form on its 100 val images); the sections read what it delivered
                 failed = (argv, rc)
                 break
             built.add(name)
