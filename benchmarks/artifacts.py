@@ -232,6 +232,11 @@ def _build(src: ModelSource, imgsz, dynamic: bool, folder: Path, log: Log) -> tu
         raise DeployError(f"python -m exporters.build did not write the FP32 ONNX of {src.weights} "
                           f"(exit code {rc}): {error or 'see ' + str(folder / 'build.log')}",
                           f"run the build alone to see why: python -m exporters.build {' '.join(argv)}")
+    if src.random:
+        made = _timing_only_int8(FP32_ONNX.path(folder, src.weights.stem), log)
+        files = _artifacts_in(folder, src.weights.stem)
+        return files, [f"the build withheld the INT8 forms (its gate cannot judge a model that detects nothing); "
+                       f"{', '.join(made) or 'none'} made here without the gate, for timing only"] if made else []
     notes = [f"build (exit code {rc}): {error}; the artifacts it delivered are benchmarked"] if rc else []
     if not src.data and not src.random:
         notes.append("no INT8 forms: they are built only with a labelled --data (accuracy gate)")
@@ -280,6 +285,37 @@ def ultralytics_export(src: ModelSource, peer, imgsz: tuple[int, int], dynamic: 
     copy.unlink()
     _save(folder, key, [f], [])
     return f
+
+
+def _timing_only_int8(onnx_path: Path, log: Log) -> list[str]:
+    """A random-weight model's INT8 CPU form and OpenVINO INT8 IR, where the build withheld them: the build's
+    own quantization (16 demo calibration images) without its gate, which cannot judge a model that detects
+    nothing. Timing only: such a model has no accuracy to lose. Returns the names made."""
+    import onnxruntime as ort
+
+    from engine.artifacts import INT8_CPU, INT8_IR
+    from engine.metadata import from_onnx_props
+    from exporters.config import DEMO_DATA
+
+    from .openvino_artifacts import cpu_form
+
+    folder, stem = onnx_path.parent, onnx_path.stem
+    meta = from_onnx_props(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+                           .get_modelmeta().custom_metadata_map)
+    made = []
+    if not INT8_CPU.path(folder, stem).is_file():
+        made.append(cpu_form(onnx_path, meta, folder, DEMO_DATA, 16, log).name)
+    if not INT8_IR.path(folder, stem).is_dir() and all(importlib.util.find_spec(m) for m in ("openvino", "nncf")):
+        from calibration.config import CalibrationConfig
+        from calibration.readers import CalibrationImages, open_source
+        from exporters.openvino import quantize_openvino
+
+        images = CalibrationImages(open_source(CalibrationConfig(source=DEMO_DATA, max_images=16)), meta.imgsz, 1,
+                                   show_progress=False, log=log)
+        made.append(quantize_openvino(onnx_path, images, folder, meta).name)
+    if made:
+        log(f"timing only, no gate: made {', '.join(made)}")
+    return made
 
 
 def random_checkpoint(arch: str, root: Path, seed: int = 0) -> Path:

@@ -65,6 +65,21 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def source_commit(root: Path = Path(__file__).resolve().parent.parent) -> str | None:
+    """The project's git commit (short), ``+`` when the working tree differs from it; ``None`` outside git."""
+    exe = shutil.which("git")
+    if not exe:
+        return None
+    try:
+        sha = subprocess.run([exe, "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([exe, "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+" if dirty else "") if sha else None
+
+
 def versions() -> dict[str, str | None]:
     out = {}
     for dist, shown in PACKAGES.items():
@@ -81,7 +96,7 @@ def environment() -> dict:
         "cpu": cpu_model(), "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
         "memory_gib": memory_gib(), "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(), "gpus": gpus(), "load_avg_start": load_average(),
-        "versions": {k: v for k, v in versions().items() if v is not None},
+        "versions": {k: v for k, v in versions().items() if v is not None}, "commit": source_commit(),
     }
 
 

@@ -60,15 +60,16 @@ def build(weights: Path, imgsz: int, calib: Path, out: Path, calib_images: int =
         log(f"wrote {int8}")
     cpu = INT8_CPU.path(folder, stem) if cpu_form else None
     if cpu is not None and not cpu.is_file():
-        _cpu_form(onnx_path, meta, folder, calib, calib_images, log)
+        cpu_form(onnx_path, meta, folder, calib, calib_images, log)
     pf32 = pint8 = None
     if peers:
         pf32, pint8 = (_peer(weights, imgsz, folder, q, [p for p in source.items], log) for q in (False, True))
     return OvModels(imgsz, onnx_path, fp32, int8, cpu, pf32, pint8)
 
 
-def _cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log: Log) -> None:
-    """Our ONNX Runtime INT8 CPU form as the build makes it (minmax ranges, decode tail float; no gate here)."""
+def cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log: Log) -> Path:
+    """Our ONNX Runtime INT8 CPU form as the build makes it (its calibration and rewrites, decode tail float),
+    without the build's gate: ``folder/<stem>.int8-cpu.onnx``."""
     import onnx
 
     from calibration.config import CalibrationConfig
@@ -83,6 +84,7 @@ def _cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log: Log
     q = onnx.load(str(final))
     write_metadata(q, int8_metadata(meta, q))
     onnx.save(q, str(final))
+    return final
 
 
 def _peer(weights: Path, imgsz: int, folder: Path, int8: bool, images: list[Path], log: Log) -> Path:

@@ -22,7 +22,7 @@ from .worker import in_fresh_process
 
 Log = Callable[[str], None]
 RANDOM_NOTE = "random weights: timing only (the model detects nothing; no mAP)"
-RANDOM_FORMS = ("fp32", "int8-cpu")  # of a random-weight model: the FP32 ONNX and the CPU's INT8 form
+RANDOM_FORMS = ("fp32", "ov-fp32", "ov-int8", "int8-cpu")  # of a random-weight model: the CPU's forms (ONNX Runtime, OpenVINO)
 REFERENCE_FORMS = ("fp32", "int8-cpu")  # the square builds shown in the native group
 
 

@@ -5,7 +5,9 @@
 
 Both convert the same ONNX the other artifacts come from (``ov.convert_model``; no torch), carry our
 metadata in the IR's ``rt_info`` (key ``yolodeploy``, read back by :mod:`engine.backends.openvino`), and
-write through a temporary folder renamed into place (:func:`exporters.io.staged`). The build stage
+write through a temporary folder renamed into place (:func:`exporters.io.staged`). Both take uint8 BGR
+pixels (:func:`uint8_input`: OpenVINO's preprocessing steps at the head of the graph), so the runtime's
+letterbox writes no float image. The build stage
 (:mod:`exporters.openvino_stage`) uses the parts: :func:`convert`, :func:`int8_model`, :func:`write_ir`.
 
 INT8 is NNCF's post-training quantization on the OpenVINO model, the path Ultralytics' ``format=openvino,
@@ -62,9 +64,39 @@ def convert(fp32_onnx: Path):
                           "rerun with --debug and report it with the model; --no-openvino skips the IRs") from e
 
 
+def uint8_input(model):
+    """``model`` (float RGB planes in 0..1, ``(B, 3, H, W)``) taking the letterboxed frame as OpenCV holds it:
+    ``(B, H, W, 3)`` uint8 BGR. OpenVINO's preprocessing steps put the conversion, the channel reversal and
+    the ``/255`` at the head of the graph, where its CPU plugin runs them in one pass, so the runtime's
+    letterbox is a resize into the input and nothing else (as for the INT8 CPU form,
+    :class:`engine.metadata.PixelFormat`). An input that is already uint8 is left alone."""
+    ov = _ov()
+    from openvino.preprocess import PrePostProcessor
+
+    if model.inputs[0].get_element_type() == ov.Type.u8:
+        return model
+    ppp = PrePostProcessor(model)
+    ppp.input().tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    ppp.input().model().set_layout(ov.Layout("NCHW"))
+    ppp.input().preprocess().convert_element_type(ov.Type.f32).reverse_channels().scale(255.0)
+    return ppp.build()
+
+
+def float_input(run):
+    """A runner of an IR's raw outputs that takes the float planes the ONNX runners take (the letterboxed
+    NCHW batch), for an IR whose input is uint8 BGR (:func:`uint8_input`): the same pixels, converted back."""
+    from engine.preprocess import bgr_from_planes
+
+    return lambda x: run(bgr_from_planes(x) if np.asarray(x).dtype != np.uint8 else x)
+
+
 def write_ir(model, folder: Path, stem: str, meta: ModelMetadata, compress_fp16: bool = False) -> Path:
-    """Write ``model`` as ``folder/<stem>.xml`` + ``.bin`` with ``meta`` in its rt_info (no staging); return ``folder``."""
-    model.set_rt_info(meta.to_json(), [METADATA_KEY])
+    """Write ``model`` as ``folder/<stem>.xml`` + ``.bin`` taking uint8 BGR pixels (:func:`uint8_input`), with
+    ``meta`` in its rt_info (no staging); return ``folder``."""
+    from engine.metadata import PixelFormat
+
+    model = uint8_input(model)
+    model.set_rt_info(meta.replace(pixels=PixelFormat.NHWC_BGR_UINT8).to_json(), [METADATA_KEY])
     _ov().save_model(model, str(Path(folder) / f"{stem}.xml"), compress_to_fp16=compress_fp16)
     return Path(folder)
 
@@ -204,7 +236,7 @@ def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) ->
         def run(x: np.ndarray) -> dict[str, np.ndarray]:
             res = req.infer({0: x})
             return {t: res[p] for t, p in ports.items()}
-        return run
+        return float_input(run) if compiled.inputs[0].get_element_type() == ov.Type.u8 else run
 
     return rank_runs(layers, runner(f), runner(q), images)
 
@@ -214,6 +246,8 @@ def ir_runner(ir: Path):
     conversion is judged, not the device's default precision (bf16 on some CPUs)."""
     from engine.backends.openvino import find_model_file
 
-    compiled = _ov().Core().compile_model(str(find_model_file(ir)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    ov = _ov()
+    compiled = ov.Core().compile_model(str(find_model_file(ir)), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
-    return lambda x: req.infer({0: x})[0].copy()
+    run = lambda x: req.infer({0: x})[0].copy()  # noqa: E731
+    return float_input(run) if compiled.inputs[0].get_element_type() == ov.Type.u8 else run

@@ -1,8 +1,10 @@
 """The benchmark harness: its arithmetic, its rounds, its worker processes, its output schema. Never timings."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -494,6 +496,34 @@ def test_random_checkpoint_is_an_exportable_detect_model(tmp_path):
     assert info.arch == "yolo11n.yaml" and len(info.names) == 80 and info.head == "Detect"
 
 
+def test_a_random_weight_model_gets_its_cpu_int8_forms_for_timing(tmp_path):
+    """The build's gate withholds the INT8 forms of a model that detects nothing; the benchmark makes them
+    without it (timing only), so the random-weight groups still time our CPU's INT8 forms."""
+    pytest.importorskip("ultralytics")
+    from benchmarks.artifacts import _timing_only_int8, random_checkpoint
+    from benchmarks.plan import RANDOM_FORMS
+    from engine import Detector
+    from engine.artifacts import INT8_CPU, INT8_IR, kind_of
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    onnx_path = export_onnx(ExportConfig(weights=random_checkpoint("yolo11n", tmp_path), imgsz=(160, 160),
+                                         out=tmp_path / "b"), log=lambda m: None).path
+    made = _timing_only_int8(onnx_path, log=lambda m: None)
+    cpu = INT8_CPU.path(onnx_path.parent, onnx_path.stem)
+    assert made[0] == cpu.name and cpu.is_file() and kind_of(cpu).form in RANDOM_FORMS
+    want = [cpu]
+    if all(importlib.util.find_spec(m) for m in ("openvino", "nncf")):
+        ir = INT8_IR.path(onnx_path.parent, onnx_path.stem)
+        assert made[1] == ir.name and kind_of(ir).form in RANDOM_FORMS
+        want.append(ir)
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    for path in want:
+        with Detector(path, device="cpu") as d:
+            assert d.metadata.precision.value == "int8" and len(d(frame)) == 0  # runs; random weights find nothing
+    assert _timing_only_int8(onnx_path, log=lambda m: None) == []  # what exists is kept
+
+
 def test_markdown_reports_missed_targets_and_busy_runs():
     res = {"command": "python -m benchmarks.run", "env": {"cpu": "X", "logical_cores": 2, "versions": {}},
            "settings": {"batch": [1], "warmup": 1, "iters": 2, "rounds": 3, "settle": 1, "pause": 0.2, "seed": 1,
@@ -577,11 +607,36 @@ def test_refresh_writes_a_block_with_command_machine_and_load(tmp_path, monkeypa
     assert "old figures" not in text and "| a | 1.5 |" in text and "analysis" in text and "more analysis" in text
     ok_block = text[text.index("refresh:ok begin"):text.index("refresh:ok end")]
     assert "python -c" in ok_block and "load average" in ok_block and "Versions:" in ok_block and "(UTC)" in ok_block
+    from benchmarks.env import source_commit
+
+    commit = source_commit()  # the code that measured: this checkout's commit, + when edited
+    assert commit and re.fullmatch(r"[0-9a-f]{10}\+?", commit) and f"commit {commit}" in ok_block
     bad_block = text[text.index("refresh:bad begin"):text.index("refresh:bad end")]
     assert "**Not measured:" in bad_block and "exited with 3" in bad_block and "old" not in bad_block.split("-->")[1]
     with pytest.raises(KeyError):
         refresh.replace_block(text, "missing", "x")
     assert refresh.demote("# T\n\n## G\ntext\n### H") == "#### G\ntext\n##### H"
+
+
+def test_refresh_reads_a_resource_whose_build_withheld_an_artifact(tmp_path, monkeypatch):
+    """The demo's build exits 3 (its INT8 TensorRT form withheld on 100 val images): the sections that read it
+    still run; a build that failed (2) fails them."""
+    from benchmarks import refresh
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("<!-- refresh:a begin -->\nold\n<!-- refresh:a end -->\n<!-- refresh:b begin -->\nold\n"
+                       "<!-- refresh:b end -->\n")
+    monkeypatch.setattr(refresh, "RESOURCES", {"withheld": ("-c", "import sys; sys.exit(3)"),
+                                               "failed": ("-c", "import sys; sys.exit(2)")})
+    monkeypatch.setattr(refresh, "SECTIONS", (refresh.Section("a", "reads", (("-c", "print('measured')"),),
+                                                              uses=("withheld",)),
+                                              refresh.Section("b", "reads", (("-c", "print('measured')"),),
+                                                              uses=("failed",))))
+    assert refresh.main(["--results", str(results), "--out", str(tmp_path / "runs")]) == 1
+    text = results.read_text()
+    a, b = text.split("refresh:b begin")
+    assert "measured" in a and "Not measured" not in a
+    assert "**Not measured:" in b and "exited with 2" in b and "measured\n" not in b
 
 
 def test_a_build_with_withheld_artifacts_names_each_with_its_reason(tmp_path, monkeypatch):

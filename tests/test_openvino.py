@@ -13,7 +13,7 @@ import pytest
 from engine import Detector
 from engine.artifacts import ANY_IR, FP32_IR, FP32_ONNX, INT8_IR, kind, kind_of, runtime_suffixes
 from engine.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from engine.metadata import Precision
+from engine.metadata import PixelFormat, Precision
 from tests.conftest import DEMO
 
 ov = pytest.importorskip("openvino")
@@ -79,11 +79,15 @@ def test_ir_runs_under_detector_as_the_onnx_does(demo_onnx, fp32_ir, meta, frame
 
     xml = fp32_ir / f"{demo_onnx.stem}.xml"
     assert sorted(p.name for p in fp32_ir.iterdir()) == [f"{demo_onnx.stem}.bin", xml.name]
-    assert ir_metadata(xml) == meta  # read from rt_info as XML, no OpenVINO
+    ir_meta = meta.replace(pixels=PixelFormat.NHWC_BGR_UINT8)  # the IR takes the letterboxed frame as uint8 BGR
+    assert ir_metadata(xml) == ir_meta  # read from rt_info as XML, no OpenVINO
     with Detector(demo_onnx, device="cpu") as ref, Detector(fp32_ir, precision="f32") as d, Detector(xml) as by_xml:
         assert d.backend.name == "openvino" and "openvino" in repr(d) and d.backend.selection is None
-        assert d.names == ("disc", "box", "triangle") and d.imgsz == meta.imgsz and d.metadata == meta
-        assert d.backend.execution_devices == ("CPU",) and by_xml.metadata == meta
+        assert d.names == ("disc", "box", "triangle") and d.imgsz == meta.imgsz and d.metadata == ir_meta
+        spec = d.backend.inputs[0]
+        assert spec.dtype == np.uint8 and spec.shape == (1, *meta.imgsz, 3) and spec.name == meta.input_name
+        assert d._new_letterbox(1).buffer.dtype == np.uint8  # a resize into the input, no float conversion in Python
+        assert d.backend.execution_devices == ("CPU",) and by_xml.metadata == ir_meta
         for f in frames:
             a, b, c = ref(f), d(f), by_xml(f)
             assert len(a) > 0 and a.class_id.tolist() == b.class_id.tolist()
@@ -94,8 +98,6 @@ def test_ir_runs_under_detector_as_the_onnx_does(demo_onnx, fp32_ir, meta, frame
 def test_throughput_mode_splits_a_batch_over_requests_and_threads_get_their_own(fp32_ir, frames):
     import threading
 
-    from engine.preprocess import Letterbox
-
     with Detector(fp32_ir, precision="f32") as lat, Detector(fp32_ir, hint="throughput", requests=2,
                                                              precision="f32") as thr:
         assert thr.backend.requests == 2 and thr.backend.inputs[0].shape[0] is None  # any batch
@@ -105,7 +107,7 @@ def test_throughput_mode_splits_a_batch_over_requests_and_threads_get_their_own(
             for w, g in zip(want, got):
                 np.testing.assert_allclose(w, g.xyxy, atol=1e-3)
         # the backend under several threads (Detector's own buffers are another matter): each thread its own request
-        xs = [Letterbox(lat.imgsz)([f])[0].copy() for f in frames]
+        xs = [lat._new_letterbox(1)([f])[0].copy() for f in frames]  # the IR's own input format
         ref = [lat.backend.infer(x)[0].copy() for x in xs]
         out: dict[int, list] = {}
 

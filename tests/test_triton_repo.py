@@ -226,7 +226,8 @@ def test_an_openvino_ir_becomes_a_model_of_tritons_openvino_backend(demo_onnx, t
     assert cfg.backend == "openvino" and cfg.default_model_filename == "model.xml"
     assert sorted(p.name for p in (folder / "1").iterdir()) == ["model.bin", "model.xml"]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    assert cfg.max_batch_size == 1 and list(cfg.input[0].dims) == [3, *meta.imgsz]
+    assert cfg.max_batch_size == 1 and list(cfg.input[0].dims) == [*meta.imgsz, 3]  # the IR takes uint8 BGR pixels
+    assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8 and cfg.input[0].name == meta.input_name
     assert list(cfg.output[0].dims) == [4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
     assert cfg.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
     assert cfg.parameters["SKIP_OV_DYNAMIC_BATCHSIZE"].string_value == "YES"
