@@ -297,14 +297,14 @@ def _timing_only_int8(onnx_path: Path, log: Log) -> list[str]:
     from engine.metadata import from_onnx_props
     from exporters.config import DEMO_DATA
 
-    from .openvino_artifacts import cpu_form
+    from .openvino_artifacts import make_cpu_form
 
     folder, stem = onnx_path.parent, onnx_path.stem
     meta = from_onnx_props(ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
                            .get_modelmeta().custom_metadata_map)
     made = []
     if not INT8_CPU.path(folder, stem).is_file():
-        made.append(cpu_form(onnx_path, meta, folder, DEMO_DATA, 16, log).name)
+        made.append(make_cpu_form(onnx_path, meta, folder, DEMO_DATA, 16, log).name)
     if not INT8_IR.path(folder, stem).is_dir() and all(importlib.util.find_spec(m) for m in ("openvino", "nncf")):
         from calibration.config import CalibrationConfig
         from calibration.readers import CalibrationImages, open_source

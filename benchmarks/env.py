@@ -65,16 +65,21 @@ def gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+WRITTEN = ("RESULTS.md", "results", "charts")  # what benchmarks.refresh writes: not an edit of the code measured
+
+
 def source_commit(root: Path = Path(__file__).resolve().parent.parent) -> str | None:
-    """The project's git commit (short), ``+`` when the working tree differs from it; ``None`` outside git."""
+    """The project's git commit (short), ``+`` when the working tree differs from it (the figures
+    ``benchmarks.refresh`` writes aside); ``None`` outside git."""
     exe = shutil.which("git")
     if not exe:
         return None
     try:
         sha = subprocess.run([exe, "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run([exe, "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run([exe, "status", "--porcelain", "--untracked-files=no", "--", ".", *(
+            f":!benchmarks/{p}" for p in WRITTEN)], cwd=root, capture_output=True, text=True, timeout=10,
+                               check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+" if dirty else "") if sha else None

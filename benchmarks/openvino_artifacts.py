@@ -60,14 +60,14 @@ def build(weights: Path, imgsz: int, calib: Path, out: Path, calib_images: int =
         log(f"wrote {int8}")
     cpu = INT8_CPU.path(folder, stem) if cpu_form else None
     if cpu is not None and not cpu.is_file():
-        cpu_form(onnx_path, meta, folder, calib, calib_images, log)
+        make_cpu_form(onnx_path, meta, folder, calib, calib_images, log)
     pf32 = pint8 = None
     if peers:
         pf32, pint8 = (_peer(weights, imgsz, folder, q, [p for p in source.items], log) for q in (False, True))
     return OvModels(imgsz, onnx_path, fp32, int8, cpu, pf32, pint8)
 
 
-def cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log: Log) -> Path:
+def make_cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log: Log) -> Path:
     """Our ONNX Runtime INT8 CPU form as the build makes it (its calibration and rewrites, decode tail float),
     without the build's gate: ``folder/<stem>.int8-cpu.onnx``."""
     import onnx

@@ -135,6 +135,22 @@ def demote(markdown: str, levels: int = 2) -> str:
     return "\n".join(out).strip()
 
 
+SETTLE_MAX_S, SETTLE_POLL_S = 180.0, 5.0
+
+
+def settle(max_s: float = SETTLE_MAX_S, sleep=time.sleep, load=load_average) -> list[float] | None:
+    """Wait (at most ``max_s``) until the 1-minute load average is under half the cores, so that a section
+    does not start in the previous one's wake: the load average decays over about a minute, and a 2-core
+    benchmark that ran a moment ago reads as "busy". Returns the load it starts at."""
+    limit = (os.cpu_count() or 1) / 2
+    waited, now = 0.0, load()
+    while now and now[0] >= limit and waited < max_s:
+        sleep(SETTLE_POLL_S)
+        waited += SETTLE_POLL_S
+        now = load()
+    return now
+
+
 def run_section(section: Section, root: Path, built: set[str]) -> str:
     """Run ``section`` and return its block's Markdown (the failure, if a step failed)."""
     from exporters.build import EXIT_OK, EXIT_WITHHELD
@@ -249,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     built: set[str] = set()
     failed = 0
     for s in todo:
+        settle()
         t0 = time.monotonic()
         body = run_section(s, args.out.resolve(), built)
         failed += "**Not measured:" in body

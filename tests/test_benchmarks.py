@@ -601,6 +601,7 @@ def test_refresh_writes_a_block_with_command_machine_and_load(tmp_path, monkeypa
                        "<!-- refresh:bad begin -->\nold\n<!-- refresh:bad end -->\nmore analysis\n")
     ok = refresh.Section("ok", "prints", (("-c", "print('| a | 1.5 |')"),))
     bad = refresh.Section("bad", "fails", (("-c", "import sys; sys.exit(3)"),))
+    monkeypatch.setattr(refresh, "settle", lambda: None)  # no wait for the machine to quiet down
     monkeypatch.setattr(refresh, "SECTIONS", (ok, bad))
     assert refresh.main(["--results", str(results), "--out", str(tmp_path / "runs")]) == 1  # one section failed
     text = results.read_text()
@@ -618,6 +619,16 @@ def test_refresh_writes_a_block_with_command_machine_and_load(tmp_path, monkeypa
     assert refresh.demote("# T\n\n## G\ntext\n### H") == "#### G\ntext\n##### H"
 
 
+def test_refresh_waits_for_the_previous_sections_load_to_decay():
+    from benchmarks import refresh
+
+    loads = iter([[3.0], [2.0], [0.4], [0.1]])
+    slept: list[float] = []
+    assert refresh.settle(60, slept.append, lambda: next(loads)) == [0.4] and len(slept) == 2
+    slept.clear()
+    assert refresh.settle(10, slept.append, lambda: [5.0]) == [5.0] and sum(slept) == 10  # never past max_s
+
+
 def test_refresh_reads_a_resource_whose_build_withheld_an_artifact(tmp_path, monkeypatch):
     """The demo's build exits 3 (its INT8 TensorRT form withheld on 100 val images): the sections that read it
     still run; a build that failed (2) fails them."""
@@ -628,6 +639,7 @@ def test_refresh_reads_a_resource_whose_build_withheld_an_artifact(tmp_path, mon
                        "<!-- refresh:b end -->\n")
     monkeypatch.setattr(refresh, "RESOURCES", {"withheld": ("-c", "import sys; sys.exit(3)"),
                                                "failed": ("-c", "import sys; sys.exit(2)")})
+    monkeypatch.setattr(refresh, "settle", lambda: None)  # no wait for the machine to quiet down
     monkeypatch.setattr(refresh, "SECTIONS", (refresh.Section("a", "reads", (("-c", "print('measured')"),),
                                                               uses=("withheld",)),
                                               refresh.Section("b", "reads", (("-c", "print('measured')"),),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmarks import openvino_accuracy, openvino_speed
 from benchmarks.openvino_artifacts import OvModels
@@ -44,3 +45,23 @@ def test_drop_is_paired_over_the_same_resamples():
     boot = {"ref": np.array([0.80, 0.82, 0.84]), "q": np.array([0.79, 0.81, 0.83])}
     d = openvino_accuracy.drop({"map50_95": 0.82}, {"map50_95": 0.8175}, boot, "ref", "q")
     assert np.isclose(d[0], 0.25) and np.isclose(d[1], 1.0) and np.isclose(d[2], 1.0)  # every resample loses 1 point
+
+
+def test_build_makes_our_four_models_and_reuses_them(tmp_path):
+    """What benchmarks.openvino_speed and openvino_accuracy time and score: the FP32 ONNX, both IRs and the
+    INT8 CPU form, built once (the peers are Ultralytics exports, left out here)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from benchmarks.openvino_artifacts import build
+    from engine import Detector
+    from exporters.config import DEMO_DATA, DEMO_WEIGHTS
+
+    lines: list[str] = []
+    models = build(DEMO_WEIGHTS, 160, DEMO_DATA, tmp_path, calib_images=8, peers=False, log=lines.append)
+    made = len(lines)
+    assert models.peer_fp32 is None and models.peer_int8 is None
+    for path in (models.onnx, models.ov_fp32, models.ov_int8, models.int8_cpu):
+        with Detector(path, device="cpu") as d:
+            assert d.imgsz == (160, 160)
+    again = build(DEMO_WEIGHTS, 160, DEMO_DATA, tmp_path, calib_images=8, peers=False, log=lines.append)
+    assert again == models and len(lines) == made  # reused: nothing rebuilt, nothing logged
