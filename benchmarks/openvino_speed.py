@@ -110,7 +110,8 @@ def candidates(models, streams: int) -> tuple[list[dict], list[dict]]:
         {"name": "ours OpenVINO INT8, latency mode", "who": "ours", "path": str(models.ov_int8)},
         {"name": "ours OpenVINO INT8, DetectorPool x2", "who": "ours", "path": str(models.ov_int8), "workers": 2},
         {"name": "ours INT8 CPU form, DetectorPool x2", "who": "ours", "path": str(models.int8_cpu), "workers": 2},
-        {"name": "Ultralytics OpenVINO INT8", "who": "ultralytics", "path": str(models.peer_int8), "imgsz": s},
+        {"name": f"Ultralytics OpenVINO INT8, the {streams}-frame list", "who": "ultralytics",
+         "path": str(models.peer_int8), "imgsz": s},
     ] if streams > 1 else []
     for c in single:
         c["batch"] = 1
@@ -128,15 +129,18 @@ def measure(args: argparse.Namespace) -> dict:
     for size in args.imgsz:
         models = build(args.weights, size, args.calib, args.out, args.calib_images, log=print)
         single, multi = candidates(models, args.streams)
-        results: dict[str, list[float]] = {}
+        results: dict[tuple[int, str], list[float]] = {}  # by (frames per call, name): each candidate its own
         for r in range(args.rounds):
             for c in single + multi:
                 spec = {**c, "warmup": args.warmup, "iters": args.iters}
-                results.setdefault(c["name"], []).append(statistics.median(run_child(spec)))
-                print(f"{size} round {r + 1}: {c['name']}: {results[c['name']][-1]:.2f} ms per call", flush=True)
+                key = (c["batch"], c["name"])
+                results.setdefault(key, []).append(statistics.median(run_child(spec)))
+                print(f"{size} round {r + 1}: {c['name']} ({c['batch']} frame(s) per call): {results[key][-1]:.2f} ms "
+                      "per call", flush=True)
         report["sizes"][str(size)] = {
-            "single": {c["name"]: statistics.median(results[c["name"]]) for c in single},
-            "streams": {c["name"]: 1e3 * args.streams / statistics.median(results[c["name"]]) for c in multi}}
+            "single": {c["name"]: statistics.median(results[(1, c["name"])]) for c in single},
+            "streams": {c["name"]: 1e3 * args.streams / statistics.median(results[(c["batch"], c["name"])])
+                        for c in multi}}
     report["load_after"] = load_average()
     return report
 

@@ -100,6 +100,10 @@ def _batch_counters(metrics_port: int, model: str) -> tuple[float, float]:
     return _metric(text, "nv_inference_count", model), _metric(text, "nv_inference_exec_count", model)
 
 
+SERVED = ("yolo", "yolo_encoded")  # the models engine.serve loads: ready when both are
+START_TRIES = 2  # pytriton's stub handshake has failed at start under load ("Connection refused"): one retry
+
+
 class Server:
     """``python -m engine.serve`` as a subprocess on free loopback ports; stopped with SIGTERM."""
 
@@ -120,7 +124,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"engine.serve exited with {self.proc.returncode}; see {self.log}")
             try:
-                if client.is_model_ready("yolo"):
+                if all(client.is_model_ready(m) for m in SERVED):
                     return
             except Exception:  # not listening yet
                 pass
@@ -343,6 +347,22 @@ def _mode_flags(mode: str, args) -> list[str]:
     return flags
 
 
+def _started(job: str, args) -> Server:
+    """A ready server for ``job``; a start that fails is tried once more (and said), a second failure raised."""
+    for attempt in range(1, START_TRIES + 1):
+        server = Server(args.server_python, args.model, _mode_flags(job, args),
+                        args.log_dir / f"triton_load_{job}{'' if attempt == 1 else f'.try{attempt}'}.log")
+        try:
+            server.wait_ready()
+            return server
+        except RuntimeError as e:
+            server.stop()
+            if attempt == START_TRIES:
+                raise
+            print(f"{job}: the server did not start ({e}); starting it again", flush=True)
+    raise AssertionError("unreachable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for key, top in LIMITS.items():
@@ -376,10 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             elif job == "url":
                 results.append(measure(f"server at {args.url}", args.url, args.protocol, frames, args, None))
             else:
-                server = Server(args.server_python, args.model, _mode_flags(job, args),
-                                args.log_dir / f"triton_load_{job}.log")
+                server = _started(job, args)
                 try:
-                    server.wait_ready()
                     url = f"127.0.0.1:{server.grpc if args.protocol == 'grpc' else server.http}"
                     results.append(measure(job, url, args.protocol, frames, args, server))
                 finally:

@@ -636,16 +636,20 @@ def test_refresh_reads_a_resource_whose_build_withheld_an_artifact(tmp_path, mon
 
     results = tmp_path / "RESULTS.md"
     results.write_text("<!-- refresh:a begin -->\nold\n<!-- refresh:a end -->\n<!-- refresh:b begin -->\nold\n"
-                       "<!-- refresh:b end -->\n")
+                       "<!-- refresh:b end -->\n<!-- refresh:c begin -->\nold\n<!-- refresh:c end -->\n")
     monkeypatch.setattr(refresh, "RESOURCES", {"withheld": ("-c", "import sys; sys.exit(3)"),
                                                "failed": ("-c", "import sys; sys.exit(2)")})
     monkeypatch.setattr(refresh, "settle", lambda: None)  # no wait for the machine to quiet down
     monkeypatch.setattr(refresh, "SECTIONS", (refresh.Section("a", "reads", (("-c", "print('measured')"),),
                                                               uses=("withheld",)),
                                               refresh.Section("b", "reads", (("-c", "print('measured')"),),
-                                                              uses=("failed",))))
+                                                              uses=("failed",)),
+                                              refresh.Section("c", "misses", (("-c", "print('| x | 1.2 |'); exit(1)"),),
+                                                              missed_rc=1)))
     assert refresh.main(["--results", str(results), "--out", str(tmp_path / "runs")]) == 1
     text = results.read_text()
+    text, c = text.split("refresh:c begin")
+    assert "| x | 1.2 |" in c and "**Target missed:" in c and "Not measured" not in c  # a miss keeps its figures
     a, b = text.split("refresh:b begin")
     assert "measured" in a and "Not measured" not in a
     assert "**Not measured:" in b and "exited with 2" in b and "measured\n" not in b
@@ -759,3 +763,35 @@ def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_desig
     rows = [line for line in out.splitlines() if line.split()[:1] and line.split()[0] in CANDIDATES]
     assert [r.split()[0] for r in rows] == list(CANDIDATES) and rows[0].count("1.000x") == 2
     assert "the gate alone:" in out and "load average before" in out
+
+
+def test_triton_load_starts_a_server_again_when_its_first_start_fails(monkeypatch, tmp_path):
+    """pytriton's stub handshake has failed at start under load: one retry, with its own log; a second failure raises."""
+    from types import SimpleNamespace
+
+    from scripts import triton_load as tl
+
+    logs: list[Path] = []
+
+    class Fake:
+        def __init__(self, python, model, flags, log):
+            logs.append(log)
+            self.fails = len(logs) in fail_on
+
+        def wait_ready(self):
+            if self.fails:
+                raise RuntimeError("engine.serve exited with 1")
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(tl, "Server", Fake)
+    monkeypatch.setattr(tl, "_mode_flags", lambda job, args: [])
+    args = SimpleNamespace(server_python=None, model=None, log_dir=tmp_path)
+    fail_on = {1}
+    assert isinstance(tl._started("off", args), Fake)
+    assert [p.name for p in logs] == ["triton_load_off.log", "triton_load_off.try2.log"]
+    logs.clear()
+    fail_on = {1, 2}
+    with pytest.raises(RuntimeError, match="exited"):
+        tl._started("off", args)

@@ -27,6 +27,28 @@ def test_candidates_pair_ours_with_ultralytics_at_each_precision():
     assert openvino_speed.candidates(m, 1)[1] == []
 
 
+def test_single_frame_and_stream_figures_of_one_peer_stay_apart(monkeypatch, tmp_path):
+    """Ultralytics' INT8 IR is timed on one frame and on the N-frame list: two candidates, two figures (they
+    once shared a name, and each figure was the median of both lists)."""
+    import argparse
+
+    from benchmarks import openvino_artifacts
+
+    m = OvModels(320, Path("m.onnx"), Path("m_openvino"), Path("m.int8_openvino"), Path("m.int8-cpu.onnx"),
+                 Path("u_openvino_model"), Path("u_int8_openvino_model"))
+    monkeypatch.setattr(openvino_artifacts, "build", lambda *a, **k: m)
+    ms = {1: 3.0, 4: 15.0}  # a call of one frame, of four
+    monkeypatch.setattr(openvino_speed, "run_child", lambda spec: [ms[spec["batch"]]] * 3)
+    args = argparse.Namespace(imgsz=[320], weights=None, calib=None, out=tmp_path, calib_images=8, rounds=3,
+                              iters=3, warmup=0, streams=4)
+    r = openvino_speed.measure(args)["sizes"]["320"]
+    assert r["single"]["Ultralytics OpenVINO INT8"] == 3.0
+    peer_streams = [fps for name, fps in r["streams"].items() if name.startswith("Ultralytics")]
+    assert peer_streams == [1e3 * 4 / 15.0]
+    names = [c["name"] for c in sum(openvino_speed.candidates(m, 4), [])]
+    assert len(names) == len(set(names))
+
+
 def test_speed_table_gives_ratios_against_the_same_precision():
     report = {"load_before": [0.1, 0.1, 0.1], "load_after": [0.2, 0.1, 0.1], "rounds": 3, "iters": 50, "streams": 2,
               "sizes": {"320": {"single": {"ours OpenVINO FP32": 4.0, "Ultralytics OpenVINO FP32": 5.0,
