@@ -19,6 +19,7 @@ printed before and after: figures taken on a busy machine are not comparable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -127,7 +128,8 @@ def measure(args: argparse.Namespace) -> dict:
     report = {"load_before": load_average(), "rounds": args.rounds, "iters": args.iters, "streams": args.streams,
               "sizes": {}}
     for size in args.imgsz:
-        models = build(args.weights, size, args.calib, args.out, args.calib_images, log=print)
+        with contextlib.redirect_stdout(sys.stderr):  # build logs (ours, Ultralytics', NNCF's) beside the progress
+            models = build(args.weights, size, args.calib, args.out, args.calib_images, log=print)
         single, multi = candidates(models, args.streams)
         results: dict[tuple[int, str], list[float]] = {}  # by (frames per call, name): each candidate its own
         for r in range(args.rounds):
@@ -136,7 +138,7 @@ def measure(args: argparse.Namespace) -> dict:
                 key = (c["batch"], c["name"])
                 results.setdefault(key, []).append(statistics.median(run_child(spec)))
                 print(f"{size} round {r + 1}: {c['name']} ({c['batch']} frame(s) per call): {results[key][-1]:.2f} ms "
-                      "per call", flush=True)
+                      "per call", file=sys.stderr, flush=True)
         report["sizes"][str(size)] = {
             "single": {c["name"]: statistics.median(results[(1, c["name"])]) for c in single},
             "streams": {c["name"]: 1e3 * args.streams / statistics.median(results[(c["batch"], c["name"])])
