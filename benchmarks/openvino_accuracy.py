@@ -46,13 +46,13 @@ def detections(key: str, path: Path, imgsz: int, items: list) -> list:
 
 def bootstrap_maps(items: list, dets: dict[str, list], rounds: int, seed: int = 0) -> dict[str, np.ndarray]:
     """mAP50-95 of every model on each of ``rounds`` resamples of the images (the same resamples for all,
-    so the differences between two models are paired)."""
-    from engine.eval.evaluate import evaluate_detections
+    so the differences between two models are paired): the gate's bootstrap (:mod:`exporters.map_bootstrap`),
+    which matches each model once and weights the images, instead of scoring every resample anew (score
+    ties between images then break in image order, not in draw order)."""
+    from exporters.accuracy import EVAL_MAX_DET
+    from exporters.map_bootstrap import bootstrap_maps as resampled, match_table
 
-    rng = np.random.default_rng(seed)
-    picks = [rng.integers(0, len(items), len(items)) for _ in range(rounds)]
-    return {k: np.array([evaluate_detections([items[i] for i in idx], [d[i] for i in idx]).map50_95 for idx in picks])
-            for k, d in dets.items()}
+    return {k: resampled(match_table(items, d, EVAL_MAX_DET), rounds, seed) for k, d in dets.items()}
 
 
 def drop(ref: dict, other: dict, boot: dict[str, np.ndarray], ref_key: str, key: str) -> tuple[float, float, float]:

@@ -18,13 +18,13 @@ lists what each step's layers bought.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .map_bootstrap import MatchTable, PairedDrop, match_table, paired_drop, weighted_map
+from .map_bootstrap import MatchTable, PairedDrop, bootstrap_maps, match_table, paired_drop, weighted_map
 
 FALLBACK_STEPS = (1, 2, 4, 8, 16, 32)  # layers kept float per trial; the last is the most the gate gives up
 MIN_GATE_IMAGES = 300
@@ -58,12 +58,17 @@ class Judge:
     max_drop: float
     reason: str  # why this kind (shown in the report)
     resamples: int = RESAMPLES
+    reference_maps: np.ndarray | None = field(default=None, compare=False, repr=False)  # resampled once
+
+    def __post_init__(self) -> None:
+        if self.reference_maps is None:  # every trial's candidate is paired with the same resamples of FP32
+            object.__setattr__(self, "reference_maps", bootstrap_maps(self.reference, self.resamples))
 
     def __call__(self, dets: Sequence) -> Verdict:
         from engine.eval.evaluate import evaluate_detections
 
         table = match_table(self.labels, dets)
-        drop = paired_drop(self.reference, table, self.resamples, LEVEL)
+        drop = paired_drop(self.reference, table, self.resamples, LEVEL, reference_maps=self.reference_maps)
         if self.kind == "map":
             res = evaluate_detections(self.labels, dets, max_det=300)
             return Verdict(res.map50, res.map50_95, drop)

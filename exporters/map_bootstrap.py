@@ -163,17 +163,28 @@ class PairedDrop:
                 "level": self.level, "resamples": self.resamples, "n_images": self.n_images}
 
 
+def bootstrap_maps(table: MatchTable, resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """mAP50-95 (0..1) of ``table`` on each of ``resamples`` resamples of its images. The resamples depend
+    only on the image count and ``seed``, so two tables of the same images get the same ones (paired)."""
+    n = table.n_images
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    for b in range(resamples):
+        out[b] = weighted_map(table, np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64))
+    return out
+
+
 def paired_drop(reference: MatchTable, candidate: MatchTable, resamples: int = 1000, level: float = 0.9,
-                seed: int = 0) -> PairedDrop:
-    """Drop of ``candidate`` against ``reference`` on the same images, with a paired bootstrap interval."""
+                seed: int = 0, reference_maps: np.ndarray | None = None) -> PairedDrop:
+    """Drop of ``candidate`` against ``reference`` on the same images, with a paired bootstrap interval.
+
+    ``reference_maps``: the reference's :func:`bootstrap_maps` (same ``resamples`` and ``seed``) when the
+    caller holds them, so that several candidates against one reference resample it once."""
     if reference.n_images != candidate.n_images:
         raise ValueError("the two tables were made on different image sets")
     n = reference.n_images
-    rng = np.random.default_rng(seed)
-    drops = np.empty(resamples)
-    for b in range(resamples):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
-        drops[b] = (weighted_map(reference, w) - weighted_map(candidate, w)) * 100.0
+    ref = bootstrap_maps(reference, resamples, seed) if reference_maps is None else reference_maps
+    drops = (ref - bootstrap_maps(candidate, resamples, seed)) * 100.0
     lo, hi = np.percentile(drops, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     full = (weighted_map(reference) - weighted_map(candidate)) * 100.0
     return PairedDrop(full, float(lo), float(hi), level, resamples, n)

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.eval.datasets import load_split
     from engine.metadata import from_onnx_props
     from exporters.accuracy import detect_onnx, score_detections
-    from exporters.map_bootstrap import match_table, paired_drop
+    from exporters.map_bootstrap import bootstrap_maps, match_table, paired_drop
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -169,12 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         dets.update(ov)
         refs.update(dict.fromkeys(ov, "Ultralytics OpenVINO FP32"))
     tables = {label: match_table(items, d) for label, d in dets.items()}
+    ref_maps = {r: bootstrap_maps(tables[r], args.resamples) for r in set(refs.values()) if r in tables}
     rows = []
     for label, d in dets.items():
         res = score_detections(items, d)
         row = {"model": label, "map50": round(res.map50, 4), "map50_95": round(res.map50_95, 4), "reference": refs[label]}
         if refs[label] != label:
-            drop = paired_drop(tables[refs[label]], tables[label], args.resamples)
+            drop = paired_drop(tables[refs[label]], tables[label], args.resamples, reference_maps=ref_maps[refs[label]])
             row.update(drop_points=round(drop.drop, 2), low=round(drop.low, 2), high=round(drop.high, 2))
         rows.append(row)
     print(f"\n{args.eval_split}: {eval_data} ({len(items)} images); calibration: {described}; ONNX Runtime CPU; "

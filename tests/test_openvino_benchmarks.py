@@ -69,6 +69,23 @@ def test_drop_is_paired_over_the_same_resamples():
     assert np.isclose(d[0], 0.25) and np.isclose(d[1], 1.0) and np.isclose(d[2], 1.0)  # every resample loses 1 point
 
 
+def test_bootstrap_is_the_evaluator_on_the_same_resampled_images():
+    """openvino_accuracy's bootstrap weights each image by how often a resample draws it: the mAP of the
+    resampled image list, by the evaluator, for the same draws as drawing the indices themselves (listed in
+    image order: COCO breaks score ties between images by their order, and this scene has ties)."""
+    pytest.importorskip("faster_coco_eval")
+    from engine.eval.evaluate import evaluate_detections
+    from tests.test_map_bootstrap import _scene
+
+    items, dets = _scene(np.random.default_rng(5), n_images=12)
+    got = openvino_accuracy.bootstrap_maps(items, {"m": dets}, rounds=4, seed=3)["m"]
+    rng = np.random.default_rng(3)
+    picks = [rng.integers(0, len(items), len(items)) for _ in range(4)]
+    want = [evaluate_detections([items[i] for i in np.sort(idx)], [dets[i] for i in np.sort(idx)]).map50_95
+            for idx in picks]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+
+
 def test_build_makes_our_four_models_and_reuses_them(tmp_path):
     """What benchmarks.openvino_speed and openvino_accuracy time and score: the FP32 ONNX, both IRs and the
     INT8 CPU form, built once (the peers are Ultralytics exports, left out here)."""
