@@ -58,7 +58,7 @@ def share_concat_ranges(model, ranges: TensorRanges, keep_float: Sequence[str] =
     Returns:
         the new ranges and the number of Concats that now share one range.
     """
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = graph_index(model).producer
     skip = set(keep_float)
     groups = UnionFind()
     concats = 0

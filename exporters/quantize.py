@@ -38,6 +38,8 @@ from calibration.cache import TensorRanges
 from calibration.strategies import quiet_ort
 from engine.errors import ConfigError, ExportError
 
+from .onnx_graph import graph_index
+
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
@@ -113,10 +115,7 @@ def detect_head(model, tail: Sequence[str] | None = None) -> list[str]:
     tensors the tail reads can be reached, i.e. one scale's box convolutions or its class convolutions.
     Found from the graph, not from names; the neck, which feeds several scales, is not part of it."""
     tail = set(decode_tail(model) if tail is None else tail)
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = graph_index(model).consumers
     reach: dict[str, set[str]] = {}
     for n in reversed(model.graph.node):  # ONNX keeps nodes in topological order
         if n.name in tail:
@@ -134,9 +133,9 @@ def head_ranges(model, ranges: TensorRanges) -> tuple[TensorRanges, int]:
 
     The head's activations peak where objects are, and only there: an estimate that averages each
     image's extremes (``mean-minmax``) clips the strongest objects' box and class evidence. On a model
-    trained on small, sparse objects (benchmarks/RESULTS.md, "signs") that cost the CPU form 0.8 points
-    where the extremes in the head alone cost 0.x; on the demo it made no difference. The backbone and
-    neck keep the method's estimate, which there lost less than the extremes.
+    trained on small, sparse objects (the "signs" model at 320) that cost the CPU form 0.79 points where
+    the extremes in the head alone cost 0.20 (commit 81d80bf); on the demo it made no difference. The
+    backbone and neck keep the method's estimate, which there lost less than the extremes.
 
     Returns:
         the new ranges and how many tensors changed.

@@ -22,11 +22,6 @@ Layers = dict[str, tuple[list[str], str]]  # a layer -> (its activation input te
 Run = Callable[[np.ndarray], dict[str, np.ndarray]]  # one input -> the watched tensors by name
 
 
-def sensitivity(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> list[tuple[str, float]]:
-    """Rank the INT8 layers of ``qdq`` by the output error each adds, most harmful first."""
-    return rank_layers(fp32, qdq, images)[0]
-
-
 def _rank(layers, names, err: np.ndarray, sig: np.ndarray) -> list[tuple[str, float]]:
     nsr = dict(zip(names, np.where(sig > 0, err / np.where(sig > 0, sig, 1), 0.0)))
     scores = [(name, nsr.get(out, 0.0) - max((nsr.get(i, 0.0) for i in ins), default=0.0))
@@ -41,12 +36,13 @@ def _onnx_runs(fp32: Path, qdq: Path) -> tuple[Layers, Run, Run]:
 
     from engine.preprocess import bgr_from_planes
 
+    from .onnx_graph import graph_index
     from .quantize import quantized_nodes
 
     q = onnx.load(str(qdq))
     f = onnx.load(str(fp32))
     f_tensors = {o for n in f.graph.node for o in n.output} | {i.name for i in f.graph.input}
-    producer = {o: n for n in q.graph.node for o in n.output}
+    producer = graph_index(q).producer
     by_name = {n.name: n for n in q.graph.node}
     layers: Layers = {}
     for name in quantized_nodes(q):
@@ -84,8 +80,9 @@ def _exposing_session(ort, onnx, model, tensors: Sequence[str]):
 
 
 def rank_layers(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> tuple[list[tuple[str, float]], float | None]:
-    """:func:`sensitivity` on all ``images``, and the share of its top :data:`TOP` layers that the rankings
-    of the two halves of ``images`` have in common (``None`` with fewer than 4 images)."""
+    """The INT8 layers of ``qdq`` ranked by the output error each adds (most harmful first) on all ``images``,
+    and the share of its top :data:`TOP` layers that the rankings of the two halves of ``images`` have in
+    common (``None`` with fewer than 4 images)."""
     return rank_runs(*_onnx_runs(fp32, qdq), images)
 
 
