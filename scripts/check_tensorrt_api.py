@@ -76,15 +76,18 @@ def names_for(flavour: str) -> list[str]:
     return [n for n, fl in API if flavour in fl]
 
 
+def _missing(flavour: str, present) -> list[str]:
+    """Entries of ``flavour`` for which ``present(owner, name)`` is false."""
+    return [e for e in names_for(flavour) if not present(*e.split(".", 1))]
+
+
 def missing_in_module(module, flavour: str) -> list[str]:
     """Entries of ``flavour`` missing from an imported TensorRT module (looked up on their owner)."""
-    out = []
-    for entry in names_for(flavour):
-        owner, name = entry.split(".", 1)
+    def present(owner: str, name: str) -> bool:
         obj = module if owner == "module" else getattr(module, owner, None)
-        if obj is None or not hasattr(obj, name):
-            out.append(entry)
-    return out
+        return obj is not None and hasattr(obj, name)
+
+    return _missing(flavour, present)
 
 
 def identifiers(blob: bytes) -> set[str]:
@@ -100,16 +103,13 @@ def identifiers(blob: bytes) -> set[str]:
 def missing_in_strings(blob: bytes, python_source: str, flavour: str) -> list[str]:
     """Entries of ``flavour`` whose owner or name is absent from the compiled module's identifiers."""
     ids = identifiers(blob)
-    out = []
-    for entry in names_for(flavour):
-        owner, name = entry.split(".", 1)
+
+    def present(owner: str, name: str) -> bool:
         if name in PYTHON_HELPERS:
-            ok = re.search(rf"\bdef {name}\b", python_source) is not None
-        else:
-            ok = name in ids and (owner == "module" or owner in ids)
-        if not ok:
-            out.append(entry)
-    return out
+            return re.search(rf"\bdef {name}\b", python_source) is not None
+        return name in ids and (owner == "module" or owner in ids)
+
+    return _missing(flavour, present)
 
 
 def fetch_bindings(version: str, dest: Path) -> tuple[bytes, str]:
@@ -133,20 +133,21 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(name)
         version = str(module.__version__)
         flavour = "rtx" if name == "tensorrt_rtx" else version.split(".")[0]
-        missing = missing_in_module(module, flavour)
-        failed += bool(missing)
-        print(f"{name} {version}: {len(names_for(flavour)) - len(missing)}/{len(names_for(flavour))} names present"
-              + (f"; MISSING: {', '.join(missing)}" if missing else ""))
+        failed += _report(f"{name} {version}", flavour, missing_in_module(module, flavour))
     for version in args.pypi:
         with tempfile.TemporaryDirectory() as tmp:
             blob, init = fetch_bindings(version, Path(tmp))
         flavour = version.split(".")[0]
-        missing = missing_in_strings(blob, init, flavour)
-        failed += bool(missing)
-        print(f"tensorrt-cu12-bindings {version} (string table of tensorrt.so): "
-              f"{len(names_for(flavour)) - len(missing)}/{len(names_for(flavour))} names present"
-              + (f"; MISSING: {', '.join(missing)}" if missing else ""))
+        failed += _report(f"tensorrt-cu12-bindings {version} (string table of tensorrt.so)", flavour,
+                          missing_in_strings(blob, init, flavour))
     return 1 if failed else 0
+
+
+def _report(what: str, flavour: str, missing: list[str]) -> bool:
+    """Print one line for ``what``; true when names are missing."""
+    total = len(names_for(flavour))
+    print(f"{what}: {total - len(missing)}/{total} names present" + (f"; MISSING: {', '.join(missing)}" if missing else ""))
+    return bool(missing)
 
 
 if __name__ == "__main__":
