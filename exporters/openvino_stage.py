@@ -99,13 +99,12 @@ def _make_int8(b, final: Path):
     from calibration.readers import CalibrationImages, open_source
     from engine.metadata import Precision
 
-    from .accuracy import detect_onnx
     from .build import Outcome
     from .gate import run_gate
     from .io import staged, temp_prefix
     from .openvino import int8_model, sensitivity, write_ir
     from .quantize import match_nodes
-    from .quantize_stage import WITHHELD_FIX, gate_figures, gate_judge, rank_images
+    from .quantize_stage import WITHHELD_FIX, GateDetections, gate_figures, gate_judge, rank_images
     from .records import Check
 
     q, fp32, meta = b.cfg.quantize, b.path("onnx"), _meta(b)
@@ -114,11 +113,7 @@ def _make_int8(b, final: Path):
     exclude = match_nodes(onnx.load(str(fp32), load_external_data=False), q.exclude)
     b.log(f"OpenVINO INT8: NNCF on {source.description}")
     judge, note = gate_judge(b)  # the ONNX INT8 forms' judge: same images, same bar, same fallback
-    items, seen = evidence.val_items(b), {}
-
-    def detect(path: Path) -> list:
-        seen[path] = detect_onnx(path, items, evidence.show_progress())  # any artifact: here the IR's backend
-        return seen[path]
+    detect = GateDetections(b)
 
     with tempfile.TemporaryDirectory(prefix=temp_prefix("ov-int8"), dir=final.parent) as tmp:
         def build(extra, tag: str) -> Path:
@@ -129,7 +124,7 @@ def _make_int8(b, final: Path):
 
         gate, passed = run_gate("openvino", build, detect, judge,
                                 lambda first: sensitivity(fp32, first, rank_images(b, source)), log=b.log)
-        figures = {**gate_figures(b, gate, judge, note, seen[list(seen)[-1]]),
+        figures = {**gate_figures(b, gate, judge, note, detect.last),
                    "calibration": f"NNCF on {source.description}"}
         b.log(f"  {gate.summary()}")
         check = Check("accuracy gate", gate.passed, gate.summary(), {**figures, "gate": gate.to_dict()})

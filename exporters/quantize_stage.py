@@ -108,7 +108,6 @@ def gate_judge(b):
 def _make(b, target, final: Path):
     from engine.metadata import Precision
 
-    from .accuracy import detect_onnx
     from .build import Outcome
     from .gate import LEVEL, run_gate
     from .io import temp_prefix
@@ -122,13 +121,7 @@ def _make(b, target, final: Path):
     b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float"
           + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
     judge, note = gate_judge(b)
-    items = evidence.val_items(b)
-    seen: dict[Path, list] = {}
-
-    def detect(path: Path) -> list:
-        seen[path] = detect_onnx(path, items, evidence.show_progress())
-        return seen[path]
-
+    detect = GateDetections(b)
     int8_meta = b.metadata.replace(precision=Precision.INT8)
     with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
         build = _builder(b.path("onnx"), ranges, target, keep, int8_meta, Path(tmp), final.name, q.int8_float)
@@ -136,7 +129,7 @@ def _make(b, target, final: Path):
         last = gate.final
         method = METHOD.format(method=q.calib.method.value, n=ranges.n_images, source=source.description,
                                float_dtype=q.int8_float.upper())
-        figures = {**gate_figures(b, gate, judge, note, seen[list(seen)[-1]]),
+        figures = {**gate_figures(b, gate, judge, note, detect.last),
                    "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method}
         b.log(f"  {gate.summary()}")
         # short enough for the build table's note column (the Δ column shows the drop and its interval)
@@ -149,6 +142,20 @@ def _make(b, target, final: Path):
             raise ArtifactWithheld(f"INT8 gate: {summary}", WITHHELD_FIX, (check,), figures)
         os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
     return Outcome(final, (check,), figures)
+
+
+class GateDetections:
+    """The gate's ``detect`` for any INT8 artifact (an ONNX form, an OpenVINO IR): a candidate's per-image
+    detections on the val split through the runtime; :attr:`last` holds the final trial's."""
+
+    def __init__(self, b) -> None:
+        self.items, self.last = evidence.val_items(b), None
+
+    def __call__(self, path: Path) -> list:
+        from .accuracy import detect_onnx
+
+        self.last = detect_onnx(path, self.items, evidence.show_progress())
+        return self.last
 
 
 def gate_figures(b, gate, judge, note: str, final_dets) -> dict:
