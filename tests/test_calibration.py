@@ -18,6 +18,7 @@ from calibration import (
 from calibration.cache import CacheKey, TensorRanges, dumps, loads, read_cache
 from engine.errors import CalibrationError, ConfigError
 from engine.preprocess import Letterbox
+from tests.fakes.tiny_onnx import onnx_model
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -187,7 +188,7 @@ def _tiny_model(path: Path) -> Path:
              helper.make_node("Conv", ["r1", "w2"], ["out"], name="conv2")]
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 32, 32])], [w1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph)
     model.ir_version = 8
     onnx.save(model, str(path))
     return path

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from engine.metadata import ModelMetadata, PixelFormat  # noqa: E402
 from engine.preprocess import PAD_VALUE, Letterbox, bgr_from_planes  # noqa: E402
 from exporters.cpu_graph import bgr_uint8_input, rewrite_cpu_form, upsample_as_gather  # noqa: E402
+from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
 
 
 def _run(model, feed):
@@ -35,7 +36,7 @@ def _qdq_upsample(scales=(1, 1, 2, 2), out_scale=0.05, mode="nearest", ctm="asym
              helper.make_node("Conv", ["rd", "wf"], ["y"])]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 8, 5, 7])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(g)
 
 
 def test_nearest_upsample_becomes_nhwc_gathers_with_identical_outputs():
@@ -66,7 +67,7 @@ def _float_stem(batch=1):
                           [helper.make_tensor_value_info("c", TensorProto.FLOAT, None),
                            helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(g)
 
 
 @pytest.mark.parametrize("src", [(20, 20), (13, 31), (40, 12)])

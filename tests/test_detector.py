@@ -130,8 +130,26 @@ def test_missing_and_corrupt_models(tmp_path):
         Detector(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(ModelLoadError, match="bad.onnx"):
+    with pytest.raises(ModelLoadError, match="bad.onnx") as e:
         Detector(bad)
+    assert "truncated, corrupt" in e.value.fix and "onnxruntime_src" not in e.value.message
+
+
+def test_a_model_newer_than_onnx_runtime_names_both_versions(tmp_path):
+    """An IR version this ONNX Runtime does not read is an upgrade to make, not a 'corrupt file' (seen with
+    onnx 1.23's default IR 14 on ONNX Runtime 1.30, which reads up to 13)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 99
+    onnx.save(model, tmp_path / "future.onnx")
+    with pytest.raises(ModelLoadError, match=r"future\.onnx is ONNX IR version 99; ONNX Runtime \S+ reads up to IR "
+                                             r"version \d+") as e:
+        Detector(tmp_path / "future.onnx")
+    assert "pip install -U onnxruntime" in e.value.fix
 
 
 def test_ort_backend_reuses_output_buffers_per_thread(det, frames):

@@ -11,6 +11,7 @@ import pytest
 from engine import Detector
 from engine.errors import ClosedError, ModelLoadError
 from tests.conftest import DEMO
+from tests.fakes.tiny_onnx import onnx_model
 
 THREADS, CALLS = 4, 200
 
@@ -125,6 +126,6 @@ def test_an_output_of_a_dtype_the_runtime_does_not_read_is_a_clear_error(tmp_pat
     y = helper.make_tensor_value_info("scores64", TensorProto.DOUBLE, [1, 3, 32, 32])
     graph = helper.make_graph([helper.make_node("Cast", ["images"], ["scores64"], to=TensorProto.DOUBLE)], "g", [x], [y])
     path = tmp_path / "double.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(onnx_model(graph), path)
     with pytest.raises(ModelLoadError, match=r"(?s)output 'scores64' of .*double\.onnx has type tensor\(double\).*fix:"):
         Detector(path)

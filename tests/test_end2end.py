@@ -27,6 +27,7 @@ from exporters.end2end import (  # noqa: E402
     compare_end2end,
     export_end2end,
 )
+from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
 
 KINDS = [TailKind.TOPK, TailKind.NMS]
 
@@ -39,7 +40,7 @@ def head_graph(nc: int, anchors: int, batch: int | str = "batch"):
     x = helper.make_tensor_value_info("pred", TensorProto.FLOAT, [batch, 4 + nc, anchors])
     y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + nc, anchors])
     g = helper.make_graph([helper.make_node("Identity", ["pred"], ["output0"])], "head", [x], [y])
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx_model(g)
 
 
 def synthetic_heads(rng, batch: int, nc: int, anchors: int, clusters: int = 6) -> np.ndarray:
@@ -163,7 +164,7 @@ def tiny_model(path: Path, batch: int | None = 1) -> Path:
              numpy_helper.from_array(np.array([-1, 7, anchors], np.int64), "shape"), numpy_helper.from_array(scale, "scale")]
     g = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [b, 3, 32, 32])],
                           [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [b, 7, anchors])], inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(g)
     meta = ModelMetadata(names=("a", "b", "c"), imgsz=(32, 32), batch=batch, source_name="tiny.pt")
     model.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
     onnx.save(model, str(path))

@@ -16,6 +16,7 @@ pytest.importorskip("onnxruntime")
 from exporters.qdq_cpu import stem_convs  # noqa: E402
 from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes,  # noqa: E402
                                 parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
+from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
 
 
 def _meta(model):
@@ -297,7 +298,7 @@ def test_share_concat_ranges_unifies_inputs_through_scale_preserving_ops():
              helper.make_node("Concat", ["c", "x"], ["d"], name="tail_cat", axis=1)]
     vi = helper.make_tensor_value_info
     g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [1, 2])], [vi("d", TensorProto.FLOAT, None)])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model = onnx_model(g, 18)
     r = TensorRanges(CalibrationMethod.MINMAX, {"x": (-3.0, 3.0), "a": (0.0, 3.0), "s0": (0.0, 2.0),
                                                 "s1": (0.0, 3.0), "b": (0.1, 0.9), "c": (0.0, 3.0),
                                                 "d": (-3.0, 3.0)})
@@ -413,7 +414,7 @@ def test_silu_input_ranges_start_where_silu_turns_flat():
              helper.make_node("Conv", ["y", "w"], ["c2"], name="conv2"), helper.make_node("Relu", ["c2"], ["r"], name="relu")]
     vi = helper.make_tensor_value_info
     g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [1, 2, 4, 4])], [vi("r", TensorProto.FLOAT, None)], [w])
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(g)
     r = TensorRanges(CalibrationMethod.MEAN_MINMAX, {"c": (-20.0, 10.0), "y": (-0.28, 10.0), "c2": (-20.0, 5.0)})
     new, n = silu_input_ranges(model, r)
     assert n == 1 and new.ranges["c2"] == (-20.0, 5.0)  # not a SiLU's input: untouched

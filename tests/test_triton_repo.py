@@ -30,6 +30,7 @@ from exporters import triton_stage  # noqa: E402
 from exporters.cli import build_parser  # noqa: E402
 from exporters.triton import TritonOptions, anchors, write_model  # noqa: E402
 from tests.build_helpers import stage_build  # noqa: E402
+from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
 
 NAMES = ("disc", "box", "triangle")
 IMGSZ = (64, 96)
@@ -52,7 +53,7 @@ def make_onnx(path: Path, meta: ModelMetadata, graph_dims: dict[str, list] | Non
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info(meta.input_name, TensorProto.FLOAT, [b, 3, *meta.imgsz])],
         [helper.make_tensor_value_info(n, t, d) for n, (t, d) in outs.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx_model(graph)
     helper.set_model_props(model, {METADATA_KEY: meta.to_json()})
     onnx.save(model, str(path))
     return path

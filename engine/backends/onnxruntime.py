@@ -7,6 +7,7 @@ until that thread's next call), so concurrent calls neither share nor overwrite 
 """
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)
         except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
-            raise ModelLoadError(f"ONNX Runtime cannot load {self.path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
-                                 "the file is truncated, corrupt or not ONNX: export it again") from None
+            raise load_error(self.path, e, ort.__version__) from None
         self.inputs = [self._spec(i, "input") for i in self.session.get_inputs()]
         self.outputs = [self._spec(o, "output") for o in self.session.get_outputs()]
         self.metadata = from_onnx_props(self.session.get_modelmeta().custom_metadata_map) or self._infer_metadata()
@@ -148,3 +148,17 @@ class OnnxRuntimeBackend(Backend):
         if self.gate.close():
             self._local = threading.local()
             self.__dict__.pop("session", None)
+
+
+def load_error(path: Path, e: Exception, ort_version: str) -> ModelLoadError:
+    """The typed error for an ONNX file ONNX Runtime refused: an IR version newer than this ONNX Runtime
+    reads gets both versions and the upgrade, anything else ORT's own reason without its C++ source location."""
+    text = " ".join(str(e).split())
+    ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
+    if ir:
+        return ModelLoadError(f"{path} is ONNX IR version {ir[1]}; ONNX Runtime {ort_version} reads up to IR "
+                              f"version {ir[2]}", "upgrade ONNX Runtime (pip install -U onnxruntime), or export the "
+                              "model again with python -m exporters.build (it writes IR version 8)")
+    reason = re.sub(r"/\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", text)  # ORT's file:line and C++ signature
+    return ModelLoadError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {reason[:300]})",
+                          "the file is truncated, corrupt or not ONNX: export it again")

@@ -16,6 +16,19 @@ NAMES = ("disc", "box", "triangle")
 IMGSZ = (32, 32)
 
 
+def onnx_model(graph, opset: int = 17):
+    """``helper.make_model`` stamped with the oldest IR version its opset allows (IR 8 for opset 17).
+
+    ``onnx`` stamps its own newest IR version by default (14 with onnx 1.23), which an older ONNX Runtime
+    refuses ("max supported IR version: 13" in 1.30): test models must load wherever the tests run.
+    """
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
+    return model
+
+
 def tiny_metadata(dynamic: bool = False) -> ModelMetadata:
     return ModelMetadata(names=NAMES, imgsz=IMGSZ, stride=8, batch=None if dynamic else 1, source_name="tiny.pt")
 
