@@ -107,12 +107,15 @@ def machine() -> dict:
     from engine.cuda.nvrtc import nvrtc_version
 
     gpu = device_info(0)
-    try:
-        import importlib.metadata as md
+    import importlib.metadata as md
 
-        cuda_python = md.version("cuda-python")
-    except Exception:
-        cuda_python = "?"
+    cuda_python = "?"
+    for dist in ("cuda-python", "cuda-bindings"):  # the metapackage, else the bindings alone (as on some images)
+        try:
+            cuda_python = md.version(dist) if dist == "cuda-python" else f"{md.version(dist)} (cuda-bindings)"
+            break
+        except md.PackageNotFoundError:
+            continue
     driver, runtime = versions()
     cpu = platform.processor() or platform.machine()
     try:
