@@ -102,11 +102,19 @@ class Candidate:
 
 class _OursRunner:
     def __init__(self, spec: WorkerSpec) -> None:
-        from engine import Detector
+        from engine import Detector, DetectorPool
 
-        self.det = Detector(spec.path, conf=spec.conf, iou=spec.iou, **our_options(spec.path, spec.device))
+        if spec.pool > 1:  # CPU ONNX Runtime detectors side by side; threads per detector
+            self.det = DetectorPool(spec.path, spec.pool, threads=spec.threads or None, conf=spec.conf, iou=spec.iou)
+            backend, threads = self.det.detectors[0].backend.name, self.det.threads
+        else:
+            opts = our_options(spec.path, spec.device)
+            if spec.threads:
+                opts["intra_op_threads"] = spec.threads
+            self.det = Detector(spec.path, conf=spec.conf, iou=spec.iou, **opts)
+            backend, threads = self.det.backend.name, spec.threads
         self.sizes: Counter = Counter()
-        self.info = {"backend": self.det.backend.name, "imgsz": list(self.det.imgsz), "pid": os.getpid()}
+        self.info = {"backend": backend, "imgsz": list(self.det.imgsz), "pid": os.getpid(), "threads": threads}
 
     def __call__(self, frames: Sequence[np.ndarray]) -> CallTimes:
         t = time.perf_counter()

@@ -6,9 +6,10 @@
 
 What is timed: ``Detector(path)(frame)`` on real frames (the demo val images, cycled), i.e. letterbox +
 ONNX Runtime CPU inference + decode and NMS, per frame, batch 1, conf 0.25. Each model lives in its own
-process (its own ONNX Runtime, thread pool and allocator, so one model's threads and memory never
-slow another's), and the parent has the processes run in interleaved rounds (each round times every
-model ``--iters`` times, one process at a time) so a busy machine slows them alike. The machine, its
+process (a :class:`benchmarks.worker.Worker`, as in ``benchmarks.run``: its own ONNX Runtime, thread pool
+and allocator, so one model's threads and memory never slow another's), and the parent has the processes
+run in interleaved rounds (each round times every model ``--iters`` times, one process at a time) so a
+busy machine slows them alike. The machine, its
 load before and after, and the library versions are printed first.
 Per model: the median over all its calls, and its speed-up over FP32 as the median, over rounds, of
 the ratio of the two models' block medians in the same round (with the middle half of those ratios). ``--threads`` sets ONNX Runtime's intra-op
@@ -21,15 +22,18 @@ N is its time per frame. That is the figure for several cameras on one CPU, not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import multiprocessing as mp
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.candidates import OURS
 from benchmarks.env import cpu_model, describe, environment, load_average
+from benchmarks.worker import FrameSet, Worker, WorkerSpec
 from engine.cli import run_cli
 from engine.errors import ConfigError, DatasetError, ModelLoadError
 from exporters.config import DEMO_DIR, REPO_ROOT
@@ -50,64 +54,6 @@ def _frames(folder: Path, n: int) -> list[np.ndarray]:
 
 
 FRAMES = 32
-
-
-class _Worker:
-    """One model in a child process of its own, timing blocks of calls when asked (see the docstring)."""
-
-    def __init__(self, path: Path, images: Path, threads: int, workers: int) -> None:
-        ctx = mp.get_context("spawn")  # a fresh interpreter: nothing of the parent's ONNX Runtime state
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child, str(path), str(images), threads, workers), daemon=True)
-        self.proc.start()
-        child.close()
-        self.imgsz = self.threads = None
-
-    def wait_ready(self) -> None:
-        msg = self.conn.recv()
-        if msg[0] == "error":
-            raise ModelLoadError(msg[1], "check the file with python -m benchmarks.verify, or rebuild it")
-        _, self.imgsz, self.threads = msg
-
-    def time(self, start: int, iters: int) -> list[float]:
-        self.conn.send(("time", start, iters))
-        return self.conn.recv()
-
-    def close(self) -> None:
-        try:
-            self.conn.send(("stop",))
-        except (BrokenPipeError, OSError):
-            pass
-        self.proc.join(timeout=30)
-        if self.proc.is_alive():
-            self.proc.kill()
-
-
-def _serve(conn, path: str, images: str, threads: int, workers: int) -> None:
-    """The child: load the frames and the model, then time ``iters`` calls per request (seconds per frame)."""
-    try:
-        from engine import Detector, DetectorPool
-
-        frames = _frames(Path(images), FRAMES)
-        det = (Detector(path, conf=0.25, device="cpu", intra_op_threads=threads) if workers == 1 else
-               DetectorPool(path, workers, threads=threads or None, conf=0.25))
-    except (Exception, SystemExit) as e:  # the parent shows it and stops
-        conn.send(("error", f"{path}: {e}"))
-        return
-    conn.send(("ready", tuple(det.imgsz), getattr(det, "threads", threads)))
-    with det:
-        while True:
-            msg = conn.recv()
-            if msg[0] != "time":
-                return
-            _, start, iters = msg
-            block = []
-            for i in range(start, start + iters):
-                f = [frames[(i * workers + k) % len(frames)] for k in range(workers)]
-                t = time.perf_counter()
-                det.predict(f)
-                block.append((time.perf_counter() - t) / workers)  # per frame: N frames ran at once
-            conn.send(block)
 
 
 def _row(name: str, file: str, blocks: list[list[float]], fp32_blocks: list[list[float]]) -> dict:
@@ -153,26 +99,26 @@ def _run(args: argparse.Namespace) -> int:
     if "fp32" not in paths:
         raise ModelLoadError(f"{args.deploy / (args.stem + '.onnx')} not found",
                              "run python -m exporters.build first, or pass --deploy / --stem")
-    workers = {name: _Worker(p, args.images, args.threads, w) for name, p in paths.items()}
-    try:
-        for name, worker in workers.items():
-            worker.wait_ready()
-            worker.time(0, args.warmup)  # untimed warm-up
-        times: dict[str, list[list[float]]] = {k: [] for k in workers}
+    times: dict[str, list[list[float]]] = {k: [] for k in paths}
+    with tempfile.TemporaryDirectory(prefix="int8-speed-") as tmp, contextlib.ExitStack() as stack:
+        frames = FrameSet.write(_frames(args.images, FRAMES), Path(tmp) / "frames.npy", str(args.images))
+        workers = {name: stack.enter_context(Worker(WorkerSpec(name, OURS, p, (0, 0), frames, batch=w,
+                                                                 warmup=args.warmup, device="cpu",
+                                                                 threads=args.threads, pool=w)))
+                   for name, p in paths.items()}  # each loads and warms up in its own process, all alive
         for _ in range(args.rounds):
             for name, worker in workers.items():
                 time.sleep(PAUSE_S)
-                times[name].append(worker.time(0, args.iters))
-        imgsz, det_threads = workers["fp32"].imgsz, workers["fp32"].threads
-    finally:
-        for worker in workers.values():
-            worker.close()
+                calls, _ = worker.run(0, args.iters)
+                times[name].append([c.end_to_end / 1e3 / w for c in calls])  # per frame: w frames ran at once
+        info = workers["fp32"].info
+        imgsz, det_threads, pids = info["imgsz"], info["threads"], {n: wk.info["pid"] for n, wk in workers.items()}
     rows = [_row(name, paths[name].name, blocks, times["fp32"]) for name, blocks in times.items()]
     import onnxruntime as ort
 
     env = {"cpu": cpu_model(), "cores": os.cpu_count(), "onnxruntime": ort.__version__, "imgsz": list(imgsz),
            "threads": args.threads, "workers": w, "frames": FRAMES, "calls_per_model": args.iters * args.rounds,
-           "pids": {name: wk.proc.pid for name, wk in workers.items()},
+           "pids": pids,
            "machine": {**env0, "load_avg_end": load_average()}}
     print(f"{env['cpu']}, {env['cores']} cores, ONNX Runtime {ort.__version__} CPU, imgsz {imgsz[0]}x{imgsz[1]}, "
           f"batch 1, end to end (letterbox + inference + NMS), {env['calls_per_model']} calls per model"

@@ -102,6 +102,10 @@ class WorkerSpec:
         conf, iou: thresholds, the same for every candidate.
         device: ``"cpu"`` or ``"cuda"``.
         rect: Ultralytics' minimal-padding letterbox (``None``: its default, on for a ``.pt``).
+        threads: ONNX Runtime intra-op threads of our detector (0: its default, all cores; each detector's
+            with ``pool``).
+        pool: our detectors side by side (a :class:`~engine.DetectorPool` when above 1; a call then takes
+            ``batch`` frames, one per detector).
     """
 
     name: str
@@ -115,6 +119,8 @@ class WorkerSpec:
     iou: float = 0.45
     device: str = "cpu"
     rect: bool | None = None
+    threads: int = 0
+    pool: int = 1
 
 
 def _serve(conn, spec: WorkerSpec) -> None:

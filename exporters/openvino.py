@@ -24,7 +24,6 @@ for the ONNX forms.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -173,17 +172,15 @@ def int8_model(fp32_onnx: Path, calibration: Iterable[np.ndarray], keep_float: S
     keep = ov_names(model, [*float_nodes(onnx.load(str(fp32_onnx), load_external_data=False)), *keep_float])
     dataset = calibration if isinstance(calibration, nncf.Dataset) else calibration_dataset(calibration)
     n = subset_size or dataset.get_length() or 300
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)  # NNCF logs a line per node it leaves float
+    from calibration.strategies import quiet_nncf
+
     try:
-        return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=n,
-                             fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
+        with quiet_nncf():  # NNCF logs a line per node it leaves float and draws progress bars on stdout
+            return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=n,
+                                 fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
     except Exception as e:  # noqa: BLE001 - NNCF raises from deep inside
         raise ExportError(f"NNCF could not quantize {fp32_onnx} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                           "rerun with --debug; --exclude the node named above to keep it float") from e
-    finally:
-        nncf_log.setLevel(level)
 
 
 def quantize_openvino(fp32_onnx: Path, calibration: Iterable[np.ndarray], out_dir: Path, meta: ModelMetadata,
