@@ -97,8 +97,8 @@ def decode_tail(model) -> list[str]:
     product can be reached (DFL's fixed convolution does not count as learned). That is DFL, the box
     decode, the class sigmoid, the reshapes and concats of the head outputs, and any end-to-end tail.
     """
-    init = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    g = graph_index(model)
+    init, producer = g.inits, g.producer
     stack = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS and not _dfl_conv(n, init)]
     upstream: set[int] = set()
     while stack:
@@ -278,8 +278,8 @@ def tensorrt_problems(model) -> list[str]:
     An empty list means every QuantizeLinear / DequantizeLinear is int8 with zero points of 0.
     """
     onnx = _onnx()
-    init = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
+    g = graph_index(model)
+    init, producer = g.inits, g.producer
     problems = []
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -304,7 +304,7 @@ def tensorrt_problems(model) -> list[str]:
 
 def quantized_nodes(model) -> list[str]:
     """Compute nodes of a Q/DQ model that take at least one dequantized input (its INT8 layers)."""
-    producer = {o: n for n in model.graph.node for o in n.output}
+    producer = graph_index(model).producer
     out = []
     for node in model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
