@@ -2,9 +2,13 @@
 
 It times the groups of ``python -m benchmarks.run`` (same flags; by default the demo at 640, square group
 only), then times every candidate again standalone: a fresh process that loads only that candidate and
-times the same number of calls on the same frames with the same thresholds in one loop, nothing else alive
-(:func:`benchmarks.worker.time_alone`; the candidates in a shuffled order). A candidate agrees when its
-harness end-to-end figure is within ``--tolerance`` (10 %) of its standalone median. Output: a table on
+times calls on the same frames with the same thresholds in one loop, nothing else alive
+(:func:`benchmarks.worker.time_alone`). Each candidate runs alone ``--standalone-runs`` times (default 3),
+in passes that run every candidate once each in a shuffled order, the harness's calls split between its
+runs; its standalone figure is the median of its runs' medians. One continuous run catches whatever the
+machine does in that minute: on the shared 2-core VM, single standalone runs of the same candidate were
+up to a third slower than its usual figure while the harness, interleaved over rounds, was not. A candidate
+agrees when its harness end-to-end figure is within ``--tolerance`` (10 %) of its standalone figure. Output: a table on
 stdout, ``selfcheck.json`` and ``selfcheck.md`` in ``--out``; exit code 1 when a candidate disagrees, and a
 warning when the machine was busy (load above its cores), where no agreement can be expected.
 """
@@ -15,6 +19,7 @@ import json
 import os
 import random
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -38,7 +43,11 @@ def parser():
     ap.set_defaults(out=Path("runs/selfcheck"), **SELF_DEFAULTS)
     ap.add_argument("--tolerance", type=float, default=0.10, help="largest |harness / standalone - 1| that agrees")
     ap.add_argument("--standalone-calls", type=int, default=None, metavar="N",
-                    help="timed calls of each standalone run (None: rounds x iters, as many as the harness)")
+                    help="timed calls of each candidate alone, over all its runs (None: rounds x iters, as many "
+                         "as the harness)")
+    ap.add_argument("--standalone-runs", type=int, default=3, metavar="K",
+                    help="fresh processes per candidate alone, in K shuffled passes; the figure is the median of "
+                         "their medians")
     return ap
 
 
@@ -61,30 +70,25 @@ def check(args, argv: list[str]) -> dict:
             log(f"{g.id}: the harness ({len(g.running())} candidates, {args.rounds} rounds)")
             run = run_group(g, fs, timing, opts, log)
             summary = summarize_group(g, run.times)
-            cands = [c for c in g.running() if c.name in summary]
-            random.Random(args.seed).shuffle(cands)
-            for c in cands:
-                log(f"{g.id}: {c.name} alone ({calls} calls)")
-                load = [load_average()]
-                try:
-                    times = in_fresh_process(time_alone, c.spec(fs, g.batch, args.warmup, **opts), calls,
-                                             name=f"{c.name} alone")
-                except WorkerError as e:
-                    rows.append({"group": g.id, "name": c.name, "error": e.message})
+            alone = standalone(g, [c for c in g.running() if c.name in summary], fs, opts, args, log)
+            for c in (c for c in g.running() if c.name in alone):
+                a = alone[c.name]
+                if "error" in a:
+                    rows.append({"group": g.id, "name": c.name, "error": a["error"]})
                     continue
-                load.append(load_average())
-                alone = summarize(per_frame([t.end_to_end for t in times], g.batch))["p50"]
-                rows.append({"group": g.id, "name": c.name, "file": c.path.name, "load_avg": load,
-                             "harness_load_avg": run.load_avg,
-                             "busy": any(busy(x, os.cpu_count()) for x in load + run.load_avg),
-                             **agreement(summary[c.name]["per_frame_ms"]["end_to_end"]["p50"], alone,
-                                         args.tolerance)})
+                rows.append({"group": g.id, "name": c.name, "file": c.path.name, "load_avg": a["load_avg"],
+                             "harness_load_avg": run.load_avg, "standalone_runs_ms": a["runs_ms"],
+                             "busy": any(busy(x, os.cpu_count()) for x in a["load_avg"] + run.load_avg),
+                             **agreement(summary[c.name]["per_frame_ms"]["end_to_end"]["p50"],
+                                         statistics.median(a["runs_ms"]), args.tolerance)})
         finally:
             fs.path.unlink(missing_ok=True)
     env["load_avg_end"] = load_average()
+    runs = max(1, args.standalone_runs)
     res = {"command": "python -m benchmarks.selfcheck" + (" " + shlex.join(argv) if argv else ""), "env": env,
            "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "tolerance": args.tolerance, "standalone_calls": calls,
+           "standalone_runs": runs, "standalone_calls_per_run": max(1, calls // runs),
            "settings": {"rounds": args.rounds, "iters": args.iters, "warmup": args.warmup, "settle": args.settle,
                         "pause": args.pause, "seed": args.seed, "imgsz": list(args.imgsz), "frames": frames.desc},
            "rows": rows}
@@ -94,6 +98,34 @@ def check(args, argv: list[str]) -> dict:
     (args.out / "selfcheck.md").write_text(markdown(res))
     print(markdown(res))
     return res
+
+
+def standalone(g, cands: list, fs: FrameSet, opts: dict, args, log) -> dict[str, dict]:
+    """Each candidate of group ``g`` timed alone ``--standalone-runs`` times, each run a fresh process with
+    nothing else alive, in passes of every candidate once (shuffled per pass): ``{name: {"runs_ms": [median
+    ms per frame of each run], "load_avg": [before, after each run]}}``, or ``{"error": ...}`` for a candidate
+    that failed."""
+    runs = max(1, args.standalone_runs)
+    calls = max(1, (args.standalone_calls or args.rounds * args.iters) // runs)
+    rng = random.Random(args.seed)
+    out: dict[str, dict] = {c.name: {"runs_ms": [], "load_avg": []} for c in cands}
+    for k in range(runs):
+        order = list(cands)
+        rng.shuffle(order)
+        for c in order:
+            if "error" in out[c.name]:
+                continue
+            log(f"{g.id}: {c.name} alone, run {k + 1} of {runs} ({calls} calls)")
+            load = load_average()
+            try:
+                times = in_fresh_process(time_alone, c.spec(fs, g.batch, args.warmup, **opts), calls,
+                                         name=f"{c.name} alone")
+            except WorkerError as e:
+                out[c.name] = {"error": e.message}
+                continue
+            out[c.name]["load_avg"] += [load, load_average()]
+            out[c.name]["runs_ms"].append(summarize(per_frame([t.end_to_end for t in times], g.batch))["p50"])
+    return out
 
 
 def rows_table(res: dict) -> tuple[list[str], list[list[str]]]:
@@ -107,7 +139,9 @@ def rows_table(res: dict) -> tuple[list[str], list[list[str]]]:
         hl, al = r.get("harness_load_avg") or [], r.get("load_avg") or []
         load = (f"{'–'.join(f'{x[0]:.2f}' for x in hl if x)}; {'–'.join(f'{x[0]:.2f}' for x in al if x)}"
                 + (" BUSY" if r.get("busy") else ""))
-        out.append([r["group"], r["name"], f"{r['harness_ms']:.2f}", f"{r['standalone_ms']:.2f}",
+        each = r.get("standalone_runs_ms") or []
+        alone = f"{r['standalone_ms']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else "")
+        out.append([r["group"], r["name"], f"{r['harness_ms']:.2f}", alone,
                     f"{r['ratio']:.3f}", "yes" if r["agrees"] else "**no**", load])
     return head, out
 
@@ -116,8 +150,10 @@ def markdown(res: dict) -> str:
     out = report.header(res, "# Harness vs standalone")
     out += [f"Harness: {res['settings']['rounds']} rounds x {res['settings']['iters']} calls per candidate, each in "
             f"its own process, random order per round (seed {res['settings']['seed']}); alone: "
-            f"{res['standalone_calls']} calls in one fresh process with nothing else running. End-to-end ms per "
-            "frame: the harness's median of round medians, the standalone median.", "",
+            f"{res.get('standalone_runs', 1)} fresh processes per candidate with nothing else running, "
+            f"{res.get('standalone_calls_per_run', res['standalone_calls'])} calls each, in shuffled passes. "
+            "End-to-end ms per frame: the harness's median of round medians; alone, the median of the runs' "
+            "medians (each run's in brackets).", "",
             report.md_table(*rows_table(res)), ""]
     return "\n".join(out)
 

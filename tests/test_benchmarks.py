@@ -546,9 +546,12 @@ def test_selfcheck_times_each_candidate_alone_too(demo_onnx, tmp_path, capsys):
     assert rc == (0 if row["agrees"] else 1)  # a disagreement is the command's failure
     assert row["name"] == "ours fp32" and res["standalone_calls"] == 4 and row["tolerance"] == 0.1
     assert row["ratio"] == pytest.approx(row["harness_ms"] / row["standalone_ms"], abs=1e-4)
-    assert len(row["load_avg"]) == 2 and isinstance(row["busy"], bool)
+    runs = row["standalone_runs_ms"]  # three fresh processes alone (the default), the figure their median
+    assert res["standalone_runs"] == 3 and len(runs) == 3 and row["standalone_ms"] == sorted(runs)[1]
+    assert len(row["load_avg"]) == 6 and isinstance(row["busy"], bool)
     md = (out / "selfcheck.md").read_text()
     assert "| ours fp32 |" in md and "harness / alone" in md and res["command"] in md
+    assert f"{row['standalone_ms']:.2f} ({', '.join(f'{x:.2f}' for x in runs)})" in md
 
 # ---------------------------------------------------------------- the multi-stream group
 
