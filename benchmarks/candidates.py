@@ -105,7 +105,8 @@ class _OursRunner:
         from engine import Detector, DetectorPool
 
         if spec.pool > 1:  # CPU ONNX Runtime detectors side by side; threads per detector
-            self.det = DetectorPool(spec.path, spec.pool, threads=spec.threads or None, conf=spec.conf, iou=spec.iou)
+            self.det = DetectorPool(spec.path, spec.pool, threads=spec.threads or None, conf=spec.conf, iou=spec.iou,
+                                    device=spec.device)  # the pool refuses anything but the CPU, with its reason
             backend, threads = self.det.detectors[0].backend.name, self.det.threads
         else:
             opts = our_options(spec.path, spec.device)

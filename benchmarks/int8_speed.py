@@ -102,6 +102,7 @@ def _run(args: argparse.Namespace) -> int:
     times: dict[str, list[list[float]]] = {k: [] for k in paths}
     with tempfile.TemporaryDirectory(prefix="int8-speed-") as tmp, contextlib.ExitStack() as stack:
         frames = FrameSet.write(_frames(args.images, FRAMES), Path(tmp) / "frames.npy", str(args.images))
+        # imgsz (0, 0): our Detector takes its input size from the model; the worker reports what ran
         workers = {name: stack.enter_context(Worker(WorkerSpec(name, OURS, p, (0, 0), frames, batch=w,
                                                                  warmup=args.warmup, device="cpu",
                                                                  threads=args.threads, pool=w)))

@@ -80,7 +80,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("selfcheck", "the harness against each candidate alone (python -m benchmarks.selfcheck)",
             (("-m", "benchmarks.selfcheck", "--no-progress", "--rounds", "9", "--iters", "30", "--out", "{out}",
               "--cache", "{root}/cache"),),
-            "selfcheck.md", minutes=12, missed_rc=1),
+            "selfcheck.md", minutes=14, missed_rc=1),
     Section("runtime", "stage speed: letterbox and NMS beside Ultralytics'",
             (("-m", "benchmarks.runtime_speed", "--iters", "300"),), minutes=2),
     Section("int8-accuracy", "the demo's accuracy report (python -m exporters.build, 320)",

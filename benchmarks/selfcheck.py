@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from engine.cli import run_cli
+from engine.errors import ConfigError
 
 from . import report
 from .env import environment, load_average
@@ -54,6 +55,11 @@ def parser():
 def check(args, argv: list[str]) -> dict:
     from .plan import load_frames, plan
 
+    calls = args.standalone_calls or args.rounds * args.iters
+    if args.standalone_runs < 1 or calls < args.standalone_runs:  # before any work
+        raise ConfigError(f"--standalone-runs {args.standalone_runs} with {calls} standalone calls",
+                          "use at least one run, and at least as many calls as runs")
+    per_run = split_calls(calls, args.standalone_runs)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -62,7 +68,6 @@ def check(args, argv: list[str]) -> dict:
     frames = load_frames(args)
     timing = Timing(args.rounds, args.iters, args.warmup, args.settle, args.pause, args.seed)
     opts = {"conf": args.conf, "iou": args.iou, "device": args.device}
-    calls = args.standalone_calls or args.rounds * args.iters
     rows = []
     for k, g in enumerate(plan(args, frames, log)):
         fs = FrameSet.write(g.frames, args.out / "frames" / f"group{k}.npy", g.frames_desc)
@@ -70,7 +75,7 @@ def check(args, argv: list[str]) -> dict:
             log(f"{g.id}: the harness ({len(g.running())} candidates, {args.rounds} rounds)")
             run = run_group(g, fs, timing, opts, log)
             summary = summarize_group(g, run.times)
-            alone = standalone(g, [c for c in g.running() if c.name in summary], fs, opts, args, log)
+            alone = standalone(g, [c for c in g.running() if c.name in summary], fs, opts, args, per_run, log)
             for c in (c for c in g.running() if c.name in alone):
                 a = alone[c.name]
                 if "error" in a:
@@ -84,11 +89,10 @@ def check(args, argv: list[str]) -> dict:
         finally:
             fs.path.unlink(missing_ok=True)
     env["load_avg_end"] = load_average()
-    runs = max(1, args.standalone_runs)
     res = {"command": "python -m benchmarks.selfcheck" + (" " + shlex.join(argv) if argv else ""), "env": env,
            "started": started, "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "tolerance": args.tolerance, "standalone_calls": calls,
-           "standalone_runs": runs, "standalone_calls_per_run": max(1, calls // runs),
+           "standalone_runs": len(per_run), "standalone_calls_per_run": per_run,
            "settings": {"rounds": args.rounds, "iters": args.iters, "warmup": args.warmup, "settle": args.settle,
                         "pause": args.pause, "seed": args.seed, "imgsz": list(args.imgsz), "frames": frames.desc},
            "rows": rows}
@@ -100,28 +104,32 @@ def check(args, argv: list[str]) -> dict:
     return res
 
 
-def standalone(g, cands: list, fs: FrameSet, opts: dict, args, log) -> dict[str, dict]:
-    """Each candidate of group ``g`` timed alone ``--standalone-runs`` times, each run a fresh process with
-    nothing else alive, in passes of every candidate once (shuffled per pass): ``{name: {"runs_ms": [median
-    ms per frame of each run], "load_avg": [before, after each run]}}``, or ``{"error": ...}`` for a candidate
-    that failed."""
-    runs = max(1, args.standalone_runs)
-    calls = max(1, (args.standalone_calls or args.rounds * args.iters) // runs)
+def split_calls(calls: int, runs: int) -> list[int]:
+    """``calls`` timed calls split over ``runs`` standalone runs as evenly as they go (the first runs take the
+    remainder), so that the runs together make exactly ``calls``."""
+    return [calls // runs + (k < calls % runs) for k in range(runs)]
+
+
+def standalone(g, cands: list, fs: FrameSet, opts: dict, args, per_run: list[int], log) -> dict[str, dict]:
+    """Each candidate of group ``g`` timed alone once per entry of ``per_run`` (that many calls), each run a
+    fresh process with nothing else alive, in passes of every candidate once (shuffled per pass): ``{name:
+    {"runs_ms": [median ms per frame of each run], "load_avg": [before, after each run]}}``, or ``{"error":
+    ...}`` naming the run of a candidate that failed (a candidate that fails once is not timed again)."""
     rng = random.Random(args.seed)
     out: dict[str, dict] = {c.name: {"runs_ms": [], "load_avg": []} for c in cands}
-    for k in range(runs):
+    for k, calls in enumerate(per_run):
         order = list(cands)
         rng.shuffle(order)
         for c in order:
             if "error" in out[c.name]:
                 continue
-            log(f"{g.id}: {c.name} alone, run {k + 1} of {runs} ({calls} calls)")
+            log(f"{g.id}: {c.name} alone, run {k + 1} of {len(per_run)} ({calls} calls)")
             load = load_average()
             try:
                 times = in_fresh_process(time_alone, c.spec(fs, g.batch, args.warmup, **opts), calls,
                                          name=f"{c.name} alone")
             except WorkerError as e:
-                out[c.name] = {"error": e.message}
+                out[c.name] = {"error": f"run {k + 1} of {len(per_run)}: {e.message}"}
                 continue
             out[c.name]["load_avg"] += [load, load_average()]
             out[c.name]["runs_ms"].append(summarize(per_frame([t.end_to_end for t in times], g.batch))["p50"])
@@ -137,7 +145,9 @@ def rows_table(res: dict) -> tuple[list[str], list[list[str]]]:
             out.append([r["group"], r["name"], "", "", "", f"not run: {r['error']}", ""])
             continue
         hl, al = r.get("harness_load_avg") or [], r.get("load_avg") or []
-        load = (f"{'–'.join(f'{x[0]:.2f}' for x in hl if x)}; {'–'.join(f'{x[0]:.2f}' for x in al if x)}"
+        alone_load = [x[0] for x in al if x]
+        load = (f"{'–'.join(f'{x[0]:.2f}' for x in hl if x)}; "
+                + (f"{min(alone_load):.2f}–{max(alone_load):.2f}" if alone_load else "")
                 + (" BUSY" if r.get("busy") else ""))
         each = r.get("standalone_runs_ms") or []
         alone = f"{r['standalone_ms']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else "")
@@ -146,12 +156,19 @@ def rows_table(res: dict) -> tuple[list[str], list[list[str]]]:
     return head, out
 
 
+def _calls_text(res: dict) -> str:
+    per_run = res.get("standalone_calls_per_run", res["standalone_calls"])
+    if isinstance(per_run, int):
+        return str(per_run)
+    return str(per_run[0]) if len(set(per_run)) == 1 else "/".join(map(str, per_run))
+
+
 def markdown(res: dict) -> str:
     out = report.header(res, "# Harness vs standalone")
     out += [f"Harness: {res['settings']['rounds']} rounds x {res['settings']['iters']} calls per candidate, each in "
             f"its own process, random order per round (seed {res['settings']['seed']}); alone: "
             f"{res.get('standalone_runs', 1)} fresh processes per candidate with nothing else running, "
-            f"{res.get('standalone_calls_per_run', res['standalone_calls'])} calls each, in shuffled passes. "
+            f"{_calls_text(res)} calls each, in shuffled passes. "
             "End-to-end ms per frame: the harness's median of round medians; alone, the median of the runs' "
             "medians (each run's in brackets).", "",
             report.md_table(*rows_table(res)), ""]

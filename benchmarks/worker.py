@@ -102,8 +102,8 @@ class WorkerSpec:
         conf, iou: thresholds, the same for every candidate.
         device: ``"cpu"`` or ``"cuda"``.
         rect: Ultralytics' minimal-padding letterbox (``None``: its default, on for a ``.pt``).
-        threads: ONNX Runtime intra-op threads of our detector (0: its default, all cores; each detector's
-            with ``pool``).
+        threads: ONNX Runtime intra-op threads of our detector (0: ONNX Runtime's default, all cores); with
+            ``pool``, of each detector (0: the pool's default, cores // pool).
         pool: our detectors side by side (a :class:`~engine.DetectorPool` when above 1; a call then takes
             ``batch`` frames, one per detector).
     """

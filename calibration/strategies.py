@@ -101,20 +101,22 @@ def float_tensors(model) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet(log: logging.Logger):
-    """``log`` at ERROR and stdout swallowed for the duration."""
-    level = log.level
-    log.setLevel(logging.ERROR)
+def _quiet(log: logging.Logger, level: int = logging.ERROR, stdout: bool = True):
+    """``log`` at ``level`` and (``stdout``) stdout swallowed for the duration."""
+    before = log.level
+    log.setLevel(level)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()) if stdout else contextlib.nullcontext():
             yield
     finally:
-        log.setLevel(level)
+        log.setLevel(before)
 
 
-def quiet_nncf():
-    """NNCF logs its progress at INFO and prints through rich: keep both out of the build's log."""
-    return _quiet(logging.getLogger("nncf"))
+def quiet_nncf(level: int = logging.ERROR, stdout: bool = True):
+    """NNCF logs its progress at INFO and prints through rich: keep both out of the build's log
+    (``level``: the lowest NNCF record still shown; ``stdout=False`` leaves stdout alone, e.g. while the
+    calibration images' own summary prints)."""
+    return _quiet(logging.getLogger("nncf"), level, stdout)
 
 
 def quiet_ort():

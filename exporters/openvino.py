@@ -24,11 +24,13 @@ for the ONNX forms.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from calibration.strategies import quiet_nncf
 from engine.artifacts import FP32_IR, INT8_IR
 from engine.errors import ExportError
 from engine.metadata import METADATA_KEY, ModelMetadata, Precision
@@ -172,10 +174,8 @@ def int8_model(fp32_onnx: Path, calibration: Iterable[np.ndarray], keep_float: S
     keep = ov_names(model, [*float_nodes(onnx.load(str(fp32_onnx), load_external_data=False)), *keep_float])
     dataset = calibration if isinstance(calibration, nncf.Dataset) else calibration_dataset(calibration)
     n = subset_size or dataset.get_length() or 300
-    from calibration.strategies import quiet_nncf
-
-    try:
-        with quiet_nncf():  # NNCF logs a line per node it leaves float and draws progress bars on stdout
+    try:  # NNCF logs a line per node it leaves float; its warnings and our images' summary still show
+        with quiet_nncf(logging.WARNING, stdout=False):
             return nncf.quantize(model, dataset, preset=nncf.QuantizationPreset.MIXED, subset_size=n,
                                  fast_bias_correction=False, ignored_scope=nncf.IgnoredScope(names=keep, validate=False))
     except Exception as e:  # noqa: BLE001 - NNCF raises from deep inside

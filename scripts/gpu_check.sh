@@ -31,11 +31,12 @@ cat "$out/env.txt"
 echo "== 1. GPU tests"
 tests=(tests/test_cuda_buffers.py tests/test_nvrtc.py)
 "$py" -m pytest -p no:cacheprovider -v -rA -m gpu "${tests[@]}" 2>&1 | tee "$out/gpu_tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 "$py" -m pytest -p no:cacheprovider -q -m "not gpu" "${tests[@]}" >"$out/cpu_tests.log" 2>&1 || status=1
 grep -E "^(FAILED|ERROR)|^E  |passed|failed" "$out/cpu_tests.log" | tail -n 30 | tee -a "$out/gpu_tests.log"
 rm -f "$out/cpu_tests.log"
 gpu_passed=$(grep -c -E "^tests/\S+ PASSED" "$out/gpu_tests.log")
-gpu_total=$(cat "${tests[@]}" | grep -c "@pytest.mark.gpu")
+gpu_total=$("$py" -m pytest -p no:cacheprovider -q --collect-only -m gpu "${tests[@]}" 2>/dev/null | grep -c "::")
 echo "GPU-marked tests passed: $gpu_passed of $gpu_total" | tee -a "$out/gpu_tests.log"
 [ "$gpu_passed" -eq "$gpu_total" ] || status=1
 

@@ -548,10 +548,20 @@ def test_selfcheck_times_each_candidate_alone_too(demo_onnx, tmp_path, capsys):
     assert row["ratio"] == pytest.approx(row["harness_ms"] / row["standalone_ms"], abs=1e-4)
     runs = row["standalone_runs_ms"]  # three fresh processes alone (the default), the figure their median
     assert res["standalone_runs"] == 3 and len(runs) == 3 and row["standalone_ms"] == sorted(runs)[1]
+    assert res["standalone_calls_per_run"] == [2, 1, 1]  # the harness's 4 calls, split
     assert len(row["load_avg"]) == 6 and isinstance(row["busy"], bool)
     md = (out / "selfcheck.md").read_text()
     assert "| ours fp32 |" in md and "harness / alone" in md and res["command"] in md
     assert f"{row['standalone_ms']:.2f} ({', '.join(f'{x:.2f}' for x in runs)})" in md
+
+
+def test_selfcheck_splits_its_calls_and_refuses_impossible_runs_before_any_work(tmp_path, capsys):
+    from benchmarks import selfcheck
+
+    assert selfcheck.split_calls(270, 3) == [90, 90, 90] and selfcheck.split_calls(10, 3) == [4, 3, 3]
+    out = tmp_path / "sc"
+    assert selfcheck.main(["--standalone-runs", "0", "--out", str(out), "--no-progress"]) == 2
+    assert "--standalone-runs 0" in capsys.readouterr().err and not out.exists()
 
 # ---------------------------------------------------------------- the multi-stream group
 
@@ -756,6 +766,22 @@ def test_int8_speed_times_each_model_in_its_own_process_and_prints_the_machine(d
     assert set(pids) == {"fp32", "fp16"} and len(set(pids.values())) == 2 and os.getpid() not in pids.values()
     assert [r["model"] for r in d["rows"]] == ["fp32", "fp16"] and d["rows"][0]["speedup_vs_fp32"] == 1.0
     assert d["env"]["calls_per_model"] == 4 and d["env"]["machine"]["load_avg_end"] is not None
+
+
+def test_int8_speed_with_workers_times_a_detector_pool_per_model(demo_onnx, tmp_path, capsys):
+    """--workers 2: each model's process runs a DetectorPool of two one-thread detectors, two frames a call."""
+    import json
+    import shutil
+
+    from benchmarks.int8_speed import main
+
+    shutil.copy2(demo_onnx, tmp_path / "m.onnx")
+    out = tmp_path / "speed.json"
+    assert main(["--deploy", str(tmp_path), "--stem", "m", "--rounds", "1", "--iters", "2", "--warmup", "1",
+                 "--threads", "1", "--workers", "2", "--json", str(out)]) == 0
+    assert "2 detectors per model side by side (1 threads each)" in capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["env"]["workers"] == 2 and [r["model"] for r in d["rows"]] == ["fp32"]
 
 
 def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_design(demo_onnx, capsys):

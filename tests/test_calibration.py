@@ -189,7 +189,6 @@ def _tiny_model(path: Path) -> Path:
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 32, 32])], [w1, w2])
     model = onnx_model(graph)
-    model.ir_version = 8
     onnx.save(model, str(path))
     return path
 

@@ -152,13 +152,16 @@ class OnnxRuntimeBackend(Backend):
 
 def load_error(path: Path, e: Exception, ort_version: str) -> ModelLoadError:
     """The typed error for an ONNX file ONNX Runtime refused: an IR version newer than this ONNX Runtime
-    reads gets both versions and the upgrade, anything else ORT's own reason without its C++ source location."""
+    reads gets both versions and the upgrade, anything else ORT's own reason without its C++ source location
+    (``/…/model.cc:202 onnxruntime::Model::Model(…)`` on Linux, ``D:\\…\\model.cc:181 onnxruntime::Model::Model``
+    on Windows)."""
     text = " ".join(str(e).split())
     ir = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
     if ir:
         return ModelLoadError(f"{path} is ONNX IR version {ir[1]}; ONNX Runtime {ort_version} reads up to IR "
-                              f"version {ir[2]}", "upgrade ONNX Runtime (pip install -U onnxruntime), or export the "
-                              "model again with python -m exporters.build (it writes IR version 8)")
-    reason = re.sub(r"/\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", text)  # ORT's file:line and C++ signature
+                              f"version {ir[2]}", "upgrade the ONNX Runtime package you have installed (pip install "
+                              "-U onnxruntime, or onnxruntime-gpu / onnxruntime-directml where that is the one), or "
+                              "export the model again with python -m exporters.build")
+    reason = re.sub(r"(?:(?<![A-Za-z])[A-Za-z]:)?[\\/]\S+\.(?:cc|h):\d+ \S+?(?:\(.*?\))? ", "", text)
     return ModelLoadError(f"ONNX Runtime cannot load {path} ({type(e).__name__}: {reason[:300]})",
                           "the file is truncated, corrupt or not ONNX: export it again")
