@@ -109,19 +109,17 @@ def machine() -> dict:
     gpu = device_info(0)
     import importlib.metadata as md
 
-    cuda_python = "?"
-    for dist in ("cuda-python", "cuda-bindings"):  # the metapackage, else the bindings alone (as on some images)
+    from benchmarks.env import cpu_model
+
+    cuda_python = "?"  # the cuda-python metapackage, else the bindings alone (as some GPU images have them)
+    for dist, shown in (("cuda-python", "{}"), ("cuda-bindings", "{} (cuda-bindings)")):
         try:
-            cuda_python = md.version(dist) if dist == "cuda-python" else f"{md.version(dist)} (cuda-bindings)"
+            cuda_python = shown.format(md.version(dist))
             break
         except md.PackageNotFoundError:
             continue
     driver, runtime = versions()
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     return {"gpu": gpu.name, "sm": gpu.sm_tag, "driver": driver, "cuda_runtime": runtime,
             "nvrtc": ".".join(map(str, nvrtc_version())), "cuda_python": cuda_python, "opencv": cv2.__version__,
             "numpy": np.__version__, "cpu": cpu, "python": platform.python_version()}

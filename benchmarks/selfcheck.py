@@ -149,26 +149,20 @@ def rows_table(res: dict) -> tuple[list[str], list[list[str]]]:
         load = (f"{'–'.join(f'{x[0]:.2f}' for x in hl if x)}; "
                 + (f"{min(alone_load):.2f}–{max(alone_load):.2f}" if alone_load else "")
                 + (" BUSY" if r.get("busy") else ""))
-        each = r.get("standalone_runs_ms") or []
+        each = r["standalone_runs_ms"]
         alone = f"{r['standalone_ms']:.2f}" + (f" ({', '.join(f'{x:.2f}' for x in each)})" if len(each) > 1 else "")
         out.append([r["group"], r["name"], f"{r['harness_ms']:.2f}", alone,
                     f"{r['ratio']:.3f}", "yes" if r["agrees"] else "**no**", load])
     return head, out
 
 
-def _calls_text(res: dict) -> str:
-    per_run = res.get("standalone_calls_per_run", res["standalone_calls"])
-    if isinstance(per_run, int):
-        return str(per_run)
-    return str(per_run[0]) if len(set(per_run)) == 1 else "/".join(map(str, per_run))
-
-
 def markdown(res: dict) -> str:
     out = report.header(res, "# Harness vs standalone")
     out += [f"Harness: {res['settings']['rounds']} rounds x {res['settings']['iters']} calls per candidate, each in "
             f"its own process, random order per round (seed {res['settings']['seed']}); alone: "
-            f"{res.get('standalone_runs', 1)} fresh processes per candidate with nothing else running, "
-            f"{_calls_text(res)} calls each, in shuffled passes. "
+            f"{res['standalone_runs']} fresh processes per candidate with nothing else running, "
+            f"{'/'.join(map(str, sorted(set(res['standalone_calls_per_run']), reverse=True)))} calls each, in "
+            "shuffled passes. "
             "End-to-end ms per frame: the harness's median of round medians; alone, the median of the runs' "
             "medians (each run's in brackets).", "",
             report.md_table(*rows_table(res)), ""]
