@@ -58,6 +58,10 @@ class BackendUnavailableError(DeployError):
     """No backend is registered for a file, or its library is not installed."""
 
 
+class ServeError(DeployError):
+    """Triton failed to start, to load the served models, or stopped on its own (``engine.serve``)."""
+
+
 class CalibrationError(DeployError):
     """INT8 calibration data is missing, empty or unreadable."""
 

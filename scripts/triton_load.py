@@ -9,7 +9,7 @@ rounds, in a shuffled order each round; a mode's figure is the median over round
 Reported per mode: throughput (frames/s) and its ratio to the baseline (the target: at least 0.8),
 p50/p95/p99 latency, the mean batch Triton really ran (its Prometheus metrics: inferences / executions),
 and the CPU milliseconds per served frame of the clients and of the server's processes (Triton, its
-Python-backend stub, the serving Python), which do not depend on how busy the machine is the way
+Python-backend stubs that run the Detectors, the serving Python), which do not depend on how busy the machine is the way
 throughput does. Modes (``--modes``): ``default`` (the server's defaults), ``on``/``off`` (dynamic batching
 forced on/off, the instances and threads of ``--instances``/``--threads``), ``on-1x`` (batching on, one
 instance on all cores: the defaults before they were measured).
@@ -101,7 +101,7 @@ def _batch_counters(metrics_port: int, model: str) -> tuple[float, float]:
 
 
 SERVED = ("yolo", "yolo_encoded")  # the models engine.serve loads: ready when both are
-START_TRIES = 2  # pytriton's stub handshake has failed at start under load ("Connection refused"): one retry
+START_TRIES = 2  # a start has failed under load before (the stub handshake, with pytriton): one retry
 
 
 class Server:
@@ -210,7 +210,7 @@ def _cpu_seconds(pid: int | None) -> dict[str, float]:
     for p in [root, *root.children(recursive=True)]:
         try:
             cmd = " ".join(p.cmdline())
-            name = ("server (Python, Detector)" if p.pid == pid else "stub" if "stub" in cmd
+            name = ("server (Python)" if p.pid == pid else "stub (Detector)" if "stub" in cmd
                     else "Triton" if "tritonserver" in cmd else "other")
             out[name] = out.get(name, 0.0) + sum(p.cpu_times()[:2])
         except psutil.Error:  # exited meanwhile

@@ -70,7 +70,7 @@ def test_outputs_round_trip_with_padding():
     empty = Detections.empty(("a", "b", "c"))
     out = pack_outputs([a, empty])
     assert out["boxes"].shape == (2, 2, 4) and out["num_detections"].ravel().tolist() == [2, 0]
-    assert pack_outputs([empty])["boxes"].shape == (1, 1, 4), "never zero-size: pytriton cannot send those"
+    assert pack_outputs([empty])["boxes"].shape == (1, 1, 4), "never zero-size"
     back = detections_from_outputs(out, names=("a", "b", "c"))
     assert len(back[0]) == 2 and len(back[1]) == 0
     np.testing.assert_array_equal(back[0].xyxy, a.xyxy)
@@ -108,6 +108,109 @@ def test_cli_refuses_a_missing_model_and_a_missing_pytriton(tmp_path):
                             "--http-port", str(free_ports(1)[0]), "--metrics-port", "0"],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and f"--grpc-port {port}" in p.stderr and "not available" in p.stderr
+
+
+def test_served_model_configs_parse_in_tritons_own_schema(demo_onnx):
+    """What engine.serve writes for Triton: both models, batching only where asked, the settings round-trip."""
+    pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")
+    from google.protobuf import text_format
+
+    from engine.serve import ServeConfig
+    from engine.serve.server import ModelInfo, served_models
+    from engine.serve.triton_model import settings
+
+    cfg = ServeConfig(model=demo_onnx, max_batch=4, dynamic_batching=True, instances=3, threads=1)
+    raw, encoded = served_models(cfg, ModelInfo(3, (320, 320), dynamic=True, onnx=True))
+    parsed = [text_format.Parse(m.config_pbtxt(), pb2.ModelConfig()) for m in (raw, encoded)]
+    assert [c.name for c in parsed] == ["yolo", "yolo_encoded"] and all(c.backend == "python" for c in parsed)
+    assert parsed[0].max_batch_size == 4 and list(parsed[0].input[0].dims) == [-1, -1, 3]
+    assert parsed[0].input[0].data_type == pb2.TYPE_UINT8 and parsed[1].input[0].data_type == pb2.TYPE_STRING
+    assert parsed[0].HasField("dynamic_batching") and not parsed[1].HasField("dynamic_batching")
+    assert parsed[0].dynamic_batching.max_queue_delay_microseconds == 2000
+    assert parsed[0].instance_group[0].count == 3
+    assert [o.name for o in parsed[0].output] == list(OUTPUTS)
+    s = settings({"parameters": {k: {"string_value": v.string_value} for k, v in parsed[0].parameters.items()}})
+    assert s["model"] == str(demo_onnx.resolve()) and s["warmup_batch"] == 4 and s["threads"] == 1
+    static = served_models(cfg, ModelInfo(3, (320, 320), dynamic=False, onnx=True))[0]
+    assert static.settings["warmup_batch"] == 1  # a static model runs frames one by one: one shape to warm up
+
+
+class _FakePbUtils:
+    """The part of Triton's ``triton_python_backend_utils`` the model uses, to run it without Triton."""
+
+    class TritonError:
+        INVALID_ARG, INTERNAL = 3, 13
+
+        def __init__(self, message, code):
+            self.message, self.code = message, code
+
+    class Tensor:
+        def __init__(self, name, array):
+            self.name, self.array = name, array
+
+        def as_numpy(self):
+            return self.array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=None, error=None):
+            self.outputs, self.error = output_tensors, error
+
+    class Logger:
+        lines: list = []
+
+        @classmethod
+        def log_warn(cls, m):
+            cls.lines.append(("warn", m))
+
+        @classmethod
+        def log_error(cls, m):
+            cls.lines.append(("error", m))
+
+    @classmethod
+    def get_input_tensor_by_name(cls, request, name):
+        return cls.Tensor(name, request[name]) if name in request else None
+
+
+def test_the_python_backend_model_answers_each_request_alone(demo_onnx, images, monkeypatch):
+    """The model Triton's stub runs, driven without Triton: good frames get the Detector's detections, a
+    zero-size frame and bytes that are not an image get INVALID_ARG with the project's line, a crash INTERNAL."""
+    import json
+
+    from engine.serve import ServeConfig
+    from engine.serve.server import ModelInfo, served_models
+    from engine.serve.triton_model import TritonPythonModel
+
+    fake = _FakePbUtils()
+    fake.Logger.lines = []
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
+    raw, encoded = served_models(ServeConfig(model=demo_onnx, threads=1, instances=1, dynamic_batching=False),
+                                 ModelInfo(3, (320, 320), dynamic=False, onnx=True))
+    models = {}
+    for m in (raw, encoded):
+        model = TritonPythonModel()
+        parameters = {"engine_serve": {"string_value": json.dumps(m.settings)}}
+        model.initialize({"model_config": json.dumps({"parameters": parameters}), "model_name": m.name})
+        models[m.name] = model
+    try:
+        answers = models["yolo"].execute([{"image": images[0][None]}, {"image": np.zeros((1, 0, 64, 3), np.uint8)},
+                                          {"image": images[1][None]}])
+        with Detector(demo_onnx) as local:
+            for answer, img in ((answers[0], images[0]), (answers[2], images[1])):
+                assert answer.error is None, answer.error.message
+                got = detections_from_outputs({t.name: t.array for t in answer.outputs}, local.names)[0]
+                _same(got, local(img))
+        assert answers[1].error.code == fake.TritonError.INVALID_ARG
+        assert "has shape [1, 0, 64, 3], with nothing in it; fix: " in answers[1].error.message
+        bad = models["yolo_encoded"].execute([{"encoded": np.array([[b"not an image"]], dtype=object)}])[0]
+        assert bad.error.code == fake.TritonError.INVALID_ARG and "not an image OpenCV can decode" in bad.error.message
+        assert [kind for kind, _ in fake.Logger.lines] == ["warn", "warn"]
+        monkeypatch.setattr(models["yolo"].detector, "predict", lambda frames: 1 / 0)
+        crash = models["yolo"].execute([{"image": images[0][None]}])[0]
+        assert crash.error.code == fake.TritonError.INTERNAL and "ZeroDivisionError" in crash.error.message
+        assert len(crash.error.message.splitlines()) == 1 and fake.Logger.lines[-1][0] == "error"
+    finally:
+        for model in models.values():
+            model.finalize()
 
 
 # ---- one server for the module -------------------------------------------------------------------
@@ -281,7 +384,7 @@ def test_every_bad_request_gets_a_one_line_client_error_and_the_next_good_one_is
         _same(_infer(mod, client, "yolo", "image", images[2][None], "UINT8")[0], local(images[2]))
     log = server["log"].read_text()
     assert "Traceback" not in log and "bad request to 'yolo_encoded': request 0: input 'encoded'" in log
-    assert "engine.serve: bad request: request 0: input 'image' has shape [1, 0, 64, 3]" in log
+    assert "engine.serve: bad request to 'yolo': request 0: input 'image' has shape [1, 0, 64, 3]" in log
 
 
 @needs_triton
@@ -311,7 +414,7 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(server, local, images)
 
 
 def test_bad_request_log_lines_are_rate_limited(caplog):
-    from engine.serve.server import LogLimit
+    from engine.serve.handler import LogLimit
 
     now = [0.0]
     limit = LogLimit(lines=3, window_s=10.0, clock=lambda: now[0])
@@ -369,15 +472,14 @@ def _cmdlines() -> list[list[str]]:
     return out
 
 
-def _left_behind(pid: int, http_port: int) -> list[Path]:
-    """What server ``pid``'s Triton keeps while it runs: its stubs' model folders under /tmp (one per model,
-    ``/tmp/folderXXXXXX/1/model.py``, whatever its instance count) and pytriton's workspace."""
-    paths = [Path(a[1]).parents[1] for a in _cmdlines()
-             if a[0].endswith("triton_python_backend_stub") and any(f"pytrtion{pid}-" in x for x in a)]
+def _left_behind(http_port: int) -> list[Path]:
+    """What the Triton serving on ``http_port`` keeps while it runs: engine.serve's temporary folder (its
+    model repository) and the Python-backend stubs' shared-memory regions (one per model instance)."""
     for a in _cmdlines():
         if a[0].endswith("tritonserver") and str(http_port) in a and "--model-repository" in a:
-            paths.append(Path(a[a.index("--model-repository") + 1]).parent)
-    return list(dict.fromkeys(paths))  # the instances of one model share its folder
+            prefix = next(x.split("=", 1)[1] for x in a if x.startswith("python,shm-region-prefix-name="))
+            return [Path(a[a.index("--model-repository") + 1]).parent, *Path("/dev/shm").glob(prefix + "*")]
+    return []
 
 
 @needs_triton
@@ -398,8 +500,8 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
                                 cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http_port}", ["yolo", "yolo_encoded"])
-        kept = _left_behind(proc.pid, http_port)
-        assert len(kept) == 3 and all(d.is_dir() for d in kept), kept  # two stub folders and the workspace
+        kept = _left_behind(http_port)
+        assert kept and kept[0].is_dir() and len(kept) >= 3, kept  # the repository folder and the stubs' regions
         keep_alive = http.client.HTTPConnection("127.0.0.1", http_port)
         keep_alive.request("GET", "/v2/health/live")
         assert keep_alive.getresponse().read() == b""  # answered, and the connection stays open
@@ -415,8 +517,12 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
     out = log.read_text()
     assert took < 10.0, f"stopped in {took:.1f}s\n{out[-3000:]}"
     assert code == (0 if sig == signal.SIGTERM else 130), out[-3000:]  # engine.cli's policy: Ctrl-C exits 130
-    assert not [d for d in kept if d.exists()], kept  # the stubs' folders under /tmp and the workspace are gone
+    assert not [d for d in kept if d.exists()], kept  # the repository folder and the shared memory are gone
+    assert not [a for a in _cmdlines() if a[0].endswith(("tritonserver", "triton_python_backend_stub"))
+                and any(str(kept[0]) in x for x in a)], "Triton or a stub outlived the server"
     assert "Traceback" not in out and "non-graceful" not in out.lower(), out[-3000:]
+    said = "stopped (SIGTERM)" if sig == signal.SIGTERM else "interrupted: Triton stopped, models unloaded"
+    assert said in out, out[-3000:]
 
 
 # ---- the --triton repository in the same Triton binary -----------------------------------------

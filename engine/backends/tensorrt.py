@@ -29,8 +29,8 @@ Thread and lifetime contract
   TensorRT may already be gone): ``close()`` or the ``with`` block frees. A backend dropped unclosed only
   warns (``ResourceWarning``) and keeps its GPU memory until the process ends.
 * **One engine, many contexts.** Backends of the same engine file on the same GPU share one deserialized
-  engine (:class:`~engine.backends.trt_engine.SharedEngine`): ``engine.serve --instances N`` holds one
-  engine and N execution contexts. The engine goes with the last backend's ``close()``.
+  engine (:class:`~engine.backends.trt_engine.SharedEngine`): N Detectors of one process hold one engine
+  and N execution contexts (``engine.serve`` instances are processes of their own: one engine each). The engine goes with the last backend's ``close()``.
 * **Memory.** Every buffer is sized once for the largest batch of the engine's optimization profile; a
   batch outside the profile is refused, so nothing grows. The hot path allocates nothing. The pinned
   input buffer is exposed (:meth:`~TensorRTBackend.input_buffer`): letterbox into it and ``infer`` skips

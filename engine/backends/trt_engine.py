@@ -2,8 +2,9 @@
 the same file on the same GPU.
 
 An ``ICudaEngine`` holds the weights on the GPU; an execution context holds one inference's activations.
-TensorRT lets many contexts run on one engine at once, so N Detectors of one engine (``engine.serve
---instances N``, several cameras) need one engine and N contexts, not N engines. :meth:`SharedEngine.acquire`
+TensorRT lets many contexts run on one engine at once, so N Detectors of one engine in one process (a
+``DetectorPool``, several cameras) need one engine and N contexts, not N engines (``engine.serve`` runs
+each instance in its own process: N instances hold N engines). :meth:`SharedEngine.acquire`
 returns the engine already loaded for this file (same path, size and modification time, device and
 runtime cache) or deserializes it; :meth:`SharedEngine.release` frees it when its last user is done. The
 TensorRT-RTX runtime cache (JIT-compiled kernels) is shared the same way and saved at that last release.

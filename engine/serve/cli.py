@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from ..cli import run_cli
-from .server import SETUP_HINT, ServeConfig, serve
+from .server import ServeConfig, serve
+from .triton_process import SETUP_HINT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None,
                     help="ONNX Runtime intra-op threads per instance (0 = all cores); None: the cores shared out "
                          "between the instances")
-    ap.add_argument("--verbose", action="store_true", help="pytriton's and Triton's logs at INFO level")
+    ap.add_argument("--verbose", action="store_true", help="Triton's log at INFO level (model loading, endpoints)")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
     return ap
 
@@ -57,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
                           dynamic_batching=_batching(args), queue_delay_us=args.queue_delay_us,
                           instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                          threads=args.threads))
+                          threads=args.threads), verbose=args.verbose)
 
-    # a failure of pytriton or Triton itself is unexpected: its traceback, then where to look first
-    return run_cli(action, args.debug, "interrupted: Triton stopped, detectors closed",
+    # a failure of Triton itself is unexpected: its traceback, then where to look first
+    return run_cli(action, args.debug, "interrupted: Triton stopped, models unloaded",
                    hint="read Triton's log lines above; if the Python-backend stub failed, serve from a venv made "
                         f"from Debian's /usr/bin/python3 ({SETUP_HINT})")
 

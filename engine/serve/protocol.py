@@ -15,8 +15,8 @@ from ..errors import DeployError, InputImageError
 IMAGE_INPUT = "image"
 ENCODED_INPUT = "encoded"
 OUTPUTS = ("num_detections", "boxes", "scores", "class_ids", "class_names")
-# A response carrying one of these (instead of OUTPUTS) is an error for that request alone; the shim
-# inside Triton (engine/serve/stub.py) sends it as INVALID_ARG (client) or INTERNAL (server).
+# A response carrying one of these (instead of OUTPUTS) is an error for that request alone; the model
+# inside Triton (engine/serve/triton_model.py) sends it as INVALID_ARG (client) or INTERNAL (server).
 CLIENT_ERROR = "_engine_serve_client_error"
 SERVER_ERROR = "_engine_serve_server_error"
 EMPTY_INPUT = ("request {request}: input '{name}' has shape {shape}, with nothing in it; fix: send at least one "
@@ -65,7 +65,8 @@ def frames_from_encoded_input(batch: np.ndarray, request: int = 0) -> list[np.nd
 def pack_outputs(dets: Sequence[Detections]) -> dict[str, np.ndarray]:
     """One request's detections as Triton outputs, padded to the largest count among its frames.
 
-    At least one row (K >= 1) even when nothing was found: pytriton cannot pass zero-size arrays.
+    At least one row (K >= 1) even when nothing was found, so that no output is zero-size (an earlier
+    pytriton-based server could not send those; clients read ``num_detections`` either way).
     """
     k = max(1, max((len(d) for d in dets), default=0))
     b = len(dets)
@@ -77,7 +78,7 @@ def pack_outputs(dets: Sequence[Detections]) -> dict[str, np.ndarray]:
         out["boxes"][i, :n] = d.xyxy
         out["scores"][i, :n] = d.confidence
         out["class_ids"][i, :n] = d.class_id
-    # a bytes array ("S"), not objects: pytriton's output check reads item 0 of object arrays, and K may be 0
+    # a bytes array ("S"), not objects: Triton's Python backend sends it as BYTES all the same
     names = [[s.encode() for s in d.class_name] + [b""] * (k - len(d)) for d in dets]
     out["class_names"] = np.array(names, dtype=np.bytes_).reshape(b, k)
     return out

@@ -1,15 +1,17 @@
 """``python -m engine.serve``: serve a :class:`Detector` through NVIDIA Triton Inference Server.
 
-The Triton here is the one PyPI's ``nvidia-pytriton`` bundles (Triton with its Python backend): Triton
-owns HTTP/gRPC, the dynamic batcher, request validation and Prometheus metrics; our ``Detector`` runs in
-this process behind it. Two models are served:
+The Triton here is the one PyPI's ``nvidia-pytriton`` bundles (the ``tritonserver`` binary with its Python
+backend; :mod:`engine.serve.triton_process`): Triton owns HTTP/gRPC, the dynamic batcher, request
+validation and Prometheus metrics; each model instance is a Python-backend stub process holding its own
+``Detector`` (:mod:`engine.serve.triton_model`), so a request makes one hop from Triton to the process that
+runs it. Two models are served:
 
 ``<name>`` (default ``yolo``)
     input ``image``: uint8 BGR frames, shape ``(batch, height, width, 3)`` (any frame size; a request
-    may carry several frames of one size). Triton's dynamic batcher gathers requests into one
-    ``Detector`` call (one batched inference for a dynamic-batch model).
+    may carry several frames of one size). With Triton's dynamic batcher on, the requests it gathers go
+    through one ``Detector`` call (one batched inference for a dynamic-batch model).
 ``<name>_encoded``
-    input ``encoded``: bytes, shape ``(batch, 1)``, each a JPEG/PNG/BMP/WebP file, decoded here.
+    input ``encoded``: bytes, shape ``(batch, 1)``, each a JPEG/PNG/BMP/WebP file, decoded in the stub.
     No dynamic batching, so a request whose bytes are not an image fails alone.
 
 Both answer, per request, ``num_detections`` int32 ``(batch, 1)``, ``boxes`` float32 ``(batch, K, 4)``
@@ -19,58 +21,41 @@ Both answer, per request, ``num_detections`` int32 ``(batch, 1)``, ``boxes`` flo
 
 Bad requests get a client error (HTTP 400 / gRPC INVALID_ARGUMENT) with one line, never a traceback: a
 wrong dtype, rank, channel count, input name or batch size is refused by Triton itself, before it
-reaches us (Triton's one-line message); content the ``Detector`` cannot take (bytes that are not an
-image, a truncated file, a zero-size frame) gets the project's message naming the request and the fix
-(:mod:`engine.serve.stub`). The other requests of a batch are answered as usual, each bad request is
-one warning line in the server log (at most :data:`BAD_REQUEST_LOG_LINES` per
-:data:`BAD_REQUEST_LOG_WINDOW_S`), and the server keeps serving.
+reaches a stub (Triton's one-line message; Triton checks shapes against the model config and has no
+option to pass them on); content the ``Detector`` cannot take (bytes that are not an image, a truncated
+file, a zero-size frame) gets the project's message naming the request and the fix. The other requests
+of a batch are answered as usual, each bad request is one warning line in Triton's log (at most
+:data:`~engine.serve.handler.BAD_REQUEST_LOG_LINES` per :data:`~engine.serve.handler.BAD_REQUEST_LOG_WINDOW_S`
+per model instance), and the server keeps serving.
 
 Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then unloads both
-models (Triton's Python-backend stubs exit and remove their folders under /tmp), stops Triton, which waits at most
-:data:`EXIT_TIMEOUT_S` for clients that hold connections open (an HTTP keep-alive kept it 30 s), and
-closes the detectors. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and returns for SIGTERM.
+models (each stub closes its Detector and exits), stops Triton, which waits at most :data:`EXIT_TIMEOUT_S`
+for clients that hold connections open (an HTTP keep-alive kept it 30 s), and removes its model repository
+folder. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and returns for SIGTERM.
 
-pytriton is imported only by :func:`serve`, so ``import engine.serve`` works without it. Triton's
-Python-backend stub needs a venv made from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
+Triton is Linux-only; ``import engine.serve`` works anywhere. Triton's Python-backend stub needs a venv made
+from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
 """
 from __future__ import annotations
 
-import logging
 import socket
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
 
 from ..cli import Terminated
-from ..errors import BackendUnavailableError, ConfigError, DeployError
+from ..errors import ConfigError, ServeError
 from ..signals import StopSignals
-from .protocol import (
-    ENCODED_INPUT,
-    IMAGE_INPUT,
-    error_outputs,
-    frames_from_encoded_input,
-    frames_from_image_input,
-    one_line,
-    pack_outputs,
-)
-
-log = logging.getLogger("engine.serve")
+from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
+from .protocol import ENCODED_INPUT, IMAGE_INPUT
+from .triton_process import SETUP_HINT, ServedModel, TritonProcess, find_triton
 
 # Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:
-# 30 s). 6 s: the CPU default of two instances per model did not unload within 3 s on a busy 2-core machine
-# (the stop test saw it), and a stub that Triton does not wait for leaves its folder under /tmp.
+# 30 s). 6 s: two instances per model did not unload within 3 s on a busy 2-core machine.
 EXIT_TIMEOUT_S = 6
 UNLOAD_WAIT_S = 4.0  # at stop, how long the models may take to unload before Triton is stopped anyway
-BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S = 10, 10.0
-
-SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
+READY_TIMEOUT_S = 300.0  # every instance loads its model and warms up; an engine on a busy machine is slow
 
 
 @dataclass(frozen=True)
@@ -128,90 +113,8 @@ class ServeConfig:
             raise ConfigError("--http-port 0 and --grpc-port 0 turn off both endpoints", "keep at least one on")
 
 
-# ---- the inference callable Triton calls --------------------------------------------------------
-
-class LogLimit:
-    """At most ``lines`` log lines per ``window_s`` seconds, then one line counting those left out."""
-
-    def __init__(self, lines: int = BAD_REQUEST_LOG_LINES, window_s: float = BAD_REQUEST_LOG_WINDOW_S,
-                 clock=time.monotonic) -> None:
-        self.lines, self.window_s, self.clock = lines, window_s, clock
-        self._lock = threading.Lock()
-        self._start, self._count, self._dropped = clock(), 0, 0
-
-    def warning(self, message: str) -> None:
-        with self._lock:
-            now = self.clock()
-            if now - self._start >= self.window_s:
-                if self._dropped:
-                    log.warning("%d more bad requests in the last %.0f s were not logged", self._dropped, self.window_s)
-                self._start, self._count, self._dropped = now, 0, 0
-            if self._count < self.lines:
-                self._count += 1
-                log.warning("%s", message)
-            else:
-                self._dropped += 1
-
-
-class DetectorModel:
-    """Triton's inference callable: a list of requests in, a list of output dicts out.
-
-    All frames of all good requests Triton batched together go through one ``Detector.predict`` call
-    (batched inference for a dynamic-batch model; frames one by one for a static one). A request whose
-    input the Detector cannot take is answered with its own client error; the others are not affected.
-    """
-
-    def __init__(self, detector: Any, input_name: str, lock: threading.Lock | None = None, model: str = "yolo",
-                 bad_requests: LogLimit | None = None) -> None:
-        self.detector = detector
-        self.input_name = input_name
-        self.lock = lock or threading.Lock()  # one inference at a time per Detector, whichever model asks
-        self.model = model
-        self.bad_requests = bad_requests or LogLimit()
-        self._decode = frames_from_encoded_input if input_name == ENCODED_INPUT else frames_from_image_input
-
-    def __call__(self, requests: Sequence[Any]) -> list[dict[str, np.ndarray]]:
-        out: list[dict[str, np.ndarray] | None] = [None] * len(requests)
-        good: list[tuple[int, list[np.ndarray]]] = []
-        for i, r in enumerate(requests):
-            try:
-                good.append((i, self._decode(r[self.input_name], i)))
-            except DeployError as e:
-                out[i] = self._refuse(e)
-        if good:
-            try:
-                with self.lock:
-                    dets = self.detector.predict([f for _, frames in good for f in frames])
-            except DeployError as e:  # checked frames the Detector still refused: the whole batch's input
-                dets, failed = None, [self._refuse(e) for _ in good]
-            except Exception as e:  # noqa: BLE001 - a bug of ours: the traceback to our log, one line to clients
-                log.exception("inference failed on %d request(s) to '%s'", len(good), self.model)
-                dets, failed = None, [error_outputs(f"engine.serve: internal error ({type(e).__name__}); see the "
-                                                    "server log", server=True) for _ in good]
-            start = 0
-            for k, (i, frames) in enumerate(good):
-                out[i] = pack_outputs(dets[start:start + len(frames)]) if dets is not None else failed[k]
-                start += len(frames)
-        return out
-
-    def _refuse(self, err: DeployError) -> dict[str, np.ndarray]:
-        line = one_line(err)
-        self.bad_requests.warning(f"bad request to '{self.model}': {line}")
-        return error_outputs(line)
-
-
-def _pytriton():
-    try:
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
-    except ImportError as e:
-        raise BackendUnavailableError(f"python -m engine.serve needs nvidia-pytriton, which {sys.executable} lacks ({e})",
-                                      SETUP_HINT) from None
-    return DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig
-
-
 def _check_ports(cfg: ServeConfig) -> None:
-    """Fail in a second, naming the flag, when a port is taken (Triton itself would time out after a minute)."""
+    """Fail in a second, naming the flag, when a port is taken (Triton itself would exit with a bind error)."""
     for flag, port in (("--http-port", cfg.http_port), ("--grpc-port", cfg.grpc_port),
                        ("--metrics-port", cfg.metrics_port)):
         if not port:
@@ -225,128 +128,75 @@ def _check_ports(cfg: ServeConfig) -> None:
                                   f"stop what listens there, or pass another {flag}") from None
 
 
-def _detector(cfg: ServeConfig):
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``engine.serve`` reads from the model before starting Triton (loading it also checks it)."""
+
+    classes: int
+    imgsz: tuple[int, int]
+    dynamic: bool  # a dynamic batch axis (Triton's batches run as one inference)
+    onnx: bool
+
+
+def probe(cfg: ServeConfig) -> ModelInfo:
+    """Load the model once here, so that a bad file fails in a second with the Detector's typed error."""
     from ..detector import Detector
 
-    # no spinning: Triton's and the stub's threads need the cores between calls (engine.serve.defaults)
-    opts = ({"intra_op_threads": cfg.threads, "spin_wait": False} if Path(cfg.model).suffix.lower() == ".onnx"
-            else {})
-    det = Detector(cfg.model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det, **opts)
-    # warm up every batch size the batcher may form: a backend's first run at a new shape is several
-    # times slower (ONNX Runtime plans memory per shape), which would land on some client's request
-    blank = np.full((*det.imgsz, 3), 114, np.uint8)
-    for b in range(1, (cfg.max_batch if det.backend.max_batch is None and cfg.dynamic_batching else 1) + 1):
-        det.predict([blank] * b)
-    return det
+    onnx = Path(cfg.model).suffix.lower() == ".onnx"
+    with Detector(cfg.model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
+                  **({"intra_op_threads": 1} if onnx else {})) as det:
+        return ModelInfo(len(det.names), tuple(det.imgsz), det.backend.max_batch is None, onnx)
 
 
-def _detectors(cfg: ServeConfig, stack: ExitStack) -> list:
-    """``cfg.instances`` Detectors, each closed by ``stack``.
-
-    For an engine they share one deserialized TensorRT engine, each with its own execution context
-    (the TensorRT backend shares engines of one file). They are made and warmed up on a helper thread
-    that then ends, so each one's context and buffers go back to its pool and Triton's instance thread
-    takes them over: N instances hold N execution contexts, not one more per Detector for this thread.
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="serve-load") as pool:
-        detectors = []
-        for _ in range(cfg.instances):
-            det = pool.submit(_detector, cfg).result()
-            stack.callback(det.close)
-            detectors.append(det)
-    return detectors
+def served_models(cfg: ServeConfig, info: ModelInfo) -> list[ServedModel]:
+    """The raw-frame and the encoded-image model, each ``cfg.instances`` stubs running a Detector."""
+    common = {"model": str(Path(cfg.model).resolve()), "conf": cfg.conf, "iou": cfg.iou, "max_det": cfg.max_det,
+              "threads": cfg.threads, "onnx": info.onnx, "log_lines": BAD_REQUEST_LOG_LINES,
+              "log_window_s": BAD_REQUEST_LOG_WINDOW_S}
+    batched = cfg.dynamic_batching and info.dynamic
+    return [ServedModel(cfg.name, IMAGE_INPUT, "TYPE_UINT8", (-1, -1, 3), cfg.max_batch, cfg.instances,
+                        cfg.queue_delay_us if cfg.dynamic_batching else None,
+                        {**common, "input": IMAGE_INPUT, "warmup_batch": cfg.max_batch if batched else 1}),
+            ServedModel(f"{cfg.name}_encoded", ENCODED_INPUT, "TYPE_STRING", (1,), cfg.max_batch, cfg.instances,
+                        None, {**common, "input": ENCODED_INPUT, "warmup_batch": 1})]
 
 
-def _unload(triton: Any, cfg: ServeConfig, models: Sequence[str]) -> None:
-    """Unload ``models`` through Triton's repository API while it still runs: its Python-backend stubs
-    then exit cleanly and remove their model folders under /tmp (a stop that times out leaves them)."""
-    scheme, port = ("http", cfg.http_port) if cfg.http_port else ("grpc", cfg.grpc_port)
-    try:
-        from pytriton.client.auth import create_auth_headers
-        from pytriton.client.utils import create_client_from_url
-
-        client = create_client_from_url(f"{scheme}://{cfg.host}:{port}", network_timeout_s=10)
-        headers = create_auth_headers(triton.get_access_token(), scheme)
-        try:
-            for name in models:
-                client.unload_model(name, headers=headers)
-            deadline = time.monotonic() + UNLOAD_WAIT_S  # a loaded machine unloads slowly: Triton's exit
-            while time.monotonic() < deadline and any(client.is_model_ready(n) for n in models):  # timeout must
-                time.sleep(0.1)  # not be spent on it, or Triton exits without finalizing its Python backend
-        finally:
-            client.close()
-    except Exception as e:  # noqa: BLE001 - the stop goes on; Triton unloads them itself, slower
-        log.warning("could not unload the models before stopping Triton (%s: %s)", type(e).__name__, e)
-
-
-def serve(cfg: ServeConfig, log=print) -> None:
+def serve(cfg: ServeConfig, log=print, verbose: bool = False) -> None:
     """Start Triton with the two models and block until SIGINT/SIGTERM or Triton stops.
 
     Fields of ``cfg`` left ``None`` take this machine's defaults (:func:`.defaults.resolve`).
 
     Raises:
-        KeyboardInterrupt: after Ctrl-C, once Triton stopped and the Detectors closed.
+        KeyboardInterrupt: after Ctrl-C, once Triton stopped and its models were unloaded.
         engine.cli.Terminated: the same after SIGTERM.
+        ServeError: Triton failed to start or load the models, or stopped on its own.
     """
     from .defaults import resolve
 
     cfg = resolve(cfg)
     _check_ports(cfg)
-    _pytriton()  # before loading models: a missing pytriton fails in a second
-    with StopSignals() as stop, ExitStack() as stack:  # signals only set a flag the serving loop polls
-        _run_triton(cfg, _detectors(cfg, stack), stop, log)
-    # Triton has stopped and the Detectors are closed (the with block): now the signal decides the exit
+    dist = find_triton()  # before loading the model: a missing pytriton fails in a second
+    info = probe(cfg)
+    models = served_models(cfg, info)
+    with StopSignals() as stop:  # signals only set a flag the serving loop polls
+        with TritonProcess(dist, models, cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port, EXIT_TIMEOUT_S,
+                           verbose) as triton:
+            if triton.wait_ready(READY_TIMEOUT_S, stopped=lambda: stop.signum is not None):
+                where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
+                                                                     ("metrics", cfg.metrics_port)) if p)
+                log(f"serving {Path(cfg.model).name} ({info.classes} classes, {info.imgsz[0]}x{info.imgsz[1]}, "
+                    f"{'dynamic' if info.dynamic else 'static'} batch) as '{cfg.name}' (raw frames) and "
+                    f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
+                    f"{'on' if cfg.dynamic_batching else 'off'}, {cfg.instances} instance(s) x {cfg.threads or 'all'} "
+                    "thread(s); Ctrl+C stops")
+                sys.stdout.flush()
+                while stop.signum is None and triton.alive():
+                    time.sleep(0.1)
+            if stop.signum is None:
+                raise ServeError(f"Triton stopped on its own (exit code {triton.proc.returncode})",
+                                 "read Triton's log above")
+            triton.stop(UNLOAD_WAIT_S)
+    # Triton has stopped and its folder is gone (the with block): now the signal decides the exit
     if stop.interrupted:
         raise KeyboardInterrupt
-    if stop.signum is not None:
-        raise Terminated
-
-
-def _run_triton(cfg: ServeConfig, detectors: list, stop: StopSignals, log) -> None:
-    """Bind the two models to ``detectors`` and serve until a stop signal or Triton stops."""
-    DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _pytriton()
-    from pytriton.models.model import Model
-
-    from .stub import install
-
-    install(Model, BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S)  # bad requests: INVALID_ARG, one line (stub.py)
-    outputs = [Tensor(name="num_detections", dtype=np.int32, shape=(1,)),
-               Tensor(name="boxes", dtype=np.float32, shape=(-1, 4)),
-               Tensor(name="scores", dtype=np.float32, shape=(-1,)),
-               Tensor(name="class_ids", dtype=np.int32, shape=(-1,)),
-               Tensor(name="class_names", dtype=np.bytes_, shape=(-1,))]
-    batcher = DynamicBatcher(max_queue_delay_microseconds=cfg.queue_delay_us) if cfg.dynamic_batching else None
-    tcfg = TritonConfig(http_address=cfg.host, http_port=cfg.http_port or None, allow_http=bool(cfg.http_port),
-                        grpc_address=cfg.host, grpc_port=cfg.grpc_port or None, allow_grpc=bool(cfg.grpc_port),
-                        metrics_address=cfg.host, metrics_port=cfg.metrics_port or None,
-                        allow_metrics=bool(cfg.metrics_port), allow_gpu_metrics=False, exit_on_error=True,
-                        exit_timeout_secs=EXIT_TIMEOUT_S)
-    locks = [threading.Lock() for _ in detectors]  # the raw and the encoded model share each Detector
-    bad_requests = LogLimit()
-    names = (cfg.name, f"{cfg.name}_encoded")
-    # strict=False: a refused request's response carries an error key in place of the outputs (see stub.py)
-    with Triton(config=tcfg) as triton:
-        triton.bind(model_name=names[0],
-                    infer_func=[DetectorModel(d, IMAGE_INPUT, k, names[0], bad_requests)
-                                for d, k in zip(detectors, locks)],
-                    inputs=[Tensor(name=IMAGE_INPUT, dtype=np.uint8, shape=(-1, -1, 3))], outputs=outputs,
-                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=batcher), strict=False)
-        triton.bind(model_name=names[1],
-                    infer_func=[DetectorModel(d, ENCODED_INPUT, k, names[1], bad_requests)
-                                for d, k in zip(detectors, locks)],
-                    inputs=[Tensor(name=ENCODED_INPUT, dtype=np.bytes_, shape=(1,))], outputs=outputs,
-                    config=ModelConfig(max_batch_size=cfg.max_batch, batcher=None), strict=False)
-        triton.connect()  # raises if Triton or a model fails to start
-        d = detectors[0]
-        where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
-                                                             ("metrics", cfg.metrics_port)) if p)
-        log(f"serving {Path(cfg.model).name} ({len(d.names)} classes, {d.imgsz[0]}x{d.imgsz[1]}, "
-            f"{'dynamic' if d.backend.max_batch is None else 'static'} batch) as '{cfg.name}' (raw frames) and "
-            f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
-            f"{'on' if cfg.dynamic_batching else 'off'}, {cfg.instances} instance(s) x {cfg.threads or 'all'} "
-            "thread(s); Ctrl+C stops")
-        sys.stdout.flush()
-        while stop.signum is None and triton.is_alive():
-            time.sleep(0.1)
-        if stop.signum is not None:
-            _unload(triton, cfg, names)
+    raise Terminated

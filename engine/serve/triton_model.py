@@ -1,0 +1,97 @@
+"""The model Triton's Python backend runs: a :class:`Detector` inside the backend's stub process.
+
+``engine.serve`` writes a model repository whose ``model.py`` files import :class:`TritonPythonModel`
+from here. Triton starts one stub process per model instance; each holds its own ``Detector``, so a
+request goes client → Triton → stub → ONNX Runtime (or TensorRT) and back, with no process in between.
+
+The settings come from the model config's ``parameters`` (key :data:`PARAMETERS_KEY`, JSON): the model file,
+thresholds, threads, the input (``image`` or ``encoded``) and the batch sizes to warm up.
+
+Errors: a request whose input the ``Detector`` cannot take gets ``TritonError(INVALID_ARG)`` (HTTP 400 /
+gRPC INVALID_ARGUMENT) with the project's one line (reason; fix) and one warning line in Triton's log (at
+most :data:`~engine.serve.handler.BAD_REQUEST_LOG_LINES` per window per instance); a failure of ours gets
+``INTERNAL`` with one line, its traceback going to the log only. The other requests of a batch are answered
+as usual.
+
+Imported only inside the stub (``triton_python_backend_utils`` exists only there).
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+import numpy as np
+
+from .protocol import CLIENT_ERROR, EMPTY_INPUT, SERVER_ERROR
+
+PARAMETERS_KEY = "engine_serve"
+
+
+def settings(model_config: dict) -> dict:
+    """The ``engine.serve`` settings stored in a Triton model config (as the backend passes it, parsed)."""
+    return json.loads(model_config["parameters"][PARAMETERS_KEY]["string_value"])
+
+
+def empty_input(shape: tuple[int, ...], name: str, request: int) -> str | None:
+    """The project's message for an input with nothing in it (a ``[1, 0, 64, 3]`` frame), else ``None``."""
+    return EMPTY_INPUT.format(request=request, name=name, shape=list(shape)) if 0 in shape else None
+
+
+class TritonPythonModel:
+    """Triton's Python-backend model interface (``initialize``, ``execute``, ``finalize``) over a Detector."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        from ..detector import Detector
+        from .handler import DetectorModel, LogLimit
+
+        self.pb = pb_utils
+        s = settings(json.loads(args["model_config"]))
+        opts = {"intra_op_threads": s["threads"], "spin_wait": False} if s["onnx"] else {}
+        self.detector = Detector(s["model"], conf=s["conf"], iou=s["iou"], max_det=s["max_det"], **opts)
+        # warm up every batch size the batcher may form: a backend's first run at a new shape is several
+        # times slower (ONNX Runtime plans memory per shape), which would land on some client's request
+        blank = np.full((*self.detector.imgsz, 3), 114, np.uint8)
+        for b in range(1, int(s["warmup_batch"]) + 1):
+            self.detector.predict([blank] * b)
+        self.input_name = s["input"]
+        self.bad_requests = LogLimit(s["log_lines"], s["log_window_s"],
+                                     emit=lambda m: pb_utils.Logger.log_warn(f"engine.serve: {m}"))
+        self.model = DetectorModel(self.detector, self.input_name, model=args["model_name"],
+                                   bad_requests=self.bad_requests,
+                                   on_internal=lambda m: pb_utils.Logger.log_error(f"engine.serve: {m}"))
+
+    def execute(self, requests: list) -> list:
+        pb = self.pb
+        try:
+            inputs, answers = [], [None] * len(requests)
+            for i, r in enumerate(requests):
+                array = pb.get_input_tensor_by_name(r, self.input_name).as_numpy()
+                refused = empty_input(array.shape, self.input_name, i)
+                if refused:
+                    self.bad_requests.warning(f"bad request to '{self.model.model}': {refused}")
+                    answers[i] = self._error(refused, pb.TritonError.INVALID_ARG)
+                else:
+                    inputs.append((i, array))
+            for (i, _), out in zip(inputs, self.model.outputs([a for _, a in inputs])):
+                answers[i] = self._response(out)
+            return answers
+        except Exception:  # noqa: BLE001 - a bug of ours: the traceback to Triton's log, one line to clients
+            pb.Logger.log_error("engine.serve: " + traceback.format_exc())
+            return [self._error("engine.serve: internal error (see the server log)", pb.TritonError.INTERNAL)
+                    for _ in requests]
+
+    def _response(self, out: dict[str, np.ndarray]):
+        pb = self.pb
+        for key, code in ((CLIENT_ERROR, pb.TritonError.INVALID_ARG), (SERVER_ERROR, pb.TritonError.INTERNAL)):
+            if key in out:
+                return self._error(bytes(out[key].reshape(-1)[0]).decode("utf-8", "replace"), code)
+        return pb.InferenceResponse([pb.Tensor(name, value) for name, value in out.items()])
+
+    def _error(self, message: str, code: int):
+        return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
+
+    def finalize(self) -> None:
+        self.detector.close()
