@@ -37,7 +37,7 @@ EXTRAS = {
     # our CUDA kernels (engine/cuda/kernels/*.cu): cuda-python + the NVRTC library wheel (no CUDA toolkit)
     "cuda": ["cuda-python>=13", "nvidia-cuda-nvrtc>=13"],
     # python -m engine.serve: Triton bundled in nvidia-pytriton (venv from Debian's python3, see .ci/setup_triton.sh)
-    "serve": ["nvidia-pytriton>=0.7"],
+    "serve": ["nvidia-pytriton>=0.7,<0.8"],  # engine.serve uses the layout of its bundled Triton (0.7: Triton 2.51)
     # OpenVINO IRs: the runtime backend (x86 CPUs, Intel iGPU/NPU) and, for the build, NNCF's INT8 (tested: 2026.4 / 3.4)
     "openvino": ["openvino>=2025.0", "nncf>=2.15"],
 }

@@ -795,7 +795,8 @@ def test_thread_safety_benchmark_prints_each_candidate_against_the_shipped_desig
 
 
 def test_triton_load_starts_a_server_again_when_its_first_start_fails(monkeypatch, tmp_path):
-    """pytriton's stub handshake has failed at start under load: one retry, with its own log; a second failure raises."""
+    """A server start has failed under load before (pytriton's stub handshake): one retry, with its own log; a
+    second failure raises."""
     from types import SimpleNamespace
 
     from scripts import triton_load as tl

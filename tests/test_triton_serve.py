@@ -110,8 +110,9 @@ def test_cli_refuses_a_missing_model_and_a_missing_pytriton(tmp_path):
     assert p.returncode == 2 and f"--grpc-port {port}" in p.stderr and "not available" in p.stderr
 
 
-def test_served_model_configs_parse_in_tritons_own_schema(demo_onnx):
-    """What engine.serve writes for Triton: both models, batching only where asked, the settings round-trip."""
+def test_served_model_configs_parse_in_tritons_own_schema(demo_onnx, tmp_path):
+    """What engine.serve writes for Triton: both models, batching only where asked, the settings round-trip
+    (a model path with quotes, a backslash, a newline and non-ASCII letters included)."""
     pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")
     from google.protobuf import text_format
 
@@ -119,7 +120,10 @@ def test_served_model_configs_parse_in_tritons_own_schema(demo_onnx):
     from engine.serve.server import ModelInfo, served_models
     from engine.serve.triton_model import settings
 
-    cfg = ServeConfig(model=demo_onnx, max_batch=4, dynamic_batching=True, instances=3, threads=1)
+    odd = tmp_path / 'dir "q" \\ é\nx' / "demo.onnx"
+    odd.parent.mkdir()
+    odd.write_bytes(demo_onnx.read_bytes())
+    cfg = ServeConfig(model=odd, max_batch=4, dynamic_batching=True, instances=3, threads=1)
     raw, encoded = served_models(cfg, ModelInfo(3, (320, 320), dynamic=True, onnx=True))
     parsed = [text_format.Parse(m.config_pbtxt(), pb2.ModelConfig()) for m in (raw, encoded)]
     assert [c.name for c in parsed] == ["yolo", "yolo_encoded"] and all(c.backend == "python" for c in parsed)
@@ -129,20 +133,28 @@ def test_served_model_configs_parse_in_tritons_own_schema(demo_onnx):
     assert parsed[0].dynamic_batching.max_queue_delay_microseconds == 2000
     assert parsed[0].instance_group[0].count == 3
     assert [o.name for o in parsed[0].output] == list(OUTPUTS)
-    s = settings({"parameters": {k: {"string_value": v.string_value} for k, v in parsed[0].parameters.items()}})
-    assert s["model"] == str(demo_onnx.resolve()) and s["warmup_batch"] == 4 and s["threads"] == 1
+    got = [settings({"parameters": {k: {"string_value": v.string_value} for k, v in c.parameters.items()}})
+           for c in parsed]
+    assert got[0] == raw.settings and got[0].model == str(odd.resolve()) and got[0].warmup_batch == 4
+    assert got[1].target == "yolo" and got[1].input == "encoded"  # decodes, then detects in 'yolo'
     static = served_models(cfg, ModelInfo(3, (320, 320), dynamic=False, onnx=True))[0]
-    assert static.settings["warmup_batch"] == 1  # a static model runs frames one by one: one shape to warm up
+    assert static.settings.warmup_batch == 1  # a static model runs frames one by one: one shape to warm up
 
 
 class _FakePbUtils:
-    """The part of Triton's ``triton_python_backend_utils`` the model uses, to run it without Triton."""
+    """The part of Triton's ``triton_python_backend_utils`` the model uses, to run it without Triton.
+    ``InferenceRequest.exec`` (a BLS call) runs the named model of :attr:`models` in this process."""
+
+    models: dict = {}
 
     class TritonError:
         INVALID_ARG, INTERNAL = 3, 13
 
         def __init__(self, message, code):
-            self.message, self.code = message, code
+            self._message, self.code = message, code
+
+        def message(self):
+            return self._message
 
     class Tensor:
         def __init__(self, name, array):
@@ -153,7 +165,20 @@ class _FakePbUtils:
 
     class InferenceResponse:
         def __init__(self, output_tensors=None, error=None):
-            self.outputs, self.error = output_tensors, error
+            self.output_tensors, self._error = output_tensors, error
+
+        def has_error(self):
+            return self._error is not None
+
+        def error(self):
+            return self._error
+
+    class InferenceRequest:
+        def __init__(self, model_name, requested_output_names, inputs):
+            self.model_name, self.inputs = model_name, {t.name: t.array for t in inputs}
+
+        def exec(self):
+            return _FakePbUtils.models[self.model_name].execute([self.inputs])[0]
 
     class Logger:
         lines: list = []
@@ -170,10 +195,15 @@ class _FakePbUtils:
     def get_input_tensor_by_name(cls, request, name):
         return cls.Tensor(name, request[name]) if name in request else None
 
+    @staticmethod
+    def get_output_tensor_by_name(response, name):
+        return next(t for t in response.output_tensors if t.name == name)
+
 
 def test_the_python_backend_model_answers_each_request_alone(demo_onnx, images, monkeypatch):
-    """The model Triton's stub runs, driven without Triton: good frames get the Detector's detections, a
-    zero-size frame and bytes that are not an image get INVALID_ARG with the project's line, a crash INTERNAL."""
+    """The model Triton's stubs run, driven without Triton: good frames get the Detector's detections (raw,
+    and encoded through the raw-frame model), a zero-size frame and bytes that are not an image get
+    INVALID_ARG with the project's line, a crash INTERNAL with one line and the traceback in the log."""
     import json
 
     from engine.serve import ServeConfig
@@ -182,34 +212,41 @@ def test_the_python_backend_model_answers_each_request_alone(demo_onnx, images, 
 
     fake = _FakePbUtils()
     fake.Logger.lines = []
+    monkeypatch.setattr(_FakePbUtils, "models", {})  # what the BLS calls of InferenceRequest.exec reach
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", fake)
-    raw, encoded = served_models(ServeConfig(model=demo_onnx, threads=1, instances=1, dynamic_batching=False),
-                                 ModelInfo(3, (320, 320), dynamic=False, onnx=True))
-    models = {}
-    for m in (raw, encoded):
+    for m in served_models(ServeConfig(model=demo_onnx, threads=1, instances=1, dynamic_batching=False),
+                           ModelInfo(3, (320, 320), dynamic=False, onnx=True)):
         model = TritonPythonModel()
-        parameters = {"engine_serve": {"string_value": json.dumps(m.settings)}}
+        parameters = {"engine_serve": {"string_value": m.settings.to_json()}}
         model.initialize({"model_config": json.dumps({"parameters": parameters}), "model_name": m.name})
-        models[m.name] = model
+        fake.models[m.name] = model
+    assert fake.models["yolo_encoded"].detector is None  # one Detector per instance in all: the raw model's
+    outputs = lambda answer: {t.name: t.array for t in answer.output_tensors}  # noqa: E731
     try:
-        answers = models["yolo"].execute([{"image": images[0][None]}, {"image": np.zeros((1, 0, 64, 3), np.uint8)},
-                                          {"image": images[1][None]}])
+        answers = fake.models["yolo"].execute([{"image": images[0][None]}, {"image": np.zeros((1, 0, 64, 3), np.uint8)},
+                                               {"image": images[1][None]}])
+        pngs = np.array([[cv2.imencode(".png", img)[1].tobytes()] for img in images[:2]], dtype=object)
+        both = fake.models["yolo_encoded"].execute([{"encoded": pngs}])[0]
         with Detector(demo_onnx) as local:
             for answer, img in ((answers[0], images[0]), (answers[2], images[1])):
-                assert answer.error is None, answer.error.message
-                got = detections_from_outputs({t.name: t.array for t in answer.outputs}, local.names)[0]
+                assert not answer.has_error(), answer.error().message()
+                _same(detections_from_outputs(outputs(answer), local.names)[0], local(img))
+            assert not both.has_error(), both.error().message()
+            for got, img in zip(detections_from_outputs(outputs(both), local.names), images[:2]):
                 _same(got, local(img))
-        assert answers[1].error.code == fake.TritonError.INVALID_ARG
-        assert "has shape [1, 0, 64, 3], with nothing in it; fix: " in answers[1].error.message
-        bad = models["yolo_encoded"].execute([{"encoded": np.array([[b"not an image"]], dtype=object)}])[0]
-        assert bad.error.code == fake.TritonError.INVALID_ARG and "not an image OpenCV can decode" in bad.error.message
+        assert answers[1].error().code == fake.TritonError.INVALID_ARG
+        assert "has shape [1, 0, 64, 3], with nothing in it; fix: " in answers[1].error().message()
+        bad = fake.models["yolo_encoded"].execute([{"encoded": np.array([[b"not an image"]], dtype=object)}])[0]
+        assert bad.error().code == fake.TritonError.INVALID_ARG
+        assert "not an image OpenCV can decode; fix: " in bad.error().message()
         assert [kind for kind, _ in fake.Logger.lines] == ["warn", "warn"]
-        monkeypatch.setattr(models["yolo"].detector, "predict", lambda frames: 1 / 0)
-        crash = models["yolo"].execute([{"image": images[0][None]}])[0]
-        assert crash.error.code == fake.TritonError.INTERNAL and "ZeroDivisionError" in crash.error.message
-        assert len(crash.error.message.splitlines()) == 1 and fake.Logger.lines[-1][0] == "error"
+        monkeypatch.setattr(fake.models["yolo"].detector, "predict", lambda frames: 1 / 0)
+        crash = fake.models["yolo"].execute([{"image": images[0][None]}])[0]
+        assert crash.error().code == fake.TritonError.INTERNAL and "ZeroDivisionError" in crash.error().message()
+        assert len(crash.error().message().splitlines()) == 1 and fake.Logger.lines[-1][0] == "error"
+        assert "Traceback" in fake.Logger.lines[-1][1]
     finally:
-        for model in models.values():
+        for model in fake.models.values():
             model.finalize()
 
 
@@ -242,7 +279,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def _kill_all(proc: subprocess.Popen) -> None:
-    """SIGKILL the server and what it started (Triton's stubs outlive a killed server; it runs in its own session)."""
+    """SIGKILL the server's session (a test that failed): Triton, in a session of its own, gets SIGTERM from
+    the kernel when the server dies (PR_SET_PDEATHSIG); the next server removes the folder it leaves."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -460,6 +498,71 @@ def test_metrics_endpoint_counts_inferences(server):
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{server['metrics']}/metrics", timeout=10).read().decode()
     assert 'nv_inference_request_success{model="yolo"' in text
+
+
+@needs_triton
+def test_admin_endpoints_need_the_servers_token(server, local, images):
+    """Clients may infer, not unload models or load code: Triton's repository API wants a token only
+    engine.serve knows (pytriton restricted it the same way)."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    for client in (th.InferenceServerClient(server["http"]), tg.InferenceServerClient(server["grpc"])):
+        with pytest.raises(InferenceServerException, match="(?i)restricted|access|token|permission|unavailable"):
+            client.unload_model("yolo")
+        with pytest.raises(InferenceServerException):
+            client.load_model("yolo", files={"file:1/model.py": b"raise SystemExit"})
+        assert client.is_model_ready("yolo")
+    mod, client = _client(server, "http")
+    _same(_infer(mod, client, "yolo", "image", images[0][None], "UINT8")[0], local(images[0]))
+
+
+def test_leftovers_of_a_killed_server_are_removed_by_the_next_one(tmp_path):
+    """A server killed with SIGKILL cannot remove its folder or shm regions; the next one to start does
+    (only those whose engine.serve pid no longer runs)."""
+    from engine.serve.triton_process import PREFIX, remove_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, timeout=60).stdout.strip()
+    tmp, shm = tmp_path / "tmp", tmp_path / "shm"
+    (tmp / f"{PREFIX}{dead}-abc" / "models").mkdir(parents=True)
+    (tmp / f"{PREFIX}{os.getpid()}-mine").mkdir()
+    (tmp / f"{PREFIX}notapid").mkdir()
+    shm.mkdir()
+    (shm / f"{PREFIX}{dead}-1234-region").write_bytes(b"x")
+    (shm / f"{PREFIX}{os.getpid()}-1234-region").write_bytes(b"x")
+    removed = remove_stale(tmp, shm)
+    assert sorted(p.name for p in removed) == [f"{PREFIX}{dead}-1234-region", f"{PREFIX}{dead}-abc"]
+    assert sorted(p.name for p in tmp.iterdir()) == [f"{PREFIX}{os.getpid()}-mine", f"{PREFIX}notapid"]
+    assert [p.name for p in shm.iterdir()] == [f"{PREFIX}{os.getpid()}-1234-region"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Triton runs on Linux")
+def test_a_triton_that_fails_to_start_is_a_typed_error_and_leaves_nothing(tmp_path, demo_onnx):
+    """A Triton binary that exits at once (a stub that cannot start, a port taken meanwhile): ServeError
+    naming how it ended, and the repository folder removed."""
+    from engine.errors import ServeError
+    from engine.serve import ServeConfig
+    from engine.serve.server import ModelInfo, served_models
+    from engine.serve.triton_process import TritonDist, TritonProcess
+
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\necho 'fake triton: failing' >&2\nexit 3\n")
+    binary.chmod(0o755)
+    backend = tmp_path / "python"
+    backend.mkdir()
+    (backend / "libtriton_python.so").write_bytes(b"")
+    dist = TritonDist(binary=binary, python_backend=backend, stub=binary, libs=tmp_path)
+    models = served_models(ServeConfig(model=demo_onnx, instances=1, threads=1, dynamic_batching=False),
+                           ModelInfo(3, (320, 320), dynamic=False, onnx=True))
+    http, grpc = free_ports(2)
+    with pytest.raises(ServeError, match="exited with code 3 while loading yolo, yolo_encoded"):
+        with TritonProcess(dist, models, "127.0.0.1", http, grpc, 0, exit_timeout_s=2) as triton:
+            folder = triton.workspace
+            assert (folder / "models" / "yolo" / "config.pbtxt").is_file()
+            triton.wait_ready(30)
+    assert not folder.exists()
 
 
 def _cmdlines() -> list[list[str]]:

@@ -31,13 +31,14 @@ per model instance), and the server keeps serving.
 Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then unloads both
 models (each stub closes its Detector and exits), stops Triton, which waits at most :data:`EXIT_TIMEOUT_S`
 for clients that hold connections open (an HTTP keep-alive kept it 30 s), and removes its model repository
-folder. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and returns for SIGTERM.
+folder. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and :class:`~engine.cli.Terminated` for SIGTERM.
 
 Triton is Linux-only; ``import engine.serve`` works anywhere. Triton's Python-backend stub needs a venv made
 from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
 """
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import time
@@ -49,7 +50,7 @@ from ..errors import ConfigError, ServeError
 from ..signals import StopSignals
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
-from .triton_process import SETUP_HINT, ServedModel, TritonProcess, find_triton
+from .triton_process import SETUP_HINT, ServedModel, StubSettings, TritonProcess, ended, find_triton
 
 # Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:
 # 30 s). 6 s: two instances per model did not unload within 3 s on a busy 2-core machine.
@@ -71,8 +72,9 @@ class ServeConfig:
         dynamic_batching: let Triton's dynamic batcher gather requests (else one request per call);
             ``None``: on where the model runs on a GPU, off on a CPU (:mod:`engine.serve.defaults`).
         queue_delay_us: how long the batcher may hold a request waiting for more.
-        instances: model instances (each a ``Detector``) running side by side; ``None``: 1 on a GPU, 2 on a
-            CPU of two cores or more.
+        instances: Detectors running side by side, each in its own Triton Python-backend stub process (the
+            encoded-image model gets as many decoding stubs, which pass frames on to them); ``None``: 1 on a
+            GPU, 2 on a CPU of two cores or more.
         conf, iou, max_det: the ``Detector``'s thresholds.
         threads: ONNX Runtime intra-op threads per instance (0 = all cores); ``None``: the cores shared out
             between the instances.
@@ -97,8 +99,10 @@ class ServeConfig:
         if not Path(self.model).is_file():
             raise ConfigError(f"--model {self.model}: no such file",
                               "pass a model built by python -m exporters.build (.onnx or .engine)")
-        if not self.name or not all(c.isalnum() or c in "._-" for c in self.name):
-            raise ConfigError(f"--name {self.name!r}: Triton model names take letters, digits, '.', '_' and '-'",
+        if (not self.name or self.name.startswith(".") or not self.name.isascii()
+                or not all(c.isalnum() or c in "._-" for c in self.name)):
+            raise ConfigError(f"--name {self.name!r}: Triton model names take ASCII letters, digits, '.', '_' and '-' "
+                              "and do not start with '.'",
                               "use --name yolo (default)")
         if (not 1 <= self.max_batch <= 1024 or (self.instances or 1) < 1 or self.queue_delay_us < 0
                 or (self.threads or 0) < 0):
@@ -149,16 +153,16 @@ def probe(cfg: ServeConfig) -> ModelInfo:
 
 
 def served_models(cfg: ServeConfig, info: ModelInfo) -> list[ServedModel]:
-    """The raw-frame and the encoded-image model, each ``cfg.instances`` stubs running a Detector."""
-    common = {"model": str(Path(cfg.model).resolve()), "conf": cfg.conf, "iou": cfg.iou, "max_det": cfg.max_det,
-              "threads": cfg.threads, "onnx": info.onnx, "log_lines": BAD_REQUEST_LOG_LINES,
-              "log_window_s": BAD_REQUEST_LOG_WINDOW_S}
-    batched = cfg.dynamic_batching and info.dynamic
+    """The raw-frame model (``cfg.instances`` stubs, each running a Detector) and the encoded-image model
+    (as many stubs that decode and pass the frames on to the raw-frame model: no Detector of their own)."""
+    s = StubSettings(model=str(Path(cfg.model).resolve()), conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
+                     threads=cfg.threads, onnx=info.onnx, input=IMAGE_INPUT,
+                     warmup_batch=cfg.max_batch if cfg.dynamic_batching and info.dynamic else 1,
+                     log_lines=BAD_REQUEST_LOG_LINES, log_window_s=BAD_REQUEST_LOG_WINDOW_S)
     return [ServedModel(cfg.name, IMAGE_INPUT, "TYPE_UINT8", (-1, -1, 3), cfg.max_batch, cfg.instances,
-                        cfg.queue_delay_us if cfg.dynamic_batching else None,
-                        {**common, "input": IMAGE_INPUT, "warmup_batch": cfg.max_batch if batched else 1}),
+                        cfg.queue_delay_us if cfg.dynamic_batching else None, s),
             ServedModel(f"{cfg.name}_encoded", ENCODED_INPUT, "TYPE_STRING", (1,), cfg.max_batch, cfg.instances,
-                        None, {**common, "input": ENCODED_INPUT, "warmup_batch": 1})]
+                        None, dataclasses.replace(s, input=ENCODED_INPUT, warmup_batch=0, target=cfg.name))]
 
 
 def serve(cfg: ServeConfig, log=print, verbose: bool = False) -> None:
@@ -176,27 +180,31 @@ def serve(cfg: ServeConfig, log=print, verbose: bool = False) -> None:
     cfg = resolve(cfg)
     _check_ports(cfg)
     dist = find_triton()  # before loading the model: a missing pytriton fails in a second
-    info = probe(cfg)
-    models = served_models(cfg, info)
-    with StopSignals() as stop:  # signals only set a flag the serving loop polls
-        with TritonProcess(dist, models, cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port, EXIT_TIMEOUT_S,
-                           verbose) as triton:
-            if triton.wait_ready(READY_TIMEOUT_S, stopped=lambda: stop.signum is not None):
-                where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
-                                                                     ("metrics", cfg.metrics_port)) if p)
-                log(f"serving {Path(cfg.model).name} ({info.classes} classes, {info.imgsz[0]}x{info.imgsz[1]}, "
-                    f"{'dynamic' if info.dynamic else 'static'} batch) as '{cfg.name}' (raw frames) and "
-                    f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
-                    f"{'on' if cfg.dynamic_batching else 'off'}, {cfg.instances} instance(s) x {cfg.threads or 'all'} "
-                    "thread(s); Ctrl+C stops")
-                sys.stdout.flush()
-                while stop.signum is None and triton.alive():
-                    time.sleep(0.1)
-            if stop.signum is None:
-                raise ServeError(f"Triton stopped on its own (exit code {triton.proc.returncode})",
-                                 "read Triton's log above")
-            triton.stop(UNLOAD_WAIT_S)
+    with StopSignals() as stop:  # signals only set a flag that each step below checks
+        info = probe(cfg)
+        if stop.signum is None:
+            _run(cfg, dist, info, stop, log, verbose)
     # Triton has stopped and its folder is gone (the with block): now the signal decides the exit
     if stop.interrupted:
         raise KeyboardInterrupt
     raise Terminated
+
+
+def _run(cfg: ServeConfig, dist, info: ModelInfo, stop: StopSignals, log, verbose: bool) -> None:
+    """Start Triton, say what it serves, serve until a stop signal; :class:`ServeError` if Triton ends first."""
+    with TritonProcess(dist, served_models(cfg, info), cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port,
+                       EXIT_TIMEOUT_S, verbose) as triton:
+        if triton.wait_ready(READY_TIMEOUT_S, stopped=lambda: stop.signum is not None):
+            where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
+                                                                 ("metrics", cfg.metrics_port)) if p)
+            log(f"serving {Path(cfg.model).name} ({info.classes} classes, {info.imgsz[0]}x{info.imgsz[1]}, "
+                f"{'dynamic' if info.dynamic else 'static'} batch) as '{cfg.name}' (raw frames) and "
+                f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
+                f"{'on' if cfg.dynamic_batching else 'off'}, {cfg.instances} Detector(s) x {cfg.threads or 'all'} "
+                "thread(s); Ctrl+C stops")
+            sys.stdout.flush()
+            while stop.signum is None and triton.alive():
+                time.sleep(0.1)
+        if stop.signum is None:
+            raise ServeError(f"Triton {ended(triton.proc.returncode)} on its own", "read Triton's log above")
+        triton.stop(UNLOAD_WAIT_S)

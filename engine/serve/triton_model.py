@@ -1,11 +1,15 @@
 """The model Triton's Python backend runs: a :class:`Detector` inside the backend's stub process.
 
 ``engine.serve`` writes a model repository whose ``model.py`` files import :class:`TritonPythonModel`
-from here. Triton starts one stub process per model instance; each holds its own ``Detector``, so a
-request goes client → Triton → stub → ONNX Runtime (or TensorRT) and back, with no process in between.
+from here. Triton starts one stub process per model instance:
 
-The settings come from the model config's ``parameters`` (key :data:`PARAMETERS_KEY`, JSON): the model file,
-thresholds, threads, the input (``image`` or ``encoded``) and the batch sizes to warm up.
+* a raw-frame model's stub holds its own ``Detector``, so a request goes client → Triton → stub → ONNX
+  Runtime (or TensorRT) and back, with no process in between;
+* the encoded-image model's stub holds no Detector: it decodes the files and sends each frame to the
+  raw-frame model through Triton (business logic scripting), so ``--instances N`` means N Detectors.
+
+The settings come from the model config's ``parameters`` (key :data:`PARAMETERS_KEY`, a
+:class:`~engine.serve.triton_process.StubSettings` as JSON).
 
 Errors: a request whose input the ``Detector`` cannot take gets ``TritonError(INVALID_ARG)`` (HTTP 400 /
 gRPC INVALID_ARGUMENT) with the project's one line (reason; fix) and one warning line in Triton's log (at
@@ -23,14 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import CLIENT_ERROR, EMPTY_INPUT, SERVER_ERROR
+from .protocol import CLIENT_ERROR, EMPTY_INPUT, IMAGE_INPUT, OUTPUTS, SERVER_ERROR
 
 PARAMETERS_KEY = "engine_serve"
 
 
-def settings(model_config: dict) -> dict:
-    """The ``engine.serve`` settings stored in a Triton model config (as the backend passes it, parsed)."""
-    return json.loads(model_config["parameters"][PARAMETERS_KEY]["string_value"])
+def settings(model_config: dict):
+    """The :class:`~engine.serve.triton_process.StubSettings` stored in a Triton model config (parsed JSON)."""
+    from .triton_process import StubSettings
+
+    return StubSettings.from_json(model_config["parameters"][PARAMETERS_KEY]["string_value"])
 
 
 def empty_input(shape: tuple[int, ...], name: str, request: int) -> str | None:
@@ -44,23 +50,26 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
 
-        from ..detector import Detector
         from .handler import DetectorModel, LogLimit
 
         self.pb = pb_utils
-        s = settings(json.loads(args["model_config"]))
-        opts = {"intra_op_threads": s["threads"], "spin_wait": False} if s["onnx"] else {}
-        self.detector = Detector(s["model"], conf=s["conf"], iou=s["iou"], max_det=s["max_det"], **opts)
+        self.settings = s = settings(json.loads(args["model_config"]))
+        self.name = args["model_name"]
+        self.bad_requests = LogLimit(s.log_lines, s.log_window_s,
+                                     emit=lambda m: pb_utils.Logger.log_warn(f"engine.serve: {m}"))
+        self.detector = self.model = None
+        if s.target:  # the encoded-image model: decode here, detect in the raw-frame model
+            return
+        from ..detector import Detector
+
+        opts = {"intra_op_threads": s.threads, "spin_wait": False} if s.onnx else {}
+        self.detector = Detector(s.model, conf=s.conf, iou=s.iou, max_det=s.max_det, **opts)
         # warm up every batch size the batcher may form: a backend's first run at a new shape is several
         # times slower (ONNX Runtime plans memory per shape), which would land on some client's request
         blank = np.full((*self.detector.imgsz, 3), 114, np.uint8)
-        for b in range(1, int(s["warmup_batch"]) + 1):
+        for b in range(1, s.warmup_batch + 1):
             self.detector.predict([blank] * b)
-        self.input_name = s["input"]
-        self.bad_requests = LogLimit(s["log_lines"], s["log_window_s"],
-                                     emit=lambda m: pb_utils.Logger.log_warn(f"engine.serve: {m}"))
-        self.model = DetectorModel(self.detector, self.input_name, model=args["model_name"],
-                                   bad_requests=self.bad_requests,
+        self.model = DetectorModel(self.detector, s.input, model=self.name, bad_requests=self.bad_requests,
                                    on_internal=lambda m: pb_utils.Logger.log_error(f"engine.serve: {m}"))
 
     def execute(self, requests: list) -> list:
@@ -68,20 +77,50 @@ class TritonPythonModel:
         try:
             inputs, answers = [], [None] * len(requests)
             for i, r in enumerate(requests):
-                array = pb.get_input_tensor_by_name(r, self.input_name).as_numpy()
-                refused = empty_input(array.shape, self.input_name, i)
+                array = pb.get_input_tensor_by_name(r, self.settings.input).as_numpy()
+                refused = empty_input(array.shape, self.settings.input, i)
                 if refused:
-                    self.bad_requests.warning(f"bad request to '{self.model.model}': {refused}")
+                    self.bad_requests.warning(f"bad request to '{self.name}': {refused}")
                     answers[i] = self._error(refused, pb.TritonError.INVALID_ARG)
                 else:
                     inputs.append((i, array))
-            for (i, _), out in zip(inputs, self.model.outputs([a for _, a in inputs])):
+            outputs = self._decoded([a for _, a in inputs]) if self.settings.target else \
+                self.model.outputs([a for _, a in inputs])
+            for (i, _), out in zip(inputs, outputs):
                 answers[i] = self._response(out)
             return answers
         except Exception:  # noqa: BLE001 - a bug of ours: the traceback to Triton's log, one line to clients
             pb.Logger.log_error("engine.serve: " + traceback.format_exc())
             return [self._error("engine.serve: internal error (see the server log)", pb.TritonError.INTERNAL)
                     for _ in requests]
+
+    def _decoded(self, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Encoded images: decode each request's files, detect each frame in the raw-frame model."""
+        from ..errors import DeployError
+        from .protocol import detections_from_outputs, error_outputs, frames_from_encoded_input, one_line, \
+            pack_outputs
+
+        out = []
+        for i, array in enumerate(inputs):
+            try:
+                frames = frames_from_encoded_input(array, i)
+            except DeployError as e:
+                line = one_line(e)
+                self.bad_requests.warning(f"bad request to '{self.name}': {line}")
+                out.append(error_outputs(line))
+                continue
+            dets, failed = [], None
+            for frame in frames:
+                reply = self.pb.InferenceRequest(model_name=self.settings.target, requested_output_names=list(OUTPUTS),
+                                                 inputs=[self.pb.Tensor(IMAGE_INPUT, frame[None])]).exec()
+                if reply.has_error():
+                    failed = error_outputs(f"engine.serve: '{self.settings.target}' failed on a decoded frame: "
+                                           f"{reply.error().message()}", server=True)
+                    break
+                dets += detections_from_outputs({n: self.pb.get_output_tensor_by_name(reply, n).as_numpy()
+                                                 for n in OUTPUTS})
+            out.append(failed or pack_outputs(dets))
+        return out
 
     def _response(self, out: dict[str, np.ndarray]):
         pb = self.pb
@@ -94,4 +133,6 @@ class TritonPythonModel:
         return self.pb.InferenceResponse(error=self.pb.TritonError(message, code))
 
     def finalize(self) -> None:
-        self.detector.close()
+        if self.detector is not None:
+            self.detector.close()
+

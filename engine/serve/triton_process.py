@@ -8,12 +8,16 @@ waits until the models are ready, and at :meth:`~TritonProcess.stop` unloads the
 their Detectors), stops Triton and removes the folder and the stubs' shared-memory regions.
 
 Triton runs in its own session (a terminal's Ctrl-C reaches only ``engine.serve``, which stops it in
-order) and, on Linux, gets SIGTERM if ``engine.serve`` dies, so a killed server leaves no orphan.
+order) and, on Linux, gets SIGTERM if ``engine.serve`` dies, so a killed server leaves no process behind;
+the folder and regions such a server leaves are removed by the next ``engine.serve`` to start. Triton's
+administrative endpoints (model repository, shared memory, statistics, trace, logging) take a random
+token only this process knows: a client can infer and read health and metadata, not load code or unload models.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,7 +26,7 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,6 +35,9 @@ from ..errors import BackendUnavailableError, ServeError
 SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
 SHM_DIR = Path("/dev/shm")
 SHM_BYTES = 4 << 20
+PREFIX = "engine-serve-"  # + the pid of the engine.serve that made it: its temporary folder and shm regions
+PROTECTED = "shared-memory,model-repository,statistics,trace,logging"  # Triton's admin APIs: token only
+TOKEN_HEADER = "triton-access-token"
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,12 @@ def find_triton() -> TritonDist:
     if missing:
         raise BackendUnavailableError(f"nvidia-pytriton at {root} has no {', '.join(str(p) for p in missing)} "
                                       f"(Python {version}: pytriton ships stubs for 3.8-3.13)", SETUP_HINT)
+    try:
+        import tritonclient.grpc  # noqa: F401 - engine.serve asks Triton for readiness and unloads through it
+        import tritonclient.http  # noqa: F401
+    except ImportError as e:
+        raise BackendUnavailableError(f"python -m engine.serve needs tritonclient[http,grpc], which {sys.executable} "
+                                      f"lacks ({e})", SETUP_HINT) from None
     return found
 
 
@@ -69,9 +82,41 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _dims(d: tuple[int, ...]) -> str:
+    return "[ " + ", ".join(str(x) for x in d) + " ]"
+
+
+@dataclass(frozen=True)
+class StubSettings:
+    """What each model's stub needs (:mod:`engine.serve.triton_model`), stored in its config as JSON.
+
+    ``target`` is set for the encoded-image model: it runs no Detector, decodes, and sends the frames to
+    ``target`` (the raw-frame model) through Triton (BLS), so ``--instances N`` means N Detectors in all.
+    """
+
+    model: str
+    conf: float
+    iou: float
+    max_det: int
+    threads: int
+    onnx: bool
+    input: str
+    warmup_batch: int
+    log_lines: int
+    log_window_s: float
+    target: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "StubSettings":
+        return cls(**json.loads(text))
+
+
 @dataclass(frozen=True)
 class ServedModel:
-    """One model of the repository: a Python-backend model whose stub runs a Detector."""
+    """One model of the repository: a Python-backend model whose stubs run :mod:`engine.serve.triton_model`."""
 
     name: str
     input_name: str
@@ -80,47 +125,94 @@ class ServedModel:
     max_batch: int
     instances: int
     queue_delay_us: int | None  # None: no dynamic batcher
-    settings: dict  # what engine.serve.triton_model reads (model file, thresholds, threads, warm-up)
+    settings: StubSettings
 
     def config_pbtxt(self) -> str:
-        dims = lambda d: "[ " + ", ".join(str(x) for x in d) + " ]"  # noqa: E731
-        outputs = (("num_detections", "TYPE_INT32", (1,)), ("boxes", "TYPE_FP32", (-1, 4)),
-                   ("scores", "TYPE_FP32", (-1,)), ("class_ids", "TYPE_INT32", (-1,)),
-                   ("class_names", "TYPE_STRING", (-1,)))
+        from .protocol import OUTPUTS
+        from .triton_model import PARAMETERS_KEY
+
+        types = {"num_detections": ("TYPE_INT32", (1,)), "boxes": ("TYPE_FP32", (-1, 4)),
+                 "scores": ("TYPE_FP32", (-1,)), "class_ids": ("TYPE_INT32", (-1,)),
+                 "class_names": ("TYPE_STRING", (-1,))}
         lines = [f"name: {_quote(self.name)}", 'backend: "python"', f"max_batch_size: {self.max_batch}",
                  f"input [ {{ name: {_quote(self.input_name)} data_type: {self.input_type} "
-                 f"dims: {dims(self.input_dims)} }} ]",
+                 f"dims: {_dims(self.input_dims)} }} ]",
                  "output [",
-                 ",\n".join(f"  {{ name: {_quote(n)} data_type: {t} dims: {dims(d)} }}" for n, t, d in outputs),
+                 ",\n".join(f"  {{ name: {_quote(n)} data_type: {types[n][0]} dims: {_dims(types[n][1])} }}"
+                            for n in OUTPUTS),
                  "]",
                  f"instance_group [ {{ count: {self.instances} kind: KIND_CPU }} ]"]
         if self.queue_delay_us is not None:
             lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {self.queue_delay_us} }}")
-        from .triton_model import PARAMETERS_KEY
-
         lines.append(f"parameters {{ key: {_quote(PARAMETERS_KEY)} value {{ string_value: "
-                     f"{_quote(json.dumps(self.settings))} }} }}")
+                     f"{_quote(self.settings.to_json())} }} }}")
         return "\n".join(lines) + "\n"
 
 
 def model_py() -> str:
-    """The ``model.py`` of each served model: this project's model class, importable from inside the stub."""
-    paths = list(dict.fromkeys([str(Path(__file__).resolve().parents[2]),  # the folder that holds `engine`
-                                sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    """The ``model.py`` of each served model: this project's model class, importable from inside the stub.
+
+    The stub embeds the Python this venv was made from; the venv's site-packages (with their ``.pth``
+    files) and the folder that holds ``engine`` are added to its path.
+    """
+    sites = list(dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]))
+    project = str(Path(__file__).resolve().parents[2])
     return ("# written by engine.serve: Triton's Python backend runs engine.serve.triton_model in this stub\n"
+            "import site\n"
             "import sys\n"
-            f"sys.path[:0] = [p for p in {paths!r} if p not in sys.path]\n"
+            f"for _p in {sites!r}:\n"
+            "    site.addsitedir(_p)\n"
+            f"if {project!r} not in sys.path:\n"
+            f"    sys.path.insert(0, {project!r})\n"
             "from engine.serve.triton_model import TritonPythonModel  # noqa: E402,F401\n")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux only)
-    import ctypes
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+def remove_stale(tmp: Path | None = None, shm: Path = SHM_DIR) -> list[Path]:
+    """Remove the temporary folders and shm regions of ``engine.serve`` processes that no longer run
+    (a server killed with SIGKILL cannot remove its own). Returns what was removed."""
+    removed = []
+    for folder in (Path(tmp or tempfile.gettempdir()), shm):
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(PREFIX + "*"):
+            pid = path.name[len(PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            try:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                removed.append(path)
+            except OSError:  # another user's, or gone meanwhile
+                pass
+    return removed
+
+
+_PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """Between fork and exec (Linux): ask for SIGTERM when the thread that started Triton ends, and end now if
+    it already has (the parent died between the fork and this call). Only the prctl call: no allocations."""
+    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        os._exit(1)
 
 
 class TritonProcess:
-    """Triton serving ``models`` on the given ports, from a private model repository (a context manager)."""
+    """Triton serving ``models`` on the given ports, from a private model repository (a context manager).
+
+    Start it from the thread that will outlive it (``engine.serve`` uses its main thread): on Linux Triton
+    gets SIGTERM when that thread ends.
+    """
 
     def __init__(self, dist: TritonDist, models: Sequence[ServedModel], host: str, http_port: int, grpc_port: int,
                  metrics_port: int, exit_timeout_s: int, verbose: bool = False) -> None:
@@ -129,7 +221,10 @@ class TritonProcess:
         self.exit_timeout_s, self.verbose = exit_timeout_s, verbose
         self.workspace: Path | None = None
         self.proc: subprocess.Popen | None = None
-        self.shm_prefix = f"engine-serve-{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        self.ready = False
+        self._stopping = False
+        self.token = secrets.token_urlsafe(24)
+        self.shm_prefix = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -141,15 +236,18 @@ class TritonProcess:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.close(fast=exc_type is KeyboardInterrupt)  # a second Ctrl-C: no more waiting
 
     def start(self) -> None:
-        self.workspace = Path(tempfile.mkdtemp(prefix="engine-serve-"))
+        """Write the repository and start Triton on it (returns at once: :meth:`wait_ready` waits)."""
+        global _PRCTL
+        remove_stale()
+        self.workspace = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         repo, backends = self.workspace / "models", self.workspace / "backends" / "python"
         backends.mkdir(parents=True)
         for f in self.dist.python_backend.iterdir():  # Triton finds the stub beside the backend library
-            if f.is_file():
+            if f.is_file() and f.name != "triton_python_backend_stub":
                 os.symlink(f, backends / f.name)
         os.symlink(self.dist.stub, backends / "triton_python_backend_stub")
         for m in self.models:
@@ -158,13 +256,14 @@ class TritonProcess:
             (repo / m.name / "1" / "model.py").write_text(model_py(), encoding="utf-8")
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), str(self.dist.libs)) if p)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # the stub's Python
-        on = lambda port: "true" if port else "false"  # noqa: E731
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
         cmd = [str(self.dist.binary), "--model-repository", str(repo), "--backend-directory", str(backends.parent),
                "--model-control-mode", "explicit", *[a for m in self.models for a in ("--load-model", m.name)],
                "--disable-auto-complete-config",
-               "--allow-http", on(self.http_port), "--allow-grpc", on(self.grpc_port),
-               "--allow-metrics", on(self.metrics_port), "--allow-gpu-metrics", "false",
+               "--allow-http", _on(self.http_port), "--allow-grpc", _on(self.grpc_port),
+               "--allow-metrics", _on(self.metrics_port), "--allow-gpu-metrics", "false",
+               "--http-restricted-api", f"{PROTECTED}:{TOKEN_HEADER}={self.token}",
+               "--grpc-restricted-protocol", f"{PROTECTED}:{TOKEN_HEADER}={self.token}",
                "--exit-on-error", "true", "--exit-timeout-secs", str(self.exit_timeout_s),
                "--pinned-memory-pool-byte-size", "0",  # the stubs take host memory: no CUDA pinned pool
                "--backend-config", f"python,shm-region-prefix-name={self.shm_prefix}",
@@ -176,36 +275,56 @@ class TritonProcess:
         for flag, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
             if port:
                 cmd += [f"--{flag}-address", self.host, f"--{flag}-port", str(port)]
-        self.proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        linux = sys.platform.startswith("linux")
+        if linux and _PRCTL is None:  # looked up here, not in the forked child
+            import ctypes
+
+            _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+        try:
+            self.proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                         preexec_fn=_die_with_parent if linux else None)
+        except OSError as e:
+            raise ServeError(f"cannot start Triton ({self.dist.binary}): {e.strerror or e}", SETUP_HINT) from None
 
     def alive(self) -> bool:
+        """Whether Triton still runs."""
         return self.proc is not None and self.proc.poll() is None
 
     def _client(self):
+        """A tritonclient of the first endpoint that is on, and the headers its admin calls need."""
         if self.http_port:
             import tritonclient.http as mod
 
-            return mod.InferenceServerClient(f"{self.host}:{self.http_port}", network_timeout=10.0)
+            client = mod.InferenceServerClient(f"{self.host}:{self.http_port}", network_timeout=10.0)
+            return client, {TOKEN_HEADER: self.token}
         import tritonclient.grpc as mod
 
-        return mod.InferenceServerClient(f"{self.host}:{self.grpc_port}")
+        # short reconnect backoff: polled while Triton starts, a channel's default backoff grows to minutes
+        client = mod.InferenceServerClient(f"{self.host}:{self.grpc_port}", channel_args=[
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
+        return client, {f"triton-grpc-protocol-{TOKEN_HEADER}": self.token}
+
+    def _ready(self, client) -> bool:
+        kw = {} if self.http_port else {"client_timeout": 5.0}
+        return all(client.is_model_ready(m.name, **kw) for m in self.models)
 
     def wait_ready(self, timeout_s: float, stopped: Callable[[], bool] = lambda: False) -> bool:
         """Block until every model is ready (``True``) or ``stopped()`` (``False``); :class:`ServeError`
         if Triton exits or ``timeout_s`` passes first."""
-        client = self._client()
+        client, _ = self._client()
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
                 if stopped():
                     return False
                 if not self.alive():
-                    raise ServeError(f"Triton exited with code {self.proc.returncode} while loading "
+                    raise ServeError(f"Triton {ended(self.proc.returncode)} while loading "
                                      f"{', '.join(m.name for m in self.models)}; its log above says why",
                                      f"if the Python-backend stub failed to start: {SETUP_HINT}")
                 try:
-                    if all(client.is_model_ready(m.name) for m in self.models):
+                    if self._ready(client):
+                        self.ready = True
                         return True
                 except Exception:  # noqa: BLE001 - not listening yet
                     pass
@@ -218,12 +337,13 @@ class TritonProcess:
     def _unload(self, wait_s: float) -> None:
         """Unload the models while Triton still runs: their stubs finalize (Detectors closed) and exit."""
         try:
-            client = self._client()
+            client, headers = self._client()
+            kw = {} if self.http_port else {"client_timeout": 5.0}
             try:
                 for m in self.models:
-                    client.unload_model(m.name)
+                    client.unload_model(m.name, headers=headers, **kw)
                 deadline = time.monotonic() + wait_s
-                while time.monotonic() < deadline and any(client.is_model_ready(m.name) for m in self.models):
+                while time.monotonic() < deadline and self._ready(client):
                     time.sleep(0.1)
             finally:
                 client.close()
@@ -232,24 +352,46 @@ class TritonProcess:
                   file=sys.stderr)
 
     def stop(self, unload_wait_s: float = 4.0) -> None:
-        """Unload the models, then stop Triton (SIGINT; SIGKILL if it outlives its exit timeout)."""
-        if self.alive():
+        """Unload the models (when they were ready), then stop Triton: SIGINT, SIGKILL after its exit timeout."""
+        if not self.alive():
+            return
+        self._stopping = True
+        if self.ready:
             self._unload(unload_wait_s)
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=self.exit_timeout_s + 4)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=self.exit_timeout_s + 4)
+        except subprocess.TimeoutExpired:
+            self._kill()
 
-    def close(self) -> None:
-        """Stop Triton if it runs; remove the repository folder and the stubs' shared-memory regions."""
-        if self.proc is not None:
+    def _kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # Triton leads its own session: its stubs go with it
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+
+    def close(self, fast: bool = False) -> None:
+        """Stop Triton if it runs (at once if ``fast``, or when a stop was already under way); then remove
+        the repository folder and the stubs' shared-memory regions, whatever happened."""
+        try:
             if self.alive():
-                self.stop()
-            self.proc.wait()
-        if self.workspace is not None:
-            shutil.rmtree(self.workspace, ignore_errors=True)
-        if SHM_DIR.is_dir():
-            for f in SHM_DIR.glob(self.shm_prefix + "*"):
-                f.unlink(missing_ok=True)
+                if fast or self._stopping:
+                    self._kill()
+                else:
+                    self.stop()
+        finally:
+            if self.workspace is not None:
+                shutil.rmtree(self.workspace, ignore_errors=True)
+            if SHM_DIR.is_dir():
+                for f in SHM_DIR.glob(self.shm_prefix + "*"):
+                    f.unlink(missing_ok=True)
+
+
+def _on(port: int) -> str:
+    return "true" if port else "false"
+
+
+def ended(code: int) -> str:
+    """How a process ended, in words, from its return code."""
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
