@@ -3,11 +3,12 @@
 It times the groups of ``python -m benchmarks.run`` (same flags; by default the demo at 640, square group
 only), then times every candidate again standalone: a fresh process that loads only that candidate and
 times calls on the same frames with the same thresholds in one loop, nothing else alive
-(:func:`benchmarks.worker.time_alone`). Each candidate runs alone ``--standalone-runs`` times (default 3),
+(:func:`benchmarks.worker.time_alone`). Each candidate runs alone ``--standalone-runs`` times (default 5),
 in passes that run every candidate once each in a shuffled order, the harness's calls split between its
 runs; its standalone figure is the median of its runs' medians. One continuous run catches whatever the
 machine does in that minute: on the shared 2-core VM, single standalone runs of the same candidate were
-up to a third slower than its usual figure while the harness, interleaved over rounds, was not. A candidate
+up to a third slower than its usual figure while the harness, interleaved over rounds, was not (with three
+runs, two slow ones of the same candidate decided its figure: five need three). A candidate
 agrees when its harness end-to-end figure is within ``--tolerance`` (10 %) of its standalone figure. Output: a table on
 stdout, ``selfcheck.json`` and ``selfcheck.md`` in ``--out``; exit code 1 when a candidate disagrees, and a
 warning when the machine was busy (load above its cores), where no agreement can be expected.
@@ -46,7 +47,7 @@ def parser():
     ap.add_argument("--standalone-calls", type=int, default=None, metavar="N",
                     help="timed calls of each candidate alone, over all its runs (None: rounds x iters, as many "
                          "as the harness)")
-    ap.add_argument("--standalone-runs", type=int, default=3, metavar="K",
+    ap.add_argument("--standalone-runs", type=int, default=5, metavar="K",
                     help="fresh processes per candidate alone, in K shuffled passes; the figure is the median of "
                          "their medians")
     return ap

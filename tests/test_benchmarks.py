@@ -540,13 +540,14 @@ def test_selfcheck_times_each_candidate_alone_too(demo_onnx, tmp_path, capsys):
 
     out = tmp_path / "sc"
     rc = selfcheck.main(["--models", str(demo_onnx), "--peers", "none", "--rounds", "2", "--iters", "2", "--warmup", "1",
-                         "--pause", "0", "--max-frames", "2", "--out", str(out), "--no-progress"])
+                         "--pause", "0", "--max-frames", "2", "--out", str(out), "--no-progress", "--standalone-runs", "3"])
     res = json.loads((out / "selfcheck.json").read_text())
     (row,) = res["rows"]
     assert rc == (0 if row["agrees"] else 1)  # a disagreement is the command's failure
     assert row["name"] == "ours fp32" and res["standalone_calls"] == 4 and row["tolerance"] == 0.1
     assert row["ratio"] == pytest.approx(row["harness_ms"] / row["standalone_ms"], abs=1e-4)
-    runs = row["standalone_runs_ms"]  # three fresh processes alone (the default), the figure their median
+    assert selfcheck.parser().parse_args([]).standalone_runs == 5  # the default: it takes three slow runs to mislead
+    runs = row["standalone_runs_ms"]  # three fresh processes alone (as asked), the figure their median
     assert res["standalone_runs"] == 3 and len(runs) == 3 and row["standalone_ms"] == sorted(runs)[1]
     assert res["standalone_calls_per_run"] == [2, 1, 1]  # the harness's 4 calls, split
     assert len(row["load_avg"]) == 6 and isinstance(row["busy"], bool)
