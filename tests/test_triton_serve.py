@@ -141,6 +141,23 @@ def test_served_model_configs_parse_in_tritons_own_schema(demo_onnx, tmp_path):
     assert static.settings.warmup_batch == 1  # a static model runs frames one by one: one shape to warm up
 
 
+def test_the_model_probe_runs_in_a_child_process_where_asked(demo_onnx, tmp_path):
+    """On a GPU the serving process loads the model in a spawned child (no CUDA context kept while Triton
+    serves): the same info, and a bad file still fails with the Detector's typed error and fix."""
+    from engine.errors import ModelLoadError
+    from engine.serve import ServeConfig
+    from engine.serve.server import probe
+
+    here = probe(ServeConfig(model=demo_onnx), isolated=False)
+    assert probe(ServeConfig(model=demo_onnx), isolated=True) == here
+    assert here.classes == 3 and here.onnx and not here.dynamic
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(ModelLoadError) as e:
+        probe(ServeConfig(model=bad), isolated=True)
+    assert "broken.onnx" in e.value.message and e.value.fix
+
+
 class _FakePbUtils:
     """The part of Triton's ``triton_python_backend_utils`` the model uses, to run it without Triton.
     ``InferenceRequest.exec`` (a BLS call) runs the named model of :attr:`models` in this process."""

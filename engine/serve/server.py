@@ -44,9 +44,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..cli import Terminated
-from ..errors import ConfigError, ServeError
+from ..errors import ConfigError, DeployError, ServeError
 from ..signals import StopSignals
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
@@ -142,14 +143,49 @@ class ModelInfo:
     onnx: bool
 
 
-def probe(cfg: ServeConfig) -> ModelInfo:
-    """Load the model once here, so that a bad file fails in a second with the Detector's typed error."""
+def _load(cfg: ServeConfig) -> ModelInfo:
     from ..detector import Detector
 
     onnx = Path(cfg.model).suffix.lower() == ".onnx"
     with Detector(cfg.model, conf=cfg.conf, iou=cfg.iou, max_det=cfg.max_det,
                   **({"intra_op_threads": 1} if onnx else {})) as det:
         return ModelInfo(len(det.names), tuple(det.imgsz), det.backend.max_batch is None, onnx)
+
+
+def _load_reporting(cfg: ServeConfig) -> tuple[str, Any]:
+    """:func:`_load` in a child process: the info, or the typed error's kind, message and fix (picklable)."""
+    try:
+        return "info", _load(cfg)
+    except DeployError as e:
+        return "error", (type(e).__name__, e.message, e.fix)
+
+
+def probe(cfg: ServeConfig, isolated: bool | None = None) -> ModelInfo:
+    """Load the model once before Triton starts, so that a bad file fails in a second with the Detector's
+    typed error, and read what the serving line says of it.
+
+    ``isolated`` (default: where the model runs on a GPU) loads it in a spawned process instead: this
+    process then stays idle for as long as Triton serves, and must not keep a CUDA context (hundreds of MB
+    of a laptop GPU's memory) from a load it no longer needs.
+    """
+    if isolated is None:
+        from .defaults import runs_on_gpu
+
+        isolated = runs_on_gpu(cfg.model)
+    if not isolated:
+        return _load(cfg)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        kind, payload = pool.submit(_load_reporting, cfg).result()
+    if kind == "error":
+        from .. import errors
+
+        name, message, fix = payload
+        cls = getattr(errors, name, DeployError)
+        raise (cls if isinstance(cls, type) and issubclass(cls, DeployError) else DeployError)(message, fix)
+    return payload
 
 
 def served_models(cfg: ServeConfig, info: ModelInfo) -> list[ServedModel]:
