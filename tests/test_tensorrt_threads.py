@@ -154,19 +154,28 @@ def test_a_rebuilt_engine_file_is_loaded_anew(fake_engine):
             assert new._shared is not old._shared and _count(trt.calls, "deserialize_cuda_engine") == 2
 
 
-def test_serve_instances_share_one_engine_with_one_context_each(fake_engine):
-    """engine.serve --instances 3: one engine, three contexts, even though the Detectors were loaded and
-    warmed up on another thread than the instance threads that run them."""
-    from engine.serve.server import ServeConfig, _detectors
+def test_detectors_loaded_on_one_thread_and_run_on_others_share_one_engine(fake_engine):
+    """Three Detectors of one engine in one process (a pool of cameras): one engine, three contexts, even
+    though they were loaded and warmed up on another thread than the threads that run them."""
+    from concurrent.futures import ThreadPoolExecutor
 
     engine, trt, cudart = fake_engine()
     frame = np.full((48, 64, 3), 114, np.uint8)
+
+    def load():
+        det = Detector(engine)
+        det(frame)  # warm-up on the loading thread
+        return det
+
     with ExitStack() as stack:
-        dets = _detectors(ServeConfig(model=engine, instances=3), stack)
+        with ThreadPoolExecutor(1) as loader:
+            dets = [loader.submit(load).result() for _ in range(3)]
+        for det in dets:
+            stack.callback(det.close)
         assert len({id(d.backend._shared) for d in dets}) == 1
         together, results = threading.Barrier(3), []
 
-        def instance(det):  # Triton runs each instance on its own thread
+        def instance(det):  # each camera's thread
             together.wait(10)
             results.append(det(frame))
 

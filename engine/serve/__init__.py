@@ -2,7 +2,8 @@
 
 :mod:`.protocol` is the wire format (also for clients), :mod:`.server` starts Triton (the binary nvidia-pytriton
 bundles, :mod:`.triton_process`), :mod:`.triton_model` runs a Detector inside Triton's Python backend,
-:mod:`.handler` is what it does with a batch of requests, :mod:`.cli` is the command line.
+:mod:`.handler` is what it does with a batch of requests, :mod:`.settings` what each stub is told, :mod:`.cli` is
+the command line.
 """
 from .protocol import (ENCODED_INPUT, IMAGE_INPUT, OUTPUTS, detections_from_outputs, frames_from_encoded_input,
                        frames_from_image_input, pack_outputs)

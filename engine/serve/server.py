@@ -51,7 +51,8 @@ from ..errors import ConfigError, DeployError, ServeError
 from ..signals import StopSignals
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
-from .triton_process import SETUP_HINT, ServedModel, StubSettings, TritonProcess, ended, find_triton
+from .settings import StubSettings
+from .triton_process import SETUP_HINT, ServedModel, TritonProcess, ended, find_triton
 
 # Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:
 # 30 s). 6 s: two instances per model did not unload within 3 s on a busy 2-core machine.

@@ -9,7 +9,7 @@ from here. Triton starts one stub process per model instance:
   raw-frame model through Triton (business logic scripting), so ``--instances N`` means N Detectors.
 
 The settings come from the model config's ``parameters`` (key :data:`PARAMETERS_KEY`, a
-:class:`~engine.serve.triton_process.StubSettings` as JSON).
+:class:`~engine.serve.settings.StubSettings` as JSON).
 
 Errors: a request whose input the ``Detector`` cannot take gets ``TritonError(INVALID_ARG)`` (HTTP 400 /
 gRPC INVALID_ARGUMENT) with the project's one line (reason; fix) and one warning line in Triton's log (at
@@ -28,14 +28,10 @@ from typing import Any
 import numpy as np
 
 from .protocol import CLIENT_ERROR, EMPTY_INPUT, IMAGE_INPUT, OUTPUTS, SERVER_ERROR
+from .settings import PARAMETERS_KEY, StubSettings
 
-PARAMETERS_KEY = "engine_serve"
-
-
-def settings(model_config: dict):
-    """The :class:`~engine.serve.triton_process.StubSettings` stored in a Triton model config (parsed JSON)."""
-    from .triton_process import StubSettings
-
+def settings(model_config: dict) -> StubSettings:
+    """The :class:`~engine.serve.settings.StubSettings` stored in a Triton model config (parsed JSON)."""
     return StubSettings.from_json(model_config["parameters"][PARAMETERS_KEY]["string_value"])
 
 

@@ -15,7 +15,6 @@ token only this process knows: a client can infer and read health and metadata, 
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -26,11 +25,13 @@ import sysconfig
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import BackendUnavailableError, ServeError
+from .protocol import OUTPUTS
+from .settings import PARAMETERS_KEY, StubSettings
 
 SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
 SHM_DIR = Path("/dev/shm")
@@ -87,34 +88,6 @@ def _dims(d: tuple[int, ...]) -> str:
 
 
 @dataclass(frozen=True)
-class StubSettings:
-    """What each model's stub needs (:mod:`engine.serve.triton_model`), stored in its config as JSON.
-
-    ``target`` is set for the encoded-image model: it runs no Detector, decodes, and sends the frames to
-    ``target`` (the raw-frame model) through Triton (BLS), so ``--instances N`` means N Detectors in all.
-    """
-
-    model: str
-    conf: float
-    iou: float
-    max_det: int
-    threads: int
-    onnx: bool
-    input: str
-    warmup_batch: int
-    log_lines: int
-    log_window_s: float
-    target: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "StubSettings":
-        return cls(**json.loads(text))
-
-
-@dataclass(frozen=True)
 class ServedModel:
     """One model of the repository: a Python-backend model whose stubs run :mod:`engine.serve.triton_model`."""
 
@@ -128,9 +101,6 @@ class ServedModel:
     settings: StubSettings
 
     def config_pbtxt(self) -> str:
-        from .protocol import OUTPUTS
-        from .triton_model import PARAMETERS_KEY
-
         types = {"num_detections": ("TYPE_INT32", (1,)), "boxes": ("TYPE_FP32", (-1, 4)),
                  "scores": ("TYPE_FP32", (-1,)), "class_ids": ("TYPE_INT32", (-1,)),
                  "class_names": ("TYPE_STRING", (-1,))}
