@@ -158,6 +158,22 @@ def test_the_model_probe_runs_in_a_child_process_where_asked(demo_onnx, tmp_path
     assert "broken.onnx" in e.value.message and e.value.fix
 
 
+def test_a_typed_error_from_the_probe_child_comes_back_whole():
+    """Errors whose constructor differs from DeployError's (a kernel log, a CUDA call) keep every field."""
+    from engine.errors import CudaError, KernelCompileError
+    from engine.serve.server import _rebuilt
+
+    errors = (KernelCompileError("kernel refused", log="line 3: error", fix="update the driver"),
+              CudaError("cudaMalloc failed", "free some GPU memory", call="cudaMalloc", error_name="OOM"))
+    for err in errors:
+        back = _rebuilt(type(err).__name__, err.args, dict(vars(err)))
+        assert type(back) is type(err) and str(back) == str(err) and vars(back) == vars(err)
+        assert (back.message, back.fix) == (err.message, err.fix)
+    assert errors[0].log == "line 3: error" and errors[1].call == "cudaMalloc"
+    unknown = _rebuilt("NotAnError", ("boom",), {"message": "boom", "fix": "do this"})
+    assert type(unknown).__name__ == "DeployError" and unknown.fix == "do this"
+
+
 class _FakePbUtils:
     """The part of Triton's ``triton_python_backend_utils`` the model uses, to run it without Triton.
     ``InferenceRequest.exec`` (a BLS call) runs the named model of :attr:`models` in this process."""
@@ -168,10 +184,13 @@ class _FakePbUtils:
         INVALID_ARG, INTERNAL = 3, 13
 
         def __init__(self, message, code):
-            self._message, self.code = message, code
+            self._message, self._code = message, code
 
         def message(self):
             return self._message
+
+        def code(self):
+            return self._code
 
     class Tensor:
         def __init__(self, name, array):
@@ -251,17 +270,21 @@ def test_the_python_backend_model_answers_each_request_alone(demo_onnx, images, 
             assert not both.has_error(), both.error().message()
             for got, img in zip(detections_from_outputs(outputs(both), local.names), images[:2]):
                 _same(got, local(img))
-        assert answers[1].error().code == fake.TritonError.INVALID_ARG
+        assert answers[1].error().code() == fake.TritonError.INVALID_ARG
         assert "has shape [1, 0, 64, 3], with nothing in it; fix: " in answers[1].error().message()
         bad = fake.models["yolo_encoded"].execute([{"encoded": np.array([[b"not an image"]], dtype=object)}])[0]
-        assert bad.error().code == fake.TritonError.INVALID_ARG
+        assert bad.error().code() == fake.TritonError.INVALID_ARG
         assert "not an image OpenCV can decode; fix: " in bad.error().message()
         assert [kind for kind, _ in fake.Logger.lines] == ["warn", "warn"]
         monkeypatch.setattr(fake.models["yolo"].detector, "predict", lambda frames: 1 / 0)
         crash = fake.models["yolo"].execute([{"image": images[0][None]}])[0]
-        assert crash.error().code == fake.TritonError.INTERNAL and "ZeroDivisionError" in crash.error().message()
+        assert crash.error().code() == fake.TritonError.INTERNAL and "ZeroDivisionError" in crash.error().message()
         assert len(crash.error().message().splitlines()) == 1 and fake.Logger.lines[-1][0] == "error"
         assert "Traceback" in fake.Logger.lines[-1][1]
+        png = np.array([[cv2.imencode(".png", images[0])[1].tobytes()]], dtype=object)
+        forwarded = fake.models["yolo_encoded"].execute([{"encoded": png}, {"encoded": png}])
+        assert [a.error().code() for a in forwarded] == [fake.TritonError.INTERNAL] * 2  # the raw model's failure
+        assert forwarded[1].error().message().startswith("request 1: engine.serve: internal error")
     finally:
         for model in fake.models.values():
             model.finalize()
@@ -518,41 +541,47 @@ def test_metrics_endpoint_counts_inferences(server):
 
 
 @needs_triton
-def test_admin_endpoints_need_the_servers_token(server, local, images):
-    """Clients may infer, not unload models or load code: Triton's repository API wants a token only
-    engine.serve knows (pytriton restricted it the same way)."""
+def test_no_client_can_unload_the_model_or_load_code(server, local, images):
+    """Triton's admin APIs (repository load/unload, statistics...) want the token only engine.serve holds."""
     import tritonclient.grpc as tg
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
 
     for client in (th.InferenceServerClient(server["http"]), tg.InferenceServerClient(server["grpc"])):
-        with pytest.raises(InferenceServerException, match="(?i)restricted|access|token|permission|unavailable"):
+        with pytest.raises(InferenceServerException, match="is restricted, expecting header"):
             client.unload_model("yolo")
-        with pytest.raises(InferenceServerException):
-            client.load_model("yolo", files={"file:1/model.py": b"raise SystemExit"})
+        with pytest.raises(InferenceServerException, match="is restricted, expecting header"):
+            client.load_model("yolo", config='{"backend": "python"}', files={"file:1/model.py": b"raise SystemExit"})
+        with pytest.raises(InferenceServerException, match="is restricted, expecting header"):
+            client.get_inference_statistics("yolo")
         assert client.is_model_ready("yolo")
     mod, client = _client(server, "http")
     _same(_infer(mod, client, "yolo", "image", images[0][None], "UINT8")[0], local(images[0]))
 
 
 def test_leftovers_of_a_killed_server_are_removed_by_the_next_one(tmp_path):
-    """A server killed with SIGKILL cannot remove its folder or shm regions; the next one to start does
-    (only those whose engine.serve pid no longer runs)."""
+    """A server killed with SIGKILL cannot remove its folder or shm regions; the next one to start does:
+    only real folders of this user whose engine.serve pid no longer runs, and only the regions of such a
+    folder (a region alone may be a live server's in another container sharing /dev/shm)."""
     from engine.serve.triton_process import PREFIX, remove_stale
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, timeout=60).stdout.strip()
-    tmp, shm = tmp_path / "tmp", tmp_path / "shm"
-    (tmp / f"{PREFIX}{dead}-abc" / "models").mkdir(parents=True)
-    (tmp / f"{PREFIX}{os.getpid()}-mine").mkdir()
+    tmp, shm, elsewhere = tmp_path / "tmp", tmp_path / "shm", tmp_path / "elsewhere"
+    for d in (tmp, shm, elsewhere):
+        d.mkdir()
+    (tmp / f"{PREFIX}{dead}-aaaa-x1" / "models").mkdir(parents=True)  # a killed server's
+    (tmp / f"{PREFIX}{os.getpid()}-bbbb-x2").mkdir()  # a live one's (this process)
     (tmp / f"{PREFIX}notapid").mkdir()
-    shm.mkdir()
-    (shm / f"{PREFIX}{dead}-1234-region").write_bytes(b"x")
-    (shm / f"{PREFIX}{os.getpid()}-1234-region").write_bytes(b"x")
+    (tmp / f"{PREFIX}{dead}-cccc-x3").symlink_to(elsewhere)  # a link: never followed nor removed
+    for name in (f"{dead}-aaaa-r1", f"{dead}-aaaa-r2", f"{os.getpid()}-bbbb-r1", f"{dead}-dddd-r1"):
+        (shm / f"{PREFIX}{name}").write_bytes(b"x")
     removed = remove_stale(tmp, shm)
-    assert sorted(p.name for p in removed) == [f"{PREFIX}{dead}-1234-region", f"{PREFIX}{dead}-abc"]
-    assert sorted(p.name for p in tmp.iterdir()) == [f"{PREFIX}{os.getpid()}-mine", f"{PREFIX}notapid"]
-    assert [p.name for p in shm.iterdir()] == [f"{PREFIX}{os.getpid()}-1234-region"]
+    assert sorted(p.name for p in removed) == [f"{PREFIX}{dead}-aaaa-{x}" for x in ("r1", "r2", "x1")]
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([f"{PREFIX}{os.getpid()}-bbbb-x2", f"{PREFIX}notapid",
+                                                            f"{PREFIX}{dead}-cccc-x3"])
+    assert sorted(p.name for p in shm.iterdir()) == [f"{PREFIX}{os.getpid()}-bbbb-r1", f"{PREFIX}{dead}-dddd-r1"]
+    assert elsewhere.is_dir()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="Triton runs on Linux")
@@ -640,9 +669,41 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
     assert not [d for d in kept if d.exists()], kept  # the repository folder and the shared memory are gone
     assert not [a for a in _cmdlines() if a[0].endswith(("tritonserver", "triton_python_backend_stub"))
                 and any(str(kept[0]) in x for x in a)], "Triton or a stub outlived the server"
-    assert "Traceback" not in out and "non-graceful" not in out.lower(), out[-3000:]
+    assert "Traceback" not in out and "non-graceful" not in out.lower(), out[-3000:]  # the stubs finalized
+    assert "could not unload" not in out, out[-3000:]  # engine.serve's own unload, with its token, worked
     said = "stopped (SIGTERM)" if sig == signal.SIGTERM else "interrupted: Triton stopped, models unloaded"
     assert said in out, out[-3000:]
+
+
+@needs_triton
+def test_a_grpc_only_server_gets_ready_serves_and_stops_cleanly(served_model, local, images, tmp_path):
+    """--http-port 0: readiness, the unload at stop (with the admin token) and the stop go through gRPC."""
+    import tritonclient.grpc as tg
+
+    (grpc_port,) = free_ports(1)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port", "0",
+                                 "--grpc-port", str(grpc_port), "--metrics-port", "0", "--instances", "1"],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 150
+        while "Ctrl+C stops" not in log.read_text() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert "Ctrl+C stops" in log.read_text(), log.read_text()[-3000:]
+        client = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        _same(_infer(tg, client, "yolo", "image", images[1][None], "UINT8")[0], local(images[1]))
+        client.close()
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            _kill_all(proc)
+    out = log.read_text()
+    assert code == 0 and took < 10.0, out[-3000:]
+    assert "could not unload" not in out and "non-graceful" not in out.lower() and "Traceback" not in out, out[-3000:]
 
 
 # ---- the --triton repository in the same Triton binary -----------------------------------------

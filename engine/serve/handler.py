@@ -67,13 +67,15 @@ class DetectorModel:
         self.on_internal = on_internal or (lambda message: log.error("%s", message))
         self._decode = frames_from_encoded_input if input_name == ENCODED_INPUT else frames_from_image_input
 
-    def outputs(self, inputs: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        """One output dict per input array (each the ``input_name`` tensor of one request)."""
+    def outputs(self, inputs: Sequence[np.ndarray], numbers: Sequence[int] | None = None) -> list[dict[str, np.ndarray]]:
+        """One output dict per input array (each the ``input_name`` tensor of one request); ``numbers``: each
+        request's place in Triton's batch, as error messages name it (default: its place in ``inputs``)."""
         out: list[dict[str, np.ndarray] | None] = [None] * len(inputs)
         good: list[tuple[int, list[np.ndarray]]] = []
+        numbers = list(numbers) if numbers is not None else list(range(len(inputs)))
         for i, array in enumerate(inputs):
             try:
-                good.append((i, self._decode(array, i)))
+                good.append((i, self._decode(array, numbers[i])))
             except DeployError as e:
                 out[i] = self._refuse(e)
         if good:

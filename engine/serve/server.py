@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import Terminated
-from ..errors import ConfigError, DeployError, ServeError
+from ..errors import ConfigError, DeployError, ModelLoadError, ServeError
 from ..signals import StopSignals
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
@@ -154,11 +154,31 @@ def _load(cfg: ServeConfig) -> ModelInfo:
 
 
 def _load_reporting(cfg: ServeConfig) -> tuple[str, Any]:
-    """:func:`_load` in a child process: the info, or the typed error's kind, message and fix (picklable)."""
+    """:func:`_load` in a child process: the info, or the typed error's class name, args and attributes."""
     try:
         return "info", _load(cfg)
     except DeployError as e:
-        return "error", (type(e).__name__, e.message, e.fix)
+        return "error", (type(e).__name__, e.args, dict(vars(e)))
+
+
+def _ignore_stop_signals() -> None:  # the probe child: Ctrl-C and SIGTERM are the parent's to handle
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _rebuilt(name: str, args: tuple, attrs: dict) -> DeployError:
+    """The child's typed error, rebuilt here whatever its constructor takes."""
+    from .. import errors
+
+    cls = getattr(errors, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, DeployError)):
+        return DeployError(attrs.get("message", str(args[0]) if args else name), attrs.get("fix", ""))
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(attrs)
+    return err
 
 
 def probe(cfg: ServeConfig, isolated: bool | None = None) -> ModelInfo:
@@ -167,7 +187,8 @@ def probe(cfg: ServeConfig, isolated: bool | None = None) -> ModelInfo:
 
     ``isolated`` (default: where the model runs on a GPU) loads it in a spawned process instead: this
     process then stays idle for as long as Triton serves, and must not keep a CUDA context (hundreds of MB
-    of a laptop GPU's memory) from a load it no longer needs.
+    of a laptop GPU's memory) from a load it no longer needs. (A script that calls :func:`serve` for a GPU
+    model needs the usual ``if __name__ == "__main__":`` guard of a spawned child.)
     """
     if isolated is None:
         from .defaults import runs_on_gpu
@@ -177,15 +198,18 @@ def probe(cfg: ServeConfig, isolated: bool | None = None) -> ModelInfo:
         return _load(cfg)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        kind, payload = pool.submit(_load_reporting, cfg).result()
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_ignore_stop_signals) as pool:
+            kind, payload = pool.submit(_load_reporting, cfg).result()
+    except BrokenProcessPool:
+        raise ModelLoadError(f"loading {cfg.model} crashed the process that tried it (a segmentation fault, or "
+                             "killed for memory)", "check that the model runs with python -m engine.cli "
+                             "(or Detector) on this machine; rebuild it for this GPU and runtime if it does not") from None
     if kind == "error":
-        from .. import errors
-
-        name, message, fix = payload
-        cls = getattr(errors, name, DeployError)
-        raise (cls if isinstance(cls, type) and issubclass(cls, DeployError) else DeployError)(message, fix)
+        raise _rebuilt(*payload)
     return payload
 
 

@@ -80,8 +80,8 @@ class TritonPythonModel:
                     answers[i] = self._error(refused, pb.TritonError.INVALID_ARG)
                 else:
                     inputs.append((i, array))
-            outputs = self._decoded([a for _, a in inputs]) if self.settings.target else \
-                self.model.outputs([a for _, a in inputs])
+            arrays, numbers = [a for _, a in inputs], [i for i, _ in inputs]
+            outputs = self._decoded(arrays, numbers) if self.settings.target else self.model.outputs(arrays, numbers)
             for (i, _), out in zip(inputs, outputs):
                 answers[i] = self._response(out)
             return answers
@@ -90,14 +90,14 @@ class TritonPythonModel:
             return [self._error("engine.serve: internal error (see the server log)", pb.TritonError.INTERNAL)
                     for _ in requests]
 
-    def _decoded(self, inputs: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def _decoded(self, inputs: list[np.ndarray], numbers: list[int]) -> list[dict[str, np.ndarray]]:
         """Encoded images: decode each request's files, detect each frame in the raw-frame model."""
         from ..errors import DeployError
         from .protocol import detections_from_outputs, error_outputs, frames_from_encoded_input, one_line, \
             pack_outputs
 
         out = []
-        for i, array in enumerate(inputs):
+        for i, array in zip(numbers, inputs):
             try:
                 frames = frames_from_encoded_input(array, i)
             except DeployError as e:
@@ -109,9 +109,10 @@ class TritonPythonModel:
             for frame in frames:
                 reply = self.pb.InferenceRequest(model_name=self.settings.target, requested_output_names=list(OUTPUTS),
                                                  inputs=[self.pb.Tensor(IMAGE_INPUT, frame[None])]).exec()
-                if reply.has_error():
-                    failed = error_outputs(f"engine.serve: '{self.settings.target}' failed on a decoded frame: "
-                                           f"{reply.error().message()}", server=True)
+                if reply.has_error():  # the raw model's own refusal stays a client error
+                    code = getattr(reply.error(), "code", lambda: None)()
+                    failed = error_outputs(f"request {i}: {reply.error().message()}",
+                                           server=code != self.pb.TritonError.INVALID_ARG)
                     break
                 dets += detections_from_outputs({n: self.pb.get_output_tensor_by_name(reply, n).as_numpy()
                                                  for n in OUTPUTS})

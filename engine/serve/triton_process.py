@@ -9,9 +9,12 @@ their Detectors), stops Triton and removes the folder and the stubs' shared-memo
 
 Triton runs in its own session (a terminal's Ctrl-C reaches only ``engine.serve``, which stops it in
 order) and, on Linux, gets SIGTERM if ``engine.serve`` dies, so a killed server leaves no process behind;
-the folder and regions such a server leaves are removed by the next ``engine.serve`` to start. Triton's
-administrative endpoints (model repository, shared memory, statistics, trace, logging) take a random
-token only this process knows: a client can infer and read health and metadata, not load code or unload models.
+the folder and regions such a server leaves are removed by the next ``engine.serve`` of the same user to
+start. Triton's administrative endpoints (model repository: load and unload; shared memory, statistics,
+trace, logging) take a random token that ``engine.serve`` uses to unload the models at stop, as pytriton
+did: clients can infer and read health, metadata and metrics, not unload the model or load code. The
+token is on Triton's command line, so a local user who can read other users' ``/proc/<pid>/cmdline`` can
+read it too (mount ``/proc`` with ``hidepid=2`` on a machine shared with untrusted users).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from .settings import PARAMETERS_KEY, StubSettings
 SETUP_HINT = "make the serving venv with `bash .ci/setup_triton.sh` and run `.venv-triton/bin/python -m engine.serve`"
 SHM_DIR = Path("/dev/shm")
 SHM_BYTES = 4 << 20
+MAX_IMAGE_PIXELS = 64_000_000
 PREFIX = "engine-serve-"  # + the pid of the engine.serve that made it: its temporary folder and shm regions
 PROTECTED = "shared-memory,model-repository,statistics,trace,logging"  # Triton's admin APIs: token only
 TOKEN_HEADER = "triton-access-token"
@@ -148,32 +152,50 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale(tmp: Path | None = None, shm: Path = SHM_DIR) -> list[Path]:
-    """Remove the temporary folders and shm regions of ``engine.serve`` processes that no longer run
-    (a server killed with SIGKILL cannot remove its own). Returns what was removed."""
+    """Remove the temporary folders of ``engine.serve`` processes of this user that no longer run (a server
+    killed with SIGKILL cannot remove its own), with the shared-memory regions of the same server.
+
+    A folder is ``engine-serve-<pid>-<key>-<random>`` and its Triton's regions ``engine-serve-<pid>-<key>-*``:
+    only real folders (not links) owned by this user, whose pid no longer runs, go, and only the regions of
+    such a folder (a region alone may belong to a server in another container sharing ``/dev/shm``).
+    Returns what was removed.
+    """
     removed = []
-    for folder in (Path(tmp or tempfile.gettempdir()), shm):
-        if not folder.is_dir():
+    folder = Path(tmp or tempfile.gettempdir())
+    if not folder.is_dir():
+        return removed
+    for path in folder.glob(PREFIX + "*"):
+        parts = path.name[len(PREFIX):].split("-")
+        if len(parts) < 3 or not parts[0].isdigit() or _pid_alive(int(parts[0])):
             continue
-        for path in folder.glob(PREFIX + "*"):
-            pid = path.name[len(PREFIX):].split("-", 1)[0]
-            if not pid.isdigit() or _pid_alive(int(pid)):
+        try:
+            st = path.lstat()
+            if not path.is_dir() or path.is_symlink() or st.st_uid != os.geteuid():
                 continue
-            try:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-                removed.append(path)
-            except OSError:  # another user's, or gone meanwhile
-                pass
+            shutil.rmtree(path)
+            removed.append(path)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+        if shm.is_dir():
+            for region in shm.glob(f"{PREFIX}{parts[0]}-{parts[1]}-*"):
+                try:
+                    if not region.is_symlink() and region.lstat().st_uid == os.geteuid():
+                        region.unlink()
+                        removed.append(region)
+                except OSError:
+                    pass
     return removed
 
 
 _PRCTL = None
+_PARENT = 0  # the pid that starts Triton, set before the fork
 
 
 def _die_with_parent() -> None:
     """Between fork and exec (Linux): ask for SIGTERM when the thread that started Triton ends, and end now if
     it already has (the parent died between the fork and this call). Only the prctl call: no allocations."""
     _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:
+    if os.getppid() != _PARENT:  # re-parented: to init, or to a subreaper
         os._exit(1)
 
 
@@ -194,7 +216,8 @@ class TritonProcess:
         self.ready = False
         self._stopping = False
         self.token = secrets.token_urlsafe(24)
-        self.shm_prefix = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        self.key = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # ties the folder to its Triton's shm regions
+        self.shm_prefix = f"{PREFIX}{self.key}-"
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -211,9 +234,9 @@ class TritonProcess:
 
     def start(self) -> None:
         """Write the repository and start Triton on it (returns at once: :meth:`wait_ready` waits)."""
-        global _PRCTL
+        global _PRCTL, _PARENT
         remove_stale()
-        self.workspace = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+        self.workspace = Path(tempfile.mkdtemp(prefix=self.shm_prefix))
         repo, backends = self.workspace / "models", self.workspace / "backends" / "python"
         backends.mkdir(parents=True)
         for f in self.dist.python_backend.iterdir():  # Triton finds the stub beside the backend library
@@ -227,7 +250,12 @@ class TritonProcess:
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (env.get("LD_LIBRARY_PATH"), str(self.dist.libs)) if p)
         env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+        # a decoded file may hold at most this many pixels (OpenCV's own default, 2^30, lets a few small
+        # hostile PNGs in one request take gigabytes); 8K is 33 million
+        env.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
         cmd = [str(self.dist.binary), "--model-repository", str(repo), "--backend-directory", str(backends.parent),
+               # explicit: at stop the models are unloaded (the stubs finalize) before Triton is told to exit,
+               # which it would otherwise do without unloading while a client holds a connection open
                "--model-control-mode", "explicit", *[a for m in self.models for a in ("--load-model", m.name)],
                "--disable-auto-complete-config",
                "--allow-http", _on(self.http_port), "--allow-grpc", _on(self.grpc_port),
@@ -250,6 +278,7 @@ class TritonProcess:
             import ctypes
 
             _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+        _PARENT = os.getpid()
         try:
             self.proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                                          preexec_fn=_die_with_parent if linux else None)
@@ -261,28 +290,37 @@ class TritonProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def _client(self):
-        """A tritonclient of the first endpoint that is on, and the headers its admin calls need."""
+        """A tritonclient of the first endpoint that is on."""
         if self.http_port:
             import tritonclient.http as mod
 
-            client = mod.InferenceServerClient(f"{self.host}:{self.http_port}", network_timeout=10.0)
-            return client, {TOKEN_HEADER: self.token}
+            return mod.InferenceServerClient(f"{self.host}:{self.http_port}", network_timeout=10.0)
         import tritonclient.grpc as mod
 
         # short reconnect backoff: polled while Triton starts, a channel's default backoff grows to minutes
-        client = mod.InferenceServerClient(f"{self.host}:{self.grpc_port}", channel_args=[
+        return mod.InferenceServerClient(f"{self.host}:{self.grpc_port}", channel_args=[
             ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000)])
-        return client, {f"triton-grpc-protocol-{TOKEN_HEADER}": self.token}
 
     def _ready(self, client) -> bool:
         kw = {} if self.http_port else {"client_timeout": 5.0}
         return all(client.is_model_ready(m.name, **kw) for m in self.models)
 
+    def _ready_now(self) -> bool:
+        """Whether every model is ready at this moment (``False`` while Triton does not answer)."""
+        try:
+            client = self._client()
+            try:
+                return self._ready(client)
+            finally:
+                client.close()
+        except Exception:  # noqa: BLE001 - not listening (yet, or any more)
+            return False
+
     def wait_ready(self, timeout_s: float, stopped: Callable[[], bool] = lambda: False) -> bool:
         """Block until every model is ready (``True``) or ``stopped()`` (``False``); :class:`ServeError`
         if Triton exits or ``timeout_s`` passes first."""
-        client, _ = self._client()
+        client = self._client()
         deadline = time.monotonic() + timeout_s
         try:
             while time.monotonic() < deadline:
@@ -304,14 +342,19 @@ class TritonProcess:
         raise ServeError(f"Triton did not make {', '.join(m.name for m in self.models)} ready in {timeout_s:.0f} s",
                          "read Triton's log above; a large engine on a busy machine may need longer")
 
+    def _admin_headers(self) -> dict[str, str]:
+        return ({TOKEN_HEADER: self.token} if self.http_port
+                else {f"triton-grpc-protocol-{TOKEN_HEADER}": self.token})
+
     def _unload(self, wait_s: float) -> None:
-        """Unload the models while Triton still runs: their stubs finalize (Detectors closed) and exit."""
+        """Unload the models while Triton still runs: their stubs finalize (Detectors closed) and exit.
+        The encoded-image model first: it sends its frames on to the raw-frame one."""
         try:
-            client, headers = self._client()
+            client = self._client()
             kw = {} if self.http_port else {"client_timeout": 5.0}
             try:
-                for m in self.models:
-                    client.unload_model(m.name, headers=headers, **kw)
+                for m in reversed(self.models):
+                    client.unload_model(m.name, headers=self._admin_headers(), **kw)
                 deadline = time.monotonic() + wait_s
                 while time.monotonic() < deadline and self._ready(client):
                     time.sleep(0.1)
@@ -326,7 +369,7 @@ class TritonProcess:
         if not self.alive():
             return
         self._stopping = True
-        if self.ready:
+        if self.ready or self._ready_now():  # a stop may come after Triton made them ready, before we saw it
             self._unload(unload_wait_s)
         self.proc.send_signal(signal.SIGINT)
         try:
