@@ -318,6 +318,14 @@ def _stop(proc: subprocess.Popen) -> None:
             _kill_all(proc)
 
 
+def _stop_timed(proc: subprocess.Popen, sig: int) -> tuple[int, float]:
+    """Send ``sig`` to the server; its exit code and the seconds it took to exit."""
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    return code, time.monotonic() - t0
+
+
 def _kill_all(proc: subprocess.Popen) -> None:
     """SIGKILL the server's session (a test that failed): Triton, in a session of its own, gets SIGTERM from
     the kernel when the server dies (PR_SET_PDEATHSIG); the next server removes the folder it leaves."""
@@ -656,10 +664,7 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
         assert keep_alive.getresponse().read() == b""  # answered, and the connection stays open
         grpc_client = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         assert grpc_client.is_server_live()
-        t0 = time.monotonic()
-        proc.send_signal(sig)
-        code = proc.wait(timeout=60)
-        took = time.monotonic() - t0
+        code, took = _stop_timed(proc, sig)
     finally:
         if proc.poll() is None:
             _kill_all(proc)
@@ -694,10 +699,7 @@ def test_a_grpc_only_server_gets_ready_serves_and_stops_cleanly(served_model, lo
         client = tg.InferenceServerClient(f"127.0.0.1:{grpc_port}")
         _same(_infer(tg, client, "yolo", "image", images[1][None], "UINT8")[0], local(images[1]))
         client.close()
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=60)
-        took = time.monotonic() - t0
+        code, took = _stop_timed(proc, signal.SIGTERM)
     finally:
         if proc.poll() is None:
             _kill_all(proc)
