@@ -1,4 +1,5 @@
-"""Stop signals as a flag, for the long-running commands (``engine.stream``, ``engine.serve``).
+"""Stop signals as a flag, for the long-running commands (``engine.stream``, ``engine.serve``); and
+:func:`pid_alive`, which tells a killed process's leftovers from a live one's.
 
 While installed (``with StopSignals() as stop:`` on the main thread), SIGINT, SIGTERM and SIGBREAK
 (Windows) only record which signal came in :attr:`StopSignals.signum`; the command's loop polls it,
@@ -10,11 +11,13 @@ that a parent left ignored (a background job) stays ignored.
 """
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from typing import Any
 
-__all__ = ["StopSignals"]
+__all__ = ["StopSignals", "pid_alive"]
 
 
 class StopSignals:
@@ -46,3 +49,29 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (this process does; another user's counts as running).
+
+    Used to tell leftovers of killed processes (named after their pid) from those of live ones.
+    """
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

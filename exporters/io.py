@@ -13,12 +13,12 @@ import errno
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from engine.errors import OutputDirError
+from engine.signals import pid_alive
 
 # errnos that mean "this folder cannot take the write", as opposed to a bug or a missing input
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
@@ -32,28 +32,6 @@ def temp_prefix(what: str) -> str:
     return f".{what}-p{os.getpid()}-"
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if sys.platform == "win32":  # os.kill(pid, 0) would terminate the process on Windows
-        import ctypes
-
-        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        code = ctypes.c_ulong()
-        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        ctypes.windll.kernel32.CloseHandle(handle)
-        return code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_temporaries(out: Path) -> list[Path]:
     """Remove the temporary files and folders that builds no longer running left in ``out``; return them."""
     removed = []
@@ -62,7 +40,7 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
         if not m:
             continue
         pid = m.group("pid1") or m.group("pid2")
-        if pid is not None and _pid_alive(int(pid)):
+        if pid is not None and pid_alive(int(pid)):
             continue
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

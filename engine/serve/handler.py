@@ -49,6 +49,12 @@ class LogLimit:
                 self._dropped += 1
 
 
+def refusal(line: str, model: str, bad_requests: LogLimit) -> dict[str, np.ndarray]:
+    """The answer to one bad request to ``model``: ``line`` (reason; fix) as a client error, logged once."""
+    bad_requests.warning(f"bad request to '{model}': {line}")
+    return error_outputs(line)
+
+
 class DetectorModel:
     """A batch of requests' inputs in, one output dict per request out.
 
@@ -57,11 +63,10 @@ class DetectorModel:
     take is answered with its own client error; the others are not affected.
     """
 
-    def __init__(self, detector: Any, input_name: str, lock: threading.Lock | None = None, model: str = "yolo",
-                 bad_requests: LogLimit | None = None, on_internal: Callable[[str], Any] | None = None) -> None:
-        self.detector = detector
+    def __init__(self, detector: Any, input_name: str, model: str = "yolo", bad_requests: LogLimit | None = None,
+                 on_internal: Callable[[str], Any] | None = None) -> None:
+        self.detector = detector  # thread-safe itself (engine/detector.py): no lock here
         self.input_name = input_name
-        self.lock = lock or threading.Lock()
         self.model = model
         self.bad_requests = bad_requests or LogLimit()
         self.on_internal = on_internal or (lambda message: log.error("%s", message))
@@ -80,8 +85,7 @@ class DetectorModel:
                 out[i] = self._refuse(e)
         if good:
             try:
-                with self.lock:
-                    dets = self.detector.predict([f for _, frames in good for f in frames])
+                dets = self.detector.predict([f for _, frames in good for f in frames])
             except DeployError as e:  # checked frames the Detector still refused: the whole batch's input
                 dets, failed = None, [self._refuse(e) for _ in good]
             except Exception as e:  # noqa: BLE001 - a bug of ours: the traceback to our log, one line to clients
@@ -98,6 +102,4 @@ class DetectorModel:
         return out
 
     def _refuse(self, err: DeployError) -> dict[str, np.ndarray]:
-        line = one_line(err)
-        self.bad_requests.warning(f"bad request to '{self.model}': {line}")
-        return error_outputs(line)
+        return refusal(one_line(err), self.model, self.bad_requests)

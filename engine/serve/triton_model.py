@@ -27,8 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import CLIENT_ERROR, EMPTY_INPUT, IMAGE_INPUT, OUTPUTS, SERVER_ERROR
+from ..errors import DeployError
+from .handler import DetectorModel, LogLimit, refusal
+from .protocol import (CLIENT_ERROR, EMPTY_INPUT, IMAGE_INPUT, OUTPUTS, SERVER_ERROR, detections_from_outputs,
+                       error_outputs, frames_from_encoded_input, one_line, pack_outputs)
 from .settings import PARAMETERS_KEY, StubSettings
+
 
 def settings(model_config: dict) -> StubSettings:
     """The :class:`~engine.serve.settings.StubSettings` stored in a Triton model config (parsed JSON)."""
@@ -45,8 +49,6 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, Any]) -> None:
         import triton_python_backend_utils as pb_utils
-
-        from .handler import DetectorModel, LogLimit
 
         self.pb = pb_utils
         self.settings = s = settings(json.loads(args["model_config"]))
@@ -76,8 +78,7 @@ class TritonPythonModel:
                 array = pb.get_input_tensor_by_name(r, self.settings.input).as_numpy()
                 refused = empty_input(array.shape, self.settings.input, i)
                 if refused:
-                    self.bad_requests.warning(f"bad request to '{self.name}': {refused}")
-                    answers[i] = self._error(refused, pb.TritonError.INVALID_ARG)
+                    answers[i] = self._response(refusal(refused, self.name, self.bad_requests))
                 else:
                     inputs.append((i, array))
             arrays, numbers = [a for _, a in inputs], [i for i, _ in inputs]
@@ -92,18 +93,12 @@ class TritonPythonModel:
 
     def _decoded(self, inputs: list[np.ndarray], numbers: list[int]) -> list[dict[str, np.ndarray]]:
         """Encoded images: decode each request's files, detect each frame in the raw-frame model."""
-        from ..errors import DeployError
-        from .protocol import detections_from_outputs, error_outputs, frames_from_encoded_input, one_line, \
-            pack_outputs
-
         out = []
         for i, array in zip(numbers, inputs):
             try:
                 frames = frames_from_encoded_input(array, i)
             except DeployError as e:
-                line = one_line(e)
-                self.bad_requests.warning(f"bad request to '{self.name}': {line}")
-                out.append(error_outputs(line))
+                out.append(refusal(one_line(e), self.name, self.bad_requests))
                 continue
             dets, failed = [], None
             for frame in frames:
@@ -132,4 +127,3 @@ class TritonPythonModel:
     def finalize(self) -> None:
         if self.detector is not None:
             self.detector.close()
-

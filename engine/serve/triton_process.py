@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import BackendUnavailableError, ServeError
+from ..signals import pid_alive
 from .protocol import OUTPUTS
 from .settings import PARAMETERS_KEY, StubSettings
 
@@ -141,16 +142,6 @@ def model_py() -> str:
             "from engine.serve.triton_model import TritonPythonModel  # noqa: E402,F401\n")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale(tmp: Path | None = None, shm: Path = SHM_DIR) -> list[Path]:
     """Remove the temporary folders of ``engine.serve`` processes of this user that no longer run (a server
     killed with SIGKILL cannot remove its own), with the shared-memory regions of the same server.
@@ -166,7 +157,7 @@ def remove_stale(tmp: Path | None = None, shm: Path = SHM_DIR) -> list[Path]:
         return removed
     for path in folder.glob(PREFIX + "*"):
         parts = path.name[len(PREFIX):].split("-")
-        if len(parts) < 3 or not parts[0].isdigit() or _pid_alive(int(parts[0])):
+        if len(parts) < 3 or not parts[0].isdigit() or pid_alive(int(parts[0])):
             continue
         try:
             st = path.lstat()
@@ -302,9 +293,12 @@ class TritonProcess:
             ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000)])
 
+    def _call_opts(self) -> dict:
+        """Per-call options: a deadline for gRPC calls (the HTTP client has its network timeout)."""
+        return {} if self.http_port else {"client_timeout": 5.0}
+
     def _ready(self, client) -> bool:
-        kw = {} if self.http_port else {"client_timeout": 5.0}
-        return all(client.is_model_ready(m.name, **kw) for m in self.models)
+        return all(client.is_model_ready(m.name, **self._call_opts()) for m in self.models)
 
     def _ready_now(self) -> bool:
         """Whether every model is ready at this moment (``False`` while Triton does not answer)."""
@@ -351,10 +345,9 @@ class TritonProcess:
         The encoded-image model first: it sends its frames on to the raw-frame one."""
         try:
             client = self._client()
-            kw = {} if self.http_port else {"client_timeout": 5.0}
             try:
                 for m in reversed(self.models):
-                    client.unload_model(m.name, headers=self._admin_headers(), **kw)
+                    client.unload_model(m.name, headers=self._admin_headers(), **self._call_opts())
                 deadline = time.monotonic() + wait_s
                 while time.monotonic() < deadline and self._ready(client):
                     time.sleep(0.1)
