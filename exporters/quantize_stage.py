@@ -26,7 +26,8 @@ from . import evidence
 from .records import NOT_ASKED
 
 METHOD = ("NNCF {method} statistics on {n} calibration images ({source}); TensorRT form: NVIDIA's Q/DQ placement, "
-          "{float_dtype} elsewhere; CPU form: ONNX Runtime's QDQ with SiLU-aware conv ranges. Alternatives measured "
+          "{float_dtype} elsewhere; CPU form: ONNX Runtime's QDQ with SiLU-aware conv ranges; in both the decode tail "
+          "and, where cheap, the detect head's class branch float. Alternatives measured "
           "(NNCF's own graphs, ModelOpt, Ultralytics' OpenVINO INT8): benchmarks/RESULTS.md, 'INT8'")
 WITHHELD_FIX = ("judge on more val images (the interval narrows), calibrate on more images like the deployment's "
                 "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
@@ -117,9 +118,12 @@ def _make(b, target, final: Path):
     q = b.cfg.quantize
     model, ranges, source = _calibration(b)
     tail = decode_tail(model)
-    keep = tail + [n for n in match_nodes(model, q.exclude) if n not in tail]
-    b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float"
-          + (f", plus {len(keep) - len(tail)} from --exclude" if len(keep) > len(tail) else ""))
+    classes = class_branch(b, model, tail)
+    keep = [*tail, *classes.nodes]
+    keep += [n for n in match_nodes(model, q.exclude) if n not in keep]
+    b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float; {classes.summary()}"
+          + (f"; plus {len(keep) - len(tail) - len(classes.nodes)} nodes from --exclude"
+             if len(keep) > len(tail) + len(classes.nodes) else ""))
     judge, note = gate_judge(b)
     detect = GateDetections(b)
     int8_meta = b.metadata.replace(precision=Precision.INT8)
@@ -130,10 +134,13 @@ def _make(b, target, final: Path):
         method = METHOD.format(method=q.calib.method.value, n=ranges.n_images, source=source.description,
                                float_dtype=q.int8_float.upper())
         figures = {**gate_figures(b, gate, judge, note, detect.last),
-                   "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method}
+                   "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method,
+                   "class_branch": classes.summary(), "class_branch_float": bool(classes.nodes),
+                   "class_branch_mac_share": round(classes.share, 4)}
         b.log(f"  {gate.summary()}")
         # short enough for the build table's note column (the Δ column shows the drop and its interval)
-        summary = (f"NNCF {q.calib.method.value}, {len(last.kept_float)} layers float"
+        summary = (f"NNCF {q.calib.method.value}, " + ("class branch float, " if classes.nodes else "")
+                   + f"{len(last.kept_float)} layers float"
                    + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
                    + ("by agreement with FP32: " if judge.kind == "agreement" else "")
                    + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
@@ -142,6 +149,13 @@ def _make(b, target, final: Path):
             raise ArtifactWithheld(f"INT8 gate: {summary}", WITHHELD_FIX, (check,), figures)
         os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
     return Outcome(final, (check,), figures)
+
+
+def class_branch(b, model, tail):
+    """The build's :class:`exporters.quantize.ClassBranch` choice (once: both forms use it)."""
+    from .quantize import class_branch_choice
+
+    return evidence.cached(b, "class_branch", lambda: class_branch_choice(model, (1, 3, *b.metadata.imgsz), tail))
 
 
 class GateDetections:

@@ -423,6 +423,61 @@ def test_silu_input_ranges_start_where_silu_turns_flat():
     assert r.ranges["c"] == (-20.0, 10.0)  # not modified in place
 
 
+def test_class_branch_is_found_from_the_graph_and_kept_float_where_cheap(demo_onnx, monkeypatch):
+    """YOLO11's class branches (depthwise and 1x1 convolutions, ~3 % of the MACs) stay float; a class branch
+    over CLASS_BRANCH_MAX_SHARE is quantized with the rest, and the choice says which and why."""
+    from exporters import quantize
+    from exporters.quantize import class_branch, class_branch_choice, conv_macs, detect_head
+
+    model = onnx.load(str(demo_onnx))
+    tail = decode_tail(model)
+    cls = set(class_branch(model, tail))
+    assert cls == {n for n in detect_head(model, tail) if n.startswith("/model.23/cv3.")} and len(cls) == 39
+    macs = conv_macs(model, (1, 3, 320, 320))
+    stem = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert macs[stem.name] == 16 * 160 * 160 * 3 * 3 * 3  # 3->16 channels, 3x3, stride 2 at 320
+    choice = class_branch_choice(model, (1, 3, 320, 320), tail)
+    assert set(choice.nodes) == cls and 0.02 < choice.share < 0.04 and "kept float (39 nodes" in choice.summary()
+    monkeypatch.setattr(quantize, "CLASS_BRANCH_MAX_SHARE", 0.01)
+    dear = class_branch_choice(model, (1, 3, 320, 320), tail)
+    assert dear.nodes == () and dear.share == choice.share and "quantized: 3.0%" in dear.summary()
+
+
+def _head_graph(merged: bool):
+    """A neck conv, a box conv and a class conv, and a tail that either sigmoids the class tensor on its own
+    (Ultralytics 8.4's export) or concatenates both and splits them again (where the two cannot be told apart)."""
+    from onnx import TensorProto, helper
+
+    w = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["n"], name="neck"),
+             helper.make_node("Conv", ["n", "w"], ["box"], name="box_conv"),
+             helper.make_node("Conv", ["n", "w"], ["cls"], name="cls_conv")]
+    if merged:
+        nodes += [helper.make_node("Concat", ["box", "cls"], ["bc"], name="cat", axis=1),
+                  helper.make_node("Split", ["bc"], ["b2", "c2"], name="split", axis=1, num_outputs=2),
+                  helper.make_node("Sigmoid", ["c2"], ["s"], name="sig"),
+                  helper.make_node("Concat", ["b2", "s"], ["y"], name="out", axis=1)]
+    else:
+        nodes += [helper.make_node("Reshape", ["cls", "shape"], ["c2"], name="reshape"),
+                  helper.make_node("Sigmoid", ["c2"], ["s"], name="sig"),
+                  helper.make_node("Exp", ["box"], ["b2"], name="decode"),
+                  helper.make_node("Concat", ["b2", "s"], ["y"], name="out", axis=1)]
+    shape = onnx.numpy_helper.from_array(np.array([1, 2, 4, 4], np.int64), "shape")
+    vi = helper.make_tensor_value_info
+    g = helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [1, 2, 4, 4])], [vi("y", TensorProto.FLOAT, None)],
+                          [w, shape])
+    return onnx_model(g, opset=18)
+
+
+def test_class_branch_is_the_one_that_reaches_the_sigmoid_and_none_when_ambiguous():
+    from exporters.quantize import class_branch, class_branch_choice
+
+    assert class_branch(_head_graph(merged=False)) == ["cls_conv"]
+    assert class_branch(_head_graph(merged=True)) == []  # behind the Split, which part is which is not known
+    choice = class_branch_choice(_head_graph(merged=True), (1, 2, 4, 4))
+    assert choice.nodes == () and not choice.found and "not told apart" in choice.summary()
+
+
 def test_detect_head_takes_the_extremes_and_the_rest_the_estimate(demo_onnx, calibrated):
     """The head's branches (one scale's box or class convolutions) are found from the graph; their tensors
     get the extremes over all images, every other tensor keeps the mean-minmax estimate."""
