@@ -203,6 +203,8 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
         assert {n.name for n in convs if n.input[1] not in dq} == {n.name for n in convs if "/cv3." in n.name}
     assert "NNCF mean-minmax, class branch float, 0 layers float, FP16 elsewhere; 90% upper end" in log
     assert "the detect head's class branch kept float (39 nodes, 3.0% of the convolution MACs)" in log
+    assert ("Note: both INT8 forms: the detect head's class branch kept float (39 nodes"
+            in (tmp_path / f"{stem}.accuracy.md").read_text())
     rc, log = _build(argv + ["--no-fp16", "--rebuild"], capsys)
     assert rc == 0 and "no calibration inference" in log
     assert not list(tmp_path.glob(".int8-*")) and not list(tmp_path.glob("*.tmp"))
