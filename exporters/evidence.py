@@ -94,7 +94,7 @@ def write_accuracy_report(b) -> None:
                    None if r.key == "onnx" else fp32, interval)
         report.judged_by = f.get("judge_reason", report.judged_by)
         report.gate_images = f.get("gate_images", report.gate_images)
-        for note in (f.get("gate_note"), f.get("class_branch") and f"both INT8 forms: {f['class_branch']}"):
+        for note in (f.get("gate_note"), f.get("class_branch") and f"the ONNX INT8 forms: {f['class_branch']}"):
             if note and note not in report.notes:
                 report.notes.append(note)
         for c in r.checks:

@@ -14,7 +14,7 @@ INT8 is NNCF's post-training quantization on the OpenVINO model, the path Ultral
 int8=True`` takes: its ``MIXED`` preset (symmetric int8 weights, asymmetric activations) with OpenVINO's
 own placement, calibrated on the same letterboxed images as the ONNX INT8 forms. Float stays what
 :func:`float_nodes` finds: the decode tail (DFL, box decode, sigmoid, the output concat: what Ultralytics
-keeps float too), the head's last convolutions and its class branch where cheap; plus ``--exclude`` and the gate's
+keeps float too), the head's last convolutions and its class branch; plus ``--exclude`` and the gate's
 fallback layers. Unlike Ultralytics we run NNCF's full
 bias correction (``fast_bias_correction=False``): a longer build, the same IR speed (it only changes
 biases), and on the demo at 320 (500 fresh images) mAP50-95 0.8296 instead of 0.8286 against 0.8312 for the
@@ -138,21 +138,22 @@ def ov_names(model, onnx_names: Iterable[str]) -> list[str]:
 def float_nodes(model) -> list[str]:
     """ONNX node names of ``model`` (our FP32 ONNX) that the INT8 IR keeps float: the decode tail
     (:func:`exporters.quantize.decode_tail`), the convolutions that feed it (the head's last ones), and the
-    detect head's class branch where it is cheap (:func:`exporters.quantize.class_branch_choice`, the same
-    choice as the ONNX INT8 forms').
+    detect head's class branch (Ultralytics' ``Detect.cv3``, found under the head's module scope).
 
     The class scores are what INT8 hurt most: on the second model (four classes, mAP50-95 0.35) the INT8 IR
     lost 0.68 points at 320 with the class branch in int8 and 0.13 with it float (the box branch float
     instead: 0.61); the class branch and the last convolutions are about 4 % of YOLO11n's multiply-adds.
     """
-    from .quantize import WEIGHTED_OPS, class_branch_choice, decode_tail
+    from .quantize import WEIGHTED_OPS, decode_tail
 
     tail = decode_tail(model)
     in_tail = set(tail)
     feeds_tail = {i for n in model.graph.node if n.name in in_tail for i in n.input}
     last = [n.name for n in model.graph.node
             if n.op_type in WEIGHTED_OPS and n.name not in in_tail and set(n.output) & feeds_tail]
-    return list(dict.fromkeys([*tail, *last, *class_branch_choice(model, tail=tail).nodes]))
+    scopes = {"/".join(n.split("/")[:2]) for n in last if n.startswith("/")}  # "/model.23"
+    classes = [n.name for n in model.graph.node if any(n.name.startswith(f"{s}/cv3") for s in scopes)]
+    return list(dict.fromkeys([*tail, *last, *classes]))
 
 
 def int8_model(fp32_onnx: Path, calibration: Iterable[np.ndarray], keep_float: Sequence[str] = (),

@@ -140,7 +140,8 @@ def class_branch(model, tail: Sequence[str] | None = None) -> list[str]:
     through layout operators only (the box branches meet DFL or the box decode first).
 
     Found from the graph. Empty when the graph does not tell the two apart (an export that concatenates
-    each scale's boxes and classes before splitting them: both would reach the Sigmoid).
+    each scale's boxes and classes before splitting them). Made for detect heads; another head whose
+    branch reaches a Sigmoid in the tail through layout operators (an OBB angle) would count as well.
     """
     g = graph_index(model)
 
@@ -163,8 +164,10 @@ def class_branch(model, tail: Sequence[str] | None = None) -> list[str]:
 
 
 def conv_macs(model, input_shape: Sequence[int] | None = None) -> dict[str, int]:
-    """Multiply-accumulates of every ``Conv`` for one input of ``input_shape`` (from ONNX shape inference;
-    ``None``: the graph input's own shape, a dynamic batch taken as 1; the project's exports fix H and W)."""
+    """Multiply-accumulates of every ``Conv`` whose output shape ONNX shape inference finds, for one input
+    of ``input_shape`` (``None``: the graph input's own shape, a dynamic batch taken as 1; the project's
+    exports fix H and W). ``ConvTranspose``, ``MatMul`` and ``Gemm`` are not counted; a Conv whose weight
+    is not an initializer or whose output shape stays unknown is left out."""
     onnx = _onnx()
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -175,14 +178,15 @@ def conv_macs(model, input_shape: Sequence[int] | None = None) -> dict[str, int]
         d.ClearField("dim_param")
         d.dim_value = int(v)
     del m.graph.value_info[:]
-    m = onnx.shape_inference.infer_shapes(m)
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*m.graph.value_info, *m.graph.output)}
     weights = {i.name: list(i.dims) for i in m.graph.initializer}
     out = {}
     for n in m.graph.node:
-        if n.op_type == "Conv" and n.input[1] in weights and all(shapes.get(n.output[0], [0])[1:]):
-            out[n.name] = int(np.prod(shapes[n.output[0]][1:]) * np.prod(weights[n.input[1]][1:]))
+        shape = shapes.get(n.output[0])
+        if n.op_type == "Conv" and n.input[1] in weights and shape and all(shape[1:]):
+            out[n.name] = int(np.prod(shape[1:]) * np.prod(weights[n.input[1]][1:]))
     return out
 
 
@@ -190,15 +194,20 @@ def conv_macs(model, input_shape: Sequence[int] | None = None) -> dict[str, int]
 class ClassBranch:
     """The layer choice for the detect head's class branches: kept float when they are cheap."""
 
-    nodes: tuple[str, ...]  # kept float (empty: quantized, or not found)
-    share: float  # their share of the model's convolution MACs (0 when not found)
+    nodes: tuple[str, ...]  # kept float (empty: quantized, not found, or its cost unknown)
+    share: float | None  # their share of the model's convolution MACs (None: not found or not measurable)
     found: bool
 
     def summary(self) -> str:
+        """One line for the build's log and reports: which way the choice went and why."""
         if not self.found:
             return "detect head's class branch not told apart from the box branch: quantized with the rest"
+        if self.share is None:
+            return ("the detect head's class branch quantized: its share of the convolution MACs could not be "
+                    "measured (shapes or weights the ONNX shape inference does not see)")
         if self.nodes:
-            return (f"the detect head's class branch kept float ({len(self.nodes)} nodes, "
+            n = len(self.nodes)
+            return (f"the detect head's class branch kept float ({n} node{'s' if n != 1 else ''}, "
                     f"{self.share:.1%} of the convolution MACs)")
         return (f"the detect head's class branch quantized: {self.share:.1%} of the convolution MACs, over the "
                 f"{CLASS_BRANCH_MAX_SHARE:.0%} it may cost in float")
@@ -220,10 +229,12 @@ def class_branch_choice(model, input_shape: Sequence[int] | None = None,
     """
     nodes = class_branch(model, tail)
     if not nodes:
-        return ClassBranch((), 0.0, False)
+        return ClassBranch((), None, False)
     macs = conv_macs(model, input_shape)
-    total = sum(macs.values())
-    share = sum(macs.get(n, 0) for n in nodes) / total if total else 0.0
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    if not macs or convs - set(macs):  # a Conv the count misses: no share to judge by
+        return ClassBranch((), None, True)
+    share = sum(macs.get(n, 0) for n in nodes) / sum(macs.values())
     return ClassBranch(tuple(nodes) if share <= CLASS_BRANCH_MAX_SHARE else (), share, True)
 
 

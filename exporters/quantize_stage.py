@@ -118,7 +118,7 @@ def _make(b, target, final: Path):
     q = b.cfg.quantize
     model, ranges, source = _calibration(b)
     tail = decode_tail(model)
-    classes = class_branch(b, model, tail)
+    classes = _class_branch_choice(b, model, tail)
     keep = [*tail, *classes.nodes]
     keep += [n for n in match_nodes(model, q.exclude) if n not in keep]
     b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float; {classes.summary()}"
@@ -135,12 +135,13 @@ def _make(b, target, final: Path):
                                float_dtype=q.int8_float.upper())
         figures = {**gate_figures(b, gate, judge, note, detect.last),
                    "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method,
-                   "class_branch": classes.summary(), "class_branch_float": bool(classes.nodes),
-                   "class_branch_mac_share": round(classes.share, 4)}
+                   "class_branch": classes.summary(), "class_branch_found": classes.found,
+                   "class_branch_float": bool(classes.nodes),
+                   "class_branch_mac_share": None if classes.share is None else round(classes.share, 4)}
         b.log(f"  {gate.summary()}")
         # short enough for the build table's note column (the Δ column shows the drop and its interval)
         summary = (f"NNCF {q.calib.method.value}, " + ("class branch float, " if classes.nodes else "")
-                   + f"{len(last.kept_float)} layers float"
+                   + f"{len(last.kept_float)} {'more ' if classes.nodes else ''}layers float"
                    + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
                    + ("by agreement with FP32: " if judge.kind == "agreement" else "")
                    + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
@@ -151,7 +152,7 @@ def _make(b, target, final: Path):
     return Outcome(final, (check,), figures)
 
 
-def class_branch(b, model, tail):
+def _class_branch_choice(b, model, tail):
     """The build's :class:`exporters.quantize.ClassBranch` choice (once: both forms use it)."""
     from .quantize import class_branch_choice
 

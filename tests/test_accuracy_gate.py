@@ -195,15 +195,15 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
         assert f["gate_images"] == 12 and "fewer than 300" in f["gate_note"] and "NNCF" in f["calibration"]
         assert recs[key]["checks"][-1]["figures"]["gate"]["trials"]
         assert f"{-f['drop_points']:+.2f} ({-f['drop_high']:+.2f} to {-f['drop_low']:+.2f})" in log
-        assert f["class_branch_float"] is True and 0.01 < f["class_branch_mac_share"] < 0.1
+        assert f["class_branch_found"] and f["class_branch_float"] is True and 0.01 < f["class_branch_mac_share"] < 0.1
         # the written form keeps the class branch float: no class-branch convolution reads a dequantized input
         q = onnx.load(str(tmp_path / f"{stem}.{key}"))
         dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
         convs = [n for n in q.graph.node if n.op_type == "Conv" and n.name.startswith("/model.23/cv")]
         assert {n.name for n in convs if n.input[1] not in dq} == {n.name for n in convs if "/cv3." in n.name}
-    assert "NNCF mean-minmax, class branch float, 0 layers float, FP16 elsewhere; 90% upper end" in log
+    assert "NNCF mean-minmax, class branch float, 0 more layers float, FP16 elsewhere; 90% upper end" in log
     assert "the detect head's class branch kept float (39 nodes, 3.0% of the convolution MACs)" in log
-    assert ("Note: both INT8 forms: the detect head's class branch kept float (39 nodes"
+    assert ("Note: the ONNX INT8 forms: the detect head's class branch kept float (39 nodes"
             in (tmp_path / f"{stem}.accuracy.md").read_text())
     rc, log = _build(argv + ["--no-fp16", "--rebuild"], capsys)
     assert rc == 0 and "no calibration inference" in log

@@ -476,6 +476,28 @@ def test_class_branch_is_the_one_that_reaches_the_sigmoid_and_none_when_ambiguou
     assert class_branch(_head_graph(merged=True)) == []  # behind the Split, which part is which is not known
     choice = class_branch_choice(_head_graph(merged=True), (1, 2, 4, 4))
     assert choice.nodes == () and not choice.found and "not told apart" in choice.summary()
+    cheap = class_branch_choice(_head_graph(merged=False), (1, 2, 4, 4))
+    assert cheap.found and cheap.share == pytest.approx(1 / 3) and cheap.nodes == ()  # a third: over the cap
+
+
+def test_conv_macs_counts_groups_and_a_class_branch_of_unknown_cost_is_quantized():
+    from onnx import helper
+
+    from exporters.quantize import class_branch_choice, conv_macs
+
+    model = _head_graph(merged=False)
+    dw = onnx.numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "dw")
+    model.graph.initializer.append(dw)
+    model.graph.node.insert(1, helper.make_node("Conv", ["n", "dw"], ["n2"], name="depthwise", group=2, pads=[1] * 4))
+    model.graph.node[2].input[0] = "n2"  # box_conv now reads the depthwise output
+    macs = conv_macs(model)  # the graph input's own shape, 1x2x4x4
+    assert macs == {"neck": 2 * 16 * 2, "depthwise": 2 * 16 * 9, "box_conv": 2 * 16 * 2, "cls_conv": 2 * 16 * 2}
+    # a weight that is no initializer leaves a Conv uncounted: no share to judge by, so the branch is quantized
+    w = next(i for i in model.graph.initializer if i.name == "w")
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["w"], value=w))
+    model.graph.initializer.remove(w)
+    choice = class_branch_choice(model)
+    assert choice.found and choice.share is None and choice.nodes == () and "could not be measured" in choice.summary()
 
 
 def test_detect_head_takes_the_extremes_and_the_rest_the_estimate(demo_onnx, calibrated):
