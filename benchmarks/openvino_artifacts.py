@@ -68,19 +68,22 @@ def build(weights: Path, imgsz: int, calib: Path, out: Path, calib_images: int =
 
 
 def make_cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log: Log) -> Path:
-    """Our ONNX Runtime INT8 CPU form as the build makes it (its calibration and rewrites, decode tail float),
-    without the build's gate: ``folder/<stem>.int8-cpu.onnx``."""
+    """Our ONNX Runtime INT8 CPU form as the build makes it (its calibration and rewrites, the decode tail and,
+    where cheap, the class branch float), without the build's gate: ``folder/<stem>.int8-cpu.onnx``."""
     import onnx
 
     from calibration.config import CalibrationConfig
     from exporters.onnx_export import write_metadata
-    from exporters.quantize import QuantTarget, decode_tail, int8_metadata, load_or_calibrate, quantize_model
+    from exporters.quantize import (QuantTarget, class_branch_choice, decode_tail, int8_metadata, load_or_calibrate,
+                                    quantize_model)
 
     model = onnx.load(str(onnx_path))
     cfg = CalibrationConfig(source=Path(calib), max_images=n)
     ranges, _ = load_or_calibrate(onnx_path, model, meta, cfg, folder / "calib.json", log, False)
     final = folder / f"{onnx_path.stem}.int8-cpu.onnx"
-    quantize_model(onnx_path, ranges, QuantTarget.CPU, decode_tail(model), final)
+    tail = decode_tail(model)
+    keep = [*tail, *class_branch_choice(model, (1, 3, *meta.imgsz), tail).nodes]
+    quantize_model(onnx_path, ranges, QuantTarget.CPU, keep, final)
     q = onnx.load(str(final))
     write_metadata(q, int8_metadata(meta, q))
     onnx.save(q, str(final))

@@ -102,5 +102,10 @@ def test_build_makes_our_four_models_and_reuses_them(tmp_path):
     for path in (models.onnx, models.ov_fp32, models.ov_int8, models.int8_cpu):
         with Detector(path, device="cpu") as d:
             assert d.imgsz == (160, 160)
+    import onnx
+
+    q = onnx.load(str(models.int8_cpu))  # as the build makes it: the class branch's weights stay float
+    dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert {n.name for n in q.graph.node if n.op_type == "Conv" and "/cv3." in n.name and n.input[1] in dq} == set()
     again = build(DEMO_WEIGHTS, 160, DEMO_DATA, tmp_path, calib_images=8, peers=False, log=lines.append)
     assert again == models and len(lines) == made  # reused: nothing rebuilt, nothing logged
