@@ -74,16 +74,13 @@ def make_cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log:
 
     from calibration.config import CalibrationConfig
     from exporters.onnx_export import write_metadata
-    from exporters.quantize import (QuantTarget, class_branch_choice, decode_tail, int8_metadata, load_or_calibrate,
-                                    quantize_model)
+    from exporters.quantize import QuantTarget, default_float, int8_metadata, load_or_calibrate, quantize_model
 
     model = onnx.load(str(onnx_path))
     cfg = CalibrationConfig(source=Path(calib), max_images=n)
     ranges, _ = load_or_calibrate(onnx_path, model, meta, cfg, folder / "calib.json", log, False)
     final = folder / f"{onnx_path.stem}.int8-cpu.onnx"
-    tail = decode_tail(model)
-    keep = [*tail, *class_branch_choice(model, (1, 3, *meta.imgsz), tail).nodes]
-    quantize_model(onnx_path, ranges, QuantTarget.CPU, keep, final)
+    quantize_model(onnx_path, ranges, QuantTarget.CPU, default_float(model, (1, 3, *meta.imgsz))[0], final)
     q = onnx.load(str(final))
     write_metadata(q, int8_metadata(meta, q))
     onnx.save(q, str(final))

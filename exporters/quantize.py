@@ -238,6 +238,14 @@ def class_branch_choice(model, input_shape: Sequence[int] | None = None,
     return ClassBranch(tuple(nodes) if share <= CLASS_BRANCH_MAX_SHARE else (), share, True)
 
 
+def default_float(model, input_shape: Sequence[int] | None = None) -> tuple[list[str], ClassBranch]:
+    """What every ONNX INT8 form keeps float before ``--exclude`` and the gate's fallback: the decode tail and,
+    by :func:`class_branch_choice`, the class branch; with that choice (for the log and the report)."""
+    tail = decode_tail(model)
+    classes = class_branch_choice(model, input_shape, tail)
+    return [*tail, *classes.nodes], classes
+
+
 def head_ranges(model, ranges: TensorRanges) -> tuple[TensorRanges, int]:
     """Give the detect head's tensors the extremes seen over all calibration images.
 

@@ -112,18 +112,16 @@ def _make(b, target, final: Path):
     from .build import Outcome
     from .gate import LEVEL, run_gate
     from .io import temp_prefix
-    from .quantize import decode_tail, match_nodes
+    from .quantize import match_nodes
     from .records import Check
 
     q = b.cfg.quantize
     model, ranges, source = _calibration(b)
-    tail = decode_tail(model)
-    classes = _class_branch_choice(b, model, tail)
-    keep = [*tail, *classes.nodes]
-    keep += [n for n in match_nodes(model, q.exclude) if n not in keep]
-    b.log(f"INT8 {target.value} form: {len(tail)} decode-tail nodes kept float; {classes.summary()}"
-          + (f"; plus {len(keep) - len(tail) - len(classes.nodes)} nodes from --exclude"
-             if len(keep) > len(tail) + len(classes.nodes) else ""))
+    base, classes = _default_float(b, model)
+    keep = base + [n for n in match_nodes(model, q.exclude) if n not in base]
+    excluded = len(keep) - len(base)
+    b.log(f"INT8 {target.value} form: {len(base) - len(classes.nodes)} decode-tail nodes kept float; "
+          f"{classes.summary()}" + (f"; plus {excluded} nodes from --exclude" if excluded else ""))
     judge, note = gate_judge(b)
     detect = GateDetections(b)
     int8_meta = b.metadata.replace(precision=Precision.INT8)
@@ -152,11 +150,11 @@ def _make(b, target, final: Path):
     return Outcome(final, (check,), figures)
 
 
-def _class_branch_choice(b, model, tail):
-    """The build's :class:`exporters.quantize.ClassBranch` choice (once: both forms use it)."""
-    from .quantize import class_branch_choice
+def _default_float(b, model):
+    """The build's :func:`exporters.quantize.default_float` (once: both forms use it)."""
+    from .quantize import default_float
 
-    return evidence.cached(b, "class_branch", lambda: class_branch_choice(model, (1, 3, *b.metadata.imgsz), tail))
+    return evidence.cached(b, "default_float", lambda: default_float(model, (1, 3, *b.metadata.imgsz)))
 
 
 class GateDetections:
