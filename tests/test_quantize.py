@@ -476,8 +476,8 @@ def test_class_branch_is_the_one_that_reaches_the_sigmoid_and_none_when_ambiguou
     assert class_branch(_head_graph(merged=True)) == []  # behind the Split, which part is which is not known
     choice = class_branch_choice(_head_graph(merged=True), (1, 2, 4, 4))
     assert choice.nodes == () and not choice.found and "not told apart" in choice.summary()
-    cheap = class_branch_choice(_head_graph(merged=False), (1, 2, 4, 4))
-    assert cheap.found and cheap.share == pytest.approx(1 / 3) and cheap.nodes == ()  # a third: over the cap
+    over_cap = class_branch_choice(_head_graph(merged=False), (1, 2, 4, 4))
+    assert over_cap.found and over_cap.share == pytest.approx(1 / 3) and over_cap.nodes == ()  # a third of the MACs
 
 
 def test_conv_macs_counts_groups_and_a_class_branch_of_unknown_cost_is_quantized():
