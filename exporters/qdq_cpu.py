@@ -6,6 +6,8 @@ integer kernel for, U8S8), so its graph is the pattern ONNX Runtime fuses into `
 
 * :func:`stem_convs`: the convolution that reads the image stays float (3 input channels: too shallow
   for the U8S8 kernels).
+* :func:`attention_nodes`: attention's activation MatMuls and its Softmax stay float (ONNX Runtime's
+  ``QLinearSoftmax`` is a per-element lookup; its float Softmax is vectorized), as in the TensorRT form.
 * :func:`share_concat_ranges`: one range for a Concat's inputs and output, so concatenation is a copy.
 * :func:`silu_input_ranges`: a convolution's output that only feeds a SiLU is quantized for the fused
   ``QLinearConv``; below about -6 SiLU is flat (within half a step of its own output grid), so the
@@ -38,6 +40,21 @@ def stem_convs(model) -> list[str]:
     """
     inputs = {i.name for i in model.graph.input}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
+
+
+def attention_nodes(model) -> list[str]:
+    """Attention's activation MatMuls (both inputs computed, no weight) and every Softmax.
+
+    The CPU form keeps them float: ONNX Runtime's ``QLinearSoftmax`` runs a table lookup per element, 0.3 ms
+    of the demo's CPU form at 640, where its float Softmax is vectorized; with the MatMuls float too the
+    form ran about 2 % faster end to end at 640 and kept its accuracy (benchmarks/RESULTS.md). The
+    TensorRT form leaves the same MatMuls to FP16 (:mod:`exporters.qdq_tensorrt`). A graph without attention
+    (YOLOv8) has none.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Softmax" or (n.op_type == "MatMul" and not any(i in inits or i in consts for i in n.input))]
 
 
 # Operators whose quantized output ONNX Runtime gives its input's scale and zero point.

@@ -66,6 +66,7 @@ class CpuFormSpec:
     """The CPU form's steps around ONNX Runtime's ``quantize_static`` (see :mod:`exporters.qdq_cpu`)."""
 
     float_stem: bool = True  # keep the convolutions that read the image in float (stem_convs)
+    float_attention: bool = True  # attention's activation MatMuls and Softmax float (attention_nodes)
     shared_concat: bool = True  # one range for each Concat's inputs and output (share_concat_ranges)
     silu_ranges: bool = True  # conv outputs that only feed a SiLU start where SiLU turns flat
     float_head: bool = True  # the head's last convolutions write float for the decode tail
@@ -302,7 +303,8 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
         ranges: from :func:`calibration.collect_ranges` or the cache.
         target: the form to write.
         keep_float: node names left in float (the decode tail, ``--exclude``, the gate's fallback);
-            the CPU form also keeps :func:`exporters.qdq_cpu.stem_convs` float.
+            the CPU form also keeps :func:`exporters.qdq_cpu.stem_convs` and
+            :func:`exporters.qdq_cpu.attention_nodes` float.
         out: the file to write.
         float_dtype: the TensorRT form's layers that are not INT8: ``fp16`` (default) or ``fp32``.
 
@@ -340,14 +342,15 @@ def _cpu_form(fp32: Path, ranges: TensorRanges, keep_float: Sequence[str], out: 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .qdq_cpu import float_head_outputs, share_concat_ranges, silu_input_ranges, stem_convs
+    from .qdq_cpu import attention_nodes, float_head_outputs, share_concat_ranges, silu_input_ranges, stem_convs
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ExportError(f"onnxruntime {ort_version} cannot quantize from cached ranges",
                           "pip install -U 'onnxruntime>=1.32' (or onnxruntime-gpu>=1.32)")
     graph = _onnx().load(str(fp32), load_external_data=False)
-    if spec.float_stem:
-        keep_float = [*keep_float, *(n for n in stem_convs(graph) if n not in keep_float)]
+    extra = [*(stem_convs(graph) if spec.float_stem else ()),
+             *(attention_nodes(graph) if spec.float_attention else ())]
+    keep_float = [*keep_float, *dict.fromkeys(n for n in extra if n not in keep_float)]
     if spec.silu_ranges:
         ranges, _ = silu_input_ranges(graph, ranges)
     if spec.shared_concat:

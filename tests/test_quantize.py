@@ -13,7 +13,8 @@ from engine.errors import ConfigError
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from exporters.qdq_cpu import stem_convs  # noqa: E402
+from exporters.onnx_graph import graph_index  # noqa: E402
+from exporters.qdq_cpu import attention_nodes, stem_convs  # noqa: E402
 from exporters.quantize import (QuantTarget, decode_tail, load_or_calibrate, match_nodes,  # noqa: E402
                                 parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
 from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
@@ -72,10 +73,22 @@ def test_decode_tail_counts_ultralytics_dfl_conv_as_fixed(demo_pt, tmp_path):
 
 
 def test_cpu_form_takes_uint8_bgr_pixels_and_keeps_the_stem_float(forms, demo_onnx):
-    """The CPU form's input is the letterboxed frame as OpenCV holds it; its stem conv stays float."""
+    """The CPU form's input is the letterboxed frame as OpenCV holds it; its stem conv stays float, and so does
+    attention (MatMuls and Softmax)."""
     model = onnx.load(str(demo_onnx))
     stem = stem_convs(model)
     assert len(stem) == 1 and stem[0].startswith("/model.0/")
+    ops = {n.name: n.op_type for n in model.graph.node}
+    attn = attention_nodes(model)
+    assert sorted(ops[n] for n in attn) == ["MatMul", "MatMul", "Softmax"] and all("/attn/" in n for n in attn)
+    g = graph_index(forms[QuantTarget.CPU])
+    node = {n.name: n for n in forms[QuantTarget.CPU].graph.node}
+    reads_int8 = lambda n: any(getattr(g.producer.get(i), "op_type", "") == "DequantizeLinear"  # noqa: E731
+                               for i in node[n].input)
+    writes_int8 = lambda n: any(r.op_type == "QuantizeLinear" for r in g.consumers.get(node[n].output[0], []))  # noqa: E731
+    assert reads_int8("/model.1/act/Sigmoid")
+    softmax = next(n for n in attn if ops[n] == "Softmax")
+    assert not reads_int8(softmax) and not any(writes_int8(n) for n in attn if n != attn[-1])
     q = forms[QuantTarget.CPU]
     (inp,) = q.graph.input
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
