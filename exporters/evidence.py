@@ -85,7 +85,8 @@ def write_accuracy_report(b) -> None:
         f = r.figures
         status = "gate reference" if r.key == "onnx" else r.status.value
         if r.delivered and f.get("layers_kept_float"):
-            status += f", {f['layers_kept_float']} layers kept float"
+            n = f["layers_kept_float"]
+            status += f", {n} layer{'s' if n != 1 else ''} kept float"
         if f.get("judged_by") == "agreement":
             status += (f" (agreement with FP32: -{f['agreement_drop_points']:.2f} points, "
                        f"upper end {f['drop_high']:.2f})")

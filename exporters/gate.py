@@ -156,9 +156,12 @@ class GateResult:
         if self.passed and not t.kept_float:
             return f"{self.target}: {drop} -> OK"
         if self.passed:
-            return (f"{self.target}: {drop} after keeping {len(t.kept_float)} sensitive layers float "
+            n = len(t.kept_float)
+            return (f"{self.target}: {drop} after keeping {n} sensitive layer{'s' if n != 1 else ''} float "
                     f"({', '.join(t.kept_float[:4])}{', ...' if len(t.kept_float) > 4 else ''}) -> OK")
-        return f"{self.target}: {drop} even with the {len(t.kept_float)} most sensitive layers float -> withheld"
+        n = len(t.kept_float)
+        layers = "the most sensitive layer" if n == 1 else f"the {n} most sensitive layers"
+        return f"{self.target}: {drop} even with {layers} float -> withheld"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateResult":

@@ -318,6 +318,18 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
     return _cpu_form(fp32, ranges, keep_float, out, CPU_FORM)
 
 
+def form_float(model, target: QuantTarget, spec: CpuFormSpec = CPU_FORM) -> list[str]:
+    """The nodes a form keeps float by its own rules, beside the caller's ``keep_float``: for the CPU form its
+    stem convolutions and attention (:func:`exporters.qdq_cpu.stem_convs`, :func:`~exporters.qdq_cpu.attention_nodes`);
+    none for the TensorRT form, whose placement leaves attention's MatMuls unquantized by itself."""
+    if target is QuantTarget.TENSORRT:
+        return []
+    from .qdq_cpu import attention_nodes, stem_convs
+
+    nodes = [*(stem_convs(model) if spec.float_stem else ()), *(attention_nodes(model) if spec.float_attention else ())]
+    return list(dict.fromkeys(nodes))
+
+
 def _tensorrt_form(fp32: Path, ranges: TensorRanges, keep_float: Sequence[str], out: Path, float_dtype: str) -> Path:
     from .mixed_precision import int8_fp16
     from .qdq_tensorrt import write_tensorrt_form
@@ -342,15 +354,13 @@ def _cpu_form(fp32: Path, ranges: TensorRanges, keep_float: Sequence[str], out: 
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from .qdq_cpu import attention_nodes, float_head_outputs, share_concat_ranges, silu_input_ranges, stem_convs
+    from .qdq_cpu import float_head_outputs, share_concat_ranges, silu_input_ranges
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ExportError(f"onnxruntime {ort_version} cannot quantize from cached ranges",
                           "pip install -U 'onnxruntime>=1.32' (or onnxruntime-gpu>=1.32)")
     graph = _onnx().load(str(fp32), load_external_data=False)
-    extra = [*(stem_convs(graph) if spec.float_stem else ()),
-             *(attention_nodes(graph) if spec.float_attention else ())]
-    keep_float = [*keep_float, *dict.fromkeys(n for n in extra if n not in keep_float)]
+    keep_float = [*keep_float, *(n for n in form_float(graph, QuantTarget.CPU, spec) if n not in keep_float)]
     if spec.silu_ranges:
         ranges, _ = silu_input_ranges(graph, ranges)
     if spec.shared_concat:

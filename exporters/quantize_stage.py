@@ -112,7 +112,7 @@ def _make(b, target, final: Path):
     from .build import Outcome
     from .gate import LEVEL, run_gate
     from .io import temp_prefix
-    from .quantize import match_nodes
+    from .quantize import form_float, match_nodes
     from .records import Check
 
     q = b.cfg.quantize
@@ -127,7 +127,8 @@ def _make(b, target, final: Path):
     int8_meta = b.metadata.replace(precision=Precision.INT8)
     with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
         build = _builder(b.path("onnx"), ranges, target, keep, int8_meta, Path(tmp), final.name, q.int8_float)
-        gate, passed = run_gate(target.value, build, detect, judge, _ranker(b, source), log=b.log)
+        gate, passed = run_gate(target.value, build, detect, judge,
+                                _ranker(b, source, [*keep, *form_float(model, target)]), log=b.log)
         last = gate.final
         method = METHOD.format(method=q.calib.method.value, n=ranges.n_images, source=source.description,
                                float_dtype=q.int8_float.upper())
@@ -209,11 +210,12 @@ def rank_images(b, source) -> list[np.ndarray]:
     return evidence.cached(b, "rank_images", sample)
 
 
-def _ranker(b, source):
-    """``rank(first_candidate)`` for the gate's fallback, on :func:`rank_images`."""
+def _ranker(b, source, skip: Sequence[str]):
+    """``rank(first_candidate)`` for the gate's fallback, on :func:`rank_images`; ``skip``: nodes the form
+    already keeps float (never worth a fallback step)."""
     from .sensitivity import rank_layers
 
-    return lambda first: rank_layers(b.path("onnx"), first, rank_images(b, source))
+    return lambda first: rank_layers(b.path("onnx"), first, rank_images(b, source), skip)
 
 
 def _builder(fp32: Path, ranges, target, keep: Sequence[str], int8_meta, tmp: Path, name: str, float_dtype: str):

@@ -29,8 +29,8 @@ def _rank(layers, names, err: np.ndarray, sig: np.ndarray) -> list[tuple[str, fl
     return sorted(scores, key=lambda s: -s[1])
 
 
-def _onnx_runs(fp32: Path, qdq: Path) -> tuple[Layers, Run, Run]:
-    """The Q/DQ graph's INT8 layers, and runners of both graphs that expose their tensors."""
+def _onnx_runs(fp32: Path, qdq: Path, skip: Sequence[str] = ()) -> tuple[Layers, Run, Run]:
+    """The Q/DQ graph's INT8 layers (but ``skip``), and runners of both graphs that expose their tensors."""
     import onnx
     import onnxruntime as ort
 
@@ -45,7 +45,10 @@ def _onnx_runs(fp32: Path, qdq: Path) -> tuple[Layers, Run, Run]:
     producer = graph_index(q).producer
     by_name = {n.name: n for n in q.graph.node}
     layers: Layers = {}
+    skipped = set(skip)
     for name in quantized_nodes(q):
+        if name in skipped:
+            continue
         node = by_name[name]
         ins = []
         for i in node.input:  # DQ <- Q <- the float tensor both graphs share
@@ -79,11 +82,17 @@ def _exposing_session(ort, onnx, model, tensors: Sequence[str]):
     return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def rank_layers(fp32: Path, qdq: Path, images: Sequence[np.ndarray]) -> tuple[list[tuple[str, float]], float | None]:
+def rank_layers(fp32: Path, qdq: Path, images: Sequence[np.ndarray],
+                skip: Sequence[str] = ()) -> tuple[list[tuple[str, float]], float | None]:
     """The INT8 layers of ``qdq`` ranked by the output error each adds (most harmful first) on all ``images``,
     and the share of its top :data:`TOP` layers that the rankings of the two halves of ``images`` have in
-    common (``None`` with fewer than 4 images)."""
-    return rank_runs(*_onnx_runs(fp32, qdq), images)
+    common (``None`` with fewer than 4 images).
+
+    ``skip``: nodes the form already keeps float. A float node that reads a dequantized tensor (ONNX Runtime's
+    QDQ puts a DequantizeLinear before every excluded node whose input is quantized) looks like an INT8
+    layer in the graph, and keeping it float would change nothing.
+    """
+    return rank_runs(*_onnx_runs(fp32, qdq, skip), images)
 
 
 def rank_runs(layers: Layers, run_ref: Run, run_q: Run,

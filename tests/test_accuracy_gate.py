@@ -57,6 +57,7 @@ def _gate(drops: list[float], ranking_len: int = 40, steps=(1, 2, 4)):
     ([0.5], True, 1, 0, 0),                   # upper end 0.8 within the bar: no fallback, no ranking
     ([0.7], True, 1, 0, 0),                   # upper end exactly 1.0: passes (the bar is inclusive)
     ([0.8], False, 2, 1, 1),                  # the drop is under the bar but its upper end is not
+    ([1.0, 0.6], True, 2, 1, 1),              # passes once the most sensitive layer is float
     ([1.0, 0.9, 0.6], True, 3, 2, 1),         # passes once the 2 most sensitive layers are float
     ([9.0, 8.0, 7.0, 6.5], False, 4, 4, 1),   # never: withheld after the last step
 ])
@@ -69,6 +70,8 @@ def test_gate_judges_the_upper_end_and_falls_back(drops, passed, n_trials, kept,
     if passed:
         assert len(res.final.kept_float) == kept and len(res.trials) == n_trials
         assert list(res.final.kept_float) == [f"n{i}" for i in range(kept)]  # most sensitive first
+        if kept:  # "1 sensitive layer", "2 sensitive layers"
+            assert f" {kept} sensitive layer{'s' if kept > 1 else ''} float (" in res.summary()
     assert ("withheld" in res.summary()) is (not passed)
 
 
