@@ -64,6 +64,7 @@ def write_accuracy_report(b) -> None:
     from engine.eval.evaluate import MapResult
 
     from .accuracy import AccuracyReport, score_pt
+    from .gate import n_layers
 
     recs = [b.records[k] for k in REPORT_KEYS if k in b.records and "map50_95" in b.records[k].figures]
     if val_items(b) is None or not recs or all(r.reused for r in recs):
@@ -85,8 +86,7 @@ def write_accuracy_report(b) -> None:
         f = r.figures
         status = "gate reference" if r.key == "onnx" else r.status.value
         if r.delivered and f.get("layers_kept_float"):
-            n = f["layers_kept_float"]
-            status += f", {n} layer{'s' if n != 1 else ''} kept float"
+            status += f", {n_layers(f['layers_kept_float'])} kept float"
         if f.get("judged_by") == "agreement":
             status += (f" (agreement with FP32: -{f['agreement_drop_points']:.2f} points, "
                        f"upper end {f['drop_high']:.2f})")

@@ -36,6 +36,11 @@ RESAMPLES = 1000
 LEVEL = 0.9  # the interval's coverage: the upper end is exceeded with 5 % chance
 
 
+def n_layers(n: int, kind: str = "") -> str:
+    """``"1 layer"``, ``"2 extra layers"``: a count of layers for the gate's messages."""
+    return f"{n} {kind}layer{'' if n == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One candidate's score and its drop against FP32 (points, with the bootstrap interval)."""
@@ -156,12 +161,11 @@ class GateResult:
         if self.passed and not t.kept_float:
             return f"{self.target}: {drop} -> OK"
         if self.passed:
-            n = len(t.kept_float)
-            return (f"{self.target}: {drop} after keeping {n} sensitive layer{'s' if n != 1 else ''} float "
+            return (f"{self.target}: {drop} after keeping {n_layers(len(t.kept_float), 'sensitive ')} float "
                     f"({', '.join(t.kept_float[:4])}{', ...' if len(t.kept_float) > 4 else ''}) -> OK")
         n = len(t.kept_float)
-        layers = "the most sensitive layer" if n == 1 else f"the {n} most sensitive layers"
-        return f"{self.target}: {drop} even with {layers} float -> withheld"
+        worst = "the most sensitive layer" if n == 1 else f"the {n} most sensitive layers"
+        return f"{self.target}: {drop} even with {worst} float -> withheld"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateResult":
@@ -211,8 +215,8 @@ def run_gate(target: str, build: Callable[[Sequence[str], str], Path], detect: C
         v = judge(detect(path))
         ok = judge.passes(v)
         trials.append(Trial(tuple(extra), v.map50, v.map50_95, v.drop.drop, v.drop.low, v.drop.high, ok))
-        log(f"  {target} ({len(extra)} extra layers float): drop {v.drop.text()} (bar {judge.max_drop:g} on the "
-            f"upper end) -> {'pass' if ok else 'over'}")
+        log(f"  {target} ({n_layers(len(extra), 'extra ')} float): drop {v.drop.text()} "
+            f"(bar {judge.max_drop:g} on the upper end) -> {'pass' if ok else 'over'}")
         return path
 
     result = lambda ranking=(), overlap=None: GateResult(target, judge.max_drop, judge.kind, tuple(trials),  # noqa: E731

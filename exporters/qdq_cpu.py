@@ -47,14 +47,16 @@ def attention_nodes(model) -> list[str]:
 
     The CPU form keeps them float: ONNX Runtime's ``QLinearSoftmax`` runs a table lookup per element, 0.3 ms
     of the demo's CPU form at 640, where its float Softmax is vectorized; with the MatMuls float too the
-    form ran about 2 % faster end to end at 640 and kept its accuracy (benchmarks/RESULTS.md). The
+    form ran about 3 % faster end to end at 640 and kept its accuracy (benchmarks/RESULTS.md). The
     TensorRT form leaves the same MatMuls to FP16 (:mod:`exporters.qdq_tensorrt`). A graph without attention
-    (YOLOv8) has none.
+    (YOLOv8) has no such MatMul; its only Softmax, DFL's where an export keeps it, is in the float decode
+    tail anyway.
     """
     inits = {i.name for i in model.graph.initializer}
     consts = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    weights = inits | consts
     return [n.name for n in model.graph.node
-            if n.op_type == "Softmax" or (n.op_type == "MatMul" and not any(i in inits or i in consts for i in n.input))]
+            if n.op_type == "Softmax" or (n.op_type == "MatMul" and not any(i in weights for i in n.input))]
 
 
 # Operators whose quantized output ONNX Runtime gives its input's scale and zero point.

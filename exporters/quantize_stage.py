@@ -110,7 +110,7 @@ def _make(b, target, final: Path):
     from engine.metadata import Precision
 
     from .build import Outcome
-    from .gate import LEVEL, run_gate
+    from .gate import LEVEL, n_layers, run_gate
     from .io import temp_prefix
     from .quantize import form_float, match_nodes
     from .records import Check
@@ -140,7 +140,7 @@ def _make(b, target, final: Path):
         b.log(f"  {gate.summary()}")
         # short enough for the build table's note column (the Δ column shows the drop and its interval)
         summary = (f"NNCF {q.calib.method.value}, " + ("class branch float, " if classes.nodes else "")
-                   + f"{len(last.kept_float)} {'more ' if classes.nodes else ''}layers float"
+                   + f"{n_layers(len(last.kept_float), 'more ' if classes.nodes else '')} float"
                    + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
                    + ("by agreement with FP32: " if judge.kind == "agreement" else "")
                    + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")

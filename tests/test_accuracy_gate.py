@@ -78,6 +78,9 @@ def test_gate_judges_the_upper_end_and_falls_back(drops, passed, n_trials, kept,
 def test_gate_stops_when_the_ranking_is_short():
     res, path, built, _ = _gate([5.0] * 4, ranking_len=2)
     assert path is None and len(built) == 3  # 0, 1, 2 layers; 4 > 2 ranked layers is not tried
+    assert "even with the 2 most sensitive layers float" in res.summary()
+    res, path, built, _ = _gate([5.0] * 4, ranking_len=1)
+    assert path is None and len(built) == 2 and "even with the most sensitive layer float" in res.summary()
 
 
 def test_report_table_markdown_and_json(tmp_path):

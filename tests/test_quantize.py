@@ -85,10 +85,11 @@ def test_cpu_form_takes_uint8_bgr_pixels_and_keeps_the_stem_float(forms, demo_on
     node = {n.name: n for n in forms[QuantTarget.CPU].graph.node}
     reads_int8 = lambda n: any(getattr(g.producer.get(i), "op_type", "") == "DequantizeLinear"  # noqa: E731
                                for i in node[n].input)
-    writes_int8 = lambda n: any(r.op_type == "QuantizeLinear" for r in g.consumers.get(node[n].output[0], []))  # noqa: E731
+    writes_int8 = lambda n: any(r.op_type == "QuantizeLinear"  # noqa: E731
+                                for r in g.consumers.get(node[n].output[0], []))
     assert reads_int8("/model.1/act/Sigmoid")
     softmax = next(n for n in attn if ops[n] == "Softmax")
-    assert not reads_int8(softmax) and not any(writes_int8(n) for n in attn if n != attn[-1])
+    assert not reads_int8(softmax) and not any(writes_int8(n) for n in attn)
     q = forms[QuantTarget.CPU]
     (inp,) = q.graph.input
     dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
@@ -539,3 +540,21 @@ def test_detect_head_takes_the_extremes_and_the_rest_the_estimate(demo_onnx, cal
     for t, r in new.ranges.items():
         assert r == (ranges.extremes[t] if t in head_tensors else ranges.ranges[t]), t
     assert any(ranges.ranges[t] != ranges.extremes[t] for t in head_tensors)  # (the rule changes something)
+
+
+def test_attention_nodes_are_matmuls_of_two_activations_and_softmax():
+    """A MatMul with a weight (initializer or Constant) is a layer to quantize, not attention."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones((4, 4), np.float32))),
+             helper.make_node("MatMul", ["x", "w"], ["a"], name="by_weight"),
+             helper.make_node("MatMul", ["a", "c"], ["b"], name="by_constant"),
+             helper.make_node("MatMul", ["a", "b"], ["s"], name="scores"),
+             helper.make_node("Softmax", ["s"], ["y"], name="softmax")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], [w])
+    assert attention_nodes(onnx_model(graph)) == ["scores", "softmax"]
+    out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 4])
+    graph = helper.make_graph(nodes[:3], "g", graph.input, [out], [w])
+    assert attention_nodes(onnx_model(graph)) == []
