@@ -96,6 +96,25 @@ def _slim(model, log: Log):
     return model
 
 
+def one_to_many(model, src: Path, head: str, log: Log) -> None:
+    """Select the one-to-many branch of an NMS-free head (YOLO26, YOLOv10) in ``model``, in place.
+
+    Such heads are trained with two branches; the one-to-one branch ends in a top-k selection instead of
+    NMS. The project exports the one-to-many branch, decoded by its own NMS, as Ultralytics' own ONNX export
+    does by default (``nms=None``), so a checkpoint saved with the one-to-one branch selected exports the same
+    graph as one saved without. Only a head whose one-to-many branch was removed (fused for inference) is
+    refused.
+    """
+    if getattr(model.model[-1], "cv2", None) is None:
+        raise UnsupportedModelError(
+            f"{src} has only the one-to-one branch of its NMS-free head ({head}): its one-to-many branch was "
+            "removed (fused for inference)",
+            "export the checkpoint as training saved it (best.pt / last.pt), which keeps both branches")
+    model.end2end = False
+    log(f"{src.name}: NMS-free head ({head}) with the one-to-one branch selected: exporting its one-to-many "
+        "branch, decoded with NMS, as Ultralytics' ONNX export does by default")
+
+
 def _ultralytics_onnx(weights: Path, imgsz: tuple[int, int], opset: int, tmp: Path) -> Path:
     """Run Ultralytics' exporter on a copy of ``weights`` inside ``tmp``; return the ONNX path."""
     from ultralytics import YOLO
@@ -150,8 +169,7 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
     torch_model, ckpt = load_checkpoint_model(src)  # once: described here, the parity reference below
     info = describe_checkpoint(src, torch_model, ckpt)
     if info.end2end:
-        raise UnsupportedModelError(f"{src} has an NMS-free end-to-end head ({info.head}); not supported yet",
-                                    "use a YOLOv8 / YOLO11 detect checkpoint")
+        one_to_many(torch_model, src, info.head, log)
     imgsz = cfg.imgsz or info.train_imgsz or (640, 640)
     check_imgsz(imgsz, info.stride)
     out = ensure_out_dir(cfg.out)

@@ -162,7 +162,8 @@ def test_reruns_reuse_what_did_not_change(demo_pt, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("arch,imgsz,int8", [("yolov8n", "320", True), ("yolo11n", "384,640", True),
-                                             ("yolov8n", "640", False)])
+                                             ("yolov8n", "640", False), ("yolo26n", "320", True),
+                                             ("yolo12n", "320", True), ("yolov10n", "320", False)])
 def test_any_checkpoint_runs_to_the_end(arch, imgsz, int8, small_data, tmp_path):
     """Random weights from the YAML (80 classes against a 3-class data set): nothing to detect, everything to build."""
     pt = _random_pt(arch, tmp_path)
@@ -182,6 +183,42 @@ def test_any_checkpoint_runs_to_the_end(arch, imgsz, int8, small_data, tmp_path)
         assert recs["int8.onnx"]["status"] != "skipped" and recs["int8-cpu.onnx"]["status"] != "skipped"
     if HAVE_OV:
         assert recs["openvino"]["status"] != "skipped" and (recs["int8_openvino"]["status"] != "skipped") == int8
+
+
+def _nms_free_pt(tmp_path: Path, fused: bool) -> Path:
+    """A YOLO26 checkpoint saved with its NMS-free (one-to-one) branch selected; ``fused``: one-to-many removed."""
+    import torch
+
+    pt = _random_pt("yolo26n", tmp_path)
+    ckpt = torch.load(pt, weights_only=False)
+    ckpt["model"].end2end = True
+    if fused:
+        ckpt["model"].model[-1].cv2 = ckpt["model"].model[-1].cv3 = None
+    assert ckpt["model"].end2end
+    torch.save(ckpt, pt)
+    return pt
+
+
+def test_an_nms_free_head_exports_its_one_to_many_branch(tmp_path, capsys):
+    """YOLO26 / YOLOv10 checkpoints with the one-to-one branch selected build like the others, with NMS."""
+    import onnx
+
+    out = tmp_path / "o"
+    code = main(["--weights", str(_nms_free_pt(tmp_path, False)), "--imgsz", "320", "--out", str(out),
+                 "--engine", "none", "--no-fp16", "--no-end2end", "--no-openvino"])
+    assert code == EXIT_OK, capsys.readouterr().err
+    assert "exporting its one-to-many branch" in capsys.readouterr().out
+    graph = onnx.load(str(out / "yolo26n-random.onnx")).graph
+    dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+    assert len(graph.output) == 1 and dims == [1, 84, 2100]  # 4 box + 80 class rows per anchor, not top-k rows
+
+
+def test_an_nms_free_head_without_its_one_to_many_branch_is_refused(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["--weights", str(_nms_free_pt(tmp_path, True)), "--out", str(out), "--engine", "none"])
+    err = capsys.readouterr().err
+    assert code == EXIT_FAILED and "one-to-many branch was removed" in err and "best.pt" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing written
 
 
 def test_report_exit_codes_are_documented():
