@@ -253,7 +253,8 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
     prior = from_onnx_props(props)
     if prior is not None and prior.head is HeadLayout.END2END:
         raise UnsupportedModelError(f"{src} is an end-to-end (nms=True or NMS-free) export; not supported here yet",
-                                    "export the raw head: yolo export model=best.pt format=onnx (without nms=True)")
+                                    "pass the checkpoint instead (--weights best.pt), or export the raw head: yolo export "
+                                    "model=best.pt format=onnx (no nms= argument)")
     dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3:
         raise UnsupportedModelError(f"{src} input is not NCHW with 3 channels (dims {dims})", "pass an image model export")

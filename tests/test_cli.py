@@ -47,6 +47,17 @@ def test_segmentation_checkpoint_is_out_of_scope(tmp_path, capsys):
     _fail(["--weights", str(p), "--out", str(tmp_path / "o")], capsys, "seg.pt", "segmentation", "only detection")
 
 
+def test_an_nms_free_onnx_export_is_refused_with_the_checkpoint_as_the_way_out(tmp_path, capsys):
+    """Ultralytics' ONNX of a YOLO26 exported with nms=False ends in top-k rows, not the raw head."""
+    ultralytics = pytest.importorskip("ultralytics")
+    torch = pytest.importorskip("torch")
+    pt = tmp_path / "y26.pt"
+    torch.save({"model": ultralytics.YOLO("yolo26n.yaml").model}, pt)
+    onnx_path = ultralytics.YOLO(str(pt)).export(format="onnx", imgsz=320, nms=False, opset=17)
+    _fail(["--onnx", str(onnx_path), "--out", str(tmp_path / "o")], capsys, "y26.onnx", "NMS-free",
+          "--weights best.pt")
+
+
 def test_corrupt_onnx(tmp_path, capsys):
     p = tmp_path / "bad.onnx"
     p.write_bytes(b"\x08\x07garbage" * 100)
