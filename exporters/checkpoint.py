@@ -60,7 +60,7 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as e:
         raise ModelLoadError(
-            f"{path} is not an Ultralytics YOLOv8/YOLO11 checkpoint: it needs the Python module '{e.name}'",
+            f"{path} is not an Ultralytics detect checkpoint: it needs the Python module '{e.name}'",
             "YOLOv5-era and other repositories' checkpoints are not supported; train or convert with "
             "Ultralytics (pip install ultralytics) and pass its best.pt") from None
     except AttributeError as e:

@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every flag (``--help`` explains each, with its default)."""
     ap = argparse.ArgumentParser(
         prog="python -m exporters.build",
-        description="Build deployable artifacts from an Ultralytics YOLOv8/YOLO11 detect checkpoint. "
-                    "With no source, builds the bundled demo model. Every artifact is checked, then "
+        description="Build deployable artifacts from an Ultralytics detect checkpoint (YOLOv8, YOLO11, YOLO12, "
+                    "YOLO26, YOLOv10). With no source, builds the bundled demo model. Every artifact is checked, then "
                     "delivered or withheld with the figures that show why; exit code 0 when all were "
                     "delivered, 3 when some were withheld (the rest are usable), 2 when the build failed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

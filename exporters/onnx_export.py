@@ -105,12 +105,13 @@ def one_to_many(model, src: Path, head: str, log: Log) -> None:
     graph as one saved without. Only a head whose one-to-many branch was removed (fused for inference) is
     refused.
     """
-    if getattr(model.model[-1], "cv2", None) is None:
+    det = model.model[-1]
+    if getattr(det, "cv2", None) is None:
         raise UnsupportedModelError(
             f"{src} has only the one-to-one branch of its NMS-free head ({head}): its one-to-many branch was "
             "removed (fused for inference)",
             "export the checkpoint as training saved it (best.pt / last.pt), which keeps both branches")
-    model.end2end = False
+    det.end2end = False  # the head's own switch (a property in Ultralytics 8.4, a plain attribute before)
     log(f"{src.name}: NMS-free head ({head}) with the one-to-one branch selected: exporting its one-to-many "
         "branch, decoded with NMS, as Ultralytics' ONNX export does by default")
 
@@ -181,9 +182,25 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
     with tempfile.TemporaryDirectory(prefix=temp_prefix("export"), dir=out) as tmp:
         raw = _ultralytics_onnx(src, imgsz, cfg.opset, Path(tmp))
         model = onnx.load(str(raw))
+        _check_raw_head(model, src, len(info.names))
         pin_shapes(model, imgsz, meta.batch)
         model = _finish(model, meta, cfg, log)
         return _verify_and_write(model, meta, cfg, out, _torch_runner(torch_model), src.name, log)
+
+
+def _check_raw_head(model, src: Path, nc: int) -> None:
+    """Refuse an Ultralytics export that is not the raw head ``(B, 4 + classes, anchors)``.
+
+    An Ultralytics release that exports the NMS-free head's top-k branch by default writes ``(B, k, 6)``.
+    """
+    dims = [[d.dim_value or None for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+    if len(dims) != 1 or len(dims[0]) != 3 or dims[0][1] not in (None, 4 + nc):
+        import ultralytics
+
+        raise UnsupportedModelError(
+            f"Ultralytics {ultralytics.__version__} exported {src} with outputs {dims}, not the raw detect head "
+            f"(B, {4 + nc}, anchors): the NMS-free head's top-k branch",
+            "pip install -U ultralytics (8.4.190, which this project is tested with, exports the one-to-many branch)")
 
 
 def _finish(model, meta: ModelMetadata, cfg: ExportConfig, log: Log):
@@ -242,6 +259,10 @@ def _read_onnx(path: Path):
     return model
 
 
+_RAW_HEAD_FIX = ("pass the checkpoint instead (--weights best.pt), or export the raw head: yolo export model=best.pt "
+                 "format=onnx (no nms= argument)")
+
+
 def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
     """Adopt an existing Ultralytics detect ONNX export (no torch needed)."""
     src = cfg.onnx
@@ -252,9 +273,7 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
                                     f"{len(model.graph.output)} outputs)", "pass an Ultralytics detect ONNX export")
     prior = from_onnx_props(props)
     if prior is not None and prior.head is HeadLayout.END2END:
-        raise UnsupportedModelError(f"{src} is an end-to-end (nms=True or NMS-free) export; not supported here yet",
-                                    "pass the checkpoint instead (--weights best.pt), or export the raw head: yolo export "
-                                    "model=best.pt format=onnx (no nms= argument)")
+        raise UnsupportedModelError(f"{src} is an NMS-free (end-to-end) export; not supported here yet", _RAW_HEAD_FIX)
     dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3:
         raise UnsupportedModelError(f"{src} input is not NCHW with 3 channels (dims {dims})", "pass an image model export")
@@ -263,8 +282,9 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
     check_imgsz(imgsz, stride)
     probe = _ort_runner(src)(np.zeros((1 if not dims[0] else dims[0], 3, *imgsz), np.float32))
     if probe.ndim != 3 or probe.shape[1] <= 4 or probe.shape[2] != num_anchors(imgsz):
-        raise UnsupportedModelError(f"{src} output shape {probe.shape} is not a raw detect head (B, 4+classes, anchors)",
-                                    "pass an Ultralytics YOLOv8/YOLO11 detect export")
+        kind = " but final detections (nms=True or NMS-free)" if probe.ndim == 3 and probe.shape[2] == 6 else ""
+        raise UnsupportedModelError(f"{src} output shape {probe.shape} is not a raw detect head (B, 4+classes, "
+                                    f"anchors){kind}", _RAW_HEAD_FIX)
     nc = probe.shape[1] - 4
     names = prior.names if prior and len(prior.names) == nc else tuple(f"class{i}" for i in range(nc))
     out = ensure_out_dir(cfg.out)

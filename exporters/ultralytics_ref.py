@@ -19,7 +19,7 @@ class UltralyticsPredictor:
     """Run ``YOLO(model_path).predict`` on one BGR frame at a time.
 
     Args:
-        model_path: a YOLOv8/YOLO11 detection ``.pt``, or an ``.onnx`` or OpenVINO folder Ultralytics
+        model_path: an Ultralytics detection ``.pt``, or an ``.onnx`` or OpenVINO folder Ultralytics
             exported (Ultralytics loads it with its runtime and reads the class names from its metadata).
         imgsz: inference size (an int or ``(h, w)``), normally the size the model was trained or
             exported at.
@@ -49,7 +49,7 @@ class UltralyticsPredictor:
             self.model = YOLO(str(path), task="detect")
         except Exception as err:  # Ultralytics raises many types for unreadable or foreign files
             raise ModelLoadError(f"Ultralytics cannot load {path}: {err}",
-                                 "pass a YOLOv8/YOLO11 detection model (.pt or Ultralytics-exported .onnx)") from err
+                                 "pass an Ultralytics detection model (.pt or Ultralytics-exported .onnx)") from err
         self.names = tuple(str(self.model.names[i]) for i in sorted(self.model.names))
         self.imgsz = imgsz
         self.kwargs = dict(imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=device, verbose=False,

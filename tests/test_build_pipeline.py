@@ -185,11 +185,11 @@ def test_any_checkpoint_runs_to_the_end(arch, imgsz, int8, small_data, tmp_path)
         assert recs["openvino"]["status"] != "skipped" and (recs["int8_openvino"]["status"] != "skipped") == int8
 
 
-def _nms_free_pt(tmp_path: Path, fused: bool) -> Path:
-    """A YOLO26 checkpoint saved with its NMS-free (one-to-one) branch selected; ``fused``: one-to-many removed."""
+def _nms_free_pt(tmp_path: Path, fused: bool, arch: str = "yolo26n") -> Path:
+    """A checkpoint saved with its NMS-free (one-to-one) branch selected; ``fused``: one-to-many removed."""
     import torch
 
-    pt = _random_pt("yolo26n", tmp_path)
+    pt = _random_pt(arch, tmp_path)
     ckpt = torch.load(pt, weights_only=False)
     ckpt["model"].end2end = True
     if fused:
@@ -199,16 +199,17 @@ def _nms_free_pt(tmp_path: Path, fused: bool) -> Path:
     return pt
 
 
-def test_an_nms_free_head_exports_its_one_to_many_branch(tmp_path, capsys):
+@pytest.mark.parametrize("arch", ["yolo26n", "yolov10n"])
+def test_an_nms_free_head_exports_its_one_to_many_branch(arch, tmp_path, capsys):
     """YOLO26 / YOLOv10 checkpoints with the one-to-one branch selected build like the others, with NMS."""
     import onnx
 
     out = tmp_path / "o"
-    code = main(["--weights", str(_nms_free_pt(tmp_path, False)), "--imgsz", "320", "--out", str(out),
+    code = main(["--weights", str(_nms_free_pt(tmp_path, False, arch)), "--imgsz", "320", "--out", str(out),
                  "--engine", "none", "--no-fp16", "--no-end2end", "--no-openvino"])
     assert code == EXIT_OK, capsys.readouterr().err
     assert "exporting its one-to-many branch" in capsys.readouterr().out
-    graph = onnx.load(str(out / "yolo26n-random.onnx")).graph
+    graph = onnx.load(str(out / f"{arch}-random.onnx")).graph
     dims = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
     assert len(graph.output) == 1 and dims == [1, 84, 2100]  # 4 box + 80 class rows per anchor, not top-k rows
 
@@ -219,6 +220,26 @@ def test_an_nms_free_head_without_its_one_to_many_branch_is_refused(tmp_path, ca
     err = capsys.readouterr().err
     assert code == EXIT_FAILED and "one-to-many branch was removed" in err and "best.pt" in err
     assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_an_export_that_is_not_the_raw_head_is_refused_with_the_upgrade():
+    """An Ultralytics release that exported the NMS-free top-k branch by default gets a typed error, not a deep one."""
+    from onnx import TensorProto, helper
+
+    from engine.errors import UnsupportedModelError
+    from exporters.onnx_export import _check_raw_head
+
+    def graph(out_dims):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, out_dims)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_dims)])
+        return helper.make_model(g)
+
+    _check_raw_head(graph([1, 84, 2100]), Path("m.pt"), 80)  # the raw head passes
+    _check_raw_head(graph(["batch", 84, "anchors"]), Path("m.pt"), 80)
+    with pytest.raises(UnsupportedModelError) as e:
+        _check_raw_head(graph([1, 300, 6]), Path("m.pt"), 80)
+    assert "top-k" in str(e.value) and "pip install -U ultralytics" in e.value.fix
 
 
 def test_report_exit_codes_are_documented():

@@ -58,6 +58,17 @@ def test_an_nms_free_onnx_export_is_refused_with_the_checkpoint_as_the_way_out(t
           "--weights best.pt")
 
 
+def test_an_onnx_export_with_nms_inside_is_refused_with_the_checkpoint_as_the_way_out(tmp_path, capsys):
+    """nms=True puts NMS in the graph: (1, 300, 6) rows of final detections, not the raw head."""
+    ultralytics = pytest.importorskip("ultralytics")
+    torch = pytest.importorskip("torch")
+    pt = tmp_path / "y11.pt"
+    torch.save({"model": ultralytics.YOLO("yolo11n.yaml").model}, pt)
+    onnx_path = ultralytics.YOLO(str(pt)).export(format="onnx", imgsz=320, nms=True, opset=17)
+    _fail(["--onnx", str(onnx_path), "--out", str(tmp_path / "o")], capsys, "y11.onnx", "final detections",
+          "--weights best.pt")
+
+
 def test_corrupt_onnx(tmp_path, capsys):
     p = tmp_path / "bad.onnx"
     p.write_bytes(b"\x08\x07garbage" * 100)
