@@ -112,7 +112,9 @@ def _class_branch_note(figures: dict) -> str | None:
         return None
     bought = ("; what it buys, measured on two models at 320 and 640 on 600 images each: benchmarks/RESULTS.md, "
               "'The detect head's class branch float'") if figures.get("class_branch_float") else ""
-    return f"the ONNX INT8 forms: {figures['class_branch']}{bought}"
+    boxes = (f"; {figures['box_branch']} (benchmarks/RESULTS.md, 'YOLO26')" if figures.get("box_branch_float")
+             else "")
+    return f"the ONNX INT8 forms: {figures['class_branch']}{bought}{boxes}"
 
 
 def reference_detections(b) -> list | None:

@@ -117,11 +117,12 @@ def _make(b, target, final: Path):
 
     q = b.cfg.quantize
     model, ranges, source = _calibration(b)
-    base, classes = _default_float(b, model)
+    base, classes, boxes = _default_float(b, model)
     keep = base + [n for n in match_nodes(model, q.exclude) if n not in base]
     excluded = len(keep) - len(base)
-    b.log(f"INT8 {target.value} form: {len(base) - len(classes.nodes)} decode-tail nodes kept float; "
-          f"{classes.summary()}" + (f"; plus {excluded} nodes from --exclude" if excluded else ""))
+    b.log(f"INT8 {target.value} form: {len(base) - len(classes.nodes) - len(boxes.nodes)} decode-tail nodes kept "
+          f"float; {classes.summary()}" + (f"; {boxes.summary()}" if boxes.nodes else "")
+          + (f"; plus {excluded} nodes from --exclude" if excluded else ""))
     judge, note = gate_judge(b)
     detect = GateDetections(b)
     int8_meta = b.metadata.replace(precision=Precision.INT8)
@@ -136,11 +137,14 @@ def _make(b, target, final: Path):
                    "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method,
                    "class_branch": classes.summary(), "class_branch_found": classes.found,
                    "class_branch_float": bool(classes.nodes),
-                   "class_branch_mac_share": None if classes.share is None else round(classes.share, 4)}
+                   "class_branch_mac_share": None if classes.share is None else round(classes.share, 4),
+                   "box_branch": boxes.summary(), "box_branch_float": bool(boxes.nodes),
+                   "box_branch_direct": boxes.direct}
         b.log(f"  {gate.summary()}")
         # short enough for the build table's note column (the Δ column shows the drop and its interval)
         summary = (f"NNCF {q.calib.method.value}, " + ("class branch float, " if classes.nodes else "")
-                   + f"{n_layers(len(last.kept_float), 'more ' if classes.nodes else '')} float"
+                   + ("box branch float, " if boxes.nodes else "")
+                   + f"{n_layers(len(last.kept_float), 'more ' if classes.nodes or boxes.nodes else '')} float"
                    + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
                    + ("by agreement with FP32: " if judge.kind == "agreement" else "")
                    + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")

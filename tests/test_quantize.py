@@ -466,6 +466,32 @@ def test_class_branch_is_found_from_the_graph_and_kept_float_where_cheap(demo_on
     assert dear.nodes == () and dear.share == choice.share and "quantized: 3.0%" in dear.summary()
 
 
+def test_box_branch_is_kept_float_only_where_the_head_regresses_the_box_directly(demo_onnx, tmp_path):
+    """YOLO11 (DFL: 64 outputs per scale) keeps its box branch INT8; YOLO26 (no DFL: 4 outputs) keeps it float."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+    from exporters.quantize import box_branch_choice, class_branch, default_float, detect_head
+
+    yolo11 = box_branch_choice(onnx.load(str(demo_onnx)))
+    assert yolo11.nodes == () and not yolo11.direct and yolo11.summary() == ""
+    torch.manual_seed(0)
+    pt = tmp_path / "y26.pt"
+    torch.save({"model": DetectionModel("yolo26n.yaml", nc=3, verbose=False)}, pt)
+    model = onnx.load(str(export_onnx(ExportConfig(weights=pt, out=tmp_path / "o", imgsz=(320, 320)),
+                                      log=lambda s: None).path))
+    tail = decode_tail(model)
+    boxes = box_branch_choice(model, tail)
+    head = set(detect_head(model, tail))
+    assert boxes.direct and set(boxes.nodes) == head - set(class_branch(model, tail))
+    assert {n for n in boxes.nodes if "Conv" in n} == {n for n in head if n.startswith("/model.23/cv2.") and "Conv" in n}
+    assert len(boxes.nodes) == 21 and "no DFL" in boxes.summary()
+    keep, _, _ = default_float(model, (1, 3, 320, 320))
+    assert set(boxes.nodes) <= set(keep)
+
+
 def _head_graph(merged: bool):
     """A neck conv, a box conv and a class conv, and a tail that either sigmoids the class tensor on its own
     (Ultralytics 8.4's export) or concatenates both and splits them again (where the two cannot be told apart)."""
