@@ -40,11 +40,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _calibration(args, imgsz) -> tuple[np.ndarray, str]:
+def _calibration(args, imgsz) -> tuple[np.ndarray, str, list[Path]]:
+    """The calibration images as the build reads them (a folder, a list or a data.yaml's train split):
+    the letterboxed batch, its description and the image files (for Ultralytics' own export)."""
     from calibration import CalibrationConfig, CalibrationImages, open_source
 
     source = open_source(CalibrationConfig(args.calib or args.data, max_images=args.calib_images))
-    return np.concatenate(list(CalibrationImages(source, imgsz, 1, show_progress=False))), source.description
+    batch = np.concatenate(list(CalibrationImages(source, imgsz, 1, show_progress=False)))
+    return batch, source.description, [Path(p).resolve() for p in source.items]
 
 
 def _modelopt(args, fp32: Path, model, calib_npy: Path) -> Path:
@@ -80,8 +83,9 @@ def _nncf_native(args, fp32: Path, model, calib: np.ndarray) -> dict[str, Path]:
     return out
 
 
-def _openvino(args, imgsz, items) -> dict[str, list]:
-    """Ultralytics' OpenVINO FP32 and INT8 exports' detections on ``items`` (Ultralytics' predictor)."""
+def _openvino(args, imgsz, items, calib_files: list[Path]) -> dict[str, list]:
+    """Ultralytics' OpenVINO FP32 and INT8 exports' detections on ``items`` (Ultralytics' predictor), the INT8
+    export calibrated on ``calib_files``."""
     import yaml
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -94,10 +98,11 @@ def _openvino(args, imgsz, items) -> dict[str, list]:
     work.mkdir(parents=True, exist_ok=True)
     pt = work / args.weights.name
     shutil.copy2(args.weights, pt)
-    calib = Path(args.calib or args.data)
     names = yaml.safe_load(Path(args.eval_data or args.data).read_text())["names"]
+    listing = work / "calib.txt"  # the same files our forms calibrated on, whatever --calib was
+    listing.write_text("".join(f"{p}\n" for p in calib_files))
     data = work / "calib.yaml"  # Ultralytics calibrates on the 'val' split of its data: our calibration images
-    data.write_text(yaml.safe_dump({"path": str(calib.parent), "train": str(calib), "val": str(calib), "names": names}))
+    data.write_text(yaml.safe_dump({"train": str(listing), "val": str(listing), "names": names}))
     dets = {}
     for label, kw in (("Ultralytics OpenVINO FP32", {}), ("Ultralytics OpenVINO INT8 (NNCF)", {"int8": True,
                                                                                                 "data": str(data)})):
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     model = onnx.load(str(fp32))
     meta = from_onnx_props({p.key: p.value for p in model.metadata_props})
     args.out.mkdir(parents=True, exist_ok=True)
-    calib, described = _calibration(args, meta.imgsz)
+    calib, described, calib_files = _calibration(args, meta.imgsz)
     print(f"calibration: {described} -> {calib.shape}", flush=True)
     models = {"FP32 ONNX": fp32}
     for suffix, label in ((".int8.onnx", "ours: INT8 TensorRT form"), (".int8-cpu.onnx", "ours: INT8 CPU form (U8S8)")):
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     dets = {label: detect_onnx(path, items) for label, path in models.items()}
     refs = {label: "FP32 ONNX" for label in dets}
     if args.openvino:
-        ov = _openvino(args, meta.imgsz, items)
+        ov = _openvino(args, meta.imgsz, items, calib_files)
         dets.update(ov)
         refs.update(dict.fromkeys(ov, "Ultralytics OpenVINO FP32"))
     tables = {label: match_table(items, d) for label, d in dets.items()}
