@@ -41,13 +41,16 @@ sys.path.insert(0, str(ROOT))
 
 
 def _calibration(args, imgsz) -> tuple[np.ndarray, str, list[Path]]:
-    """The calibration images as the build reads them (a folder, a list or a data.yaml's train split):
-    the letterboxed batch, its description and the image files (for Ultralytics' own export)."""
+    """The calibration images as the build reads them (a folder, a list, a data.yaml's train split or a video):
+    the letterboxed batch, its description and the image files for Ultralytics' own export (none for a video,
+    whose items are frame numbers)."""
     from calibration import CalibrationConfig, CalibrationImages, open_source
+    from calibration.readers import SourceKind
 
     source = open_source(CalibrationConfig(args.calib or args.data, max_images=args.calib_images))
     batch = np.concatenate(list(CalibrationImages(source, imgsz, 1, show_progress=False)))
-    return batch, source.description, [Path(p).resolve() for p in source.items]
+    files = [Path(p).resolve() for p in source.items] if source.kind is SourceKind.IMAGES else []
+    return batch, source.description, files
 
 
 def _modelopt(args, fp32: Path, model, calib_npy: Path) -> Path:
@@ -151,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = from_onnx_props({p.key: p.value for p in model.metadata_props})
     args.out.mkdir(parents=True, exist_ok=True)
     calib, described, calib_files = _calibration(args, meta.imgsz)
+    if args.openvino and not calib_files:
+        print(f"error: --openvino: Ultralytics' INT8 export calibrates on image files; --calib {args.calib} is a video\n"
+              "  fix: pass --calib with a folder, list or data.yaml of images", file=sys.stderr)
+        return 2
     print(f"calibration: {described} -> {calib.shape}", flush=True)
     models = {"FP32 ONNX": fp32}
     for suffix, label in ((".int8.onnx", "ours: INT8 TensorRT form"), (".int8-cpu.onnx", "ours: INT8 CPU form (U8S8)")):
