@@ -63,7 +63,7 @@ def build(weights: Path, imgsz: int, calib: Path, out: Path, calib_images: int =
         make_cpu_form(onnx_path, meta, folder, calib, calib_images, log)
     pf32 = pint8 = None
     if peers:
-        pf32, pint8 = (_peer(weights, imgsz, folder, q, [p for p in source.items], log) for q in (False, True))
+        pf32, pint8 = (ultralytics_openvino(weights, imgsz, folder, q, [p for p in source.items], log) for q in (False, True))
     return OvModels(imgsz, onnx_path, fp32, int8, cpu, pf32, pint8)
 
 
@@ -87,8 +87,9 @@ def make_cpu_form(onnx_path: Path, meta, folder: Path, calib: Path, n: int, log:
     return final
 
 
-def _peer(weights: Path, imgsz: int, folder: Path, int8: bool, images: list[Path], log: Log) -> Path:
-    """Ultralytics' own OpenVINO export (``int8``: NNCF on the same calibration images)."""
+def ultralytics_openvino(weights: Path, imgsz: int, folder: Path, int8: bool, images: list[Path], log: Log) -> Path:
+    """Ultralytics' own OpenVINO export (``int8``: NNCF on ``images``, our calibration files) as
+    ``folder/ultralytics_[int8_]openvino_model`` (kept: a folder already there is returned as it is)."""
     final = folder / f"ultralytics_{'int8_' if int8 else ''}openvino_model"
     if final.is_dir():
         return final

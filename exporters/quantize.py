@@ -244,7 +244,11 @@ class BoxBranch:
     """The layer choice for the detect head's box branches: kept float when they regress the box sides directly."""
 
     nodes: tuple[str, ...]  # kept float (empty: a head with DFL, or branches not told apart)
-    direct: bool  # every box branch ends in a convolution with 4 outputs: no DFL bins
+
+    @property
+    def direct(self) -> bool:
+        """Every box branch ends in a convolution with 4 outputs (no DFL bins): the branch is kept float."""
+        return bool(self.nodes)
 
     def summary(self) -> str:
         """One line for the build's log and reports; empty when the box branch is quantized with the rest."""
@@ -269,7 +273,7 @@ def box_branch_choice(model, tail: Sequence[str] | None = None) -> BoxBranch:
     tail = decode_tail(model) if tail is None else tail
     classes = set(class_branch(model, tail))
     if not classes:
-        return BoxBranch((), False)
+        return BoxBranch(())
     box = {n: t for n, t in _branches(model, tail).items() if n not in classes}
     g = graph_index(model)
 
@@ -280,8 +284,7 @@ def box_branch_choice(model, tail: Sequence[str] | None = None) -> BoxBranch:
         return int(g.inits[p.input[1]].dims[0])
 
     ends = set(box.values())
-    direct = bool(ends) and all(sides(t) == 4 for t in ends)
-    return BoxBranch(tuple(box) if direct else (), direct)
+    return BoxBranch(tuple(box) if ends and all(sides(t) == 4 for t in ends) else ())
 
 
 def default_float(model, input_shape: Sequence[int] | None = None) -> tuple[list[str], ClassBranch, BoxBranch]:

@@ -88,28 +88,20 @@ def _nncf_native(args, fp32: Path, model, calib: np.ndarray) -> dict[str, Path]:
 
 def _openvino(args, imgsz, items, calib_files: list[Path]) -> dict[str, list]:
     """Ultralytics' OpenVINO FP32 and INT8 exports' detections on ``items`` (Ultralytics' predictor), the INT8
-    export calibrated on ``calib_files``."""
-    import yaml
-
+    export calibrated on ``calib_files`` (the files our forms calibrated on, whatever ``--calib`` was)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from ultralytics import YOLO
 
+    from benchmarks.openvino_artifacts import ultralytics_openvino
     from engine.detections import Detections
     from engine.eval.datasets import read_image
 
     work = args.out / "openvino"
-    work.mkdir(parents=True, exist_ok=True)
-    pt = work / args.weights.name
-    shutil.copy2(args.weights, pt)
-    names = yaml.safe_load(Path(args.eval_data or args.data).read_text())["names"]
-    listing = work / "calib.txt"  # the same files our forms calibrated on, whatever --calib was
-    listing.write_text("".join(f"{p}\n" for p in calib_files))
-    data = work / "calib.yaml"  # Ultralytics calibrates on the 'val' split of its data: our calibration images
-    data.write_text(yaml.safe_dump({"train": str(listing), "val": str(listing), "names": names}))
+    shutil.rmtree(work, ignore_errors=True)  # exported afresh on every run: the calibration may have changed
+    work.mkdir(parents=True)
     dets = {}
-    for label, kw in (("Ultralytics OpenVINO FP32", {}), ("Ultralytics OpenVINO INT8 (NNCF)", {"int8": True,
-                                                                                                "data": str(data)})):
-        exported = YOLO(str(pt)).export(format="openvino", imgsz=imgsz[0], batch=1, **kw)
+    for label, int8 in (("Ultralytics OpenVINO FP32", False), ("Ultralytics OpenVINO INT8 (NNCF)", True)):
+        exported = ultralytics_openvino(args.weights, imgsz[0], work, int8, calib_files, print)
         model = YOLO(str(exported), task="detect")
         cls = tuple(str(model.names[i]) for i in sorted(model.names))
         out = []
