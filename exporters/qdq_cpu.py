@@ -5,7 +5,8 @@ integer kernel for, U8S8), so its graph is the pattern ONNX Runtime fuses into `
 ``QLinearSigmoid``, ``QLinearMul``... What this module adds, each measured (benchmarks/RESULTS.md):
 
 * :func:`stem_convs`: the convolution that reads the image stays float (3 input channels: too shallow
-  for the U8S8 kernels).
+  for the U8S8 kernels), and :func:`stem_silus`: so does its SiLU (one fused float pass where the
+  quantized one is a Quantize, a ``QLinearSigmoid`` and a ``QLinearMul`` over the graph's largest tensor).
 * :func:`attention_nodes`: attention's activation MatMuls and its Softmax stay float (ONNX Runtime's
   ``QLinearSoftmax`` is a per-element lookup; its float Softmax is vectorized), as in the TensorRT form.
 * :func:`share_concat_ranges`: one range for a Concat's inputs and output, so concatenation is a copy.
@@ -40,6 +41,19 @@ def stem_convs(model) -> list[str]:
     """
     inputs = {i.name for i in model.graph.input}
     return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
+
+
+def stem_silus(model) -> list[str]:
+    """The ``Sigmoid`` and ``Mul`` of the SiLU after each of :func:`stem_convs` (when that is all that reads it).
+
+    The CPU form keeps them float beside the float stem: ONNX Runtime then runs one fused float SiLU and
+    a Quantize, where it ran a Quantize, a ``QLinearSigmoid`` lookup and a ``QLinearMul`` over the largest
+    activation of the graph (16 x 320 x 320 at 640): about 3 % of the form's time at 640, the same
+    accuracy on two models at 320 and 640 (benchmarks/RESULTS.md).
+    """
+    g = graph_index(model)
+    stems = set(stem_convs(model))
+    return [a.name for n in model.graph.node if n.name in stems for a in _silu_after(g, n)]
 
 
 def attention_nodes(model) -> list[str]:
@@ -123,16 +137,18 @@ def silu_pairs(model) -> dict[str, str]:
     """``{conv output: SiLU output}`` for each convolution whose only readers are a SiLU
     (``Sigmoid(x)`` and ``Mul(x, sigmoid(x))``)."""
     g = graph_index(model)
-    out = {}
-    for n in model.graph.node:
-        if n.op_type != "Conv":
-            continue
-        readers = g.consumers.get(n.output[0], [])
-        sig = [r for r in readers if r.op_type == "Sigmoid"]
-        mul = [r for r in readers if r.op_type == "Mul"]
-        if len(readers) == 2 and sig and mul and sig[0].output[0] in mul[0].input:
-            out[n.output[0]] = mul[0].output[0]
-    return out
+    return {n.output[0]: silu[1].output[0] for n in model.graph.node
+            if n.op_type == "Conv" and (silu := _silu_after(g, n))}
+
+
+def _silu_after(g, conv) -> tuple:
+    """``(Sigmoid, Mul)`` when a SiLU is all that reads ``conv``'s output, else ``()``."""
+    readers = g.consumers.get(conv.output[0], [])
+    sig = [r for r in readers if r.op_type == "Sigmoid"]
+    mul = [r for r in readers if r.op_type == "Mul"]
+    if len(readers) == 2 and sig and mul and sig[0].output[0] in mul[0].input:
+        return sig[0], mul[0]
+    return ()
 
 
 def silu_input_ranges(model, ranges: TensorRanges) -> tuple[TensorRanges, int]:

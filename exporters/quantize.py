@@ -65,7 +65,7 @@ class QuantTarget(str, Enum):
 class CpuFormSpec:
     """The CPU form's steps around ONNX Runtime's ``quantize_static`` (see :mod:`exporters.qdq_cpu`)."""
 
-    float_stem: bool = True  # keep the convolutions that read the image in float (stem_convs)
+    float_stem: bool = True  # the convolutions that read the image and their SiLU float (stem_convs, stem_silus)
     float_attention: bool = True  # attention's activation MatMuls and Softmax float (attention_nodes)
     shared_concat: bool = True  # one range for each Concat's inputs and output (share_concat_ranges)
     silu_ranges: bool = True  # conv outputs that only feed a SiLU start where SiLU turns flat
@@ -353,7 +353,7 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
         ranges: from :func:`calibration.collect_ranges` or the cache.
         target: the form to write.
         keep_float: node names left in float (the decode tail, ``--exclude``, the gate's fallback);
-            the CPU form also keeps :func:`exporters.qdq_cpu.stem_convs` and
+            the CPU form also keeps :func:`exporters.qdq_cpu.stem_convs` (with their SiLU) and
             :func:`exporters.qdq_cpu.attention_nodes` float.
         out: the file to write.
         float_dtype: the TensorRT form's layers that are not INT8: ``fp16`` (default) or ``fp32``.
@@ -370,13 +370,15 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
 
 def form_float(model, target: QuantTarget, spec: CpuFormSpec = CPU_FORM) -> list[str]:
     """The nodes a form keeps float by its own rules, beside the caller's ``keep_float``: for the CPU form its
-    stem convolutions and attention (:func:`exporters.qdq_cpu.stem_convs`, :func:`~exporters.qdq_cpu.attention_nodes`);
+    stem convolutions with their SiLU and attention (:func:`exporters.qdq_cpu.stem_convs`,
+    :func:`~exporters.qdq_cpu.stem_silus`, :func:`~exporters.qdq_cpu.attention_nodes`);
     none for the TensorRT form, whose placement leaves attention's MatMuls unquantized by itself."""
     if target is QuantTarget.TENSORRT:
         return []
-    from .qdq_cpu import attention_nodes, stem_convs
+    from .qdq_cpu import attention_nodes, stem_convs, stem_silus
 
-    nodes = [*(stem_convs(model) if spec.float_stem else ()), *(attention_nodes(model) if spec.float_attention else ())]
+    nodes = [*((*stem_convs(model), *stem_silus(model)) if spec.float_stem else ()),
+             *(attention_nodes(model) if spec.float_attention else ())]
     return list(dict.fromkeys(nodes))
 
 

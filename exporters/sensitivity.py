@@ -95,6 +95,15 @@ def rank_layers(fp32: Path, qdq: Path, images: Sequence[np.ndarray],
     return rank_runs(*_onnx_runs(fp32, qdq, skip), images)
 
 
+def _same_channels(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
+    """``got`` cut to ``ref``'s channels: the CPU form's widened convolutions (exporters.cpu_graph) carry
+    extra channels that nothing reads, after the model's own."""
+    if got.shape != ref.shape and got.ndim == ref.ndim >= 2 and got.shape[1] > ref.shape[1] \
+            and got.shape[:1] + got.shape[2:] == ref.shape[:1] + ref.shape[2:]:
+        return got[:, : ref.shape[1]]
+    return got
+
+
 def rank_runs(layers: Layers, run_ref: Run, run_q: Run,
               images: Sequence[np.ndarray]) -> tuple[list[tuple[str, float]], float | None]:
     """:func:`rank_layers` for any runtime (OpenVINO's IRs too): ``run_ref`` / ``run_q`` give the float and
@@ -106,7 +115,7 @@ def rank_runs(layers: Layers, run_ref: Run, run_q: Run,
         ref, got = run_ref(x), run_q(x)
         for j, t in enumerate(names):
             if t in ref and t in got:
-                a, b = ref[t].astype(np.float64), got[t].astype(np.float64)
+                a, b = ref[t].astype(np.float64), _same_channels(ref[t], got[t]).astype(np.float64)
                 err[k, j] = float(np.sum((a - b) ** 2))
                 sig[k, j] = float(np.sum(a * a))
     ranking = _rank(layers, names, err.sum(0), sig.sum(0))

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from engine.metadata import ModelMetadata, PixelFormat  # noqa: E402
 from engine.preprocess import PAD_VALUE, Letterbox, bgr_from_planes  # noqa: E402
-from exporters.cpu_graph import bgr_uint8_input, rewrite_cpu_form, upsample_as_gather  # noqa: E402
+from exporters.cpu_graph import bgr_uint8_input, rewrite_cpu_form, upsample_as_gather, widen_narrow_convs  # noqa: E402
 from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
 
 
@@ -137,3 +137,64 @@ def test_pixel_format_of_inputs_and_metadata_round_trip():
     del old["pixels"]
     old["schema_version"] = 1
     assert ModelMetadata.from_dict(old).pixels is PixelFormat.NCHW_RGB_FLOAT  # version-1 files are float planes
+
+
+def _narrow_bottleneck(extra_reader=None):
+    """uint8 x -> int8 Conv (16 -> 8) -> quantized SiLU -> int8 Conv (8 -> 16): YOLO11's first bottleneck."""
+    rng = np.random.default_rng(3)
+    t = lambda a, n: numpy_helper.from_array(a, n)  # noqa: E731
+    inits = [t(np.array(0.02, np.float32), "xs"), t(np.array(3, np.uint8), "xz"),
+             t(rng.integers(-127, 128, (8, 16, 3, 3)).astype(np.int8), "w1"),
+             t(rng.uniform(0.002, 0.01, 8).astype(np.float32), "w1s"), t(np.zeros(8, np.int8), "w1z"),
+             t(rng.integers(-500, 500, 8).astype(np.int32), "b1"), t(np.zeros(8, np.int32), "b1z"),
+             t(np.array(0.04, np.float32), "cs"), t(np.array(120, np.uint8), "cz"),
+             t(np.array(1 / 255, np.float32), "ss"), t(np.array(0, np.uint8), "sz"),
+             t(np.array(0.03, np.float32), "ms"), t(np.array(10, np.uint8), "mz"),
+             t(rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8), "w2"),
+             t(rng.uniform(0.002, 0.01, 16).astype(np.float32), "w2s"), t(np.zeros(16, np.int8), "w2z")]
+    inits.append(t(np.float32(0.02) * numpy_helper.to_array(inits[3]), "b1s"))
+    nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
+             helper.make_node("DequantizeLinear", ["w1", "w1s", "w1z"], ["w1f"], axis=0),
+             helper.make_node("DequantizeLinear", ["b1", "b1s", "b1z"], ["b1f"], axis=0),
+             helper.make_node("Conv", ["xf", "w1f", "b1f"], ["c"], name="cv1", pads=[1, 1, 1, 1]),
+             helper.make_node("QuantizeLinear", ["c", "cs", "cz"], ["cq"]),
+             helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["cd"]),
+             helper.make_node("Sigmoid", ["cd"], ["s"]),
+             helper.make_node("QuantizeLinear", ["s", "ss", "sz"], ["sq"]),
+             helper.make_node("DequantizeLinear", ["sq", "ss", "sz"], ["sd"]),
+             helper.make_node("Mul", ["cd", "sd"], ["m"]),
+             helper.make_node("QuantizeLinear", ["m", "ms", "mz"], ["mq"]),
+             helper.make_node("DequantizeLinear", ["mq", "ms", "mz"], ["md"]),
+             helper.make_node("DequantizeLinear", ["w2", "w2s", "w2z"], ["w2f"], axis=0),
+             helper.make_node("Conv", ["md", "w2f"], ["y"], name="cv2", pads=[1, 1, 1, 1])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])]
+    if extra_reader == "concat":  # the SiLU's output also joins a Concat: its channels are counted there
+        nodes.append(helper.make_node("Concat", ["md", "xf"], ["cat"], axis=1))
+        outputs.append(helper.make_tensor_value_info("cat", TensorProto.FLOAT, None))
+    elif extra_reader == "output":
+        outputs.append(helper.make_tensor_value_info("md", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 16, 12, 12])],
+                          outputs, inits)
+    return onnx_model(g)
+
+
+def test_a_narrow_int8_conv_is_widened_to_16_channels_with_identical_outputs():
+    model = _narrow_bottleneck()
+    x = np.random.default_rng(4).integers(0, 256, (1, 16, 12, 12), dtype=np.uint8)
+    ref = _run(model, {"x": x})
+    assert widen_narrow_convs(model) == 1
+    init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert init["w1"].shape == (16, 16, 3, 3) and not init["w1"][8:].any() and init["b1"].shape == (16,)
+    assert init["w1s"].shape == init["b1s"].shape == (16,) and init["w2"].shape == (16, 16, 3, 3)
+    assert not init["w2"][:, 8:].any()
+    onnx.checker.check_model(model, full_check=True)
+    assert np.array_equal(_run(model, {"x": x}), ref)
+    assert widen_narrow_convs(model) == 0  # already 16 wide
+
+
+@pytest.mark.parametrize("extra", ["concat", "output"])
+def test_a_narrow_conv_whose_channels_are_seen_elsewhere_is_left_alone(extra):
+    model = _narrow_bottleneck(extra)
+    before = model.SerializeToString()
+    assert widen_narrow_convs(model) == 0
+    assert model.SerializeToString() == before

@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from exporters.onnx_graph import graph_index  # noqa: E402
-from exporters.qdq_cpu import attention_nodes, stem_convs  # noqa: E402
+from exporters.qdq_cpu import attention_nodes, stem_convs, stem_silus  # noqa: E402
 from exporters.quantize import (QuantTarget, decode_tail, form_float, load_or_calibrate, match_nodes,  # noqa: E402
                                 parse_excludes, quantize_model, quantized_nodes, tensorrt_problems)
 from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
@@ -73,8 +73,8 @@ def test_decode_tail_counts_ultralytics_dfl_conv_as_fixed(demo_pt, tmp_path):
 
 
 def test_cpu_form_takes_uint8_bgr_pixels_and_keeps_the_stem_float(forms, demo_onnx):
-    """The CPU form's input is the letterboxed frame as OpenCV holds it; its stem conv stays float, and so does
-    attention (MatMuls and Softmax)."""
+    """The CPU form's input is the letterboxed frame as OpenCV holds it; its stem conv and the stem's SiLU stay
+    float, and so does attention (MatMuls and Softmax)."""
     model = onnx.load(str(demo_onnx))
     stem = stem_convs(model)
     assert len(stem) == 1 and stem[0].startswith("/model.0/")
@@ -88,6 +88,9 @@ def test_cpu_form_takes_uint8_bgr_pixels_and_keeps_the_stem_float(forms, demo_on
     writes_int8 = lambda n: any(r.op_type == "QuantizeLinear"  # noqa: E731
                                 for r in g.consumers.get(node[n].output[0], []))
     assert reads_int8("/model.1/act/Sigmoid")
+    silu = stem_silus(model)  # the stem's SiLU runs float beside it, and its output is quantized for model.1
+    assert sorted(ops[n] for n in silu) == ["Mul", "Sigmoid"] and all(n.startswith("/model.0/") for n in silu)
+    assert not any(reads_int8(n) for n in silu) and writes_int8(next(n for n in silu if ops[n] == "Mul"))
     softmax = next(n for n in attn if ops[n] == "Softmax")
     assert not reads_int8(softmax) and not any(writes_int8(n) for n in attn)
     q = forms[QuantTarget.CPU]
