@@ -96,11 +96,15 @@ def rank_layers(fp32: Path, qdq: Path, images: Sequence[np.ndarray],
 
 
 def _same_channels(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
-    """``got`` cut to ``ref``'s channels: the CPU form's widened convolutions (exporters.cpu_graph) carry
-    extra channels that nothing reads, after the model's own."""
+    """``got`` cut to ``ref``'s channels where it has more: the CPU form's widened convolutions
+    (:func:`exporters.cpu_graph.widen_narrow_convs`) add channels after the model's own, each one constant
+    (a zero filter through the SiLU) and weighted by zero. Any other difference is left for the caller to
+    fail on."""
     if got.shape != ref.shape and got.ndim == ref.ndim >= 2 and got.shape[1] > ref.shape[1] \
             and got.shape[:1] + got.shape[2:] == ref.shape[:1] + ref.shape[2:]:
-        return got[:, : ref.shape[1]]
+        tail = got[:, ref.shape[1]:]
+        if tail.size and np.all(tail == tail.flat[0]):
+            return got[:, : ref.shape[1]]
     return got
 
 

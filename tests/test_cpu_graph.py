@@ -139,7 +139,7 @@ def test_pixel_format_of_inputs_and_metadata_round_trip():
     assert ModelMetadata.from_dict(old).pixels is PixelFormat.NCHW_RGB_FLOAT  # version-1 files are float planes
 
 
-def _narrow_bottleneck(extra_reader=None):
+def _narrow_bottleneck(extra_reader=None, reader_zero_point=0, reader_input="md"):
     """uint8 x -> int8 Conv (16 -> 8) -> quantized SiLU -> int8 Conv (8 -> 16): YOLO11's first bottleneck."""
     rng = np.random.default_rng(3)
     t = lambda a, n: numpy_helper.from_array(a, n)  # noqa: E731
@@ -151,7 +151,8 @@ def _narrow_bottleneck(extra_reader=None):
              t(np.array(1 / 255, np.float32), "ss"), t(np.array(0, np.uint8), "sz"),
              t(np.array(0.03, np.float32), "ms"), t(np.array(10, np.uint8), "mz"),
              t(rng.integers(-127, 128, (16, 8, 3, 3)).astype(np.int8), "w2"),
-             t(rng.uniform(0.002, 0.01, 16).astype(np.float32), "w2s"), t(np.zeros(16, np.int8), "w2z")]
+             t(rng.uniform(0.002, 0.01, 16).astype(np.float32), "w2s"),
+             t(np.full(16, reader_zero_point, np.int8), "w2z")]
     inits.append(t(np.float32(0.02) * numpy_helper.to_array(inits[3]), "b1s"))
     nodes = [helper.make_node("DequantizeLinear", ["x", "xs", "xz"], ["xf"]),
              helper.make_node("DequantizeLinear", ["w1", "w1s", "w1z"], ["w1f"], axis=0),
@@ -166,7 +167,7 @@ def _narrow_bottleneck(extra_reader=None):
              helper.make_node("QuantizeLinear", ["m", "ms", "mz"], ["mq"]),
              helper.make_node("DequantizeLinear", ["mq", "ms", "mz"], ["md"]),
              helper.make_node("DequantizeLinear", ["w2", "w2s", "w2z"], ["w2f"], axis=0),
-             helper.make_node("Conv", ["md", "w2f"], ["y"], name="cv2", pads=[1, 1, 1, 1])]
+             helper.make_node("Conv", [reader_input, "w2f"], ["y"], name="cv2", pads=[1, 1, 1, 1])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 12])]
     if extra_reader == "concat":  # the SiLU's output also joins a Concat: its channels are counted there
         nodes.append(helper.make_node("Concat", ["md", "xf"], ["cat"], axis=1))
@@ -192,9 +193,20 @@ def test_a_narrow_int8_conv_is_widened_to_16_channels_with_identical_outputs():
     assert widen_narrow_convs(model) == 0  # already 16 wide
 
 
-@pytest.mark.parametrize("extra", ["concat", "output"])
+@pytest.mark.parametrize("reader", ["md", "sd"])  # after the SiLU, or after its Sigmoid alone (0.5, not 0)
+def test_widening_is_exact_whatever_the_new_channels_hold(reader):
+    model = _narrow_bottleneck(reader_input=reader)
+    x = np.random.default_rng(5).integers(0, 256, (1, 16, 12, 12), dtype=np.uint8)
+    ref = _run(model, {"x": x})
+    assert widen_narrow_convs(model) == 1
+    assert np.array_equal(_run(model, {"x": x}), ref)
+
+
+@pytest.mark.parametrize("extra", ["concat", "output", "zero point"])
 def test_a_narrow_conv_whose_channels_are_seen_elsewhere_is_left_alone(extra):
-    model = _narrow_bottleneck(extra)
+    """Left alone: its channels also reach a Concat or a graph output, or its reader's int8 0 is not 0.0."""
+    model = (_narrow_bottleneck(reader_zero_point=5, reader_input="sd") if extra == "zero point"
+             else _narrow_bottleneck(extra))
     before = model.SerializeToString()
     assert widen_narrow_convs(model) == 0
     assert model.SerializeToString() == before
