@@ -186,15 +186,22 @@ def bgr_uint8_input(model) -> bool:
     return True
 
 
+def _sole_dequantize(g, tensor: str):
+    """The DequantizeLinear that makes ``tensor`` when one node reads it and it reads initializers that
+    nothing else reads (so they can be rewritten for that node alone), else None."""
+    dq = g.producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers.get(tensor, [])) != 1:
+        return None
+    if any(i not in g.inits or len(g.consumers.get(i, [])) != 1 for i in dq.input if i):
+        return None
+    return dq
+
+
 def _int8_weight(g, node):
     """``(initializer, its DequantizeLinear)`` of ``node``'s int8 weight when only ``node`` reads it, else None."""
-    dq = g.producer.get(node.input[1]) if len(node.input) > 1 else None
-    if dq is None or dq.op_type != "DequantizeLinear" or len(g.consumers.get(dq.output[0], [])) != 1:
-        return None
-    w = g.inits.get(dq.input[0])
+    dq = _sole_dequantize(g, node.input[1]) if len(node.input) > 1 else None
+    w = g.inits[dq.input[0]] if dq is not None else None
     if w is None or w.data_type != _helpers()[0].INT8 or len(w.dims) != 4:
-        return None
-    if any(i not in g.inits or len(g.consumers.get(i, [])) != 1 for i in dq.input):
         return None
     if len(dq.input) > 2 and dq.input[2] and _helpers()[2].to_array(g.inits[dq.input[2]]).any():
         return None  # a zero weight is the int8 0 only where the zero point is 0 (symmetric weights)
@@ -271,12 +278,9 @@ def widen_narrow_convs(model, channels: int = WIDE_CHANNELS) -> int:
         theirs = [_int8_weight(g, c) for c in convs]
         if any(t is None or not _per_tensor_or_axis0(g, t[1]) for t in theirs):
             continue
-        bias = None
+        bias = None  # the names of its bias and, when dequantized, that bias's scale and zero point
         if len(conv.input) > 2 and conv.input[2]:
-            bdq = g.producer.get(conv.input[2])
-            if bdq is not None and bdq.op_type == "DequantizeLinear" and all(
-                    i in g.inits and len(g.consumers.get(i, [])) == 1 for i in bdq.input[1:]) \
-                    and bdq.input[0] in g.inits and len(g.consumers.get(bdq.input[0], [])) == 1:
+            if (bdq := _sole_dequantize(g, conv.input[2])) is not None:
                 bias = list(bdq.input)
             elif conv.input[2] in g.inits and len(g.consumers[conv.input[2]]) == 1:
                 bias = [conv.input[2]]
