@@ -19,8 +19,8 @@ the YOLO graph cost more there than they need to; the rewrites keep the numbers:
   accuracy (benchmarks/RESULTS.md): the stem stays float.
 * :func:`widen_narrow_convs`: an int8 convolution with fewer than 16 output channels (YOLO11's first
   bottleneck has 8) gets zero filters up to 16, and the convolutions that read it through its SiLU get
-  zero weights for the new channels. ONNX Runtime's U8S8 convolution runs 8 output channels about 2.5x
-  slower than 16 (0.46 against 0.18 ms for YOLO11n's ``model.2.m.0.cv1`` at 640, in its profiler);
+  zero weights for the new channels. ONNX Runtime's U8S8 convolution runs 8 output channels 2.3-2.6x
+  slower than 16 (0.42-0.46 against 0.18 ms for YOLO11n's ``model.2.m.0.cv1`` at 640, two profiles);
   the readers weight the extra channels by zero, so the outputs are bit-identical.
 
 All are pure functions of a loaded ``onnx.ModelProto`` that edit it in place and say what they did.

@@ -14,7 +14,8 @@ Two forms come from the same :class:`calibration.TensorRanges` (one NNCF statist
   int8 weights (U8S8) on every operator ONNX Runtime has an integer kernel for (its own
   ``quantize_static``, so the graph is the pattern ONNX Runtime fuses into ``QLinearConv``), with the
   range rules and tweaks of :mod:`exporters.qdq_cpu`, and :mod:`exporters.cpu_graph` making its input
-  uint8 BGR pixels (bit-identical to the float input) and its upsamples NHWC Gathers.
+  uint8 BGR pixels (bit-identical to the float input), its upsamples NHWC Gathers and its int8
+  convolutions with fewer than 16 outputs 16 wide (zero filters; the same outputs).
 
 In both, the decode tail (everything after the detect head's last convolutions: DFL, box decode,
 sigmoid, the final concat) stays float: its output concat mixes box pixels (0..640) and scores
