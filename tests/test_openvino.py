@@ -233,9 +233,12 @@ def test_bad_models_and_options_are_typed_errors(fp32_ir, tmp_path):
 
 def test_an_ir_without_our_metadata_reads_ultralytics_yaml_or_the_graph(demo_onnx, tmp_path, frames):
     folder = tmp_path / "best_openvino_model"
-    ov.save_model(ov.convert_model(str(demo_onnx)), str(folder / "best.xml"), compress_to_fp16=False)
+    model = ov.convert_model(str(demo_onnx))
+    model.outputs[0].get_tensor().set_names(set())  # as Ultralytics' export (a traced PyTorch model) leaves it
+    ov.save_model(model, str(folder / "best.xml"), compress_to_fp16=False)
     with Detector(folder) as d:  # no metadata at all: sizes and class count from the graph
         assert d.names == ("class0", "class1", "class2") and d.imgsz == (320, 320)
+        assert [o.name for o in d.backend.outputs] == ["output0"]
     (folder / "metadata.yaml").write_text("task: detect\nstride: 32\nbatch: 1\nimgsz:\n- 320\n- 320\n"
                                           "names:\n  0: disc\n  1: box\n  2: triangle\n")
     with Detector(folder) as d:

@@ -132,6 +132,13 @@ def _shape(partial) -> tuple[int | None, ...]:
     return tuple(d.get_length() if d.is_static else None for d in partial)
 
 
+def _name(port, unnamed: str) -> str:
+    """A port's tensor name, or ``unnamed`` where it has none (OpenVINO's conversion of a traced PyTorch
+    model, as Ultralytics' own OpenVINO export, leaves the output tensor without a name)."""
+    names = port.get_names()
+    return port.get_any_name() if names else unnamed
+
+
 class OpenVinoBackend(Backend):
     """Run an OpenVINO IR (or an ``.onnx``) with OpenVINO.
 
@@ -188,8 +195,8 @@ class OpenVinoBackend(Backend):
                                           "try device='cpu', or check the device's driver") from None
         self.requests = requests or int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) \
             if hint == "throughput" else 1
-        self.inputs = [self._spec(p) for p in self.compiled.inputs]
-        self.outputs = [self._spec(p) for p in self.compiled.outputs]
+        self.inputs = [self._spec(p, f"input{i}") for i, p in enumerate(self.compiled.inputs)]
+        self.outputs = [self._spec(p, f"output{i}") for i, p in enumerate(self.compiled.outputs)]
         self._request_batch = self.inputs[0].shape[0] or 1  # frames one request takes (throughput mode)
         if hint == "throughput":  # any batch: split over the requests
             self.inputs = [TensorSpec(s.name, (None, *s.shape[1:]), s.dtype) for s in self.inputs]
@@ -223,11 +230,11 @@ class OpenVinoBackend(Backend):
             raise ModelLoadError(f"{self.file} has no metadata and its outputs are not a raw detect head "
                                  "(B, 4+classes, anchors)", "export it with python -m exporters.build --openvino")
         return ModelMetadata(names=tuple(f"class{i}" for i in range(channels - 4)), imgsz=(h, w), batch=shape[0],
-                             head=HeadLayout.RAW, tool_version="", pixels=pixels, input_name=inp.get_any_name())
+                             head=HeadLayout.RAW, tool_version="", pixels=pixels, input_name=_name(inp, "input0"))
 
     @staticmethod
-    def _spec(port) -> TensorSpec:
-        return TensorSpec(port.get_any_name(), _shape(port.get_partial_shape()),
+    def _spec(port, unnamed: str) -> TensorSpec:
+        return TensorSpec(_name(port, unnamed), _shape(port.get_partial_shape()),
                           np.dtype(port.get_element_type().to_dtype()))
 
     def _thread_requests(self) -> list:
