@@ -95,7 +95,7 @@ def write_accuracy_report(b) -> None:
                    None if r.key == "onnx" else fp32, interval)
         report.judged_by = f.get("judge_reason", report.judged_by)
         report.gate_images = f.get("gate_images", report.gate_images)
-        for note in (f.get("gate_note"), _class_branch_note(f)):
+        for note in (f.get("gate_note"), _class_branch_note(f), _head_trial_note(r.label, f.get("head_trial"))):
             if note and note not in report.notes:
                 report.notes.append(note)
         for c in r.checks:
@@ -108,13 +108,28 @@ def write_accuracy_report(b) -> None:
 
 def _class_branch_note(figures: dict) -> str | None:
     """The accuracy report's note on the INT8 forms' class-branch choice (``None`` for other artifacts)."""
-    if not figures.get("class_branch"):
-        return None
+    if not figures.get("class_branch") or (figures.get("head_trial") or {}).get("chosen") == "nncf":
+        return None  # a form whose head trial took NNCF's treatment says so in its own note
     bought = ("; what it buys, measured on two models at 320 and 640 on 600 images each: benchmarks/RESULTS.md, "
               "'The detect head's class branch float'") if figures.get("class_branch_float") else ""
     boxes = (f"; {figures['box_branch']} (benchmarks/RESULTS.md, 'YOLO26')" if figures.get("box_branch_float")
              else "")
     return f"the ONNX INT8 forms: {figures['class_branch']}{bought}{boxes}"
+
+
+def _head_trial_note(label: str, trial: dict | None) -> str | None:
+    """The accuracy report's note on an INT8 form's head trial (``quantize_stage.HeadTrial``): both scores."""
+    if not trial or not trial.get("tried"):
+        return None
+    ext, nncf = trial["extremes"], trial["nncf"]
+    chosen = ("kept the head's extremes and the class branch float" if trial["chosen"] == "extremes"
+              else "took the head as NNCF quantizes it (its mean ranges, the class branch INT8)")
+    return (f"{label}: first candidate with the head's extremes and the class branch float lost {ext['drop']:.2f} "
+            f"points ({ext['low']:.2f} to {ext['high']:.2f}); with the head as NNCF quantizes it {nncf['drop']:.2f} "
+            f"({nncf['low']:.2f} to {nncf['high']:.2f}): the latter gains {trial['nncf_gain']:+.2f} "
+            f"({trial['nncf_gain_low']:+.2f} to {trial['nncf_gain_high']:+.2f}), so the build {chosen} "
+            "(the alternative only when that whole interval is above zero; benchmarks/RESULTS.md, "
+            "'Where Ultralytics' OpenVINO INT8 gains')")
 
 
 def reference_detections(b) -> list | None:

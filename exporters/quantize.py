@@ -346,7 +346,7 @@ def parse_excludes(values: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_float: Sequence[str], out: Path,
-                   float_dtype: str = "fp16") -> Path:
+                   float_dtype: str = "fp16", head_extremes: bool = True) -> Path:
     """Write the ``target`` INT8 form of ``fp32`` to ``out``, using ``ranges`` (no calibration inference).
 
     Args:
@@ -358,12 +358,15 @@ def quantize_model(fp32: Path, ranges: TensorRanges, target: QuantTarget, keep_f
             :func:`exporters.qdq_cpu.attention_nodes` float.
         out: the file to write.
         float_dtype: the TensorRT form's layers that are not INT8: ``fp16`` (default) or ``fp32``.
+        head_extremes: the detect head's tensors take the extremes over all images (:func:`head_ranges`);
+            ``False`` leaves them the calibration method's estimate, as NNCF's own quantizer does.
 
     Raises:
         ExportError: ONNX Runtime is too old to take precomputed ranges, quantization failed, or a
             tensor to quantize has no calibrated range.
     """
-    ranges, _ = head_ranges(_onnx().load(str(fp32), load_external_data=False), ranges)
+    if head_extremes:
+        ranges, _ = head_ranges(_onnx().load(str(fp32), load_external_data=False), ranges)
     if target is QuantTarget.TENSORRT:
         return _tensorrt_form(fp32, ranges, keep_float, out, float_dtype)
     return _cpu_form(fp32, ranges, keep_float, out, CPU_FORM)

@@ -130,6 +130,50 @@ def test_a_reference_that_cannot_judge_turns_the_judge_to_agreement():
     assert labelled.kind == "map"
 
 
+def _head_trial(alt_shift, default_shift: int = 2, has_extremes: bool = True):
+    """``head_trial`` on 60 synthetic images: each treatment's boxes sit ``shift`` px off the labels (an int,
+    or one per image)."""
+    from engine.eval.datasets import LabeledImage
+    from exporters.quantize_stage import head_trial
+
+    items = [LabeledImage(Path(f"{i}.jpg"), (100, 100), np.array([[20, 20, 60, 60]], np.float32), np.array([0]))
+             for i in range(60)]
+    shifted = lambda k: [_dets([[20 + s, 20 + s, 60 + s, 60 + s]], [0.9])  # noqa: E731
+                         for s in (k if isinstance(k, list) else [k] * len(items))]
+    judge = make_judge(items, shifted(0), 1.0, 1.0, resamples=200)
+    built = []
+
+    def builder(keep, extremes):
+        def build(extra, tag):
+            built.append((tuple(keep), extremes, tuple(extra), tag))
+            return Path(f"{'ext' if extremes else 'nncf'}-{tag}")
+        return build
+
+    dets = {"ext": shifted(default_shift), "nncf": shifted(alt_shift)}
+    trial = head_trial("cpu", ["tail", "cls1", "cls2"], ["cls1", "cls2"], has_extremes, builder,
+                       lambda path: dets[path.name.split("-")[0]], judge, log=lambda s: None)
+    return trial, built
+
+
+def test_head_trial_takes_nncfs_head_only_when_its_whole_gain_interval_is_above_zero():
+    better, built = _head_trial(alt_shift=0)  # the alternative matches the labels, the default is 2 px off
+    assert not better.extremes and better.keep == ("tail",)  # the class branch quantized
+    assert [(b[1], b[3]) for b in built] == [(True, "q0"), (False, "h0")]
+    assert better.build((), "q0") == Path("nncf-h0") and len(built) == 2  # its first candidate is reused
+    assert better.build(["n1"], "q1") == Path("nncf-q1") and built[-1] == (("tail",), False, ("n1",), "q1")
+    f = better.figures()
+    assert f["chosen"] == "nncf" and f["nncf_gain"] > 0 and f["nncf_gain_low"] > 0 and f["extremes"]["drop"] > 0
+    worse, _ = _head_trial(alt_shift=4)
+    assert worse.extremes and worse.keep == ("tail", "cls1", "cls2") and worse.build((), "q0") == Path("ext-q0")
+    assert worse.figures()["chosen"] == "extremes" and worse.figures()["nncf_gain"] < 0
+    tie, _ = _head_trial(alt_shift=2)  # the same boxes: no interval above zero, the project's treatment stays
+    assert tie.extremes and tie.figures()["nncf_gain"] == 0
+    few, _ = _head_trial(alt_shift=[0] * 2 + [2] * 58)  # better on 2 images of 60: a gain, not a sure one
+    assert few.figures()["nncf_gain"] > 0 and few.figures()["nncf_gain_low"] <= 0 and few.extremes
+    none, built = _head_trial(alt_shift=0, has_extremes=False)  # no extremes calibrated: nothing to try
+    assert none.extremes and none.figures() == {"tried": False, "chosen": "extremes"} and built == []
+
+
 def _config(*argv: str):
     from exporters.cli import build_parser, config_from_args
 
@@ -202,6 +246,9 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
         assert recs[key]["checks"][-1]["figures"]["gate"]["trials"]
         assert f"{-f['drop_points']:+.2f} ({-f['drop_high']:+.2f} to {-f['drop_low']:+.2f})" in log
         assert f["class_branch_found"] and f["class_branch_float"] is True and 0.01 < f["class_branch_mac_share"] < 0.1
+        trial = f["head_trial"]  # both head treatments built and scored; 12 images cannot be sure of a gain
+        assert trial["tried"] and trial["chosen"] == "extremes" and trial["nncf_gain_low"] <= 0
+        assert trial["extremes"]["drop"] == pytest.approx(f["drop_points"], abs=1e-3)  # its first trial delivered
         # the written form keeps the class branch float: no class-branch convolution reads a dequantized input
         q = onnx.load(str(tmp_path / f"{stem}.{key}"))
         dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
@@ -209,8 +256,10 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
         assert {n.name for n in convs if n.input[1] not in dq} == {n.name for n in convs if "/cv3." in n.name}
     assert "NNCF mean-minmax, class branch float, 0 more layers float, FP16 elsewhere; 90% upper end" in log
     assert "the detect head's class branch kept float (39 nodes, 3.0% of the convolution MACs)" in log
-    assert ("Note: the ONNX INT8 forms: the detect head's class branch kept float (39 nodes"
-            in (tmp_path / f"{stem}.accuracy.md").read_text())
+    md = (tmp_path / f"{stem}.accuracy.md").read_text()
+    assert "Note: the ONNX INT8 forms: the detect head's class branch kept float (39 nodes" in md
+    assert "Note: INT8 CPU form (U8S8): first candidate with the head's extremes and the class branch float lost" in md
+    assert "head with the extremes, class branch float: drop" in log and "-> kept the extremes" in log
     rc, log = _build(argv + ["--no-fp16", "--rebuild"], capsys)
     assert rc == 0 and "no calibration inference" in log
     assert not list(tmp_path.glob(".int8-*")) and not list(tmp_path.glob("*.tmp"))
