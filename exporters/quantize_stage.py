@@ -120,7 +120,8 @@ def _make(b, target, final: Path):
     q = b.cfg.quantize
     model, ranges, source = _calibration(b)
     base, classes, boxes = _default_float(b, model)
-    keep = base + [n for n in match_nodes(model, q.exclude) if n not in base]
+    asked = match_nodes(model, q.exclude)
+    keep = base + [n for n in asked if n not in base]
     excluded = len(keep) - len(base)
     b.log(f"INT8 {target.value} form: {len(base) - len(classes.nodes) - len(boxes.nodes)} decode-tail nodes kept "
           f"float; {classes.summary()}" + (f"; {boxes.summary()}" if boxes.nodes else "")
@@ -131,7 +132,8 @@ def _make(b, target, final: Path):
     with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
         builder = lambda nodes, extremes: _builder(b.path("onnx"), ranges, target, nodes, int8_meta,  # noqa: E731
                                                    Path(tmp), final.name, q.int8_float, extremes)
-        head = head_trial(target.value, keep, classes.nodes, bool(ranges.extremes), builder, detect, judge, b.log)
+        rule_classes = [n for n in classes.nodes if n not in set(asked)]  # --exclude'd nodes stay float either way
+        head = head_trial(target.value, keep, rule_classes, bool(ranges.extremes), builder, detect, judge, b.log)
         keep = head.keep
         gate, passed = run_gate(target.value, head.build, detect, judge,
                                 _ranker(b, source, [*keep, *form_float(model, target)]), log=b.log)
@@ -200,7 +202,8 @@ def head_trial(target: str, keep: Sequence[str], class_nodes: Sequence[str], has
 
     Args:
         keep: the nodes the project's treatment keeps float (the class branch among them).
-        class_nodes: the class branch's nodes (quantized in the alternative).
+        class_nodes: the class branch's nodes the rule keeps float (quantized in the alternative; the caller
+            leaves out those ``--exclude`` names, which stay float in both).
         has_extremes: the calibration kept each tensor's extremes (without them there is no alternative).
         builder: ``builder(keep, head_extremes)`` -> ``build(extra, tag)`` for :func:`exporters.gate.run_gate`.
         detect, judge: the gate's.

@@ -216,13 +216,24 @@ def _build(argv, capsys) -> tuple[int, str]:
     return rc, out.out + out.err
 
 
-def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, small_data, tmp_path, capsys):
+def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, small_data, tmp_path, capsys,
+                                                                   monkeypatch):
     onnx = pytest.importorskip("onnx")
-    # 8 calibration and 12 val images: a pipeline test, so a loose bar (the demo's real figures are in RESULTS.md)
+    from exporters import quantize_stage
+
+    trials, real_trial = [], quantize_stage.head_trial
+    monkeypatch.setattr(quantize_stage, "head_trial", lambda target, keep, classes, *a, **k: trials.append(
+        (set(keep), set(classes))) or real_trial(target, keep, classes, *a, **k))
+    # 8 calibration and 12 val images: a pipeline test, so a loose bar (the demo's real figures are in RESULTS.md);
+    # one scale's class branch named by --exclude, as well as kept float by the rule
     argv = ["--onnx", str(demo_onnx), "--out", str(tmp_path), "--int8", "--data", str(small_data), "--engine", "none",
-            "--max-map-drop", "10", "--no-openvino"]  # the OpenVINO IRs' gate: tests/test_openvino.py
+            "--max-map-drop", "10", "--no-openvino", "--exclude", "/model.23/cv3.0*"]  # OpenVINO: test_openvino.py
     rc, log = _build(argv, capsys)
     assert rc == 0, log
+    assert len(trials) == 2  # the head trial's alternative quantizes the class branch, never what --exclude named
+    for keep, classes in trials:
+        named = {n for n in keep if n.startswith("/model.23/cv3.0")}
+        assert named and classes and not named & classes and all(n.startswith("/model.23/cv3.") for n in classes)
     stem = demo_onnx.stem
     for suffix in (".onnx", ".fp16.onnx", ".int8.onnx", ".int8-cpu.onnx", ".calib.json", ".accuracy.json",
                    ".accuracy.md"):
