@@ -107,29 +107,35 @@ def write_accuracy_report(b) -> None:
 
 
 def _class_branch_note(figures: dict) -> str | None:
-    """The accuracy report's note on the INT8 forms' class-branch choice (``None`` for other artifacts)."""
-    if not figures.get("class_branch") or (figures.get("head_trial") or {}).get("chosen") == "nncf":
-        return None  # a form whose head trial took NNCF's treatment says so in its own note
+    """The accuracy report's note on the INT8 forms' class- and box-branch choices (``None`` for other artifacts)."""
+    if not figures.get("class_branch"):
+        return None
+    took_nncf = (figures.get("head_trial") or {}).get("chosen") == "nncf"
     bought = ("; what it buys, measured on two models at 320 and 640 on 600 images each: benchmarks/RESULTS.md, "
               "'The detect head's class branch float'") if figures.get("class_branch_float") else ""
     boxes = (f"; {figures['box_branch']} (benchmarks/RESULTS.md, 'YOLO26')" if figures.get("box_branch_float")
              else "")
-    return f"the ONNX INT8 forms: {figures['class_branch']}{bought}{boxes}"
+    whose = "a form whose head trial took NNCF's treatment" if took_nncf else "the ONNX INT8 forms"
+    return f"{whose}: {figures['class_branch']}{bought}{boxes}"
 
 
 def _head_trial_note(label: str, trial: dict | None) -> str | None:
     """The accuracy report's note on an INT8 form's head trial (``quantize_stage.HeadTrial``): both scores."""
-    if not trial or not trial.get("tried"):
+    if not trial:
         return None
+    if not trial.get("tried"):
+        return f"{label}: head trial skipped: {trial['skipped']}" if trial.get("skipped") else None
     ext, nncf = trial["extremes"], trial["nncf"]
-    chosen = ("kept the head's extremes and the class branch float" if trial["chosen"] == "extremes"
-              else "took the head as NNCF quantizes it (its mean ranges, the class branch INT8)")
-    return (f"{label}: first candidate with the head's extremes and the class branch float lost {ext['drop']:.2f} "
-            f"points ({ext['low']:.2f} to {ext['high']:.2f}); with the head as NNCF quantizes it {nncf['drop']:.2f} "
-            f"({nncf['low']:.2f} to {nncf['high']:.2f}): the latter gains {trial['nncf_gain']:+.2f} "
-            f"({trial['nncf_gain_low']:+.2f} to {trial['nncf_gain_high']:+.2f}), so the build {chosen} "
-            "(the alternative only when that whole interval is above zero; benchmarks/RESULTS.md, "
-            "'Where Ultralytics' OpenVINO INT8 gains')")
+    cls = trial.get("class_branch_int8")
+    ours = "the head's extremes" + (" and the class branch float" if cls else "")
+    theirs = f"the head as NNCF quantizes it ({trial.get('method', 'the method')} ranges" + (
+        ", the class branch INT8)" if cls else ")")
+    chosen = f"kept {ours}" if trial["chosen"] == "extremes" else f"took {theirs}"
+    return (f"{label}: first candidate with {ours} lost {ext['drop']:.2f} points ({ext['low']:.2f} to "
+            f"{ext['high']:.2f}); with {theirs} {nncf['drop']:.2f} ({nncf['low']:.2f} to {nncf['high']:.2f}): "
+            f"the latter gains {trial['nncf_gain']:+.2f} ({trial['nncf_gain_low']:+.2f} to "
+            f"{trial['nncf_gain_high']:+.2f}), so the build {chosen} (the alternative only when that whole interval "
+            "is above zero, judged on these images; benchmarks/RESULTS.md, 'The head trial, kept')")
 
 
 def reference_detections(b) -> list | None:

@@ -28,8 +28,9 @@ from .records import NOT_ASKED
 
 METHOD = ("NNCF {method} statistics on {n} calibration images ({source}); TensorRT form: NVIDIA's Q/DQ placement, "
           "{float_dtype} elsewhere; CPU form: ONNX Runtime's QDQ with SiLU-aware conv ranges; in both the decode tail "
-          "and, where cheap, the detect head's class branch float, with the head's extremes as ranges, unless the "
-          "head as NNCF quantizes it scored higher on the gate's images (the report's notes). Alternatives measured "
+          "and, where cheap, the detect head's class branch float, with the head's extremes as ranges (where the "
+          "calibration kept them), unless the head as NNCF quantizes it scored higher on the gate's images (the "
+          "report's notes). Alternatives measured "
           "(NNCF's own graphs, ModelOpt, Ultralytics' OpenVINO INT8): benchmarks/RESULTS.md, 'INT8'")
 WITHHELD_FIX = ("judge on more val images (the interval narrows), calibrate on more images like the deployment's "
                 "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
@@ -133,7 +134,8 @@ def _make(b, target, final: Path):
         builder = lambda nodes, extremes: _builder(b.path("onnx"), ranges, target, nodes, int8_meta,  # noqa: E731
                                                    Path(tmp), final.name, q.int8_float, extremes)
         rule_classes = [n for n in classes.nodes if n not in set(asked)]  # --exclude'd nodes stay float either way
-        head = head_trial(target.value, keep, rule_classes, bool(ranges.extremes), builder, detect, judge, b.log)
+        head = head_trial(target.value, keep, rule_classes, bool(ranges.extremes), builder, detect, judge, b.log,
+                          q.calib.method.value)
         keep = head.keep
         gate, passed = run_gate(target.value, head.build, detect, judge,
                                 _ranker(b, source, [*keep, *form_float(model, target)]), log=b.log)
@@ -142,7 +144,9 @@ def _make(b, target, final: Path):
                                float_dtype=q.int8_float.upper())
         figures = {**gate_figures(b, gate, judge, note, detect.last),
                    "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method,
-                   "class_branch": classes.summary(), "class_branch_found": classes.found,
+                   "class_branch": classes.summary() if head.extremes or not head.class_branch else
+                   "the detect head's class branch quantized: the head trial took the head as NNCF quantizes it",
+                   "class_branch_found": classes.found,
                    "class_branch_float": bool(classes.nodes) and head.extremes,
                    "class_branch_mac_share": None if classes.share is None else round(classes.share, 4),
                    "box_branch": boxes.summary(), "box_branch_float": bool(boxes.nodes),
@@ -169,34 +173,39 @@ class HeadTrial:
 
     The project's (``extremes``): the detect head's tensors take the extremes over all calibration images
     and its class branch stays float where cheap. The alternative: the head as NNCF's own quantizer treats
-    it, every tensor on the calibration method's estimate (the mean of each image's extremes) and the class
-    branch INT8. The first keeps the strongest object evidence (the signs model at 320: 0.20 points lost
-    against 0.79); the second clips the head's rare peaks, which paid on the demo at 640, twice its
-    training size (a 0.79-point gain against 0.09 on 600 fresh images; benchmarks/RESULTS.md, "Where
-    Ultralytics' OpenVINO INT8 gains"). The alternative is taken only when the gain's whole interval is
-    above zero on the gate's images, so noise does not move a model off the project's treatment.
+    it, every tensor on the calibration method's estimate (for mean-minmax, the mean of each image's
+    extremes) and the class branch INT8. The first keeps the strongest object evidence (the signs model at
+    320: 0.20 points lost against 0.79); the second clips the head's rare peaks, which paid on the demo at
+    640, twice its training size (benchmarks/RESULTS.md, "The head trial, kept"). The alternative is taken
+    only when the gain's whole interval is above zero on the gate's images, so noise does not move a model
+    off the project's treatment (the delivered form's figures, judged on the same images, are then a little
+    optimistic).
     """
 
     extremes: bool  # the project's treatment kept
     keep: tuple[str, ...]  # the nodes the chosen treatment keeps float
     build: Callable[[Sequence[str], str], Path]  # the chosen treatment's builder (its first trial cached)
-    default: Any = None  # Verdict of the project's treatment (None: no alternative tried)
+    class_branch: bool = False  # the alternative quantizes a class branch the project keeps float
+    method: str = ""  # the calibration method (its estimate is the alternative's head ranges)
+    default: Any = None  # Verdict of the project's treatment (None: no alternative scored)
     alternative: Any = None  # Verdict of the alternative
     gain: Any = None  # PairedDrop of the project's treatment against the alternative (negative: the alternative gains)
+    skipped: str = ""  # why no alternative was scored
 
     def figures(self) -> dict:
         """The trial for the report: both drops and the alternative's gain, with intervals."""
-        if self.default is None:
-            return {"tried": False, "chosen": "extremes"}
+        if self.default is None or self.alternative is None:
+            return {"tried": False, "chosen": "extremes", "skipped": self.skipped}
         drop = lambda v: {"drop": round(v.drop.drop, 3), "low": round(v.drop.low, 3),  # noqa: E731
                           "high": round(v.drop.high, 3), "map50_95": round(v.map50_95, 4)}
         return {"tried": True, "chosen": "extremes" if self.extremes else "nncf", "extremes": drop(self.default),
-                "nncf": drop(self.alternative), "nncf_gain": round(-self.gain.drop, 3),
-                "nncf_gain_low": round(-self.gain.high, 3), "nncf_gain_high": round(-self.gain.low, 3)}
+                "nncf": drop(self.alternative), "class_branch_int8": self.class_branch, "method": self.method,
+                "nncf_gain": round(-self.gain.drop, 3), "nncf_gain_low": round(-self.gain.high, 3),
+                "nncf_gain_high": round(-self.gain.low, 3)}
 
 
 def head_trial(target: str, keep: Sequence[str], class_nodes: Sequence[str], has_extremes: bool, builder,
-               detect, judge, log: Callable[[str], None] = print) -> HeadTrial:
+               detect, judge, log: Callable[[str], None] = print, method: str = "mean-minmax") -> HeadTrial:
     """Build the form's first candidate both ways (:class:`HeadTrial`) and keep the project's treatment unless
     the alternative scores higher with its whole paired interval above zero.
 
@@ -204,32 +213,46 @@ def head_trial(target: str, keep: Sequence[str], class_nodes: Sequence[str], has
         keep: the nodes the project's treatment keeps float (the class branch among them).
         class_nodes: the class branch's nodes the rule keeps float (quantized in the alternative; the caller
             leaves out those ``--exclude`` names, which stay float in both).
-        has_extremes: the calibration kept each tensor's extremes (without them there is no alternative).
+        has_extremes: the calibration kept each tensor's extremes (a cache without them: no alternative).
         builder: ``builder(keep, head_extremes)`` -> ``build(extra, tag)`` for :func:`exporters.gate.run_gate`.
         detect, judge: the gate's.
+        method: the calibration method; with ``minmax`` the extremes are its ranges.
     """
     from .gate import LEVEL
     from .map_bootstrap import match_table, paired_drop
 
     build = builder(list(keep), True)
-    if not has_extremes:
-        return HeadTrial(True, tuple(keep), build)
+    if not has_extremes or (not class_nodes and method == "minmax"):
+        why = ("the calibration ranges carry no extremes (a cache written before they were kept)" if not has_extremes
+               else "with minmax ranges and no float class branch the alternative is the same form")
+        log(f"  {target}: head trial skipped: {why}")
+        return HeadTrial(True, tuple(keep), build, method=method, skipped=why)
     alt_keep = tuple(n for n in keep if n not in set(class_nodes))
-    alt_build = builder(list(alt_keep), False)
-    first, alt_first = build((), "q0"), alt_build((), "h0")
-    dets, alt_dets = detect(first), detect(alt_first)
-    v, alt_v = judge(dets), judge(alt_dets)
+    first = build((), "q0")
+    dets = detect(first)
+    v = judge(dets)
+    try:
+        alt_first = builder(list(alt_keep), False)((), "h0")
+    except Exception as e:  # noqa: BLE001 - the project's treatment is built and stands; the log says why
+        why = f"the alternative did not build ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        log(f"  {target}: head trial: {why}; the project's treatment stands")
+        return HeadTrial(True, tuple(keep), lambda extra, tag: first if not extra else build(extra, tag),
+                         bool(class_nodes), method, v, skipped=why)
+    alt_dets = detect(alt_first)
+    alt_v = judge(alt_dets)
     gain = paired_drop(match_table(judge.labels, dets), match_table(judge.labels, alt_dets), judge.resamples, LEVEL)
     extremes = not gain.high < 0
-    log(f"  {target}: head with the extremes, class branch float: drop {v.drop.text()}; as NNCF quantizes it: "
-        f"drop {alt_v.drop.text()}; the latter gains {-gain.drop:+.2f} ({-gain.high:+.2f} to {-gain.low:+.2f}) -> "
-        + ("kept the extremes" if extremes else "taken"))
-    chosen, chosen_first = (build, first) if extremes else (alt_build, alt_first)
+    ours = "head with the extremes" + (", class branch float" if class_nodes else "")
+    theirs = f"as NNCF quantizes it ({method} ranges" + (", class branch INT8)" if class_nodes else ")")
+    log(f"  {target}: {ours}: drop {v.drop.text()}; {theirs}: drop {alt_v.drop.text()}; the latter gains "
+        f"{-gain.drop:+.2f} ({-gain.high:+.2f} to {-gain.low:+.2f}) -> " + ("kept the extremes" if extremes else "taken"))
+    chosen, chosen_first = (build, first) if extremes else (builder(list(alt_keep), False), alt_first)
 
     def cached(extra: Sequence[str], tag: str) -> Path:
         return chosen_first if not extra else chosen(extra, tag)
 
-    return HeadTrial(extremes, tuple(keep) if extremes else alt_keep, cached, v, alt_v, gain)
+    return HeadTrial(extremes, tuple(keep) if extremes else alt_keep, cached, bool(class_nodes), method, v, alt_v,
+                     gain)
 
 
 def _default_float(b, model):

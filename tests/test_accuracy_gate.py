@@ -130,7 +130,8 @@ def test_a_reference_that_cannot_judge_turns_the_judge_to_agreement():
     assert labelled.kind == "map"
 
 
-def _head_trial(alt_shift, default_shift: int = 2, has_extremes: bool = True):
+def _head_trial(alt_shift, default_shift: int = 2, has_extremes: bool = True, alt_fails: bool = False,
+                class_nodes=("cls1", "cls2"), method: str = "mean-minmax"):
     """``head_trial`` on 60 synthetic images: each treatment's boxes sit ``shift`` px off the labels (an int,
     or one per image)."""
     from engine.eval.datasets import LabeledImage
@@ -146,12 +147,14 @@ def _head_trial(alt_shift, default_shift: int = 2, has_extremes: bool = True):
     def builder(keep, extremes):
         def build(extra, tag):
             built.append((tuple(keep), extremes, tuple(extra), tag))
+            if alt_fails and not extremes:
+                raise RuntimeError("Q/DQ that TensorRT rejects\nmore")
             return Path(f"{'ext' if extremes else 'nncf'}-{tag}")
         return build
 
     dets = {"ext": shifted(default_shift), "nncf": shifted(alt_shift)}
-    trial = head_trial("cpu", ["tail", "cls1", "cls2"], ["cls1", "cls2"], has_extremes, builder,
-                       lambda path: dets[path.name.split("-")[0]], judge, log=lambda s: None)
+    trial = head_trial("cpu", ["tail", "cls1", "cls2"], list(class_nodes), has_extremes, builder,
+                       lambda path: dets[path.name.split("-")[0]], judge, log=lambda s: None, method=method)
     return trial, built
 
 
@@ -171,7 +174,13 @@ def test_head_trial_takes_nncfs_head_only_when_its_whole_gain_interval_is_above_
     few, _ = _head_trial(alt_shift=[0] * 2 + [2] * 58)  # better on 2 images of 60: a gain, not a sure one
     assert few.figures()["nncf_gain"] > 0 and few.figures()["nncf_gain_low"] <= 0 and few.extremes
     none, built = _head_trial(alt_shift=0, has_extremes=False)  # no extremes calibrated: nothing to try
-    assert none.extremes and none.figures() == {"tried": False, "chosen": "extremes"} and built == []
+    assert none.extremes and not none.figures()["tried"] and "no extremes" in none.figures()["skipped"]
+    assert built == []
+    same, built = _head_trial(alt_shift=0, class_nodes=(), method="minmax")  # the alternative would be this form
+    assert same.extremes and "same form" in same.figures()["skipped"] and built == []
+    failed, built = _head_trial(alt_shift=0, alt_fails=True)  # an alternative that does not build: ours stands
+    assert failed.extremes and failed.keep == ("tail", "cls1", "cls2") and "RuntimeError" in failed.skipped
+    assert failed.build((), "q0") == Path("ext-q0") and [b[3] for b in built] == ["q0", "h0"]
 
 
 def _config(*argv: str):
@@ -274,6 +283,37 @@ def test_build_writes_gated_int8_and_report_then_reuses_the_cache(demo_onnx, sma
     rc, log = _build(argv + ["--no-fp16", "--rebuild"], capsys)
     assert rc == 0 and "no calibration inference" in log
     assert not list(tmp_path.glob(".int8-*")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_build_whose_head_trial_takes_nncfs_head_says_so(demo_onnx, small_data, tmp_path, capsys, monkeypatch):
+    """The alternative's gain forced above zero: both delivered forms quantize the class branch, and the log,
+    the build report and the accuracy report say which treatment they took."""
+    onnx = pytest.importorskip("onnx")
+    from exporters import map_bootstrap
+
+    from exporters import quantize
+
+    monkeypatch.setattr(map_bootstrap, "paired_drop",  # the head trial's comparison only (the gate binds its own)
+                        lambda ref, cand, *a, **k: PairedDrop(-1.0, -1.5, -0.5, 0.9, 10, ref.n_images))
+    calls, real_quantize = [], quantize.quantize_model
+    monkeypatch.setattr(quantize, "quantize_model", lambda *a, **k: calls.append(a[-1]) or real_quantize(*a, **k))
+    rc, log = _build(["--onnx", str(demo_onnx), "--out", str(tmp_path), "--int8", "--data", str(small_data),
+                      "--engine", "none", "--max-map-drop", "10", "--no-openvino", "--no-fp16"], capsys)
+    assert rc == 0, log
+    assert log.count("-> taken") == 2 and "NNCF mean-minmax, head as NNCF quantizes it, 0 layers float" in log
+    assert calls == [True, False] * 2  # per form: the project's head (extremes), then NNCF's (the estimate)
+    recs = {r["key"]: r for r in json.loads((tmp_path / "build_report.json").read_text())["artifacts"]}
+    for key in ("int8.onnx", "int8-cpu.onnx"):
+        f = recs[key]["figures"]
+        assert f["head_trial"]["chosen"] == "nncf" and f["head_trial"]["class_branch_int8"]
+        assert f["class_branch_float"] is False and "head trial took" in f["class_branch"]
+        q = onnx.load(str(tmp_path / f"{demo_onnx.stem}.{key}"))
+        dq = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        cls = [n for n in q.graph.node if n.op_type == "Conv" and n.name.startswith("/model.23/cv3.")]
+        assert cls and all(n.input[1] in dq for n in cls)  # every class-branch convolution INT8 now
+    md = (tmp_path / f"{demo_onnx.stem}.accuracy.md").read_text()
+    assert "so the build took the head as NNCF quantizes it (mean-minmax ranges, the class branch INT8)" in md
+    assert "Note: a form whose head trial took NNCF's treatment: the detect head's class branch quantized" in md
 
 
 def test_gate_failure_withholds_int8_and_exits_nonzero(demo_onnx, small_data, tmp_path, capsys, monkeypatch):

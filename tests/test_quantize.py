@@ -571,6 +571,30 @@ def test_detect_head_takes_the_extremes_and_the_rest_the_estimate(demo_onnx, cal
     assert any(ranges.ranges[t] != ranges.extremes[t] for t in head_tensors)  # (the rule changes something)
 
 
+def test_head_extremes_off_leaves_the_head_on_the_methods_estimate(demo_onnx, calibrated, tmp_path):
+    """``quantize_model(head_extremes=False)`` (the head trial's alternative): the head's Quantize scales come
+    from the method's estimate, every other scale is the same as with the extremes."""
+    from exporters.quantize import detect_head
+
+    model, ranges, _, _ = calibrated
+    tail = decode_tail(model)
+    nodes = {n.name: n for n in model.graph.node}
+    head_tensors = {o for n in detect_head(model) for o in nodes[n].output}
+
+    def scales(extremes: bool) -> dict:
+        q = onnx.load(str(quantize_model(demo_onnx, ranges, QuantTarget.TENSORRT, tail,
+                                         tmp_path / f"{extremes}.onnx", head_extremes=extremes)))
+        init = {i.name: i for i in q.graph.initializer}
+        return {n.input[0]: float(onnx.numpy_helper.to_array(init[n.input[1]])) for n in q.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[1] in init and init[n.input[1]].dims == []}
+
+    ext, est = scales(True), scales(False)
+    assert ext.keys() == est.keys()
+    moved = {t for t in ext if ext[t] != est[t]}
+    assert moved and moved <= head_tensors  # only the head's ranges move, and some do
+    assert all(est[t] < ext[t] for t in moved)  # the estimate clips: smaller steps
+
+
 def test_attention_nodes_are_matmuls_of_two_activations_and_softmax():
     """A MatMul with a weight (initializer or Constant) is a layer to quantize, not attention."""
     from onnx import TensorProto, helper, numpy_helper
