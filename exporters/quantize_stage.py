@@ -137,6 +137,7 @@ def _make(b, target, final: Path):
         head = head_trial(target.value, keep, rule_classes, bool(ranges.extremes), builder, detect, judge, b.log,
                           q.calib.method.value)
         keep = head.keep
+        class_float = bool(classes.nodes) and (head.extremes or not head.class_branch)  # as delivered
         gate, passed = run_gate(target.value, head.build, detect, judge,
                                 _ranker(b, source, [*keep, *form_float(model, target)]), log=b.log)
         last = gate.final
@@ -144,19 +145,19 @@ def _make(b, target, final: Path):
                                float_dtype=q.int8_float.upper())
         figures = {**gate_figures(b, gate, judge, note, detect.last),
                    "calib_method": q.calib.method.value, "int8_float": q.int8_float, "calibration": method,
-                   "class_branch": classes.summary() if head.extremes or not head.class_branch else
+                   "class_branch": classes.summary() if class_float or not classes.nodes else
                    "the detect head's class branch quantized: the head trial took the head as NNCF quantizes it",
                    "class_branch_found": classes.found,
-                   "class_branch_float": bool(classes.nodes) and head.extremes,
+                   "class_branch_float": class_float,
                    "class_branch_mac_share": None if classes.share is None else round(classes.share, 4),
                    "box_branch": boxes.summary(), "box_branch_float": bool(boxes.nodes),
                    "box_branch_direct": boxes.direct, "head_trial": head.figures()}
         b.log(f"  {gate.summary()}")
         # short enough for the build table's note column (the Δ column shows the drop and its interval)
-        summary = (f"NNCF {q.calib.method.value}, " + ("class branch float, " if classes.nodes and head.extremes else "")
+        summary = (f"NNCF {q.calib.method.value}, " + ("class branch float, " if class_float else "")
                    + ("head as NNCF quantizes it, " if not head.extremes else "")
                    + ("box branch float, " if boxes.nodes else "")
-                   + f"{n_layers(len(last.kept_float), 'more ' if (classes.nodes and head.extremes) or boxes.nodes else '')} float"
+                   + f"{n_layers(len(last.kept_float), 'more ' if class_float or boxes.nodes else '')} float"
                    + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
                    + ("by agreement with FP32: " if judge.kind == "agreement" else "")
                    + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
@@ -227,17 +228,20 @@ def head_trial(target: str, keep: Sequence[str], class_nodes: Sequence[str], has
                else "with minmax ranges and no float class branch the alternative is the same form")
         log(f"  {target}: head trial skipped: {why}")
         return HeadTrial(True, tuple(keep), build, method=method, skipped=why)
+    def reusing(build, first: Path):  # the gate's first trial (no extra float layers) is the one built here
+        return lambda extra, tag: first if not extra else build(extra, tag)
+
     alt_keep = tuple(n for n in keep if n not in set(class_nodes))
+    alt_build = builder(list(alt_keep), False)
     first = build((), "q0")
     dets = detect(first)
     v = judge(dets)
     try:
-        alt_first = builder(list(alt_keep), False)((), "h0")
+        alt_first = alt_build((), "h0")
     except Exception as e:  # noqa: BLE001 - the project's treatment is built and stands; the log says why
         why = f"the alternative did not build ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         log(f"  {target}: head trial: {why}; the project's treatment stands")
-        return HeadTrial(True, tuple(keep), lambda extra, tag: first if not extra else build(extra, tag),
-                         bool(class_nodes), method, v, skipped=why)
+        return HeadTrial(True, tuple(keep), reusing(build, first), bool(class_nodes), method, v, skipped=why)
     alt_dets = detect(alt_first)
     alt_v = judge(alt_dets)
     gain = paired_drop(match_table(judge.labels, dets), match_table(judge.labels, alt_dets), judge.resamples, LEVEL)
@@ -246,12 +250,8 @@ def head_trial(target: str, keep: Sequence[str], class_nodes: Sequence[str], has
     theirs = f"as NNCF quantizes it ({method} ranges" + (", class branch INT8)" if class_nodes else ")")
     log(f"  {target}: {ours}: drop {v.drop.text()}; {theirs}: drop {alt_v.drop.text()}; the latter gains "
         f"{-gain.drop:+.2f} ({-gain.high:+.2f} to {-gain.low:+.2f}) -> " + ("kept the extremes" if extremes else "taken"))
-    chosen, chosen_first = (build, first) if extremes else (builder(list(alt_keep), False), alt_first)
-
-    def cached(extra: Sequence[str], tag: str) -> Path:
-        return chosen_first if not extra else chosen(extra, tag)
-
-    return HeadTrial(extremes, tuple(keep) if extremes else alt_keep, cached, bool(class_nodes), method, v, alt_v,
+    chosen = reusing(build, first) if extremes else reusing(alt_build, alt_first)
+    return HeadTrial(extremes, tuple(keep) if extremes else alt_keep, chosen, bool(class_nodes), method, v, alt_v,
                      gain)
 
 
