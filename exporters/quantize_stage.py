@@ -133,7 +133,8 @@ def _make(b, target, final: Path):
     with tempfile.TemporaryDirectory(prefix=temp_prefix("int8"), dir=final.parent) as tmp:
         builder = lambda nodes, extremes: _builder(b.path("onnx"), ranges, target, nodes, int8_meta,  # noqa: E731
                                                    Path(tmp), final.name, q.int8_float, extremes)
-        rule_classes = [n for n in classes.nodes if n not in set(asked)]  # --exclude'd nodes stay float either way
+        named = set(asked)
+        rule_classes = [n for n in classes.nodes if n not in named]  # --exclude'd nodes stay float either way
         head = head_trial(target.value, keep, rule_classes, bool(ranges.extremes), builder, detect, judge, b.log,
                           q.calib.method.value)
         keep = head.keep
@@ -231,7 +232,8 @@ def head_trial(target: str, keep: Sequence[str], class_nodes: Sequence[str], has
     def reusing(build, first: Path):  # the gate's first trial (no extra float layers) is the one built here
         return lambda extra, tag: first if not extra else build(extra, tag)
 
-    alt_keep = tuple(n for n in keep if n not in set(class_nodes))
+    quantized = set(class_nodes)
+    alt_keep = tuple(n for n in keep if n not in quantized)
     alt_build = builder(list(alt_keep), False)
     first = build((), "q0")
     dets = detect(first)
