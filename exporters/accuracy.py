@@ -136,8 +136,8 @@ class AccuracyReport:
         body += "".join("| " + " | ".join(c.replace("|", "/") for c in r) + " |\n" for r in self._cells())
         gates = "".join(f"- {g.summary()}\n" + "".join(
             f"  - kept float {', '.join(layers)}: {points:+.2f} points of drop\n" for layers, points in g.bought())
-            + (f"  - sensitivity ranking: {g.ranking_overlap:.0%} of the top layers agree between two halves of "
-               "the ranking images\n" if g.ranking_overlap is not None else "") for g in self.gates.values())
+            + (f"  - sensitivity ranking {g.stability.text()}\n" if g.stability is not None else "")
+            for g in self.gates.values())
         return head + body + ("\n## Gate\n\n" + gates if gates else "")
 
     def to_dict(self) -> dict[str, Any]:

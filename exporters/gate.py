@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .map_bootstrap import MatchTable, PairedDrop, bootstrap_maps, match_table, paired_drop, weighted_map
+from .sensitivity import Stability
 
 FALLBACK_STEPS = (1, 2, 4, 8, 16, 32)  # layers kept float per trial; the last is the most the gate gives up
 MIN_GATE_IMAGES = 300
@@ -137,7 +138,7 @@ class GateResult:
     kind: str
     trials: tuple[Trial, ...]
     ranking: tuple[tuple[str, float], ...] = ()
-    ranking_overlap: float | None = None  # top-layer agreement of two halves of the ranking images
+    stability: Stability | None = None  # the ranking's two halves compared (exporters.sensitivity)
 
     @property
     def passed(self) -> bool:
@@ -174,7 +175,9 @@ class GateResult:
                              t["map50_95"], t["drop_points"], t.get("drop_low", t["drop_points"]),
                              t.get("drop_high", t["drop_points"]), t["passed"]) for t in d["trials"])
         return cls(d["target"], d["max_drop"], d.get("judged_by", "map"), trials,
-                   tuple((n, s) for n, s in d.get("sensitivity_top", ())), d.get("ranking_overlap"))
+                   tuple((n, s) for n, s in d.get("sensitivity_top", ())),
+                   Stability(d["ranking_images"], d["ranking_overlap"], d["ranking_capture"])
+                   if d.get("ranking_capture") is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "max_drop": self.max_drop, "judged_by": self.kind, "passed": self.passed,
@@ -185,10 +188,12 @@ class GateResult:
                            for t in self.trials],
                 "bought": [{"layers": list(layers), "points": round(p, 3)} for layers, p in self.bought()],
                 "sensitivity_top": [[n, round(s, 6)] for n, s in self.ranking[:10]],
-                "ranking_overlap": self.ranking_overlap}
+                "ranking_overlap": None if self.stability is None else self.stability.overlap,
+                "ranking_capture": None if self.stability is None else round(self.stability.capture, 4),
+                "ranking_images": None if self.stability is None else self.stability.images}
 
 
-Ranking = tuple[list[tuple[str, float]], float | None]
+Ranking = tuple[list[tuple[str, float]], Stability | None]
 
 
 def run_gate(target: str, build: Callable[[Sequence[str], str], Path], detect: Callable[[Path], Sequence],
@@ -201,8 +206,8 @@ def run_gate(target: str, build: Callable[[Sequence[str], str], Path], detect: C
         build: ``build(extra_float_nodes, tag)`` writes a candidate model and returns its path.
         detect: per-image detections of a candidate on the judge's images.
         judge: from :func:`make_judge`.
-        rank: ``rank(first_candidate)`` → (layers by sensitivity, most harmful first; top-layer overlap
-            of two halves of the ranking images, or ``None``).
+        rank: ``rank(first_candidate)`` → (layers by sensitivity, most harmful first; the ranking's
+            :class:`~exporters.sensitivity.Stability`, or ``None``).
         steps: how many of the ranked layers each fallback trial keeps float (default :data:`FALLBACK_STEPS`).
 
     Returns:
@@ -219,17 +224,17 @@ def run_gate(target: str, build: Callable[[Sequence[str], str], Path], detect: C
             f"(bar {judge.max_drop:g} on the upper end) -> {'pass' if ok else 'over'}")
         return path
 
-    result = lambda ranking=(), overlap=None: GateResult(target, judge.max_drop, judge.kind, tuple(trials),  # noqa: E731
-                                                         tuple(ranking), overlap)
+    result = lambda ranking=(), stability=None: GateResult(target, judge.max_drop, judge.kind,  # noqa: E731
+                                                           tuple(trials), tuple(ranking), stability)
     first = attempt((), "q0")
     if trials[-1].passed:
         return result(), first
     log(f"  {target}: over the bar; ranking its INT8 layers by sensitivity")
-    ranking, overlap = rank(first)
+    ranking, stability = rank(first)
     for k in FALLBACK_STEPS if steps is None else steps:
         if k > len(ranking):
             break
         path = attempt([n for n, _ in ranking[:k]], f"q{k}")
         if trials[-1].passed:
-            return result(ranking, overlap), path
-    return result(ranking, overlap), None
+            return result(ranking, stability), path
+    return result(ranking, stability), None

@@ -36,6 +36,7 @@ from engine.errors import ExportError
 from engine.metadata import METADATA_KEY, ModelMetadata, Precision
 
 from .io import ensure_out_dir, staged
+from .sensitivity import Stability
 
 INSTALL = "pip install -e .[openvino] (openvino and nncf)"
 
@@ -206,10 +207,10 @@ def quantized_layers(model) -> dict[str, tuple[list[str], str]]:
     return layers
 
 
-def sensitivity(fp32_onnx: Path, int8_ir: Path, images: Sequence[np.ndarray]) -> tuple[list[tuple[str, float]],
-                                                                                       float | None]:
+def sensitivity(fp32_onnx: Path, int8_ir: Path,
+                images: Iterable[np.ndarray]) -> tuple[list[tuple[str, float]], Stability | None]:
     """Rank the INT8 IR's layers by the output error each adds (most harmful first), with the ranking's
-    two-halves overlap, as :func:`exporters.sensitivity.rank_layers` does for Q/DQ ONNX: both models run in
+    :class:`~exporters.sensitivity.Stability`, as :func:`exporters.sensitivity.rank_layers` does for Q/DQ ONNX: both models run in
     f32 on the CPU with every layer's input and output exposed; the names are OpenVINO operation names."""
     from engine.backends.openvino import find_model_file
 

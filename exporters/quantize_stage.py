@@ -13,11 +13,12 @@ The accuracy report (``<stem>.accuracy.json`` / ``.md``) is written at the end o
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,6 +26,9 @@ from engine.errors import ArtifactWithheld
 
 from . import evidence
 from .records import NOT_ASKED
+
+if TYPE_CHECKING:
+    from calibration.readers import CalibrationSource
 
 METHOD = ("NNCF {method} statistics on {n} calibration images ({source}); TensorRT form: NVIDIA's Q/DQ placement, "
           "{float_dtype} elsewhere; CPU form: ONNX Runtime's QDQ with SiLU-aware conv ranges; in both the decode tail "
@@ -301,22 +305,28 @@ def gate_figures(b, gate, judge, note: str, final_dets) -> dict:
     return figures
 
 
-def rank_images(b, source) -> list[np.ndarray]:
+def rank_images(b, source) -> Iterable[np.ndarray]:
     """The calibration images the gate's sensitivity ranking runs on (never val ones: the gate must not
-    tune on its own test set), read once per build."""
-    from .sensitivity import RANK_IMAGES
+    tune on its own test set): up to :data:`exporters.sensitivity.RANK_IMAGES` of them, decoded again at
+    each pass rather than held (128 model inputs at 640 would hold 630 MB)."""
+    return _RankImages(source, b.metadata.imgsz, b.metadata.batch)
 
-    def sample() -> list[np.ndarray]:
+
+@dataclass(frozen=True)
+class _RankImages:
+    """:func:`rank_images`: an iterable that reads the source's first images each time it is iterated."""
+
+    source: CalibrationSource
+    imgsz: tuple[int, int]
+    batch: int | None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
         from calibration.readers import CalibrationImages
 
-        meta, out = b.metadata, []
-        for x in CalibrationImages(source, meta.imgsz, meta.batch, show_progress=False, log=lambda s: None):
-            out.append(x)
-            if len(out) == RANK_IMAGES:
-                break
-        return out
+        from .sensitivity import RANK_IMAGES
 
-    return evidence.cached(b, "rank_images", sample)
+        reader = CalibrationImages(self.source, self.imgsz, self.batch, show_progress=False, log=lambda s: None)
+        return itertools.islice(iter(reader), RANK_IMAGES)
 
 
 def _ranker(b, source, skip: Sequence[str]):

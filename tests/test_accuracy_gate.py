@@ -14,8 +14,9 @@ from engine.eval.evaluate import MapResult
 from exporters import gate
 from exporters.accuracy import AccuracyReport
 from exporters.config import DEMO_DATA
-from exporters.gate import Verdict, make_judge, run_gate
+from exporters.gate import GateResult, Verdict, make_judge, run_gate
 from exporters.map_bootstrap import PairedDrop
+from exporters.sensitivity import Stability
 
 
 def _map(v: float) -> MapResult:
@@ -48,7 +49,7 @@ def _gate(drops: list[float], ranking_len: int = 40, steps=(1, 2, 4)):
 
     res, path = run_gate("cpu", build, lambda p: [], _Judge(drops),
                          lambda first: ranked.append(first) or ([(f"n{i}", 1.0 / (i + 1)) for i in range(ranking_len)],
-                                                                0.75),
+                                                                Stability(128, 0.75, 0.9)),
                          steps=steps, log=lambda s: None)
     return res, path, built, ranked
 
@@ -100,7 +101,9 @@ def test_report_table_markdown_and_json(tmp_path):
     assert [b["points"] for b in d["gates"]["cpu"]["bought"]] == pytest.approx([0.1, 0.3])
     text = md.read_text(encoding="utf-8")
     assert "| FP32 ONNX |" in text and "approximation of TensorRT" in text and "2 sensitive layers" in text
-    assert "kept float n1: +0.30 points" in text and "75% of the top layers agree" in text
+    assert "kept float n1: +0.30 points" in text and "on 128 calibration images" in text
+    assert "carry 90% of the error" in text and "(6 of 8 the same layers)" in text
+    assert GateResult.from_dict(d["gates"]["cpu"]).stability == res.stability  # the report is rebuilt from it
 
 
 def _dets(boxes, scores, classes=None):

@@ -280,8 +280,8 @@ def test_sensitivity_ranks_the_int8_layers_and_keep_float_reaches_nncf(demo_onnx
     from exporters.openvino import quantize_openvino, quantized_layers, sensitivity
 
     images = calib_batches(meta.imgsz, 2)
-    ranking, overlap = sensitivity(demo_onnx, int8_ir, images)
-    assert overlap is None  # two images: too few to split into halves
+    ranking, stable = sensitivity(demo_onnx, int8_ir, images)
+    assert stable is None  # two images: too few to split into halves
     layers = quantized_layers(ov.Core().read_model(str(next(int8_ir.glob("*.xml")))))
     assert {n for n, _ in ranking} == set(layers) and ranking[0][1] >= ranking[-1][1] > -1
     seen = {}

@@ -388,11 +388,13 @@ def test_sensitivity_ranks_int8_layers_of_both_forms_and_checks_its_stability(fo
     for target, q in forms.items():
         path = tmp_path / f"{target.value}.onnx"
         onnx.save(q, str(path))
-        ranking, overlap = rank_layers(demo_onnx, path, images)
+        ranking, stable = rank_layers(demo_onnx, path, iter(images))  # read once: a reader will do
         convs = {n.name for n in q.graph.node if n.op_type == "Conv"}
         assert len(ranking) > 50 and set(n for n, _ in ranking) & convs, target
         assert ranking == sorted(ranking, key=lambda s: -s[1])
-        assert overlap is not None and 0 <= overlap <= 1 and overlap * TOP == round(overlap * TOP)
+        assert stable is not None and stable.images == 4 and 0 <= stable.capture <= 1
+        assert 0 <= stable.overlap <= 1 and stable.overlap * TOP == round(stable.overlap * TOP)
+        assert (stable.overlap == 1) <= (stable.capture == 1)  # the same picks carry the same error
         assert rank_layers(demo_onnx, path, images[:2])[1] is None  # too few images to split
         # nodes the form keeps float by itself read dequantized tensors in the CPU form, but keeping them
         # float would change nothing: the gate's ranking skips them
@@ -403,6 +405,69 @@ def test_sensitivity_ranks_int8_layers_of_both_forms_and_checks_its_stability(fo
             set(own) & {n for n, _ in ranking})
         if target is QuantTarget.CPU:
             assert "/model.10/m/m.0/attn/MatMul" in {n for n, _ in ranking}  # what the skip is for
+
+
+def test_rank_images_are_read_again_at_each_pass_up_to_the_limit(small_data, monkeypatch):
+    """The ranking's images are calibration images, decoded at each pass (not held: 128 inputs at 640 are
+    630 MB), the same each time, and no more than RANK_IMAGES."""
+    from types import SimpleNamespace
+
+    from calibration.readers import open_source
+    from exporters import sensitivity
+    from exporters.quantize_stage import rank_images
+
+    source = open_source(CalibrationConfig(small_data))  # its train split: 8 images
+    b = SimpleNamespace(metadata=SimpleNamespace(imgsz=(96, 128), batch=1))
+    images = rank_images(b, source)
+    first, again = list(images), list(images)
+    assert len(first) == 8 and all(x.shape == (1, 3, 96, 128) for x in first)
+    assert all(np.array_equal(x, y) and x is not y for x, y in zip(first, again))
+    monkeypatch.setattr(sensitivity, "RANK_IMAGES", 5)
+    assert len(list(images)) == 5
+
+
+def test_a_layers_score_is_its_error_on_a_typical_image_not_one_images():
+    """Layer b adds a large error on one image of ten and little on the others; layer a adds a moderate
+    error on every image. A ratio of sums would put b first on that one image; the ranking puts a first."""
+    from exporters.sensitivity import _rank, typical_nsr
+
+    err = np.array([[0.1, 0.05]] * 9 + [[0.1, 5.0]])  # images x tensors (a's output, b's output)
+    sig = np.ones_like(err)
+    assert err[:, 1].sum() > err[:, 0].sum()
+    assert typical_nsr(err, sig) == pytest.approx([0.1, 0.05])  # the top and bottom image of ten cut
+    assert [n for n, _ in _rank({"a": ([], "ta"), "b": ([], "tb")}, ["ta", "tb"], err, sig)] == ["a", "b"]
+
+
+def test_ranking_stability_says_what_one_halfs_picks_carry_on_the_other(monkeypatch):
+    """Two layers whose scores swap between the halves of the images: the halves name different top layers
+    (overlap 0) but each half's pick carries 90 % of the error the other half's own pick carries there; a
+    layer that only one half finds harmful carries nothing on the other (capture 0)."""
+    from exporters import sensitivity
+    from exporters.sensitivity import rank_runs
+
+    monkeypatch.setattr(sensitivity, "TOP", 1)
+    layers = {"a": ([], "ta"), "b": ([], "tb")}
+    ones = np.ones(4)
+
+    def runs(errors):  # per image, each layer's squared output error (its FP32 output: four ones)
+        it, cur = iter(errors), {}
+
+        def ref(x):
+            cur.update(zip(("ta", "tb"), next(it)))
+            return {"ta": ones, "tb": ones}
+        return ref, lambda x: {t: ones + np.sqrt(cur[t] / 4) for t in ("ta", "tb")}
+
+    ref, q = runs([(0.5, 0.45)] * 2 + [(0.45, 0.5)] * 2)
+    ranking, stable = rank_runs(layers, ref, q, [None] * 4)
+    assert {n for n, _ in ranking} == {"a", "b"} and ranking[0][1] == pytest.approx(ranking[1][1])
+    assert stable.images == 4 and stable.overlap == 0 and stable.capture == pytest.approx(0.9)
+    ref, q = runs([(0.8, 0.0)] * 2 + [(0.0, 0.1)] * 2)
+    ranking, stable = rank_runs(layers, ref, q, [None] * 4)
+    assert ranking[0][0] == "a" and stable.overlap == 0 and stable.capture == pytest.approx(0.0)
+    ref, q = runs([(0.8, 0.1)] * 4)
+    assert rank_runs(layers, ref, q, [None] * 4)[1] == sensitivity.Stability(4, 1.0, 1.0)
+    ref, q = runs([(0.8, 0.1)] * 3)
+    assert rank_runs(layers, ref, q, [None] * 3)[1] is None  # too few images to split
 
 
 def test_cpu_form_head_convs_write_float_for_the_decode_tail(forms, demo_onnx):
