@@ -8,9 +8,10 @@ the gate's own images). :func:`rank_layers` also ranks each half of the images o
 (:class:`Stability`): how many of the top :data:`TOP` layers the halves share, and how much of the error
 that one half's own top layers carry the other half's picks carry there. Layers whose scores nearly tie
 swap places from one draw of images to the next, so the second figure is the one that says whether the
-fallback would buy the same. Measured on two models at 320 and 640, both forms, with disjoint draws of
-images: 128 images give 0.96-1.00 of it (the same 82-97 % of the top 8 layers), 32 images 0.84-0.98
-(benchmarks/RESULTS.md, 'The sensitivity ranking's images').
+fallback would buy the same. Measured on two models at 320 and 640, both forms, with pairs of disjoint
+draws of images (``python -m benchmarks.rank_stability``): 128 images give 0.94-1.00 of it on average
+(82-98 % the same top 8 layers), 32 images 0.87-0.98 (benchmarks/RESULTS.md, 'The sensitivity ranking's
+images').
 """
 from __future__ import annotations
 
@@ -50,10 +51,12 @@ Layers = dict[str, tuple[list[str], str]]  # a layer -> (its activation input te
 Run = Callable[[np.ndarray], dict[str, np.ndarray]]  # one input -> the watched tensors by name
 
 
-def _rank(layers, names, err: np.ndarray, sig: np.ndarray) -> list[tuple[str, float]]:
-    """Layers by score, most harmful first, from per-image squared errors and signals (images x tensors)."""
-    nsr = dict(zip(names, typical_nsr(err, sig)))
-    scores = [(name, nsr.get(out, 0.0) - max((nsr.get(i, 0.0) for i in ins), default=0.0))
+def _rank(layers, names, err: np.ndarray, sig: np.ndarray,
+          nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> list[tuple[str, float]]:
+    """Layers by score, most harmful first, from per-image squared errors and signals (images x tensors);
+    ``nsr`` makes each tensor's ratio from them (default :func:`typical_nsr`)."""
+    ratio = dict(zip(names, (nsr or typical_nsr)(err, sig)))
+    scores = [(name, ratio.get(out, 0.0) - max((ratio.get(i, 0.0) for i in ins), default=0.0))
               for name, (ins, out) in layers.items()]
     return sorted(scores, key=lambda s: -s[1])
 
@@ -61,14 +64,15 @@ def _rank(layers, names, err: np.ndarray, sig: np.ndarray) -> list[tuple[str, fl
 def typical_nsr(err: np.ndarray, sig: np.ndarray) -> np.ndarray:
     """Each tensor's noise-to-signal ratio on a typical image: the mean over images of each image's ratio,
     less the :data:`TRIM` highest and lowest. A ratio of sums over images let a few images decide: on the
-    retrained signs model at 640, two disjoint draws of 128 images agreed on what the top layers carry only
-    0.74 of the way, against 0.96 for this (benchmarks/RESULTS.md, 'The sensitivity ranking's images')."""
+    retrained signs model's CPU form at 640, one draw of 128 images' top layers carried 0.77 of what a second
+    draw's own carried there, against 0.99 for this (benchmarks/RESULTS.md, 'The sensitivity ranking's
+    images')."""
     ratio = np.where(sig > 0, err / np.where(sig > 0, sig, 1.0), 0.0)
     cut = int(TRIM * len(ratio))
     return np.sort(ratio, axis=0)[cut: len(ratio) - cut].mean(axis=0) if len(ratio) else np.zeros(ratio.shape[1:])
 
 
-def _onnx_runs(fp32: Path, qdq: Path, skip: Sequence[str] = ()) -> tuple[Layers, Run, Run]:
+def onnx_runs(fp32: Path, qdq: Path, skip: Sequence[str] = ()) -> tuple[Layers, Run, Run]:
     """The Q/DQ graph's INT8 layers (but ``skip``), and runners of both graphs that expose their tensors."""
     import onnx
     import onnxruntime as ort
@@ -130,7 +134,7 @@ def rank_layers(fp32: Path, qdq: Path, images: Iterable[np.ndarray],
     QDQ puts a DequantizeLinear before every excluded node whose input is quantized) looks like an INT8
     layer in the graph, and keeping it float would change nothing.
     """
-    return rank_runs(*_onnx_runs(fp32, qdq, skip), images)
+    return rank_runs(*onnx_runs(fp32, qdq, skip), images)
 
 
 def _same_channels(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
@@ -146,11 +150,46 @@ def _same_channels(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return got
 
 
-def rank_runs(layers: Layers, run_ref: Run, run_q: Run,
-              images: Iterable[np.ndarray]) -> tuple[list[tuple[str, float]], Stability | None]:
-    """:func:`rank_layers` for any runtime (OpenVINO's IRs too): ``run_ref`` / ``run_q`` give the float and
-    the INT8 model's tensors by name for one input; a tensor either leaves out scores 0. ``images`` is read
-    once, one at a time (it may be a reader that decodes each image as it goes)."""
+@dataclass(frozen=True)
+class LayerErrors:
+    """Each INT8 layer's tensors, with every watched tensor's squared error and squared value per image.
+
+    Attributes:
+        layers: a layer -> (its activation input tensors, its output tensor).
+        names: the watched tensors, the columns of ``err`` and ``sig``.
+        err, sig: images x tensors: the sum of (FP32 - INT8)^2 and of FP32^2 over each tensor.
+    """
+
+    layers: Layers
+    names: list[str]
+    err: np.ndarray
+    sig: np.ndarray
+
+    def ranking(self, rows=slice(None), nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                ) -> list[tuple[str, float]]:
+        """The layers by score on the images ``rows`` (all by default), most harmful first."""
+        return _rank(self.layers, self.names, self.err[rows], self.sig[rows], nsr)
+
+    def stability(self, first, second, nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                  ) -> Stability:
+        """:class:`Stability` of the rankings on two sets of images (rows), e.g. the two halves."""
+        scores = [dict(self.ranking(rows, nsr)) for rows in (first, second)]
+        k = min(TOP, len(self.layers))
+        tops = [sorted(s, key=lambda name: -s[name])[:k] for s in scores]
+
+        def carried(s: dict[str, float], picks: Sequence[str]) -> float:
+            return sum(max(s[p], 0.0) for p in picks)
+
+        ways = [carried(scores[o], tops[m]) / carried(scores[o], tops[o]) if carried(scores[o], tops[o]) > 0
+                else 1.0 for m, o in ((0, 1), (1, 0))]
+        n = len(self.err[first]) + len(self.err[second])
+        return Stability(n, len(set(tops[0]) & set(tops[1])) / k if k else 1.0, float(np.mean(ways)))
+
+
+def layer_errors(layers: Layers, run_ref: Run, run_q: Run, images: Iterable[np.ndarray]) -> LayerErrors:
+    """Run both models on each of ``images`` (read once, one at a time: a reader that decodes each image as
+    it goes will do) and keep every watched tensor's squared error and value; a tensor either model leaves
+    out scores 0."""
     names = sorted({t for ins, out in layers.values() for t in (*ins, out)})
     err, sig = [], []
     for x in images:
@@ -163,18 +202,17 @@ def rank_runs(layers: Layers, run_ref: Run, run_q: Run,
                 s[j] = float(np.sum(a * a))
         err.append(e)
         sig.append(s)
-    n = len(err)
-    err, sig = np.array(err).reshape(n, len(names)), np.array(sig).reshape(n, len(names))
-    ranking = _rank(layers, names, err, sig)
-    k = min(TOP, len(ranking))
-    if n < 4 or not k:
+    shape = (len(err), len(names))
+    return LayerErrors(layers, names, np.array(err).reshape(shape), np.array(sig).reshape(shape))
+
+
+def rank_runs(layers: Layers, run_ref: Run, run_q: Run,
+              images: Iterable[np.ndarray]) -> tuple[list[tuple[str, float]], Stability | None]:
+    """:func:`rank_layers` for any runtime (OpenVINO's IRs too): ``run_ref`` / ``run_q`` give the float and
+    the INT8 model's tensors by name for one input (see :func:`layer_errors`)."""
+    errors = layer_errors(layers, run_ref, run_q, images)
+    n = len(errors.err)
+    ranking = errors.ranking()
+    if n < 4 or not ranking:
         return ranking, None
-    halves = [dict(_rank(layers, names, err[part], sig[part])) for part in (slice(0, n // 2), slice(n // 2, n))]
-    tops = [sorted(h, key=lambda name: -h[name])[:k] for h in halves]
-
-    def carried(scores: dict[str, float], picks: Sequence[str]) -> float:
-        return sum(max(scores[p], 0.0) for p in picks)
-
-    ways = [carried(halves[o], tops[m]) / carried(halves[o], tops[o]) if carried(halves[o], tops[o]) > 0 else 1.0
-            for m, o in ((0, 1), (1, 0))]
-    return ranking, Stability(n, len(set(tops[0]) & set(tops[1])) / k, float(np.mean(ways)))
+    return ranking, errors.stability(slice(0, n // 2), slice(n // 2, n))

@@ -77,6 +77,8 @@ def test_options_without_help_finds_a_bare_option():
 @pytest.mark.parametrize("argv, needle", [
     (["benchmarks.int8_speed", "--deploy", "{tmp}/none"], "none/demo.onnx not found"),
     (["benchmarks.int8_breakdown", "--deploy", "{tmp}/none"], "none/demo.onnx not found"),
+    (["benchmarks.rank_stability", "--deploy", "{tmp}/none", "--data", "{tmp}"], "none/demo.onnx not found"),
+    (["benchmarks.rank_stability", "--deploy", "{tmp}", "--data", "{tmp}", "--images", "8"], "need 256 images"),
     (["benchmarks.runtime_speed", "--imgsz", "abc"], "--imgsz"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_benchmark_commands_exit_2_with_the_file_and_the_fix(tmp_path, argv, needle):

@@ -349,6 +349,24 @@ def test_silu_bypass_for_the_breakdown_benchmark_removes_every_quantized_silu(fo
     assert out.shape[0] == 1
 
 
+def test_rank_stability_benchmark_ranks_both_forms_by_both_statistics(forms, demo_onnx, small_data, tmp_path,
+                                                                     capsys):
+    """benchmarks.rank_stability: both forms of a deploy folder, each statistic, each draw size, one line each."""
+    import shutil
+
+    from benchmarks.rank_stability import main
+
+    shutil.copy(demo_onnx, tmp_path / "demo.onnx")
+    for target, q in forms.items():
+        onnx.save(q, str(tmp_path / f"demo{target.suffix}"))
+    assert main(["--deploy", str(tmp_path), "--data", str(small_data), "--images", "8", "--sizes", "2,4",
+                 "--pairs", "2"]) == 0
+    lines = [s for s in capsys.readouterr().out.splitlines() if "carries" in s]
+    assert len(lines) == 4 and sum("typical" in s for s in lines) == 2 and sum("ratio-of-sums" in s for s in lines) == 2
+    assert all(s.count("N=") == 2 and "the same layers" in s for s in lines)
+    assert {s.split()[0] for s in lines} == {"tensorrt", "cpu"}
+
+
 def test_detector_feeds_the_cpu_form_uint8_bgr_frames(forms, demo_onnx, small_data, tmp_path):
     """Detector reads the pixel format from the graph: uint8 BGR frames in, the FP32 model's detections out."""
     from engine import Detector
