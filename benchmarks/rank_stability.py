@@ -23,11 +23,26 @@ import numpy as np
 from engine.cli import run_cli
 from engine.errors import ConfigError
 
-STATISTICS = {
-    "typical": None,  # the build's default (exporters.sensitivity.typical_nsr)
-    "ratio-of-sums": lambda err, sig: np.where(sig.sum(0) > 0, err.sum(0) / np.where(sig.sum(0) > 0, sig.sum(0), 1.0),
-                                               0.0),
-}
+def ratio_of_sums(err: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """A tensor's noise-to-signal ratio as its squared error summed over the images over its squared value
+    summed over them: the build's statistic before commit b767ae4."""
+    e, s = err.sum(0), sig.sum(0)
+    return np.where(s > 0, e / np.where(s > 0, s, 1.0), 0.0)
+
+
+STATISTICS = {"typical": None, "ratio-of-sums": ratio_of_sums}  # None: the build's (typical_nsr)
+
+
+def draw_sizes(text: str) -> list[int]:
+    """``--sizes``: comma-separated draw sizes, each at least 2."""
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 2:
+        raise ConfigError(f"--sizes {text!r} is not a list of draw sizes",
+                          "give whole numbers of at least 2: --sizes 32,128")
+    return sizes
 
 
 def form_errors(deploy: Path, stem: str, target, images):
@@ -78,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     from exporters.quantize import QuantTarget
     from exporters.sensitivity import TOP
 
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = draw_sizes(args.sizes)
     if max(sizes) * 2 > args.images:
         raise ConfigError(f"--sizes up to {max(sizes)} need {2 * max(sizes)} images; --images is {args.images}",
                           "raise --images or lower --sizes")

@@ -175,8 +175,8 @@ class GateResult:
                              t["map50_95"], t["drop_points"], t.get("drop_low", t["drop_points"]),
                              t.get("drop_high", t["drop_points"]), t["passed"]) for t in d["trials"])
         return cls(d["target"], d["max_drop"], d.get("judged_by", "map"), trials,
-                   tuple((n, s) for n, s in d.get("sensitivity_top", ())),
-                   Stability(d["ranking_images"], d["ranking_overlap"], d["ranking_capture"])
+                   tuple((n, s) for n, s in d.get("sensitivity_top", ())),  # records before the capture: none
+                   Stability(d["ranking_images"], d["ranking_overlap"], d["ranking_capture"], d["ranking_top"])
                    if d.get("ranking_capture") is not None else None)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,7 +190,8 @@ class GateResult:
                 "sensitivity_top": [[n, round(s, 6)] for n, s in self.ranking[:10]],
                 "ranking_overlap": None if self.stability is None else self.stability.overlap,
                 "ranking_capture": None if self.stability is None else round(self.stability.capture, 4),
-                "ranking_images": None if self.stability is None else self.stability.images}
+                "ranking_images": None if self.stability is None else self.stability.images,
+                "ranking_top": None if self.stability is None else self.stability.top}
 
 
 Ranking = tuple[list[tuple[str, float]], Stability | None]

@@ -210,8 +210,9 @@ def quantized_layers(model) -> dict[str, tuple[list[str], str]]:
 def sensitivity(fp32_onnx: Path, int8_ir: Path,
                 images: Iterable[np.ndarray]) -> tuple[list[tuple[str, float]], Stability | None]:
     """Rank the INT8 IR's layers by the output error each adds (most harmful first), with the ranking's
-    :class:`~exporters.sensitivity.Stability`, as :func:`exporters.sensitivity.rank_layers` does for Q/DQ ONNX: both models run in
-    f32 on the CPU with every layer's input and output exposed; the names are OpenVINO operation names."""
+    :class:`~exporters.sensitivity.Stability`, as :func:`exporters.sensitivity.rank_layers` does for Q/DQ
+    ONNX: both models run in f32 on the CPU with every layer's input and output exposed; the names are
+    OpenVINO operation names."""
     from engine.backends.openvino import find_model_file
 
     from .sensitivity import rank_runs

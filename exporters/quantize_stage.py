@@ -307,8 +307,8 @@ def gate_figures(b, gate, judge, note: str, final_dets) -> dict:
 
 def rank_images(b, source) -> Iterable[np.ndarray]:
     """The calibration images the gate's sensitivity ranking runs on (never val ones: the gate must not
-    tune on its own test set): up to :data:`exporters.sensitivity.RANK_IMAGES` of them, decoded again at
-    each pass rather than held (128 model inputs at 640 would hold 630 MB)."""
+    tune on its own test set): up to :data:`exporters.sensitivity.RANK_IMAGES` of them (in the model's
+    batches), decoded again at each pass rather than held (128 model inputs at 640 would hold 630 MB)."""
     return _RankImages(source, b.metadata.imgsz, b.metadata.batch)
 
 
@@ -326,7 +326,7 @@ class _RankImages:
         from .sensitivity import RANK_IMAGES
 
         reader = CalibrationImages(self.source, self.imgsz, self.batch, show_progress=False, log=lambda s: None)
-        return itertools.islice(iter(reader), RANK_IMAGES)
+        return itertools.islice(iter(reader), -(-RANK_IMAGES // reader.batch))  # batches of reader.batch images
 
 
 def _ranker(b, source, skip: Sequence[str]):

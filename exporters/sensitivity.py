@@ -15,6 +15,7 @@ images').
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -32,19 +33,22 @@ class Stability:
 
     Attributes:
         images: how many images the ranking ran on.
-        overlap: the share of the top :data:`TOP` layers that both halves name.
+        overlap: the share of the top ``top`` layers that both halves name.
         capture: the error that one half's top layers carry on the other half, over what that half's own
             top layers carry (the mean of both ways; 1.0: the picks buy the same).
+        top: how many top layers are compared (:data:`TOP`, or all when a form has fewer INT8 layers).
     """
 
     images: int
     overlap: float
     capture: float
+    top: int = TOP
 
     def text(self) -> str:
-        return (f"on {self.images} calibration images; the top {TOP} layers ranked on either half of them carry "
-                f"{self.capture:.0%} of the error that the other half's own top {TOP} carry there "
-                f"({round(self.overlap * TOP)} of {TOP} the same layers)")
+        """The accuracy report's line: both figures, in words."""
+        return (f"on {self.images} calibration images; the top {self.top} layers ranked on either half of them "
+                f"carry {self.capture:.0%} of the error that the other half's own top {self.top} carry there "
+                f"({round(self.overlap * self.top)} of {self.top} the same layers)")
 
 
 Layers = dict[str, tuple[list[str], str]]  # a layer -> (its activation input tensors, its output tensor)
@@ -150,49 +154,55 @@ def _same_channels(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     return got
 
 
+Rows = slice | np.ndarray  # which rows (inputs) of LayerErrors: a slice or an array of indices
+
+
 @dataclass(frozen=True)
 class LayerErrors:
-    """Each INT8 layer's tensors, with every watched tensor's squared error and squared value per image.
+    """Each INT8 layer's tensors, with every watched tensor's squared error and squared value per input.
 
     Attributes:
         layers: a layer -> (its activation input tensors, its output tensor).
         names: the watched tensors, the columns of ``err`` and ``sig``.
-        err, sig: images x tensors: the sum of (FP32 - INT8)^2 and of FP32^2 over each tensor.
+        err, sig: inputs x tensors: the sum of (FP32 - INT8)^2 and of FP32^2 over each tensor.
+        batch: images per input (a model with a static batch above 1 takes them in batches).
     """
 
     layers: Layers
     names: list[str]
     err: np.ndarray
     sig: np.ndarray
+    batch: int = 1
 
-    def ranking(self, rows=slice(None), nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    def ranking(self, rows: Rows = slice(None), nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
                 ) -> list[tuple[str, float]]:
-        """The layers by score on the images ``rows`` (all by default), most harmful first."""
+        """The layers by score on the inputs ``rows`` (all by default), most harmful first."""
         return _rank(self.layers, self.names, self.err[rows], self.sig[rows], nsr)
 
-    def stability(self, first, second, nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
-                  ) -> Stability:
-        """:class:`Stability` of the rankings on two sets of images (rows), e.g. the two halves."""
+    def stability(self, first: Rows, second: Rows,
+                  nsr: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> Stability:
+        """:class:`Stability` of the rankings on two sets of inputs (rows), e.g. the two halves."""
         scores = [dict(self.ranking(rows, nsr)) for rows in (first, second)]
         k = min(TOP, len(self.layers))
         tops = [sorted(s, key=lambda name: -s[name])[:k] for s in scores]
 
         def carried(s: dict[str, float], picks: Sequence[str]) -> float:
-            return sum(max(s[p], 0.0) for p in picks)
+            return math.fsum(max(s[p], 0.0) for p in picks)  # fsum: the same picks in another order, the same sum
 
-        ways = [carried(scores[o], tops[m]) / carried(scores[o], tops[o]) if carried(scores[o], tops[o]) > 0
-                else 1.0 for m, o in ((0, 1), (1, 0))]
-        n = len(self.err[first]) + len(self.err[second])
-        return Stability(n, len(set(tops[0]) & set(tops[1])) / k if k else 1.0, float(np.mean(ways)))
+        ways = [min(1.0, carried(scores[o], tops[m]) / carried(scores[o], tops[o]))
+                if carried(scores[o], tops[o]) > 0 else 1.0 for m, o in ((0, 1), (1, 0))]
+        n = (len(self.err[first]) + len(self.err[second])) * self.batch
+        return Stability(n, len(set(tops[0]) & set(tops[1])) / k if k else 1.0, float(np.mean(ways)), k)
 
 
 def layer_errors(layers: Layers, run_ref: Run, run_q: Run, images: Iterable[np.ndarray]) -> LayerErrors:
-    """Run both models on each of ``images`` (read once, one at a time: a reader that decodes each image as
-    it goes will do) and keep every watched tensor's squared error and value; a tensor either model leaves
-    out scores 0."""
+    """Run both models on each input of ``images`` (model-ready batches, read once, one at a time: a reader
+    that decodes each image as it goes will do) and keep every watched tensor's squared error and value; a
+    tensor either model leaves out scores 0."""
     names = sorted({t for ins, out in layers.values() for t in (*ins, out)})
-    err, sig = [], []
+    err, sig, batch = [], [], 1
     for x in images:
+        batch = len(x)
         ref, got = run_ref(x), run_q(x)
         e, s = np.zeros(len(names)), np.zeros(len(names))
         for j, t in enumerate(names):
@@ -203,7 +213,7 @@ def layer_errors(layers: Layers, run_ref: Run, run_q: Run, images: Iterable[np.n
         err.append(e)
         sig.append(s)
     shape = (len(err), len(names))
-    return LayerErrors(layers, names, np.array(err).reshape(shape), np.array(sig).reshape(shape))
+    return LayerErrors(layers, names, np.array(err).reshape(shape), np.array(sig).reshape(shape), batch)
 
 
 def rank_runs(layers: Layers, run_ref: Run, run_q: Run,

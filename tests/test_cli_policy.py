@@ -79,6 +79,7 @@ def test_options_without_help_finds_a_bare_option():
     (["benchmarks.int8_breakdown", "--deploy", "{tmp}/none"], "none/demo.onnx not found"),
     (["benchmarks.rank_stability", "--deploy", "{tmp}/none", "--data", "{tmp}"], "none/demo.onnx not found"),
     (["benchmarks.rank_stability", "--deploy", "{tmp}", "--data", "{tmp}", "--images", "8"], "need 256 images"),
+    (["benchmarks.rank_stability", "--deploy", "{tmp}", "--data", "{tmp}", "--sizes", "0,x"], "--sizes '0,x'"),
     (["benchmarks.runtime_speed", "--imgsz", "abc"], "--imgsz"),
 ], ids=lambda v: v[0] if isinstance(v, list) else None)
 def test_benchmark_commands_exit_2_with_the_file_and_the_fix(tmp_path, argv, needle):
