@@ -23,11 +23,13 @@ import numpy as np
 from engine.cli import run_cli
 from engine.errors import ConfigError
 
+
 def ratio_of_sums(err: np.ndarray, sig: np.ndarray) -> np.ndarray:
     """A tensor's noise-to-signal ratio as its squared error summed over the images over its squared value
     summed over them: the build's statistic before commit b767ae4."""
-    e, s = err.sum(0), sig.sum(0)
-    return np.where(s > 0, e / np.where(s > 0, s, 1.0), 0.0)
+    from exporters.sensitivity import nsr_of
+
+    return nsr_of(err.sum(0), sig.sum(0))
 
 
 STATISTICS = {"typical": None, "ratio-of-sums": ratio_of_sums}  # None: the build's (typical_nsr)
@@ -45,22 +47,18 @@ def draw_sizes(text: str) -> list[int]:
     return sizes
 
 
-def form_errors(deploy: Path, stem: str, target, images):
-    """:class:`exporters.sensitivity.LayerErrors` of one INT8 form of ``deploy`` against its FP32 ONNX,
-    skipping what the build's ranking skips (the rules' float nodes)."""
-    import onnx
-
+def form_errors(deploy: Path, stem: str, model, target, images):
+    """:class:`exporters.sensitivity.LayerErrors` of one INT8 form of ``deploy`` against its FP32 ONNX
+    (``model``, loaded), skipping what the build's ranking skips (the rules' float nodes)."""
     from exporters.quantize import default_float, form_float
     from exporters.sensitivity import layer_errors, onnx_runs
 
-    fp32, qdq = deploy / f"{stem}.onnx", deploy / f"{stem}{target.suffix}"
-    for p in (fp32, qdq):
-        if not p.is_file():
-            raise ConfigError(f"{p} not found", f"build it first: python -m exporters.build --int8 --out {deploy}")
-    model = onnx.load(str(fp32))
-    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    base, _, _ = default_float(model, (1, 3, *shape[2:]))
-    return layer_errors(*onnx_runs(fp32, qdq, [*base, *form_float(model, target)]), images)
+    qdq = deploy / f"{stem}{target.suffix}"
+    if not qdq.is_file():
+        raise ConfigError(f"{qdq} not found", f"build it first: python -m exporters.build --int8 --out {deploy}")
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    base, _, _ = default_float(model, (1, 3, *dims[2:]))
+    return layer_errors(*onnx_runs(deploy / f"{stem}.onnx", qdq, [*base, *form_float(model, target)]), images)
 
 
 def draws(n_images: int, size: int, pairs: int, seed: int = 0):
@@ -101,11 +99,12 @@ def _run(args: argparse.Namespace) -> int:
     if not fp32.is_file():
         raise ConfigError(f"{fp32} not found", f"build it first: python -m exporters.build --int8 --out {args.deploy}")
     source = open_source(CalibrationConfig(args.data, split=args.split, max_images=args.images, seed=1))
-    dims = [d.dim_value for d in onnx.load(str(fp32)).graph.input[0].type.tensor_type.shape.dim]
+    model = onnx.load(str(fp32))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     images = CalibrationImages(source, (dims[2], dims[3]), 1, show_progress=False, log=lambda s: None)
     print(f"{source.description}; {args.pairs} pairs of disjoint draws per size; top {TOP} layers")
     for target in QuantTarget:
-        errors = form_errors(args.deploy, args.stem, target, images)
+        errors = form_errors(args.deploy, args.stem, model, target, images)
         n = len(errors.err)
         for name, nsr in STATISTICS.items():
             cells = []

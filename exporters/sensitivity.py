@@ -71,9 +71,14 @@ def typical_nsr(err: np.ndarray, sig: np.ndarray) -> np.ndarray:
     retrained signs model's CPU form at 640, one draw of 128 images' top layers carried 0.77 of what a second
     draw's own carried there, against 0.99 for this (benchmarks/RESULTS.md, 'The sensitivity ranking's
     images')."""
-    ratio = np.where(sig > 0, err / np.where(sig > 0, sig, 1.0), 0.0)
+    ratio = nsr_of(err, sig)
     cut = int(TRIM * len(ratio))
     return np.sort(ratio, axis=0)[cut: len(ratio) - cut].mean(axis=0) if len(ratio) else np.zeros(ratio.shape[1:])
+
+
+def nsr_of(err: np.ndarray, sig: np.ndarray) -> np.ndarray:
+    """Noise-to-signal ratios, elementwise: ``err / sig``, 0 where ``sig`` is 0."""
+    return np.where(sig > 0, err / np.where(sig > 0, sig, 1.0), 0.0)
 
 
 def onnx_runs(fp32: Path, qdq: Path, skip: Sequence[str] = ()) -> tuple[Layers, Run, Run]:
@@ -189,8 +194,10 @@ class LayerErrors:
         def carried(s: dict[str, float], picks: Sequence[str]) -> float:
             return math.fsum(max(s[p], 0.0) for p in picks)  # fsum: the same picks in another order, the same sum
 
-        ways = [min(1.0, carried(scores[o], tops[m]) / carried(scores[o], tops[o]))
-                if carried(scores[o], tops[o]) > 0 else 1.0 for m, o in ((0, 1), (1, 0))]
+        ways = []
+        for mine, other in ((0, 1), (1, 0)):
+            best = carried(scores[other], tops[other])
+            ways.append(min(1.0, carried(scores[other], tops[mine]) / best) if best > 0 else 1.0)
         n = (len(self.err[first]) + len(self.err[second])) * self.batch
         return Stability(n, len(set(tops[0]) & set(tops[1])) / k if k else 1.0, float(np.mean(ways)), k)
 
