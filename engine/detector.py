@@ -20,7 +20,7 @@ from .backends import Backend, load_backend
 from .backends.base import CallGate
 from .detections import Detections
 from .end2end import RunThresholds, finish_end2end, resolve_thresholds, split_outputs
-from .errors import BackendUnavailableError, ConfigError, InputImageError
+from .errors import BackendUnavailableError, ConfigError, InputImageError, UnsupportedModelError
 from .metadata import HeadLayout, ModelMetadata, PixelFormat
 from .nms import postprocess_raw
 from .preprocess import Letterbox
@@ -95,6 +95,7 @@ class Detector(FrameCalls):
 
     def _configure(self, path, conf, iou, max_det, agnostic, preprocess) -> None:
         meta = self.backend.metadata
+        _check_detect_head(meta, self.backend.outputs, path)
         self._end2end = meta.head is HeadLayout.END2END
         if self._end2end:
             run = resolve_thresholds(meta, path, conf, iou, max_det, agnostic)
@@ -218,6 +219,21 @@ class Detector(FrameCalls):
     def __repr__(self) -> str:
         return (f"Detector({self.backend.path.name}{', closed' if self._gate.closed else ''}, backend={self.backend.name}, imgsz={self.imgsz}, "
                 f"classes={len(self.names)}, conf={self.conf}, iou={self.iou})")
+
+
+def _check_detect_head(meta: ModelMetadata, outputs, path) -> None:
+    """Refuse a model ``Detector`` would misread: another task (pose, segment...) or a raw head whose
+    rows are not 4 box sides + one score per class (its numbers would come back as boxes and scores)."""
+    fix = "export a YOLO detect model: python -m exporters.build --weights best.pt"
+    if meta.task != "detect":
+        raise UnsupportedModelError(f"{path} is a '{meta.task}' model; Detector runs detect models only", fix)
+    if meta.head is not HeadLayout.RAW:
+        return
+    shape, want = tuple(outputs[0].shape), 4 + meta.num_classes
+    if len(shape) != 3 or shape[1] not in (None, want):
+        raise UnsupportedModelError(
+            f"{path}: output '{outputs[0].name}' has shape {list(shape)}, where a raw YOLO detect head for its "
+            f"{meta.num_classes} classes is [batch, {want}, anchors] (4 box sides + {meta.num_classes} scores)", fix)
 
 
 def _gpu_letterbox(backend: Backend, imgsz: tuple[int, int], dtype: np.dtype):

@@ -227,14 +227,18 @@ def from_onnx_props(props: Mapping[str, str]) -> ModelMetadata | None:
     imgsz = _literal(props["imgsz"])
     imgsz = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
     batch = _literal(props.get("batch", "1"))
-    dynamic = str(_literal(props.get("args", "{}")).get("dynamic", False)) == "True" if "args" in props else False
+    args = _literal(props.get("args", "{}"))
+    args = args if isinstance(args, dict) else {}
+    dynamic = str(args.get("dynamic", False)) == "True"
+    # Ultralytics' nms=True writes end2end False yet outputs finished (batch, K, 6) rows: not a raw head
+    end2end = str(props.get("end2end", "False")) == "True" or str(args.get("nms", False)) == "True"
     return ModelMetadata(
         names=tuple(str(n) for n in names),
         imgsz=(int(imgsz[0]), int(imgsz[1])),
         stride=int(_literal(props.get("stride", "32"))),
         task=str(props.get("task", "detect")),
         batch=None if dynamic else int(batch) if isinstance(batch, int) else 1,
-        head=HeadLayout.END2END if str(props.get("end2end", "False")) == "True" else HeadLayout.RAW,
+        head=HeadLayout.END2END if end2end else HeadLayout.RAW,
         tool_version="",
     )
 

@@ -15,6 +15,7 @@ from engine.errors import (
     ConfigError,
     InputImageError,
     ModelLoadError,
+    UnsupportedModelError,
 )
 from tests.conftest import DEMO
 
@@ -111,6 +112,38 @@ def test_ultralytics_onnx_without_our_metadata_loads(demo_pt, tmp_path, frames):
     with Detector(tmp_path / "u.onnx") as d:
         assert d.names == ("disc", "box", "triangle") and d.imgsz == (320, 320)
         assert len(d(frames[0])) > 0
+
+
+ULTRALYTICS_PROPS = {"names": "{0: 'disc', 1: 'box', 2: 'triangle'}", "imgsz": "[32, 32]", "stride": "8",
+                     "task": "detect", "batch": "1", "end2end": "False", "args": "{'batch': 1, 'nms': False}"}
+
+
+@pytest.mark.parametrize("props, match", [
+    (dict(ULTRALYTICS_PROPS, task="pose"), "'pose' model; Detector runs detect models only"),
+    (dict(ULTRALYTICS_PROPS, names="{0: 'a', 1: 'b'}"), r"\[batch, 6, anchors\]"),  # the head has 7 rows
+    (dict(ULTRALYTICS_PROPS, args="{'batch': 1, 'nms': True}"), "end-to-end export without recorded thresholds"),
+])
+def test_a_model_detector_would_misread_is_refused(tmp_path, props, match):
+    """A pose or segment model, a head whose rows are not 4 + classes, Ultralytics' nms=True export (which
+    writes end2end False): each read as a raw detect head gives boxes made of other numbers."""
+    import onnx
+
+    from tests.fakes.tiny_onnx import write_tiny_onnx
+
+    path = write_tiny_onnx(tmp_path / "tiny.onnx")
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    with pytest.raises(UnsupportedModelError, match=match):
+        Detector(path)
+    del model.metadata_props[:]  # the same graph with its own Ultralytics keys loads
+    for k, v in ULTRALYTICS_PROPS.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    with Detector(path) as d:
+        assert d.names == ("disc", "box", "triangle")
 
 
 @pytest.mark.parametrize("kw", [dict(conf=1.5), dict(iou=-0.1), dict(max_det=0)])

@@ -68,6 +68,8 @@ def test_ultralytics_props_are_read_when_ours_are_absent():
     m = from_onnx_props(props)
     assert m.names == ("person", "car") and m.imgsz == (384, 640) and m.head is HeadLayout.RAW
     assert from_onnx_props({}) is None
+    # Ultralytics' nms=True export writes end2end False, but its rows are finished detections
+    assert from_onnx_props(dict(props, args="{'nms': True, 'dynamic': False}")).head is HeadLayout.END2END
 
 
 def test_our_key_wins_over_ultralytics_keys():
