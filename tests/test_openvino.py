@@ -95,6 +95,36 @@ def test_ir_runs_under_detector_as_the_onnx_does(demo_onnx, fp32_ir, meta, frame
             assert len(c) == len(a)  # OpenVINO's default precision (bf16 on some CPUs): same boxes found
 
 
+def test_throughput_mode_pads_a_static_batch_in_its_own_buffer(tmp_path):
+    """A static batch-2 model and an odd frame count: the last chunk's padding must not land in a caller's
+    array (after a shared-input call, the request's input tensor is the previous caller's memory)."""
+    import onnx
+
+    from engine.backends.openvino import OpenVinoBackend
+    from engine.metadata import METADATA_KEY
+    from tests.fakes.tiny_onnx import IMGSZ, tiny_metadata, write_tiny_onnx
+
+    model = onnx.load(str(write_tiny_onnx(tmp_path / "tiny.onnx", dynamic=True)))
+    for v in (*model.graph.input, *model.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = 2
+    del model.metadata_props[:]
+    model.metadata_props.add(key=METADATA_KEY, value=tiny_metadata().replace(batch=2).to_json())
+    onnx.save(model, str(tmp_path / "b2.onnx"))
+    rng = np.random.default_rng(0)
+    be = OpenVinoBackend(tmp_path / "b2.onnx", device="cpu", hint="throughput", requests=2, precision="f32")
+    try:
+        first = rng.random((4, 3, *IMGSZ), dtype=np.float32)
+        kept = first.copy()
+        be.infer(first)
+        odd = rng.random((3, 3, *IMGSZ), dtype=np.float32)
+        got = be.infer(odd)[0].copy()
+        assert np.array_equal(first, kept), "the padding overwrote an earlier caller's frames"
+        alone = be.infer(np.concatenate([odd[2:], odd[2:]]))[0][0]
+        np.testing.assert_allclose(got[2], alone, atol=1e-5)
+    finally:
+        be.close()
+
+
 def test_throughput_mode_splits_a_batch_over_requests_and_threads_get_their_own(fp32_ir, frames):
     import threading
 

@@ -260,13 +260,9 @@ class OpenVinoBackend(Backend):
             active = list(zip(reqs, starts[wave : wave + len(reqs)]))
             for req, s in active:
                 chunk = x[s : s + b]
-                if len(chunk) < b:  # a static-batch IR: pad the last chunk in the request's own input
-                    buf = req.get_input_tensor(0).data
-                    buf[: len(chunk)] = chunk
-                    buf[len(chunk):] = chunk[:1]
-                    req.start_async()
-                else:
-                    req.start_async({0: chunk}, share_inputs=True)
+                if len(chunk) < b:  # a static-batch IR: the last chunk padded in this thread's own buffer
+                    chunk = self._padded(chunk, b)
+                req.start_async({0: chunk}, share_inputs=True)
             for req, s in active:
                 req.wait()
                 k = min(b, n - s)
@@ -274,6 +270,19 @@ class OpenVinoBackend(Backend):
                 for i, out in enumerate(outs):
                     out[s : s + k] = req.get_output_tensor(i).data[:k]
         return outs
+
+    def _padded(self, chunk: np.ndarray, b: int) -> np.ndarray:
+        """``chunk`` padded to ``b`` frames with copies of its first, in a buffer this thread owns.
+
+        Never the request's input tensor: after a ``share_inputs`` call that is a caller's array (a
+        Detector's letterbox buffer), which the padding would overwrite.
+        """
+        pad = getattr(self._local, "pad", None)
+        if pad is None or pad.shape != (b, *chunk.shape[1:]) or pad.dtype != chunk.dtype:
+            pad = self._local.pad = np.empty((b, *chunk.shape[1:]), chunk.dtype)
+        pad[: len(chunk)] = chunk
+        pad[len(chunk):] = chunk[:1]
+        return pad
 
     def _outputs_for(self, n: int, done) -> list[np.ndarray]:
         """This thread's output arrays for ``n`` frames (made once per size, shaped like ``done``'s outputs)."""
