@@ -143,6 +143,8 @@ def test_polygon_label_and_duplicates(tmp_path):
     ("-1 0.5 0.5 0.2 0.2", "class must be an integer"),
     ("1.5 0.5 0.5 0.2 0.2", "class must be an integer"),
     ("0 320 240 50 50", "outside 0..1"),
+    ("0 1.02 0.5 0.2 0.2", "outside 0..1"),  # past Ultralytics' 1 % slack
+    ("0 0.5 0.5 -0.005 0.2", "outside 0..1"),  # a negative side, even within the slack
     ("0 nan 0.5 0.2 0.2", "non-finite"),
 ])
 def test_malformed_label_names_file_and_line(tmp_path, line, match):
@@ -150,6 +152,26 @@ def test_malformed_label_names_file_and_line(tmp_path, line, match):
     with pytest.raises(DatasetError, match=match) as e:
         load_labels(tmp_path / "images" / "m.jpg", (10, 10))
     assert f"{lbl}, line 2" in str(e.value)
+
+
+def test_labels_ultralytics_accepts_are_read(tmp_path):
+    """A byte-order mark, coordinates up to 1 % outside 0..1: Ultralytics trains on these, so they are read."""
+    lbl = tmp_path / "labels" / "u.txt"
+    lbl.parent.mkdir(parents=True)
+    lbl.write_text("\ufeff0 0.5 0.5 0.2 0.2\n1 1.005 0.5 0.2 0.2\n2 -0.004 0.5 0.2 0.2\n", encoding="utf-8")
+    xyxy, cls = load_labels(tmp_path / "images" / "u.jpg", (100, 100))
+    assert cls.tolist() == [0, 1, 2]
+    np.testing.assert_allclose(xyxy[1], [90.5, 40, 110.5, 60], atol=1e-4)
+
+
+def test_a_class_id_the_data_yaml_does_not_name_is_an_error(dataset):
+    """Counted, it would be a class of AP 0 in the mean; Ultralytics refuses such a label too."""
+    lbl = dataset.parent / "labels" / "val" / "b.txt"
+    lbl.write_text(lbl.read_text() + "7 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=r"class 7, but the data.yaml names 2 classes \(ids 0-1\)") as e:
+        load_split(dataset, "val")
+    assert str(lbl) in str(e.value)
+    assert len(load_split(dataset.parent / "images" / "val")) == 3  # a folder names no classes: read as is
 
 
 def test_load_split_from_yaml_and_from_folder(dataset):

@@ -203,12 +203,15 @@ def label_path_for(image_path: PathLike) -> Path:
     return p.with_suffix(".txt")
 
 
-def load_labels(image_path: PathLike, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def load_labels(image_path: PathLike, image_hw: tuple[int, int],
+                num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read an image's YOLO labels as pixel boxes.
 
     Each line is ``class cx cy w h`` (normalised to 0..1), or ``class x1 y1 x2 y2 ...`` (a polygon,
     as in segmentation datasets; its bounding box is used). A missing label file means no objects;
-    exact duplicate lines are dropped (as Ultralytics does).
+    exact duplicate lines are dropped (as Ultralytics does). Read as Ultralytics reads them: UTF-8 with
+    or without a byte-order mark, coordinates up to 1% outside 0..1 (box sides never negative).
+    With ``num_classes`` (the data.yaml's), a class id at or above it is an error.
 
     Returns:
         ``(xyxy float32 (N, 4), class_id int32 (N,))`` in pixels of an image of size ``image_hw``.
@@ -220,9 +223,9 @@ def load_labels(image_path: PathLike, image_hw: tuple[int, int]) -> tuple[np.nda
     if not lbl.is_file():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
     rows = []
-    for n, line in enumerate(lbl.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(lbl.read_text(encoding="utf-8-sig").splitlines(), 1):
         if line.strip():
-            rows.append(_parse_label_line(line, lbl, n))
+            rows.append(_parse_label_line(line, lbl, n, num_classes))
     if not rows:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
     arr = np.array(rows, np.float64)
@@ -234,10 +237,12 @@ def load_labels(image_path: PathLike, image_hw: tuple[int, int]) -> tuple[np.nda
     return xyxy.astype(np.float32), arr[:, 0].astype(np.int32)
 
 
+COORD_SLACK = 0.01  # normalised coordinates may lie this far outside 0..1, as Ultralytics allows
 _FIX_LABEL = "each line must be 'class cx cy w h' with class an integer >= 0 and coordinates normalised to 0..1"
 
 
-def _parse_label_line(line: str, lbl: Path, n: int) -> tuple[float, float, float, float, float]:
+def _parse_label_line(line: str, lbl: Path, n: int,
+                      num_classes: int | None = None) -> tuple[float, float, float, float, float]:
     fields = line.split()
     try:
         values = [float(v) for v in fields]
@@ -251,7 +256,11 @@ def _parse_label_line(line: str, lbl: Path, n: int) -> tuple[float, float, float
         raise DatasetError(f"{lbl}, line {n}: non-finite value: {line.strip()!r}", _FIX_LABEL)
     if cls < 0 or cls != int(cls):
         raise DatasetError(f"{lbl}, line {n}: class must be an integer >= 0, got {fields[0]!r}", _FIX_LABEL)
-    if coords.min() < 0 or coords.max() > 1 + 1e-6:
+    if num_classes is not None and cls >= num_classes:
+        raise DatasetError(f"{lbl}, line {n}: class {int(cls)}, but the data.yaml names {num_classes} classes "
+                           f"(ids 0-{num_classes - 1})", "correct the label, or add the class to 'names:' in the data.yaml")
+    # Ultralytics' tolerance: up to 1% outside 0..1, a box's width and height never negative
+    if coords.min() < -COORD_SLACK or coords.max() > 1 + COORD_SLACK or (len(values) == 5 and coords[2:].min() < 0):
         raise DatasetError(f"{lbl}, line {n}: coordinates outside 0..1 (pixel values?): {line.strip()!r}",
                            "divide x and w by the image width and y and h by the image height")
     if len(values) == 5:
@@ -302,8 +311,10 @@ def load_split(data: PathLike, split: str = "val") -> list[LabeledImage]:
         DatasetError: the yaml has no such split, or the split has no images.
     """
     src = Path(data)
+    num_classes = None
     if src.is_file() and src.suffix.lower() in (".yaml", ".yml"):
         cfg = read_data_yaml(src)
+        num_classes = len(cfg.names)
         if split not in cfg.splits:
             raise DatasetError(f"{src} has no '{split}:' split (it has: {', '.join(cfg.splits) or 'none'})",
                                f"add '{split}: <images folder>' to {src.name} or pick another split")
@@ -315,12 +326,12 @@ def load_split(data: PathLike, split: str = "val") -> list[LabeledImage]:
     if not images:
         raise DatasetError(f"no images found in {where}",
                            f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) there or fix the path")
-    return [_labeled(p) for p in images]
+    return [_labeled(p, num_classes) for p in images]
 
 
-def _labeled(path: Path) -> LabeledImage:
+def _labeled(path: Path, num_classes: int | None = None) -> LabeledImage:
     hw = image_hw(path)
-    boxes, classes = load_labels(path, hw)
+    boxes, classes = load_labels(path, hw, num_classes)
     return LabeledImage(path=path, hw=(int(hw[0]), int(hw[1])), boxes=boxes, classes=classes)
 
 
