@@ -59,7 +59,8 @@ class Detector(FrameCalls):
             end-to-end model (``--end2end``) the conf baked in at export (a looser one is refused).
         iou: IoU threshold of NMS; default 0.45, or the baked one of an end-to-end model.
         max_det: most boxes per frame; default 300, or the baked K of an end-to-end model with NMS inside.
-        classes: keep only these class ids (``None`` = all).
+        classes: keep only these classes: ids or names, one or a list (``None`` = all); an id or name
+            the model does not have is a :class:`~engine.errors.ConfigError`.
         agnostic: class-agnostic NMS.
         backend: ``"auto"`` or a backend name (``"onnxruntime"``).
         preprocess: ``"cpu"`` (default, OpenCV letterbox) or ``"gpu"``: the letterbox CUDA kernel of
@@ -76,11 +77,11 @@ class Detector(FrameCalls):
     """
 
     def __init__(self, path: str | Path, conf: float | None = None, iou: float | None = None,
-                 max_det: int | None = None, classes: Sequence[int] | None = None, agnostic: bool = False,
+                 max_det: int | None = None, classes: int | str | Sequence[int | str] | None = None,
+                 agnostic: bool = False,
                  backend: str = "auto", preprocess: str = "cpu", **backend_options: Any) -> None:
         if preprocess not in ("cpu", "gpu"):
             raise ConfigError(f"preprocess={preprocess!r}", "use preprocess='cpu' (default) or 'gpu'")
-        self.classes = None if classes is None else [int(c) for c in classes]
         self.agnostic = agnostic
         self._gate = CallGate(f"Detector({Path(path).name})")
         self._letterboxes: list[Letterbox] = []  # free list: a call pops one and appends it back
@@ -88,6 +89,7 @@ class Detector(FrameCalls):
         self.backend: Backend = load_backend(path, backend, **backend_options)
         try:  # whatever fails after the load must not leak the backend
             self._configure(path, conf, iou, max_det, agnostic, preprocess)
+            self.classes = _class_ids(classes, self.metadata.names)
         except Exception:
             self.backend.close()
             raise
@@ -219,6 +221,23 @@ class Detector(FrameCalls):
     def __repr__(self) -> str:
         return (f"Detector({self.backend.path.name}{', closed' if self._gate.closed else ''}, backend={self.backend.name}, imgsz={self.imgsz}, "
                 f"classes={len(self.names)}, conf={self.conf}, iou={self.iou})")
+
+
+def _class_ids(classes, names: Sequence[str]) -> list[int] | None:
+    """``classes`` (an id, a name, or a list of them) as class ids of ``names``; ``None`` stays ``None``."""
+    if classes is None:
+        return None
+    items = [classes] if isinstance(classes, (int, str, np.integer)) else list(classes)
+    ids = []
+    for c in items:
+        if isinstance(c, str) and c in names:
+            ids.append(names.index(c))
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < len(names):
+            ids.append(int(c))
+        else:
+            raise ConfigError(f"classes={classes!r}: {c!r} is not one of the model's {len(names)} classes",
+                              f"pass ids 0-{len(names) - 1} or names from {list(names)[:10]}")
+    return ids
 
 
 def _check_detect_head(meta: ModelMetadata, outputs, path) -> None:

@@ -60,6 +60,16 @@ def test_classes_filter_and_max_det(demo_onnx, frames):
         assert max(len(r) for r in d(frames)) == 2
 
 
+def test_classes_by_id_or_name_and_unknown_ones_refused(demo_onnx, frames):
+    with Detector(demo_onnx, classes=[1]) as ref, Detector(demo_onnx, classes=1) as one, \
+            Detector(demo_onnx, classes=["box"]) as by_name:
+        want = ref(frames)
+        assert any(len(r) for r in want) and one(frames) == want and by_name(frames) == want
+    for bad in ([7], "lorry", [True], [-1]):
+        with pytest.raises(ConfigError, match="not one of the model's 3 classes"):
+            Detector(demo_onnx, classes=bad)
+
+
 def test_blank_frame_gives_empty_detections(det):
     r = det(np.full((360, 640, 3), 114, np.uint8))
     assert len(r) == 0 and r.xyxy.shape == (0, 4) and list(r) == [] and r.to_dict() == {"detections": []}
