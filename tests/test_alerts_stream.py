@@ -87,6 +87,22 @@ def test_stream_with_rules_writes_incidents_and_snapshots(demo_onnx, scene, tmp_
     assert m["sent"]["jsonl"] == len(got) and m["dropped"]["jsonl"] == 0
 
 
+def test_the_rules_files_queue_size_sizes_the_event_bus(tmp_path):
+    from engine.stream.metrics import StreamMetrics
+    from engine.stream.processors import StreamContext
+    from engine.stream.sources import SourceSpec
+
+    config = parse_alerts({"rules": [{"name": "r", "classes": ["disc"]}], "queue_size": 7}, "rules.yaml")
+    events, metrics = EventsProcessor(config, tmp_path), StreamMetrics()
+    metrics.add("cam")
+    events.start(StreamContext(("disc",), {"cam": SourceSpec.parse("cam=rtsp://127.0.0.1:1/x")},
+                               metrics, True))
+    try:
+        assert events.bus.jobs.maxsize == 7
+    finally:
+        events.close()
+
+
 def test_the_same_file_gives_the_same_incidents_at_any_speed(demo_onnx, scene, tmp_path):
     """Source time: read as fast as possible, or paced at its frame rate, the incidents are the same."""
     config = parse_alerts(__import__("yaml").safe_load(RULES), "rules.yaml")

@@ -143,6 +143,42 @@ def test_a_snapshot_that_cannot_be_written_is_null_in_its_start_event(tmp_path):
     assert json.loads((tmp_path / "events.jsonl").read_text())["snapshot"] is None
 
 
+def test_a_burst_of_incidents_loses_snapshots_never_events(tmp_path):
+    """80 incidents start on one frame (a parking lot at stream start) while the bus is busy: every event is
+    delivered; only the frames beyond the bus's budget go without a snapshot, and say so."""
+    import threading
+
+    jsonl, metrics, gate = JsonLinesEvents(tmp_path / "events.jsonl"), AlertMetrics(), threading.Event()
+
+    def write(ev: Event) -> bool:
+        gate.wait(5)  # the first snapshot takes long: everything else queues behind it
+        return True
+
+    bus = EventBus([jsonl], metrics, write, queue_size=1000, frames=8)
+    bus.start()
+    frame = _frame()
+    for i in range(80):
+        ev = Event("start", f"e{i}", "r", "cam", i, "disc", 0.9, 0.9, (1, 2, 3, 4), 0.0, None, 5,
+                   f"snapshots/cam/e{i}.jpg", 1.0, frame)
+        bus.publish(ev, ev)
+    assert bus._frames_waiting == 8  # the queue holds 80 events but only 8 frames
+    gate.set()
+    bus.close(5)
+    lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [x["event_id"] for x in lines] == [f"e{i}" for i in range(80)]
+    assert [x["snapshot"] is not None for x in lines] == [True] * 8 + [False] * 72
+    assert metrics.get("snapshots", "bus") == 8 and metrics.get("snapshots_skipped", "bus") == 72
+    assert bus._frames_waiting == 0 and bus.jobs.dropped == 0
+
+
+def test_a_job_dropped_from_the_full_queue_frees_its_frame():
+    q: DropOldestQueue[tuple] = DropOldestQueue(2, on_drop=lambda job: freed.append(job))
+    freed: list = []
+    for i in range(4):
+        q.put((i, "frame"))
+    assert freed == [(0, "frame"), (1, "frame")] and q.dropped == 2
+
+
 class Flaky(EventSink):
     """Fails the first ``fail`` attempts (Retry), refuses ids in ``refuse``, records what it delivered."""
 

@@ -10,6 +10,7 @@ the queue size), and the rest are counted as dropped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -23,6 +24,7 @@ from .metrics import AlertMetrics
 
 log = logging.getLogger("engine.events")
 T = TypeVar("T")
+FRAMES_WAITING = 64  # events whose frame waits for its snapshot; beyond, events go on without a new snapshot
 
 
 class DropOldestQueue(Generic[T]):
@@ -32,9 +34,10 @@ class DropOldestQueue(Generic[T]):
     the item in flight counts towards ``maxsize`` but is never the one dropped.
     """
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, on_drop: Callable[[T], None] | None = None) -> None:
         self.maxsize = max(int(maxsize), 1)
         self.dropped = 0
+        self.on_drop = on_drop  # called (under the queue's lock) with each item dropped
         self._q: deque[T] = deque()
         self._inflight = 0
         self._cond = threading.Condition()
@@ -44,15 +47,19 @@ class DropOldestQueue(Generic[T]):
         with self._cond:
             lost = False
             while len(self._q) + self._inflight >= self.maxsize and self._q:
-                self._q.popleft()
-                self.dropped += 1
+                self._dropped(self._q.popleft())
                 lost = True
             if len(self._q) + self._inflight >= self.maxsize:  # only the in-flight item fits
-                self.dropped += 1
+                self._dropped(item)
                 return False
             self._q.append(item)
             self._cond.notify_all()
             return not lost
+
+    def _dropped(self, item: T) -> None:
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop(item)
 
     def get(self, timeout: float) -> T | None:
         """The oldest item (now in flight), or ``None`` after ``timeout`` seconds without one."""
@@ -201,13 +208,21 @@ class EventBus:
         sinks: where events go (each behind its own queue).
         metrics: the counters.
         write_snapshot: ``fn(job) -> bool`` for events that bring a new snapshot (``None``: no snapshots).
-        queue_size: events (with their frames) waiting for the bus's thread; the oldest dropped beyond it.
+        queue_size: events waiting for the bus's thread (the rules file's ``queue_size``); the oldest
+            dropped beyond it.
+        frames: of those, how many may hold a frame for their snapshot (a full-HD frame is 6 MB). An
+            event published while that many wait goes on without a new snapshot (a ``start`` then says
+            ``"snapshot": null``) and is counted in ``snapshots_skipped``: a burst of incidents (every car
+            in view reaching ``min_duration`` together) loses snapshots, never events.
     """
 
     def __init__(self, sinks: Iterable[EventSink], metrics: AlertMetrics,
-                 write_snapshot: Callable[[Any], bool] | None = None, queue_size: int = 64) -> None:
+                 write_snapshot: Callable[[Any], bool] | None = None, queue_size: int = 1000,
+                 frames: int = FRAMES_WAITING) -> None:
         self.sinks, self.metrics, self.write_snapshot = list(sinks), metrics, write_snapshot
-        self.jobs: DropOldestQueue[tuple[Any, Any]] = DropOldestQueue(queue_size)
+        self.jobs: DropOldestQueue[tuple[Any, Any]] = DropOldestQueue(queue_size, on_drop=self._release)
+        self.frames, self._frames_waiting = frames, 0
+        self._frames_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -220,7 +235,22 @@ class EventBus:
 
     def publish(self, event: Any, snapshot_job: Any = None) -> None:
         """Queue ``event`` (an :class:`~engine.events.incidents.Event`) and what its snapshot needs."""
+        if snapshot_job is not None:
+            with self._frames_lock:
+                room = self._frames_waiting < self.frames
+                self._frames_waiting += room
+            if not room:  # the frame is let go (an Event carries it too), the event goes on
+                snapshot_job = None
+                if dataclasses.is_dataclass(event) and getattr(event, "image", None) is not None:
+                    event = dataclasses.replace(event, image=None)
+                self.metrics.count("snapshots_skipped", "bus")
         self.jobs.put((event, snapshot_job))
+
+    def _release(self, job: tuple[Any, Any]) -> None:
+        """A job left the queue (dispatched or dropped): its frame no longer waits."""
+        if job[1] is not None:
+            with self._frames_lock:
+                self._frames_waiting -= 1
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -232,15 +262,16 @@ class EventBus:
             except Exception as e:  # noqa: BLE001 - one bad event must not stop the others
                 log.error("events: dispatch failed: %s", e)
             finally:
+                self._release(job)
                 self.jobs.done()
 
     def _dispatch(self, event: Any, snapshot_job: Any) -> None:
         data = event.to_json()
-        if snapshot_job is not None and self.write_snapshot is not None:
-            if self.write_snapshot(snapshot_job):
-                self.metrics.count("snapshots", "bus")
-            elif event.type == "start":
-                data["snapshot"] = None  # nothing was written: say so rather than point at no file
+        written = snapshot_job is not None and self.write_snapshot is not None and self.write_snapshot(snapshot_job)
+        if written:
+            self.metrics.count("snapshots", "bus")
+        elif event.type == "start":
+            data["snapshot"] = None  # nothing was written: say so rather than point at no file
         payload = Payload(data, json.dumps(data, separators=(",", ":")))
         for sink in self.sinks:
             sink.put(payload)

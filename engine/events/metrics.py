@@ -20,6 +20,7 @@ COUNTERS = {
     "retries": ("delivery retries after a failure", ("sink",)),
     "rejected": ("events the receiver refused for good (HTTP 4xx), not retried", ("sink",)),
     "snapshots": ("snapshot JPEGs written", ("sink",)),
+    "snapshots_skipped": ("events sent without their snapshot: more frames were waiting than the bus holds", ("sink",)),
 }
 
 

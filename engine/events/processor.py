@@ -81,7 +81,7 @@ class EventsProcessor(Processor):
         self.rules = {name: StreamRules(name, self.config.rules, context.names,
                                         f"{SNAPSHOT_DIR}/{safe_filename(name)}") for name in context.sources}
         context.metrics.collectors.append(self.metrics)
-        self.bus = EventBus(sinks, self.metrics, self._write_snapshot)
+        self.bus = EventBus(sinks, self.metrics, self._write_snapshot, queue_size=self.config.queue_size)
         self.bus.start()
         log.info("events: %d rule(s) -> %s", len(self.config.rules),
                  ", ".join(getattr(s, "label", s.name) for s in sinks))
