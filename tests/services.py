@@ -171,6 +171,7 @@ class Webhook:
 
     def __init__(self, port: int | None = None, status: int = 200) -> None:
         self.port, self.status = port or free_port(), status
+        self.location: str | None = None  # sent as Location (with a 3xx status)
         self.requests: list[dict[str, Any]] = []
         self.bodies: list[bytes] = []
         self._lock = threading.Lock()
@@ -186,13 +187,17 @@ class Webhook:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with hook._lock:
-                    hook.requests.append({"path": self.path, "headers": dict(self.headers),
+                    hook.requests.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                           "status": hook.status})
-                    if hook.status < 300:
+                    if hook.status < 300 and self.command == "POST":
                         hook.bodies.append(body)
                 self.send_response(hook.status)
+                if hook.location:
+                    self.send_header("Location", hook.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            do_GET = do_POST  # a client that followed a redirect as a GET is recorded too
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True

@@ -296,6 +296,31 @@ def test_webhook_down_at_start_then_dying_mid_run(caplog):
     assert [e["event_id"] for e in hook.events()][3:] == ["ev5", "ev8", "ev9"] and sink.queue.dropped == 4
 
 
+def test_webhook_redirect_is_refused_not_followed_and_url_credentials_go_as_basic_auth():
+    import base64
+
+    hook = Webhook(status=302).start()  # a redirect: urllib would resend it as a GET, token and all
+    try:
+        hook.location = f"http://127.0.0.1:{hook.port}/moved"
+        bus, metrics = start_bus([webhook_sink(hook.url)])
+        bus.publish(event(1))
+        assert wait_for(lambda: metrics.get("rejected", "webhook") == 1, 10)
+        bus.close(2)
+        assert [r["method"] for r in hook.requests] == ["POST"] and metrics.get("sent", "webhook") == 0
+        hook.status, hook.location = 200, None
+        sink = webhook_sink(hook.url.replace("http://", "http://alarm:p%40ss@w0rd@"))
+        assert "p%40ss" not in sink.label and "w0rd" not in sink.label
+        bus, metrics = start_bus([sink])
+        bus.publish(event(2))
+        assert wait_for(lambda: metrics.get("sent", "webhook") == 1, 10)
+        bus.close(2)
+        assert hook.requests[-1]["headers"]["Authorization"] == "Basic " + base64.b64encode(b"alarm:p@ss@w0rd").decode()
+    finally:
+        hook.stop()
+    with pytest.raises(ConfigError, match="a token is set too"):
+        webhook_sink("http://u:p@127.0.0.1:9/x", token_env="HOME")
+
+
 def test_webhook_config_errors():
     with pytest.raises(ConfigError, match="not an http"):
         webhook_sink("ftp://example.com/x")

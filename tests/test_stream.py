@@ -118,6 +118,8 @@ def test_source_spec_files_folders_and_missing(clip, folder, tmp_path):
 def test_redact_hides_credentials():
     assert redact("rtsp://admin:secret@10.0.0.2:554/s") == "rtsp://***@10.0.0.2:554/s"
     assert redact("rtsp://10.0.0.2/s") == "rtsp://10.0.0.2/s"
+    assert redact("rtsp://admin:p@ss@10.0.0.1/s1") == "rtsp://***@10.0.0.1/s1"  # FFmpeg splits at the last '@'
+    assert redact("http://cam/snap?next=a@b") == "http://cam/snap?next=a@b"  # an '@' after the path is no login
 
 
 def test_backoff_doubles_then_caps():

@@ -258,7 +258,8 @@ def _parse_label_line(line: str, lbl: Path, n: int,
         raise DatasetError(f"{lbl}, line {n}: class must be an integer >= 0, got {fields[0]!r}", _FIX_LABEL)
     if num_classes is not None and cls >= num_classes:
         raise DatasetError(f"{lbl}, line {n}: class {int(cls)}, but the data.yaml names {num_classes} classes "
-                           f"(ids 0-{num_classes - 1})", "correct the label, or add the class to 'names:' in the data.yaml")
+                           f"(ids 0-{num_classes - 1})",
+                           "correct the label, or add the class to 'names:' in the data.yaml")
     # Ultralytics' tolerance: up to 1% outside 0..1, a box's width and height never negative
     if coords.min() < -COORD_SLACK or coords.max() > 1 + COORD_SLACK or (len(values) == 5 and coords[2:].min() < 0):
         raise DatasetError(f"{lbl}, line {n}: coordinates outside 0..1 (pixel values?): {line.strip()!r}",

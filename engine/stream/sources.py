@@ -54,7 +54,8 @@ class SourceKind(str, Enum):
 
 def redact(uri: str) -> str:
     """``uri`` with any ``user:password@`` replaced by ``***@`` (for logs, JSON lines and metric labels)."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/@]+@", r"\1***@", uri, flags=re.IGNORECASE)
+    # up to the last '@' before the path, as FFmpeg and urlsplit read it: a password may hold an '@'
+    return re.sub(r"^([a-z][a-z0-9+.-]*://)[^/?#]*@", r"\1***@", uri, flags=re.IGNORECASE)
 
 
 @dataclass(frozen=True)
