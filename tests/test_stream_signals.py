@@ -34,12 +34,18 @@ def test_fifty_signals_at_random_moments_under_load_each_stop_within_5s(demo_onn
     assert {"SIGINT", "SIGTERM"} <= set(re.findall(r"SIG\w+", stdout))
 
 
-def test_sources_that_all_fail_at_start_leave_no_result_files(demo_onnx, tmp_path):
+@pytest.mark.parametrize("events", [False, True])
+def test_sources_that_all_fail_at_start_leave_no_result_files(demo_onnx, tmp_path, events):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(os.urandom(2048))
     out = tmp_path / "out"
+    extra = []
+    if events:  # incidents: events.jsonl and snapshots/ under --save, created with the first event
+        pytest.importorskip("trackers")
+        (tmp_path / "rules.yaml").write_text("rules:\n  - name: any\n    classes: [disc]\n")
+        extra = ["--events", str(tmp_path / "rules.yaml")]
     p = subprocess.run([sys.executable, "-m", "engine.stream", "--model", str(demo_onnx), "--source", str(bad),
-                        "--save", str(out), "--jsonl", str(tmp_path / "extra" / "d.jsonl")], cwd=ROOT,
+                        "--save", str(out), "--jsonl", str(tmp_path / "extra" / "d.jsonl"), *extra], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "bad.mp4" in p.stderr, p.stderr
     assert not out.exists() and not (tmp_path / "extra").exists()  # no empty folder, video or detections.jsonl

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import OutputDirError
-from ..stream.sinks import annotate
+from ..stream.sinks import annotate, check_writable
 from .rules import SnapshotConfig
 
 log = logging.getLogger("engine.events")
@@ -35,10 +35,9 @@ class SnapshotStore:
     def __init__(self, root: str | Path, config: SnapshotConfig = SnapshotConfig()) -> None:
         self.root, self.config = Path(root), config
         self.dir = self.root / SNAPSHOT_DIR
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputDirError(f"cannot create {self.dir}: {e}", "choose a writable --save folder") from None
+        if self.dir.exists() and not self.dir.is_dir():
+            raise OutputDirError(f"cannot create {self.dir}: it is a file", "choose another --save folder")
+        check_writable(self.dir, "choose a writable --save folder")  # created with the first snapshot
         self._files: OrderedDict[Path, int] = OrderedDict()  # oldest first, with sizes
         self._bytes = 0
         self.written = self.pruned = self.failed = 0
