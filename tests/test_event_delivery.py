@@ -392,6 +392,15 @@ def test_mqtt_user_password_from_the_environment(tmp_path, monkeypatch, caplog):
         mqtt_sink(1, username="u", password_env="NOT_SET_PW")
 
 
+@pytest.mark.parametrize("prefix", ["site/+", "site/#", ""])
+def test_an_mqtt_prefix_that_cannot_be_published_to_is_a_config_error(prefix):
+    """paho refuses wildcards in a publish topic: a stream that starts with one would never deliver."""
+    from engine.events.sinks.mqtt import MqttSink
+
+    with pytest.raises(ConfigError, match="cannot be a publish topic"):
+        MqttSink(MqttConfig("mqtt://127.0.0.1:1883", topic_prefix=prefix))
+
+
 @needs_broker
 def test_mqtt_over_tls_with_a_private_ca(tmp_path):
     try:

@@ -43,6 +43,27 @@ def test_cli_corrupt_file_exits_2_with_message(demo_onnx, tmp_path):
     assert "error:" in out and "bad.mp4" in out and "fix:" in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("flag, value", [("--metrics-port", "70000"), ("--duration", "0"), ("--duration", "-1"),
+                                         ("--max-frames", "0")])
+def test_cli_out_of_range_numbers_exit_2_with_message(demo_onnx, tmp_path, flag, value):
+    """--duration 0 ran forever, a negative one stopped after one batch, --metrics-port 70000 was a traceback."""
+    p = _cli("--model", str(demo_onnx), "--source", str(tmp_path), flag, value)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "error:" in out and "fix:" in out and "Traceback" not in out, out
+
+
+def test_cli_max_frames_is_never_overshot(demo_onnx, clip, tmp_path):
+    """Two workers take a file two frames a call: the call that reaches --max-frames takes only what is wanted
+    (it wrote 3 lines for --max-frames 2, 5 for 4)."""
+    for n in (2, 4):
+        out = tmp_path / f"d{n}.jsonl"
+        p = _cli("--model", str(demo_onnx), "--source", str(clip), "--jsonl", str(out), "--max-frames", str(n),
+                 "--workers", "2", "--log-interval", "0")
+        log, _ = p.communicate(timeout=120)
+        assert p.returncode == 0 and "batch 2, 2 worker(s)" in log, log
+        assert len(out.read_text().splitlines()) == n
+
+
 def test_cli_dead_url_exits_2_after_its_attempts(demo_onnx):
     from tests.rtsp_server import free_port
 

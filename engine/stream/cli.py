@@ -80,6 +80,8 @@ def _check(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}", "use a number of seconds above 0")
     if args.connect_attempts < 0:
         raise ConfigError(f"--connect-attempts {args.connect_attempts}", "use 0 (forever) or more")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port {args.metrics_port}", "use a TCP port from 1 to 65535 (0: any free port)")
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -190,7 +190,7 @@ class PrometheusExporter:
 
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=reg)
-        except OSError as e:
+        except (OSError, OverflowError) as e:  # OverflowError: a port outside 0-65535
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {e}",
                               "pick a free port with --metrics-port") from None
         self.host, self.port = host, self._server.server_address[1]

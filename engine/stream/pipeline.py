@@ -76,6 +76,12 @@ class StreamConfig:
     duration: float | None = None
     workers: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames={self.max_frames}", "use 1 or more (--max-frames N), or leave it out")
+        if self.duration is not None and not self.duration > 0:
+            raise ConfigError(f"duration={self.duration}", "use seconds above 0 (--duration S), or leave it out")
+
 
 class Stream:
     """Run a detector over several video sources until they end or :meth:`stop` is called.
@@ -305,12 +311,12 @@ class Stream:
             self._on_event(ev)
         self._ready.set()  # wake the pipeline: a source may have ended or failed
 
-    def _gather(self) -> list[Frame]:
-        """Up to ``batch`` ready frames, one per source per round, starting after the last served."""
+    def _gather(self, limit: int) -> list[Frame]:
+        """Up to ``limit`` ready frames, one per source per round, starting after the last served."""
         batch: list[Frame] = []
         n = len(self._slots)
         progress = True
-        while len(batch) < self.batch and progress:
+        while len(batch) < limit and progress:
             progress = False
             for k in range(n):
                 i = (self._next + k) % n
@@ -318,7 +324,7 @@ class Stream:
                 if frame is not None:
                     batch.append(frame)
                     progress = True
-                    if len(batch) == self.batch:
+                    if len(batch) == limit:
                         self._next = (i + 1) % n
                         return batch
         self._next = (self._next + 1) % n
@@ -366,12 +372,14 @@ class Stream:
 
     def _loop(self) -> None:
         cfg = self.config
-        t_end = time.monotonic() + cfg.duration if cfg.duration else None
+        t_end = time.monotonic() + cfg.duration if cfg.duration is not None else None
         next_log = time.monotonic() + cfg.log_interval if cfg.log_interval > 0 else None
         while not self._stop.is_set() and self._signals.signum is None:
             self._ready.clear()
             alive = self._check_sources()
-            frames = self._gather()
+            # never past --max-frames: the last call takes only the frames still wanted
+            wanted = self.batch if cfg.max_frames is None else min(self.batch, cfg.max_frames - self.frames_out)
+            frames = self._gather(wanted)
             if frames:
                 self._process(frames)
             elif not alive:
@@ -384,7 +392,7 @@ class Stream:
                 for name, s in self.metrics.snapshot().items():
                     log.info(StreamMetrics.format(name, s))
                 next_log = now + cfg.log_interval
-            if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end and now >= t_end):
+            if (cfg.max_frames is not None and self.frames_out >= cfg.max_frames) or (t_end is not None and now >= t_end):
                 break
         if self._signals.signum is None:
             self._check_sources()

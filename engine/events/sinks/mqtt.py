@@ -52,6 +52,9 @@ class MqttSink(EventSink):
             raise ConfigError(f"MQTT URL '{redact(config.url)}' is not mqtt://host[:port] or mqtts://host[:port]",
                               "pass --mqtt mqtt://broker:1883 (mqtts:// for TLS)")
         port, tls = SCHEMES[url.scheme]
+        if not config.topic_prefix or any(c in config.topic_prefix for c in "+#\0"):
+            raise ConfigError(f"MQTT topic_prefix {config.topic_prefix!r} cannot be a publish topic (empty, or "
+                              "holding the wildcards + or #)", "use a plain prefix such as 'site1/yolo'")
         self.host, self.port = url.hostname, url.port or port
         self.config, self.label, self.ack_timeout = config, f"{url.scheme}://{self.host}:{self.port}", ack_timeout
         username = config.username or (urllib.parse.unquote(url.username) if url.username else None)
@@ -125,7 +128,10 @@ class MqttSink(EventSink):
                 raise Retry(f"not connected to {self.label}")
         if self._pending is None or self._pending[0] is not payload:
             topic = f"{self.config.topic_prefix}/{payload.data['stream']}/events"
-            info = self.client.publish(topic, payload.body, qos=1)
+            try:
+                info = self.client.publish(topic, payload.body, qos=1)
+            except ValueError as e:  # paho refuses the topic (a stream name with + or #): never publishable
+                raise Reject(f"topic {topic!r}: {e}") from None
             if info.rc == self._mqtt.MQTT_ERR_PAYLOAD_SIZE:
                 raise Reject("payload too large for the broker")
             if info.rc not in (self._mqtt.MQTT_ERR_SUCCESS, self._mqtt.MQTT_ERR_NO_CONN):
