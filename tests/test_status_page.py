@@ -110,11 +110,13 @@ def test_read_only_and_no_path_escapes(live):
         assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
         conn.close()
     for path in ("/snapshots/../secret.jpg", "/snapshots/%2e%2e/secret.jpg", "/snapshots/../../etc/passwd",
-                 "/snapshots/gate", "/../secret.jpg"):
+                 "/snapshots/gate", "/../secret.jpg", "/snapshots/%00.jpg", "/snapshots/" + "a" * 300 + ".jpg"):
         conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=10)
         conn.request("GET", path)
-        assert conn.getresponse().status == 404, path
+        assert conn.getresponse().status == 404, path  # a NUL or an over-long name: 404, not a dropped connection
         conn.close()
+    code, _, body = get(base + "/api/events?n=%C2%B2")  # '²' passes str.isdigit() but not int()
+    assert code == 200 and isinstance(json.loads(body), list)
 
 
 def test_metrics_on_the_same_server(live):

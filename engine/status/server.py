@@ -136,8 +136,11 @@ class StatusPage(Processor):
         """A snapshot under the save folder, or ``None`` (never a path outside it)."""
         if self.snapshot_root is None or not rel.endswith(".jpg"):
             return None
-        path = (self.snapshot_root / rel).resolve()
-        return path if path.is_relative_to(self.snapshot_root) and path.is_file() else None
+        try:
+            path = (self.snapshot_root / rel).resolve()
+            return path if path.is_relative_to(self.snapshot_root) and path.is_file() else None
+        except (OSError, ValueError):  # a NUL byte, a name too long for the file system: no such snapshot
+            return None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -174,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(page.streams())
         elif path == "/api/events":
             n = urllib.parse.parse_qs(url.query).get("n", ["100"])[0]
-            self._json(page.recent_events(int(n) if n.isdigit() else 100))
+            self._json(page.recent_events(int(n) if n.isascii() and n.isdigit() else 100))  # '²' is a digit too
         elif path == "/metrics":
             got = page.metrics_text()
             if got is None:
