@@ -109,6 +109,17 @@ def test_bad_files_and_sections(tmp_path, text, says):
     assert e.value.fix
 
 
+def test_a_rules_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    """A Windows editor's cp1252 'é' (a UnicodeDecodeError traceback, exit 1, before); a BOM is read."""
+    path = tmp_path / "rules.yaml"
+    path.write_bytes("rules:\n  - name: café\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match="is not UTF-8 text") as e:
+        load_alerts(path)
+    assert "UTF-8" in e.value.fix
+    path.write_bytes("\ufeffrules:\n  - name: café\n".encode("utf-8"))
+    assert load_alerts(path).rules[0].name == "café"
+
+
 def test_unknown_class_and_stream_are_refused_with_the_models_names(tmp_path):
     cfg = load_alerts(_write(tmp_path, "rules:\n  - name: crash\n    classes: [acident]\n"))
     with pytest.raises(ConfigError) as e:

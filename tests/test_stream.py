@@ -12,13 +12,14 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from engine.detections import Detections
-from engine.errors import ConfigError, SourceError
+from engine.errors import ConfigError, OutputDirError, SourceError
 from engine.stream import CaptureConfig, EventKind, Stream, StreamConfig
 from engine.stream.metrics import StreamMetrics
 from engine.stream.sinks import JsonLinesSink, StreamResult, VideoSink, annotate
@@ -286,6 +287,14 @@ def test_max_frames_and_loop_stop_an_endless_file(clip):
 
 
 # --- sinks ---------------------------------------------------------------------------------------
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_under_the_jsonl_sink_is_a_typed_error(clip):
+    """/dev/full: every write fails with ENOSPC (an OSError traceback and exit 1, before)."""
+    sink = JsonLinesSink("/dev/full")
+    with pytest.raises(OutputDirError, match="No space left"):
+        Stream(FakeDetector(), [str(clip)], StreamConfig(log_interval=0, max_frames=3), [sink]).run()
+
+
 def test_video_and_jsonl_sinks(clip, tmp_path):
     t0 = time.time()
     sinks = [VideoSink(tmp_path / "out"), JsonLinesSink(tmp_path / "out" / "det.jsonl")]

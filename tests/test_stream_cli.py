@@ -44,7 +44,7 @@ def test_cli_corrupt_file_exits_2_with_message(demo_onnx, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value", [("--metrics-port", "70000"), ("--duration", "0"), ("--duration", "-1"),
-                                         ("--max-frames", "0")])
+                                         ("--max-frames", "0"), ("--read-timeout", "inf"), ("--reconnect-max", "nan")])
 def test_cli_out_of_range_numbers_exit_2_with_message(demo_onnx, tmp_path, flag, value):
     """--duration 0 ran forever, a negative one stopped after one batch, --metrics-port 70000 was a traceback."""
     p = _cli("--model", str(demo_onnx), "--source", str(tmp_path), flag, value)

@@ -240,9 +240,12 @@ def load_alerts(path: str | Path) -> AlertsConfig:
 
     p = Path(path)
     try:
-        text_ = p.read_text(encoding="utf-8")
+        text_ = p.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise ConfigError(f"cannot read rules file {p}: {e.strerror or e}", "check the --events path") from None
+    except UnicodeDecodeError as e:  # e.g. saved as cp1252 by a Windows editor
+        raise ConfigError(f"rules file {p} is not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})",
+                          "save it as UTF-8 (any editor's 'Save with encoding')") from None
     try:
         data = yaml.safe_load(text_)
     except yaml.YAMLError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from ..cli import run_cli
@@ -76,7 +77,7 @@ def _check(args: argparse.Namespace) -> None:
     from ..errors import ConfigError
 
     for flag in ("reconnect_max", "read_timeout"):
-        if getattr(args, flag) <= 0:
+        if not 0 < getattr(args, flag) < math.inf:  # nan and inf too
             raise ConfigError(f"--{flag.replace('_', '-')} {getattr(args, flag)}", "use a number of seconds above 0")
     if args.connect_attempts < 0:
         raise ConfigError(f"--connect-attempts {args.connect_attempts}", "use 0 (forever) or more")

@@ -138,7 +138,11 @@ class JsonLinesSink(Sink):
                 self._f = open(self.path, "a", encoding="utf-8", newline="\n", buffering=1)
             except OSError as e:
                 raise OutputDirError(f"cannot write {self.path}: {e}", "choose a writable --save/--jsonl path") from None
-        self._f.write(json.dumps(result.to_json(), separators=(",", ":")) + "\n")
+        try:
+            self._f.write(json.dumps(result.to_json(), separators=(",", ":")) + "\n")
+        except OSError as e:  # a full disk mid-run: a typed stop (exit 2), the lines so far kept
+            raise OutputDirError(f"cannot write {self.path}: {e.strerror or e}",
+                                 "free space on that disk or choose another --save/--jsonl path") from None
 
     def close(self) -> None:
         if self._f is not None and not self._f.closed:

@@ -284,8 +284,12 @@ class CaptureThread(threading.Thread):
             if not self.stop.is_set():
                 self._emit(EventKind.ENDED, f"{self.index} frames")
         except BaseException as e:  # noqa: BLE001 - handed to the pipeline, which re-raises it
+            if not isinstance(e, SourceError):  # not a source's own failure: keep the traceback for the log
+                log.error("source %s: unexpected error", self.spec.name, exc_info=e)
             self.error = e if isinstance(e, SourceError) else SourceError(
                 f"source {self.spec.name} ({self.spec.label}) failed: {type(e).__name__}: {e}", "see the log above")
+            if self.error is not e:
+                self.error.__cause__ = e
             self._emit(EventKind.FAILED, str(self.error.message))
 
     def _push(self, image: np.ndarray, fps: float) -> bool:
