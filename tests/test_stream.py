@@ -295,6 +295,17 @@ def test_a_full_disk_under_the_jsonl_sink_is_a_typed_error(clip):
         Stream(FakeDetector(), [str(clip)], StreamConfig(log_interval=0, max_frames=3), [sink]).run()
 
 
+def test_a_folders_video_plays_at_the_rate_its_frames_are_timed(folder, tmp_path):
+    """A folder has no frame rate: its MP4 and its source time (rules, events) both take DEFAULT_FPS (25);
+    the video was written at 10 fps, so it ran 2.5x slow against the events' times."""
+    from engine.stream.sources import DEFAULT_FPS
+
+    Stream(FakeDetector(), [f"f={folder}"], StreamConfig(log_interval=0), [VideoSink(tmp_path / "out")]).run()
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "f.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(DEFAULT_FPS, abs=0.5)
+    cap.release()
+
+
 def test_video_and_jsonl_sinks(clip, tmp_path):
     t0 = time.time()
     sinks = [VideoSink(tmp_path / "out"), JsonLinesSink(tmp_path / "out" / "det.jsonl")]

@@ -20,10 +20,11 @@ import numpy as np
 
 from ..detections import Detections
 from ..errors import ConfigError, OutputDirError
+from .sources import DEFAULT_FPS
 
 log = logging.getLogger("engine.stream")
 
-DEFAULT_VIDEO_FPS = 10.0
+DEFAULT_VIDEO_FPS = DEFAULT_FPS  # a source without a frame rate (a folder): the rate its frames are paced and timed at
 
 
 @dataclass
