@@ -340,6 +340,10 @@ def test_window_sink_refuses_a_headless_machine(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(ConfigError, match="needs a display"):
         WindowSink(lambda: None)
+    # set but unreachable (a stale ssh -X session): Qt would abort the process mid-run, MP4 unfinished
+    monkeypatch.setenv("DISPLAY", ":77")
+    with pytest.raises(ConfigError, match="cannot open a window on :77"):
+        WindowSink(lambda: None)
 
 
 def test_annotate_draws_boxes_on_a_copy():

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,14 +206,32 @@ class VideoSink(Sink):
         self._writers.clear()
 
 
+def _no_display() -> str | None:
+    """Why OpenCV could not open a window here (``None``: it can). Set is not enough: a stale ``ssh -X``
+    session or a service's inherited ``DISPLAY`` makes Qt abort the process, so a child process tries it."""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "DISPLAY / WAYLAND_DISPLAY is not set"
+    probe = "import cv2; cv2.namedWindow('yolo-deploy'); cv2.waitKey(1); cv2.destroyAllWindows()"
+    try:
+        p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "opening a window did not finish within 30 s"
+    if p.returncode != 0:
+        last = (p.stderr.strip().splitlines() or ["no message"])[0][:160]
+        where = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        return f"OpenCV cannot open a window on {where} ({last})"
+    return None
+
+
 class WindowSink(Sink):
     """Show each source in a window (``--show``); ``q`` or Esc in a window asks the stream to stop."""
 
     def __init__(self, request_stop: Callable[[], None]) -> None:
-        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            # checked here: OpenCV's GUI aborts the whole process when it finds no display
-            raise ConfigError("--show needs a display, and DISPLAY / WAYLAND_DISPLAY is not set",
-                              "drop --show on a headless machine; use --save DIR to review annotated video")
+        if sys.platform.startswith("linux"):  # OpenCV's GUI aborts the whole process when it finds no display
+            why = _no_display()
+            if why:
+                raise ConfigError(f"--show needs a display: {why}",
+                                  "drop --show on a headless machine; use --save DIR to review annotated video")
         self.request_stop = request_stop
         self._open: set[str] = set()
 
