@@ -103,6 +103,31 @@ def test_the_rules_files_queue_size_sizes_the_event_bus(tmp_path):
         events.close()
 
 
+@pytest.mark.parametrize("step", [0.0, -600.0, 3600.0])
+def test_a_cameras_incidents_ignore_system_clock_steps(step):
+    """NTP setting the clock back 10 minutes (or ahead an hour) mid-run: the same incidents as without.
+    With the wall clock as rule time, the set-back camera raised no second incident and never ended the first."""
+    from engine.events.incidents import StreamRules
+    from engine.stream.metrics import StreamMetrics
+    from engine.stream.processors import StreamContext
+    from engine.stream.sinks import StreamResult
+    from engine.stream.sources import SourceSpec
+
+    names = ("disc", "box")
+    cfg = parse_alerts({"rules": [{"name": "fall", "classes": ["disc"], "min_duration": 1.0, "end_after": 2.0}]},
+                       "r.yaml")
+    ctx = StreamContext(names, {"ward": SourceSpec.parse("ward=rtsp://127.0.0.1:1/x")}, StreamMetrics(),
+                        clocks=(1_800_000_000.0, 100.0))
+    rules, events = StreamRules("ward", cfg.rules, names, "snapshots/ward"), []
+    for frame in range(100):  # 5 fps: track 1 for 3 s, then track 2
+        wall = 1_800_000_000.0 + frame * 0.2 + (step if frame >= 15 else 0.0)
+        d = Detections(np.array([[10, 10, 50, 50]], np.float32), np.array([0.9], np.float32),
+                       np.array([0], np.int32), names, track_id=np.array([1 if frame < 15 else 2]))
+        r = StreamResult("ward", frame, wall, np.zeros((64, 64, 3), np.uint8), d, 1.0, t_capture=100.0 + frame * 0.2)
+        events += [(e.type, e.track_id) for e in rules.update(ctx.source_time(r), frame, d, (64, 64), wall)]
+    assert events == [("start", 1), ("start", 2), ("end", 1)]
+
+
 def test_the_same_file_gives_the_same_incidents_at_any_speed(demo_onnx, scene, tmp_path):
     """Source time: read as fast as possible, or paced at its frame rate, the incidents are the same."""
     config = parse_alerts(__import__("yaml").safe_load(RULES), "rules.yaml")

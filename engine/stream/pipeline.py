@@ -343,7 +343,7 @@ class Stream:
         for f, d in zip(frames, detections):
             latency = done - f.t_capture
             self.metrics[f.source].record_out(done, latency)
-            result = StreamResult(f.source, f.index, f.timestamp, f.image, d, latency * 1e3, f.fps)
+            result = StreamResult(f.source, f.index, f.timestamp, f.image, d, latency * 1e3, f.fps, f.t_capture)
             for p in self.processors:
                 result = p.process(result)
             for sink in self.sinks:

@@ -9,7 +9,8 @@ packages (:mod:`engine.track`, :mod:`engine.events`, :mod:`engine.status`), impo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .metrics import StreamMetrics
@@ -34,15 +35,23 @@ class StreamContext:
     metrics: StreamMetrics
     tracked: bool = False
     model: str = "the model"
+    # the wall clock and the monotonic clock read together at start: a live source's time is the first
+    # plus what the second counted since, so a system-time step (NTP at boot, `date -s`) moves no rule
+    clocks: tuple[float, float] = field(default_factory=lambda: (time.time(), time.perf_counter()))
 
     def source_time(self, result: StreamResult) -> float:
-        """Seconds in the source's own clock: capture time for a live source, frame index / fps for a file.
+        """Seconds in the source's own clock: capture time for a live source (Unix seconds, counted on a
+        monotonic clock from the stream's start), frame index / fps for a file.
 
-        A file processed faster than real time therefore gives the same durations as played at its rate.
+        A file processed faster than real time therefore gives the same durations as played at its rate;
+        a camera's incidents neither freeze when the system clock is set back nor all end when it jumps ahead.
         """
         spec = self.sources.get(result.source)
         if spec is not None and spec.kind.live:
-            return result.timestamp
+            if not result.t_capture:  # a result made outside the pipeline: its wall-clock time
+                return result.timestamp
+            wall0, mono0 = self.clocks
+            return wall0 + (result.t_capture - mono0)
         return result.index / (result.fps or DEFAULT_FPS)
 
 

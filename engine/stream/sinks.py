@@ -40,6 +40,7 @@ class StreamResult:
         detections: boxes in the frame's pixels.
         latency_ms: capture to detections.
         fps: the source's nominal frame rate (0 when unknown).
+        t_capture: ``time.perf_counter()`` at capture (0: not known), a clock no system-time change moves.
     """
 
     source: str
@@ -49,6 +50,7 @@ class StreamResult:
     detections: Detections
     latency_ms: float
     fps: float = 0.0
+    t_capture: float = 0.0
     _annotated: np.ndarray | None = field(default=None, repr=False)
 
     def annotated(self) -> np.ndarray:
