@@ -47,7 +47,8 @@ class Event:
 
     Attributes:
         type: ``start``, ``update`` or ``end``.
-        start_time / end_time: source seconds (Unix time for a camera, counted on a monotonic clock from the stream's start so a system-time step moves no incident; seconds into a file); ``end_time``
+        start_time / end_time: source seconds (Unix time for a camera, counted on a monotonic clock from
+            the stream's start so a system-time step moves no incident; seconds into a file); ``end_time``
             is ``None`` until the ``end`` event.
         frame: index of the frame the event's ``box`` and ``score`` come from.
         snapshot: the incident's JPEG, relative to the save folder (``None``: no snapshot).
