@@ -39,6 +39,7 @@ URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://"
 # wins). TCP survives packet loss; a short probe makes a reconnect take ~0.8 s instead of ~2 s.
 FFMPEG_OPTIONS = "rtsp_transport;tcp|analyzeduration;500000|probesize;500000"
 DEFAULT_FPS = 25.0
+STABLE_S = 5.0  # a live connection that lasted this long reconnects at once when lost; a shorter one backs off
 
 
 class SourceKind(str, Enum):
@@ -352,6 +353,7 @@ class CaptureThread(threading.Thread):
                 continue
             self._emit(EventKind.RECONNECTED if connected_before else EventKind.CONNECTED, self.spec.label)
             connected_before, attempts = True, 0
+            t_open = time.perf_counter()
             try:
                 reason, frames = self._read_live(reader)
             finally:
@@ -359,9 +361,13 @@ class CaptureThread(threading.Thread):
             if not reason:
                 return
             self._emit(EventKind.DISCONNECTED, reason)
-            if frames:  # it worked for a while: reconnect at once, backoff from the start
+            if frames and time.perf_counter() - t_open >= STABLE_S:  # it worked a while: reconnect at once
                 delays = backoff(self.cfg.reconnect_base, self.cfg.reconnect_max)
-            else:  # opens but sends nothing: back off, or this loop would spin
+            else:  # sends nothing, or a frame or two and ends (a snapshot URL): back off, or this loop would spin
+                if frames:
+                    log.warning("%s: %s gave %d frame(s) in %.1fs and ended; retrying with backoff (a still-image "
+                                "URL is not a video stream: use the camera's RTSP or MJPEG address)",
+                                self.spec.name, self.spec.label, frames, time.perf_counter() - t_open)
                 self.stop.wait(next(delays))
 
     def _read_live(self, reader: _VideoReader) -> tuple[str, int]:
