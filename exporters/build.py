@@ -106,7 +106,7 @@ class Build:
 
     def produce(self, key: str, make: Callable[[Path], Outcome], inputs: Mapping[str, Any], *,
                 final: Path | None = None, sources: Sequence[str] | None = None, label: str | None = None,
-                stale: Sequence[Path] = ()) -> ArtifactRecord:
+                stale: Sequence[Path] = (), owns_final: bool = True) -> ArtifactRecord:
         """Build, check and record one artifact.
 
         Args:
@@ -120,6 +120,9 @@ class Build:
             sources: keys of the artifacts it is built from (default: the kind's ``built_from``); when
                 one of them was not delivered this one is skipped.
             stale: more files that must go when this one is not delivered (an engine's sidecar).
+            owns_final: ``final`` is this artifact's alone, so a failure removes what an earlier build left
+                there; ``False`` for a folder shared with others (a Triton repository), which ``make``
+                cleans up itself.
 
         Raises:
             DeployError: the artifact is required (the FP32 ONNX) and failed; or an output error (a full
@@ -130,12 +133,15 @@ class Build:
         from .reuse import fingerprint, reusable
 
         spec = kind_of_key(key) if key != "triton" else None
+        required = spec is not None and spec.required
         label = label or _label(key)
         final = Path(final) if final is not None else spec.path(self.cfg.export.out, self.cfg.export.stem)
+        # what a failure removes; never for the required artifact: the build stops and an earlier good file stays
+        gone = () if required else ((final,) if owns_final else ()) + tuple(stale)
         sources = tuple(sources) if sources is not None else ((spec.built_from,) if spec and spec.built_from else ())
         missing = [s for s in sources if self.path(s) is None]
         if missing:
-            self._remove(final, *stale)
+            self._remove(*gone)
             src = self.records.get(missing[0])
             why = f"its source {_label(missing[0])} was {src.status.value if src else 'not built'}"
             return self.skip(key, why, src.fix if src else "", label)
@@ -157,18 +163,18 @@ class Build:
                                  {**out.figures, **_file_figures(out.path)}, seconds=time.perf_counter() - t0,
                                  fingerprint=fp)
         except (OutputDirError, KeyboardInterrupt):
-            self._remove(final, *stale)
+            self._remove(*gone)
             raise
         except DeployError as e:
-            self._remove(final, *stale)
-            if spec is not None and spec.required:
+            self._remove(*gone)
+            if required:
                 raise
             rec = ArtifactRecord(key, label, Status.WITHHELD, None, tuple(getattr(e, "checks", ())),
                                  dict(getattr(e, "figures", {})), e.message, e.fix, time.perf_counter() - t0,
                                  fingerprint=fp)
         except Exception as e:  # an optional artifact's unexpected failure withholds it; the build goes on
-            self._remove(final, *stale)
-            if spec is not None and spec.required:
+            self._remove(*gone)
+            if required:
                 raise
             if self.cfg.debug:
                 traceback.print_exc()
@@ -186,7 +192,10 @@ class Build:
         """A file an earlier build left under the name of an artifact this build did not deliver goes."""
         import shutil
 
+        source = self.cfg.export.source.resolve()
         for p in paths:
+            if p.resolve() == source:  # the user's own --onnx, given inside --out: never ours to remove
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             elif p.exists():

@@ -365,19 +365,27 @@ def write_repository(repo: Path, artifacts: dict[str, Path], stem: str, opts: Tr
 
     repo = ensure_out_dir(Path(repo))
     written: dict[str, Path] = {}
-    for key, path in artifacts.items():
-        try:
-            spec = kind(key)
-        except KeyError:
-            spec = kind_of(path) if key != "triton" else None
-        if spec is None or not spec.backends:
-            continue
-        if spec.is_engine and is_rtx_engine(Path(path), key):
-            log(f"triton: skipped {Path(path).name}: a TensorRT-RTX engine, which Triton's TensorRT backend cannot load")
-            continue
-        name = model_name(stem, key)
-        written[name] = write_model(repo, name, Path(path), opts, meta, Device.CPU if spec.cpu_only else None)
-        log(f"triton: {written[name]} ({parse_backend(written[name])} model from {Path(path).name})")
+    name = None
+    try:
+        for key, path in artifacts.items():
+            try:
+                spec = kind(key)
+            except KeyError:
+                spec = kind_of(path) if key != "triton" else None
+            if spec is None or not spec.backends:
+                continue
+            if spec.is_engine and is_rtx_engine(Path(path), key):
+                log(f"triton: skipped {Path(path).name}: a TensorRT-RTX engine, which Triton's TensorRT backend "
+                    "cannot load")
+                continue
+            name = model_name(stem, key)
+            written[name] = write_model(repo, name, Path(path), opts, meta, Device.CPU if spec.cpu_only else None)
+            log(f"triton: {written[name]} ({parse_backend(written[name])} model from {Path(path).name})")
+    except BaseException:  # withheld: this build's models go (half-written ones too); the rest of DIR stays
+        for n in {*written, name} - {None}:
+            if (repo / n).is_dir():
+                shutil.rmtree(repo / n, ignore_errors=True)
+        raise
     if not written:
         raise ExportError(f"no model artifacts to put in the Triton repository {repo} (had {sorted(artifacts)})",
                           "build an ONNX model or engine in the same run as --triton")

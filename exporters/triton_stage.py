@@ -31,4 +31,5 @@ def run(b) -> None:
         return Outcome(final, (Check("models written", True, summary, {"models": len(written)}),),
                        {"models": len(written)})
 
-    b.produce(KEY, make, inputs, final=Path(settings.repo), sources=())
+    # the repository may hold other models: a failure removes only this build's (write_repository), never DIR
+    b.produce(KEY, make, inputs, final=Path(settings.repo), sources=(), owns_final=False)
