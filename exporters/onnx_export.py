@@ -22,6 +22,7 @@ from engine.metadata import (
     METADATA_KEY,
     HeadLayout,
     ModelMetadata,
+    Precision,
     file_sha256,
     from_onnx_props,
 )
@@ -274,12 +275,20 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
     prior = from_onnx_props(props)
     if prior is not None and prior.head is HeadLayout.END2END:
         raise UnsupportedModelError(f"{src} is an NMS-free (end-to-end) export; not supported here yet", _RAW_HEAD_FIX)
+    if prior is not None and prior.precision is not Precision.FP32:  # this tool's FP16 / INT8 files
+        raise UnsupportedModelError(f"{src} is this tool's {prior.precision.value} model; --onnx takes an FP32 one",
+                                    f"pass the FP32 ONNX it was made from ({src.parent / (src.name.split('.')[0] + '.onnx')}) "
+                                    "or the .pt with --weights")
     dims = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) != 4 or dims[1] != 3:
         raise UnsupportedModelError(f"{src} input is not NCHW with 3 channels (dims {dims})", "pass an image model export")
     imgsz = cfg.imgsz or (prior.imgsz if prior else None) or ((dims[2], dims[3]) if dims[2] and dims[3] else (640, 640))
     stride = prior.stride if prior else 32
     check_imgsz(imgsz, stride)
+    if dims[2] and dims[3] and tuple(imgsz) != (dims[2], dims[3]):
+        raise UnsupportedModelError(f"{src} was exported for {dims[2]}x{dims[3]} input only; --imgsz {imgsz[0]},{imgsz[1]} "
+                                    "cannot be run on it", f"drop --imgsz, or re-export with dynamic=True, or pass the "
+                                    ".pt with --weights")
     probe = _ort_runner(src)(np.zeros((1 if not dims[0] else dims[0], 3, *imgsz), np.float32))
     if probe.ndim != 3 or probe.shape[1] <= 4 or probe.shape[2] != num_anchors(imgsz):
         kind = " but final detections (nms=True or NMS-free)" if probe.ndim == 3 and probe.shape[2] == 6 else ""

@@ -140,3 +140,82 @@ def test_a_missing_path_flag_is_refused_before_any_work(demo_pt, tmp_path, flag,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "nope" in err and "fix:" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_fp32_onnx_leaves_the_earlier_good_one_and_never_removes_the_source(demo_pt, tmp_path):
+    """A rerun with a bad flag used to delete the last good demo.onnx; an --onnx given inside --out was deleted
+    as 'left by an earlier build' before the overwrite check refused it."""
+    from engine.errors import ExportError
+    from tests.build_helpers import stage_build
+
+    def fail(final: Path):
+        raise ExportError("the export failed", "fix it")
+
+    (tmp_path / "demo.onnx").write_bytes(b"the earlier build's good model")
+    b = stage_build(["--weights", str(demo_pt), "--out", str(tmp_path)], {})
+    with pytest.raises(ExportError):
+        b.produce("onnx", fail, {})
+    assert (tmp_path / "demo.onnx").read_bytes() == b"the earlier build's good model"
+    src = tmp_path / "best.onnx"
+    src.write_bytes(b"the user's own export")
+    b = stage_build(["--onnx", str(src), "--out", str(tmp_path)], {})
+    b._remove(src)  # whatever asks: the source is never ours to remove
+    assert src.read_bytes() == b"the user's own export"
+
+
+def test_a_failed_triton_stage_removes_only_its_own_models_from_a_shared_repository(tmp_path):
+    """--triton DIR may hold other models: a failure withholds this build's models and leaves DIR and the rest."""
+    from exporters import triton_stage
+    from tests.build_helpers import stage_build
+    from tests.fakes.tiny_onnx import tiny_metadata, write_tiny_onnx
+
+    repo = tmp_path / "repo"
+    (repo / "other_model" / "1").mkdir(parents=True)
+    (repo / "other_model" / "config.pbtxt").write_text('name: "other_model"\n')
+    (repo / "tiny_onnx").write_text("a stray file where this build's model folder goes")
+    onnx = write_tiny_onnx(tmp_path / "tiny.onnx")
+    b = stage_build(["--onnx", str(onnx), "--out", str(tmp_path / "out"), "--triton", str(repo)], {"onnx": onnx},
+                    meta=tiny_metadata())
+    triton_stage.run(b)
+    assert b.records["triton"].status.value == "withheld"
+    assert (repo / "other_model" / "config.pbtxt").is_file()  # the whole repository was removed before
+
+
+def test_a_static_batch_keeps_the_class_branch_rule(demo_pt, export_dir, tmp_path):
+    """--batch 2: the class branch's share of the MACs was inferred for batch 1 on a batch-2 graph, failed,
+    read as 'not measurable', and the branch went INT8 against the rule."""
+    import onnx
+
+    from exporters import quantize_stage
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+    from tests.build_helpers import stage_build
+
+    out = export_onnx(ExportConfig(weights=demo_pt, batch=2, out=export_dir / "b2_rule"), log=lambda s: None)
+    model = onnx.load(str(out.path), load_external_data=False)
+    b = stage_build(["--weights", str(demo_pt), "--out", str(tmp_path), "--batch", "2"], {}, meta=out.metadata)
+    _, classes, _ = quantize_stage._default_float(b, model)
+    assert out.metadata.batch == 2 and classes.share is not None and classes.nodes
+
+
+def test_onnx_takes_an_fp32_export_at_its_own_size(demo_onnx, tmp_path):
+    """An FP16 or INT8 file of this tool was adopted as the FP32 ONNX (a Q/DQ graph delivered as 'FP32');
+    a fixed-size export with another --imgsz crashed inside ONNX Runtime (a traceback, exit 1)."""
+    import onnx
+
+    from engine.errors import UnsupportedModelError
+    from engine.metadata import METADATA_KEY, ModelMetadata, Precision
+    from exporters.config import ExportConfig
+    from exporters.onnx_export import export_onnx
+
+    model = onnx.load(str(demo_onnx))
+    prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    meta = ModelMetadata.from_json(prop.value)
+    prop.value = meta.replace(precision=Precision.FP16).to_json()
+    onnx.save(model, str(tmp_path / "demo.fp16.onnx"))
+    with pytest.raises(UnsupportedModelError, match="--onnx takes an FP32 one") as e:
+        export_onnx(ExportConfig(onnx=tmp_path / "demo.fp16.onnx", out=tmp_path / "a"), log=lambda s: None)
+    assert "demo.onnx" in e.value.fix
+    other = (meta.imgsz[0] + 32, meta.imgsz[1] + 32)
+    with pytest.raises(UnsupportedModelError, match=f"exported for {meta.imgsz[0]}x{meta.imgsz[1]} input only"):
+        export_onnx(ExportConfig(onnx=demo_onnx, imgsz=other, out=tmp_path / "b"), log=lambda s: None)
