@@ -55,22 +55,25 @@ class CalibrationSource:
         return len(self.items)
 
     def fingerprint(self) -> str:
-        """A hash of what would be read (names and sizes, not paths), for the range cache's key."""
+        """A hash of what would be read (names, sizes and modification times, not folders: a dataset moved
+        with its times keeps its cache), for the range cache's key. Other pictures under the same names
+        and sizes (fixed-size frames saved as BMP), or files replaced in place, change it."""
         h = hashlib.sha256()
         if self.kind is SourceKind.VIDEO:
-            h.update(f"{self.path.name}:{_size(self.path)}:".encode())
+            h.update(f"{self.path.name}:{_stat(self.path)}:".encode())
             h.update(",".join(str(i) for i in self.items).encode())
         else:
             for p in sorted(self.items):
-                h.update(f"{p.name}:{_size(p)}\n".encode())
+                h.update(f"{p.name}:{_stat(p)}\n".encode())
         return h.hexdigest()[:32]
 
 
-def _size(p: Path) -> int:
+def _stat(p: Path) -> str:
     try:
-        return p.stat().st_size
+        st = p.stat()
     except OSError:
-        return -1
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def open_source(cfg: CalibrationConfig) -> CalibrationSource:

@@ -265,7 +265,10 @@ def _default_float(b, model):
     """The build's :func:`exporters.quantize.default_float` (once: both forms use it)."""
     from .quantize import default_float
 
-    return evidence.cached(b, "default_float", lambda: default_float(model, (1, 3, *b.metadata.imgsz)))
+    # the graph's own batch: shapes inferred for batch 1 on a batch-N graph fail, and the class branch's
+    # share of the MACs would read as unmeasurable (then quantized)
+    shape = (b.metadata.batch or 1, 3, *b.metadata.imgsz)
+    return evidence.cached(b, "default_float", lambda: default_float(model, shape))
 
 
 class GateDetections:

@@ -67,6 +67,26 @@ def test_preprocessing_fingerprint_follows_the_letterbox(tmp_path, monkeypatch):
     assert CalibrationImages(src, (32, 32), show_progress=False).fingerprint() != first
 
 
+def test_other_pictures_under_the_same_names_and_sizes_change_the_image_fingerprint(tmp_path):
+    """Frames saved as BMP at one size all have one byte size: a second folder of other pictures with the
+    same names, or pictures replaced in place, must not reuse the first one's ranges."""
+    import os
+
+    a, b = [], []
+    for i in range(3):
+        for folder, grey, out in ((tmp_path / "a", 20 * i, a), (tmp_path / "b", 200 - 20 * i, b)):
+            folder.mkdir(exist_ok=True)
+            out.append(folder / f"f{i}.bmp")
+            cv2.imwrite(str(out[-1]), np.full((48, 64, 3), grey, np.uint8))
+    assert [p.stat().st_size for p in a] == [p.stat().st_size for p in b]  # BMP: the size is the resolution's
+    fa = open_source(CalibrationConfig(tmp_path / "a")).fingerprint()
+    for p in b:
+        os.utime(p, ns=(1, 1))  # other pictures, even written at another time
+    assert open_source(CalibrationConfig(tmp_path / "b")).fingerprint() != fa
+    os.utime(a[0], ns=(2, 2))  # replaced in place
+    assert open_source(CalibrationConfig(tmp_path / "a")).fingerprint() != fa
+
+
 def test_count_limit_and_seeded_shuffle(tmp_path):
     _write_images(tmp_path / "imgs", 20)
     a = open_source(CalibrationConfig(tmp_path / "imgs", max_images=5, seed=0))
