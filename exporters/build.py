@@ -246,7 +246,7 @@ def build(cfg: BuildConfig, log: Log = print) -> BuildResult:
         stage.run(b)
     records = tuple(b.records.values())
     withheld = [r for r in records if r.status is Status.WITHHELD]
-    code = EXIT_WITHHELD if withheld else EXIT_OK
+    code = (EXIT_FAILED if cfg.strict else EXIT_WITHHELD) if withheld else EXIT_OK  # the report says what the run exits
     log(f"\nbuild {'finished with withheld artifacts' if withheld else 'done'} in {time.perf_counter() - t0:.1f}s "
         f"({sum(r.delivered for r in records)} delivered, {len(withheld)} withheld, "
         f"{sum(r.status is Status.SKIPPED for r in records)} skipped):\n" + table(list(records)))

@@ -197,6 +197,11 @@ def _quantize_options(args: argparse.Namespace, export: ExportConfig) -> Quantiz
         raise ConfigError("--int8 needs --data data.yaml: INT8 is only written after its accuracy is checked on "
                           "a labelled val split", "add --data path/to/data.yaml (and --calib PATH for other "
                           "calibration images than its train split)")
+    ignored = [f for f, v in (("--calib", args.calib), ("--calib-cache", args.calib_cache), ("--exclude", args.exclude))
+               if v]
+    if not int8 and ignored:  # they would do nothing: a typo'd path or node name must not pass unseen
+        raise ConfigError(f"{', '.join(ignored)} given, but this build makes no INT8 model",
+                          "add --int8 (with --data data.yaml), or drop " + ", ".join(ignored))
     calib = None
     if int8:
         calib = CalibrationConfig(source=args.calib or data, max_images=args.calib_images, seed=args.calib_seed,

@@ -140,6 +140,7 @@ def test_an_engine_build_that_raises_is_withheld_and_the_others_built(demo_pt, t
     assert recs["fp16.engine"]["status"] == "delivered" and (tmp_path / "demo.fp16.engine").is_file()
     assert not (tmp_path / "demo.fp32.engine").exists() and not (tmp_path / "demo.fp32.json").exists()
     assert main([*argv, "--strict"]) == EXIT_FAILED
+    assert json.loads((tmp_path / "build_report.json").read_text())["exit_code"] == EXIT_FAILED  # as the run exits
 
 
 def test_reruns_reuse_what_did_not_change(demo_pt, tmp_path, capsys):

@@ -219,3 +219,16 @@ def test_onnx_takes_an_fp32_export_at_its_own_size(demo_onnx, tmp_path):
     other = (meta.imgsz[0] + 32, meta.imgsz[1] + 32)
     with pytest.raises(UnsupportedModelError, match=f"exported for {meta.imgsz[0]}x{meta.imgsz[1]} input only"):
         export_onnx(ExportConfig(onnx=demo_onnx, imgsz=other, out=tmp_path / "b"), log=lambda s: None)
+
+
+def test_int8_options_without_int8_are_refused(demo_pt, tmp_path):
+    """--calib /typo, --exclude NoSuchOp, --calib-cache: ignored without --int8, and the build exited 0."""
+    from engine.errors import ConfigError
+    from exporters.cli import build_parser, config_from_args
+
+    for extra in (["--calib", str(tmp_path)], ["--exclude", "NoSuchOp"], ["--calib-cache", str(tmp_path / "c.json")]):
+        argv = ["--weights", str(demo_pt), "--out", str(tmp_path / "o"), *extra]
+        with pytest.raises(ConfigError, match="this build makes no INT8 model") as e:
+            config_from_args(build_parser().parse_args(argv))
+        assert extra[0] in e.value.message and "--int8" in e.value.fix
+    assert config_from_args(build_parser().parse_args(["--out", str(tmp_path / "o"), "--exclude", "Sigmoid"]))  # the demo: INT8 on
