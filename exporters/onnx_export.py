@@ -274,7 +274,8 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
                                     f"{len(model.graph.output)} outputs)", "pass an Ultralytics detect ONNX export")
     prior = from_onnx_props(props)
     if prior is not None and prior.head is HeadLayout.END2END:
-        raise UnsupportedModelError(f"{src} is an NMS-free (end-to-end) export; not supported here yet", _RAW_HEAD_FIX)
+        raise UnsupportedModelError(f"{src} is an end-to-end export whose outputs are final detections (nms=True or "
+                                    "an NMS-free head); not supported here yet", _RAW_HEAD_FIX)
     if prior is not None and prior.precision is not Precision.FP32:  # this tool's FP16 / INT8 files
         raise UnsupportedModelError(f"{src} is this tool's {prior.precision.value} model; --onnx takes an FP32 one",
                                     f"pass the FP32 ONNX it was made from ({src.parent / (src.name.split('.')[0] + '.onnx')}) "
