@@ -97,12 +97,26 @@ def load_checkpoint_model(path: str | Path):
         kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"dict with keys {sorted(ckpt)[:6]}"
         raise ModelLoadError(f"{path} does not contain an Ultralytics model (found a {kind})",
                              "pass the best.pt that Ultralytics training writes (it holds 'model' or 'ema')")
-    task = getattr(model, "task", "detect")
+    task = _task(model, ckpt)
     if task != "detect":
         raise UnsupportedModelError(
             f"{path} is a {_TASK_HINT.get(task, task)} model (task '{task}'); only detection is supported for now",
             "export a detection checkpoint (yolo11n.pt, yolov8s.pt, your detect best.pt)")
     return model.float().eval(), ckpt
+
+
+def _task(model, ckpt) -> str:
+    """The checkpoint's task. A model saved by training has no ``.task``: then its training arguments, then
+    Ultralytics' own guess from the head (a segment or classify model read as detect failed much later)."""
+    task = getattr(model, "task", None) or ((ckpt.get("train_args") or {}).get("task") if isinstance(ckpt, dict) else None)
+    if task:
+        return str(task)
+    try:
+        from ultralytics.nn.tasks import guess_model_task
+
+        return str(guess_model_task(model))
+    except Exception:  # noqa: BLE001 - an Ultralytics without it, or a model it cannot read: the head decides later
+        return "detect"
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:

@@ -39,11 +39,22 @@ def test_not_an_ultralytics_checkpoint(tmp_path, capsys):
     _fail(["--weights", str(p), "--out", str(tmp_path / "o")], capsys, "plain.pt", "does not contain an Ultralytics model")
 
 
-def test_segmentation_checkpoint_is_out_of_scope(tmp_path, capsys):
+@pytest.mark.parametrize("how", ["YOLO", "as training saves it"])
+def test_segmentation_checkpoint_is_out_of_scope(tmp_path, capsys, how):
+    """A model as training saves it has no .task (a segment or classify one then failed late, blaming the
+    Ultralytics version): its head tells."""
     ultralytics = pytest.importorskip("ultralytics")
     torch = pytest.importorskip("torch")
     p = tmp_path / "seg.pt"
-    torch.save({"model": ultralytics.YOLO("yolo11n-seg.yaml").model}, p)
+    if how == "YOLO":
+        model = ultralytics.YOLO("yolo11n-seg.yaml").model
+    else:
+        from ultralytics.nn.tasks import SegmentationModel
+
+        model = SegmentationModel("yolov8n-seg.yaml", nc=2, verbose=False)
+        assert getattr(model, "task", None) is None
+    torch.save({"model": model}, p)
+    capsys.readouterr()  # what making the model logged (to a stream an earlier test's capture closed)
     _fail(["--weights", str(p), "--out", str(tmp_path / "o")], capsys, "seg.pt", "segmentation", "only detection")
 
 
