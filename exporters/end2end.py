@@ -31,7 +31,7 @@ stable sort does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -263,6 +263,16 @@ def compare_end2end(raw_path: str | Path, e2e_path: str | Path, images: np.ndarr
     return End2EndReport(len(images), dets, bad, worst, saturated)
 
 
+def fit_to_anchors(cfg: End2EndConfig, anchors: int, log=print) -> End2EndConfig:
+    """``cfg`` with ``K`` cut to the model's anchors: keeping the best K of fewer than K anchors keeps them
+    all, so a small ``--imgsz`` (525 anchors at 160) takes the default 1000 candidates as every anchor."""
+    if cfg.k <= anchors:
+        return cfg
+    field = "max_det" if cfg.kind is TailKind.NMS else "candidates"
+    log(f"end-to-end graph: K={cfg.k} exceeds the model's {anchors} anchors at this size; it keeps all {anchors}")
+    return replace(cfg, **{field: anchors})
+
+
 def export_end2end(raw_path: str | Path, cfg: End2EndConfig, out: str | Path | None = None,
                    check_images: np.ndarray | None = None, log=print) -> tuple[Path, End2EndReport | None]:
     """``<stem>.onnx`` (raw head, our metadata) → ``<out>/<stem>.end2end.onnx``, checked on ``check_images``.
@@ -287,6 +297,7 @@ def export_end2end(raw_path: str | Path, cfg: End2EndConfig, out: str | Path | N
         raise ModelLoadError(f"{raw_path} is not a raw detect head with metadata", "pass the .onnx of python -m exporters.build")
     from .onnx_export import num_anchors
 
+    cfg = fit_to_anchors(cfg, num_anchors(meta.imgsz), log)
     add_end2end(model, cfg, num_anchors(meta.imgsz), meta.num_classes)
     e2e_meta = end2end_metadata(meta, cfg)
     props = {p.key: p.value for p in model.metadata_props}

@@ -193,6 +193,21 @@ def test_export_writes_metadata_and_checks(tiny, tmp_path, kind):
     assert any("OK" in line for line in logs)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_default_k_on_a_model_with_fewer_anchors_keeps_them_all(tiny, tmp_path, kind):
+    """K=1000 (or max_det 300) on a model of fewer anchors (525 at --imgsz 160) withheld the graph by default."""
+    from engine import Detector
+
+    raw, frames = tiny
+    logs: list[str] = []
+    path, _ = export_end2end(raw, End2EndConfig(kind=kind), tmp_path, np.zeros((1, 3, 32, 32), np.float32),
+                             logs.append)
+    meta = ModelMetadata.from_json({p.key: p.value for p in onnx.load(str(path)).metadata_props}[METADATA_KEY])
+    assert meta.thresholds.max_det == 21 and any("exceeds the model's 21 anchors" in line for line in logs)
+    with Detector(raw) as a, Detector(path) as b:
+        assert [len(r) for r in a(frames)] == [len(r) for r in b(frames)]
+
+
 def test_export_refuses_a_graph_without_metadata(tmp_path):
     from engine.errors import ModelLoadError
 
