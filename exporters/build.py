@@ -98,11 +98,31 @@ class Build:
         return rec.fingerprint if rec is not None else ""
 
     def skip(self, key: str, reason: str, fix: str = "", label: str | None = None) -> ArtifactRecord:
-        """Record that ``key`` was not built, and why."""
+        """Record that ``key`` was not built, and why.
+
+        A file an earlier build left under the kind's name stays while it was made from the same FP32
+        ONNX (an engine built on a GPU box survives a rerun where TensorRT is missing); once the FP32
+        ONNX changed it is another model's, and goes (with an engine's sidecar).
+        """
         rec = ArtifactRecord(key, label or _label(key), Status.SKIPPED, reason=reason, fix=fix)
         self.records[key] = rec
         self.log(f"{rec.label}: skipped ({reason})")
+        if key != "onnx" and self.fp32_changed():
+            from engine.artifacts import kind as kind_of_key
+            from engine.backends.trt_sidecar import sidecar_path
+
+            try:
+                spec = kind_of_key(key)
+            except KeyError:  # triton: a folder shared with other models, never removed here
+                return rec
+            final = spec.path(self.cfg.export.out, self.cfg.export.stem)
+            self._remove(final, *((sidecar_path(final),) if spec.is_engine else ()))
         return rec
+
+    def fp32_changed(self) -> bool:
+        """This build made another FP32 ONNX than the last one: what was derived from that one is stale."""
+        prev, cur = self.previous.get("onnx"), self.records.get("onnx")
+        return prev is not None and cur is not None and cur.delivered and prev.fingerprint != cur.fingerprint
 
     def produce(self, key: str, make: Callable[[Path], Outcome], inputs: Mapping[str, Any], *,
                 final: Path | None = None, sources: Sequence[str] | None = None, label: str | None = None,

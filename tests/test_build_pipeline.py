@@ -270,3 +270,17 @@ def test_a_long_artifact_logs_a_heartbeat_while_it_is_built(demo_pt, tmp_path, m
     assert b.produce("fp16.onnx", make, {}, sources=()).delivered
     beats = [m for m in lines if m.startswith("  FP16 ONNX: still running")]
     assert len(beats) >= 3 and lines[-1].startswith("FP16 ONNX: delivered")
+
+
+def test_a_rebuilt_model_takes_the_old_models_leftovers_with_it(demo_pt, tmp_path):
+    """--imgsz changed and --no-fp16: the 160 build's FP16 file and accuracy report stayed beside the new
+    224 FP32 ONNX. Derived files of another FP32 ONNX go; with the same FP32 ONNX they stay (an engine built
+    on a GPU box survives a rerun without TensorRT)."""
+    base = ["--out", str(tmp_path), "--engine", "none", "--no-openvino", "--no-end2end", "--no-int8"]  # the demo, its data
+    assert main([*base, "--imgsz", "160"]) == EXIT_OK
+    assert (tmp_path / "demo.fp16.onnx").is_file() and (tmp_path / "demo.accuracy.md").is_file()
+    assert main([*base, "--imgsz", "160", "--no-fp16"]) == EXIT_OK  # the same model: its FP16 file stays
+    assert (tmp_path / "demo.fp16.onnx").is_file()
+    assert main([*base, "--imgsz", "224", "--no-fp16"]) == EXIT_OK
+    assert not (tmp_path / "demo.fp16.onnx").exists() and not (tmp_path / "demo.accuracy.md").exists()
+    assert _report(tmp_path)["fp16.onnx"]["status"] == "skipped"
