@@ -286,6 +286,37 @@ def test_max_frames_and_loop_stop_an_endless_file(clip):
     assert not any(t.is_alive() for t in stream._threads)
 
 
+def test_a_still_image_url_is_polled_with_backoff_not_in_a_tight_loop():
+    """An HTTP snapshot URL gives one frame per connection: it was reconnected after every frame (578 requests
+    in 4 s); a connection shorter than STABLE_S now backs off."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    data = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))[1].tobytes()
+    hits = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            hits[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        cfg = StreamConfig(capture=CaptureConfig(reconnect_max=2.0), log_interval=0, duration=3.0)
+        Stream(FakeDetector(), [f"cam=http://127.0.0.1:{srv.server_address[1]}/snap.jpg"], cfg).run()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert 1 <= hits[0] <= 8, hits[0]  # backoff 0.5, 1, 2, 2 s...: a handful, not hundreds
+
+
 # --- sinks ---------------------------------------------------------------------------------------
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 def test_a_full_disk_under_the_jsonl_sink_is_a_typed_error(clip):
