@@ -167,7 +167,8 @@ class Build:
             return self.skip(key, why, src.fix if src else "", label)
         fp = fingerprint({"key": key, "inputs": inputs, "sources": {s: self.fingerprint(s) for s in sources}})
         prev = self.previous.get(key)
-        if reusable(prev, fp) and (prev.status is Status.WITHHELD or prev.path == final):
+        if reusable(prev, fp) and (prev.status is Status.WITHHELD or (prev.path == final and all(
+                Path(x).exists() for x in stale))):  # an engine without its sidecar is rebuilt, not reused
             rec = ArtifactRecord(prev.key, label, prev.status, prev.path, prev.checks, prev.figures, prev.reason,
                                  prev.fix, prev.seconds, True, fp)
             self.records[key] = rec

@@ -166,9 +166,15 @@ def _engine(b, precision: str, spec, key: str, flavor) -> None:
     cfg = EngineConfig(precision=Precision(precision), workspace_mib=opts.workspace_mib, opt_level=opts.opt_level,
                        profile=BatchProfile(*opts.profile) if opts.profile else BatchProfile(),
                        targets=opts.targets, timing_cache=opts.timing_cache, tensorrt=opts.tensorrt,
-                       verbose=opts.verbose)
+                       verbose=opts.verbose, int8_float=b.cfg.quantize.int8_float)
     final = spec.path(b.cfg.export.out, b.cfg.export.stem)
     inputs = {"tensorrt": f"{flavor.module} {flavor.version}", "engine": {k: str(v) for k, v in cfg.__dict__.items()}}
+    if not flavor.compute_targets or "current" in (opts.targets or ()):
+        # an engine tied to this machine's GPU: another GPU (or none, or one where there was none) rebuilds it,
+        # or a rerun there would reuse it and its mismatch error's rebuild command would do nothing
+        from .tensorrt import local_sm
+
+        inputs["gpu"] = local_sm() or "none"
 
     def make(final: Path):
         from .build import Outcome

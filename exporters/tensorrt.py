@@ -75,6 +75,9 @@ class EngineConfig:
         timing_cache: TensorRT 10/11: file of kernel timings, read if present and updated after the build.
         tensorrt: ``"auto"`` (TensorRT-RTX if installed, else TensorRT), ``"rtx"`` or ``"tensorrt"``.
         verbose: echo TensorRT's info messages.
+        int8_float: an INT8 engine's layers that are not INT8 (``--int8-float``): ``fp16`` lets TensorRT 10
+            run them in FP16 (its FP16 flag); ``fp32`` keeps them FP32, as the accuracy gate judged them.
+            Strongly typed flavours take this from the graph itself.
     """
 
     precision: Precision = Precision.FP32
@@ -85,6 +88,7 @@ class EngineConfig:
     timing_cache: Path | None = None
     tensorrt: str = "auto"
     verbose: bool = False
+    int8_float: str = "fp16"
 
     def __post_init__(self) -> None:
         if not 0 <= self.opt_level <= 5:
@@ -306,7 +310,7 @@ def _build_once(trt, flavor, builder, network, cfg: EngineConfig, profiles, targ
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mib << 20)
     config.builder_optimization_level = cfg.opt_level
     if flavor.precision_flags:  # TensorRT 10 only: the flags were removed in 11 and never existed in RTX
-        if cfg.precision in (Precision.FP16, Precision.INT8):
+        if cfg.precision is Precision.FP16 or (cfg.precision is Precision.INT8 and cfg.int8_float == "fp16"):
             config.set_flag(trt.BuilderFlag.FP16)  # INT8: layers left float by the Q/DQ graph may run FP16
         if cfg.precision is Precision.INT8:
             config.set_flag(trt.BuilderFlag.INT8)  # explicit quantization: ranges come from Q/DQ, no calibrator

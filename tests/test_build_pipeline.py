@@ -284,3 +284,25 @@ def test_a_rebuilt_model_takes_the_old_models_leftovers_with_it(demo_pt, tmp_pat
     assert main([*base, "--imgsz", "224", "--no-fp16"]) == EXIT_OK
     assert not (tmp_path / "demo.fp16.onnx").exists() and not (tmp_path / "demo.accuracy.md").exists()
     assert _report(tmp_path)["fp16.onnx"]["status"] == "skipped"
+
+
+def test_an_engine_tied_to_its_gpu_is_rebuilt_on_another_and_one_without_its_sidecar_is_rebuilt(demo_pt, tmp_path,
+                                                                                                  monkeypatch):
+    """A TensorRT 10 engine built on an sm86 GPU was reused on an sm89 machine (its load error's rebuild command
+    then reused it again); an engine whose sidecar was deleted was 'reused', then the build failed on it."""
+    from tests.fakes import install_fakes
+
+    argv = ["--weights", str(demo_pt), "--imgsz", "160", "--no-int8", "--no-openvino", "--no-end2end", "--no-fp16",
+            "--engine", "fp32", "--tensorrt", "tensorrt", "--out", str(tmp_path)]
+
+    def run(sm):
+        install_fakes(monkeypatch, "10.9.0.34", sm=sm, name=f"GPU sm{sm[0]}{sm[1]}")
+        assert main(argv) == EXIT_OK
+        rec = _report(tmp_path)["fp32.engine"]
+        return rec["status"], rec.get("reused", False), json.loads((tmp_path / "demo.fp32.json").read_text())["built_on"]
+
+    assert run((8, 6)) == ("delivered", False, {"gpu": "GPU sm86", "sm": "sm86"})
+    assert run((8, 6))[:2] == ("delivered", True)  # the same GPU: reused
+    assert run((8, 9)) == ("delivered", False, {"gpu": "GPU sm89", "sm": "sm89"})
+    (tmp_path / "demo.fp32.json").unlink()
+    assert run((8, 9))[:2] == ("delivered", False) and (tmp_path / "demo.fp32.json").is_file()

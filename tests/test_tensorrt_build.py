@@ -238,6 +238,9 @@ def test_fake_trt10_sets_precision_flags_on_a_weakly_typed_network(tiny, monkeyp
         assert ("set_memory_pool_limit", "WORKSPACE", 512 << 20) in trt.calls
         assert built.flavor == TrtFlavor("tensorrt", "10.9.0.34") and built.targets == ()
     assert engine_stage.source_key("fp16", built.flavor) == "onnx"  # FP32 graph + FP16 flag
+    trt.calls.clear()  # --int8-float fp32: the float layers stay FP32, as the gate judged them (no FP16 flag)
+    build(tiny["int8.onnx"], EngineConfig(precision=Precision.INT8, opt_level=4, int8_float="fp32"), log=lambda s: None)
+    assert ("build", 4, ("INT8",), ()) in trt.calls
 
 
 def test_fake_trt11_is_strongly_typed_and_sets_no_precision_flag(tiny, monkeypatch):
