@@ -140,18 +140,17 @@ def make_config(name: str, backend: str, meta: ModelMetadata, inputs: tuple[Tens
     """The Triton config of one model from its full-shape tensors and the scheduling options.
 
     Dynamic batch: ``max_batch_size`` = ``opts.max_batch`` (capped by an engine profile), dims without
-    the batch axis, dynamic batching on. Static batch 1: ``max_batch_size`` 1, no batcher (nothing to
-    gather). Static batch N > 1: ``max_batch_size`` 0 and the full dims (Triton must send exactly N).
+    the batch axis, dynamic batching on. Static batch N (1 included): ``max_batch_size`` 0 and the full
+    dims, so Triton sends exactly N; its ONNX Runtime and TensorRT backends refuse a non-zero
+    ``max_batch_size`` unless the model's first dimension is dynamic (``onnxruntime_utils.cc``,
+    ``CompareDimsSupported``: "the first dimension must be -1").
     """
     common = dict(name=name, backend=backend, instance_kind=f"KIND_{device.name}", instance_count=opts.instances,
                   default_model_filename=MODEL_FILES[backend], metadata_json=meta.to_json(),
                   parameters=_openvino_parameters(meta) if backend == "openvino" else ())
-    if meta.batch is not None and meta.batch > 1:
+    if meta.batch is not None:
         return ModelConfig(max_batch_size=0, inputs=inputs, outputs=outputs, dynamic_batching=False, **common)
     strip = lambda ts: tuple(TensorConfig(t.name, t.data_type, t.dims[1:]) for t in ts)  # noqa: E731
-    if meta.batch == 1:
-        return ModelConfig(max_batch_size=1, inputs=strip(inputs), outputs=strip(outputs), dynamic_batching=False,
-                           **common)
     mb = min(opts.max_batch, profile_max_batch) if profile_max_batch else opts.max_batch
     preferred = tuple(p for p in opts.preferred if p <= mb) or tuple(sorted({max(1, mb // 2), mb}))
     return ModelConfig(max_batch_size=mb, inputs=strip(inputs), outputs=strip(outputs), dynamic_batching=True,

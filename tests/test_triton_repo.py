@@ -134,7 +134,8 @@ def test_options_reach_the_config(artifacts, tmp_path):
 
 
 @pytest.mark.parametrize("batch, max_batch_size, dims, batching", [
-    (1, 1, [3, 64, 96], False),       # static batch 1: nothing to gather
+    (1, 0, [1, 3, 64, 96], False),    # static batch 1: full dims; a max_batch_size of 1 is refused by Triton's
+                                      # ONNX Runtime backend unless the first dimension is -1
     (4, 0, [4, 3, 64, 96], False),    # static batch 4: Triton must send exactly 4
 ])
 def test_static_batch_models(tmp_path, batch, max_batch_size, dims, batching):
@@ -208,8 +209,8 @@ def test_demo_export_makes_a_valid_repository(demo_onnx, tmp_path):
     run_stage(["--triton", str(tmp_path / "repo")], {"onnx": demo_onnx})
     cfg = parse(tmp_path / "repo" / f"{demo_onnx.stem}_onnx")
     meta = ModelMetadata.from_json(cfg.parameters[METADATA_KEY].string_value)
-    assert cfg.input[0].name == meta.input_name and list(cfg.input[0].dims) == [3, *meta.imgsz]
-    assert list(cfg.output[0].dims) == [4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
+    assert cfg.input[0].name == meta.input_name and list(cfg.input[0].dims) == [1, 3, *meta.imgsz]
+    assert list(cfg.output[0].dims) == [1, 4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
 
 
 def test_an_openvino_ir_becomes_a_model_of_tritons_openvino_backend(demo_onnx, tmp_path):
@@ -227,9 +228,9 @@ def test_an_openvino_ir_becomes_a_model_of_tritons_openvino_backend(demo_onnx, t
     assert cfg.backend == "openvino" and cfg.default_model_filename == "model.xml"
     assert sorted(p.name for p in (folder / "1").iterdir()) == ["model.bin", "model.xml"]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
-    assert cfg.max_batch_size == 1 and list(cfg.input[0].dims) == [*meta.imgsz, 3]  # the IR takes uint8 BGR pixels
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [1, *meta.imgsz, 3]  # the IR takes uint8 BGR pixels
     assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8 and cfg.input[0].name == meta.input_name
-    assert list(cfg.output[0].dims) == [4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
+    assert list(cfg.output[0].dims) == [1, 4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
     assert cfg.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
     assert cfg.parameters["SKIP_OV_DYNAMIC_BATCHSIZE"].string_value == "YES"
     assert json.loads(cfg.parameters["yolodeploy"].string_value)["names"] == list(meta.names)
