@@ -65,6 +65,23 @@ def test_serve_defaults_on_a_cpu_and_on_a_gpu(demo_onnx, tmp_path, monkeypatch):
     assert parse() is None and parse("--dynamic-batching", "on") is True and parse("--no-dynamic-batching") is False
 
 
+def test_serve_config_refuses_zero_instances_and_names_too_long_and_leaves_thresholds_to_the_model(demo_onnx):
+    """--instances 0 passed the check (a ZeroDivisionError, or count: 0 in the config); a 250-character --name
+    was an OSError traceback; --conf/--iou/--max-det defaults overrode an end-to-end model's baked ones."""
+    from engine.errors import ConfigError
+    from engine.serve import ServeConfig
+    from engine.serve.cli import build_parser
+
+    with pytest.raises(ConfigError, match="--instances 0"):
+        ServeConfig(model=demo_onnx, instances=0)
+    with pytest.raises(ConfigError, match="too long"):
+        ServeConfig(model=demo_onnx, name="y" * 250)
+    args = build_parser().parse_args(["--model", str(demo_onnx)])
+    assert (args.conf, args.iou, args.max_det) == (None, None, None)  # Detector's defaults, or the model's own
+    cfg = ServeConfig(model=demo_onnx)
+    assert (cfg.conf, cfg.iou, cfg.max_det) == (None, None, None)
+
+
 def test_outputs_round_trip_with_padding():
     a = Detections([[1, 2, 3, 4], [5, 6, 7, 8]], [0.9, 0.5], [2, 0], ("a", "b", "c"))
     empty = Detections.empty(("a", "b", "c"))

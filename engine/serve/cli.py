@@ -31,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how long the dynamic batcher may hold a request waiting for more (microseconds)")
     ap.add_argument("--instances", type=int, default=None,
                     help="model instances (Detectors) side by side; None: 1 on a GPU, 2 on a CPU of 2+ cores")
-    ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    ap.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold")
-    ap.add_argument("--max-det", type=int, default=300, help="most detections per frame")
+    ap.add_argument("--conf", type=float, default=None,
+                    help="confidence threshold (default 0.25; an end-to-end model: the one baked into it)")
+    ap.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default 0.45, or the model's baked one)")
+    ap.add_argument("--max-det", type=int, default=None,
+                    help="most detections per frame (default 300, or the model's baked one)")
     ap.add_argument("--threads", type=int, default=None,
                     help="ONNX Runtime intra-op threads per instance (0 = all cores); None: the cores shared out "
                          "between the instances")

@@ -4,8 +4,9 @@ On a GPU: one instance and Triton's dynamic batcher, which turns concurrent requ
 inference (a GPU runs a batch of 8 in little more than the time of one).
 
 On a CPU the batcher does not pay, so it is off by default, and the cores are shared out as the stream's
-:class:`~engine.pool.DetectorPool` shares them: two instances of one thread each where there are two cores
-or more (:func:`~engine.pool.auto_workers`), ONNX Runtime not spinning between calls. Why, from CPU time per
+:class:`~engine.pool.DetectorPool` shares them: two instances where there are two cores or more
+(:func:`~engine.pool.auto_workers`), each with half the cores (one thread each on two cores), ONNX Runtime not
+spinning between calls. Why, from CPU time per
 served frame of every process (client, Triton, the Python-backend stubs running the Detectors; ``scripts/triton_load.py``
 reports it, and ``benchmarks/RESULTS.md`` has the run):
 

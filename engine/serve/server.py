@@ -92,9 +92,9 @@ class ServeConfig:
     dynamic_batching: bool | None = None
     queue_delay_us: int = 2000
     instances: int | None = None
-    conf: float = 0.25
-    iou: float = 0.45
-    max_det: int = 300
+    conf: float | None = None  # None: 0.25, or what an end-to-end model baked in (as Detector)
+    iou: float | None = None
+    max_det: int | None = None
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -106,8 +106,10 @@ class ServeConfig:
             raise ConfigError(f"--name {self.name!r}: Triton model names take ASCII letters, digits, '.', '_' and '-' "
                               "and do not start with '.'",
                               "use --name yolo (default)")
-        if (not 1 <= self.max_batch <= 1024 or (self.instances or 1) < 1 or self.queue_delay_us < 0
-                or (self.threads or 0) < 0):
+        if len(self.name) + len("_encoded") > 200:  # a folder of that name (plus _encoded) goes in the repository
+            raise ConfigError(f"--name of {len(self.name)} characters is too long", "use at most 192, e.g. --name yolo")
+        if (not 1 <= self.max_batch <= 1024 or (self.instances is not None and self.instances < 1)
+                or self.queue_delay_us < 0 or (self.threads or 0) < 0):
             raise ConfigError(f"--max-batch {self.max_batch}, --instances {self.instances}, "
                               f"--queue-delay-us {self.queue_delay_us}, --threads {self.threads} out of range",
                               "use 1 <= --max-batch <= 1024, --instances >= 1, --queue-delay-us >= 0, --threads >= 0")

@@ -18,9 +18,9 @@ class StubSettings:
     """
 
     model: str
-    conf: float
-    iou: float
-    max_det: int
+    conf: float | None
+    iou: float | None
+    max_det: int | None
     threads: int
     onnx: bool
     input: str

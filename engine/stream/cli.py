@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CPU detectors run side by side (.onnx models), each on cores/N threads: more frames "
                          "per second from a video file or several sources (default: 2 on a CPU of 2+ cores "
                          "when a file, a folder or two live sources keep both busy, else 1)")
-    ap.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
-    ap.add_argument("--iou", type=float, default=0.45, help="IoU threshold of NMS")
+    ap.add_argument("--conf", type=float, default=None,
+                    help="confidence threshold (default 0.25; an end-to-end model: the one baked into it)")
+    ap.add_argument("--iou", type=float, default=None, help="IoU threshold of NMS (default 0.45, or the model's baked one)")
     ap.add_argument("--max-frames", type=int, metavar="N", help="stop after N processed frames in all")
     ap.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks and debug logs")
