@@ -5,6 +5,7 @@ for each (see :mod:`exporters.triton`). Without ``--triton`` it records the repo
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from .records import NOT_ASKED
@@ -18,8 +19,12 @@ def run(b) -> None:
         b.skip(KEY, f"{NOT_ASKED} (--triton DIR)")
         return
     models = {k: r.path for k, r in b.records.items() if r.delivered and r.path is not None}
+    _remove_undelivered(b, Path(settings.repo))
     inputs = {"options": {k: str(v) for k, v in settings.options.__dict__.items()},
-              "models": {k: b.fingerprint(k) for k in models}}
+              "models": {k: b.fingerprint(k) for k in models},
+              # never reused: rewriting is file copies, and a model folder deleted or edited since the last
+              # build must come back (the folder's mere existence said "reusable")
+              "written_at": time.time_ns()}
 
     def make(final: Path):
         from .build import Outcome
@@ -33,3 +38,24 @@ def run(b) -> None:
 
     # the repository may hold other models: a failure removes only this build's (write_repository), never DIR
     b.produce(KEY, make, inputs, final=Path(settings.repo), sources=(), owns_final=False)
+
+
+def _own_folders(b, repo: Path, keys) -> list[Path]:
+    """The model folders of ``keys`` for this build's stem that exist in ``repo``."""
+    from .triton import model_name
+
+    return [repo / model_name(b.cfg.export.stem, k) for k in keys if (repo / model_name(b.cfg.export.stem, k)).is_dir()]
+
+
+def _remove_undelivered(b, repo: Path) -> None:
+    """A model of this stem that this build withheld (or skipped, once the FP32 ONNX changed) leaves the
+    repository, as its file leaves ``--out``: Triton would serve the earlier build's model otherwise."""
+    import shutil
+
+    from .records import Status
+
+    stale = [k for k, r in b.records.items() if k != KEY and (
+        r.status is Status.WITHHELD or (r.status is Status.SKIPPED and b.fp32_changed()))]
+    for folder in _own_folders(b, repo, stale):
+        shutil.rmtree(folder, ignore_errors=True)
+        b.log(f"triton: removed {folder} (this build did not deliver its model)")

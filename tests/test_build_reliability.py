@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -232,3 +233,32 @@ def test_int8_options_without_int8_are_refused(demo_pt, tmp_path):
             config_from_args(build_parser().parse_args(argv))
         assert extra[0] in e.value.message and "--int8" in e.value.fix
     assert config_from_args(build_parser().parse_args(["--out", str(tmp_path / "o"), "--exclude", "Sigmoid"]))  # the demo: INT8 on
+
+
+def test_the_triton_repository_follows_what_the_build_delivered(demo_pt, tmp_path):
+    """A model this build withheld stayed in --triton DIR (Triton would serve the earlier one); a model folder
+    deleted since the last build was 'reused' and stayed missing."""
+    from exporters import triton_stage
+    from exporters.records import ArtifactRecord, Status
+    from tests.build_helpers import stage_build
+    from tests.fakes.tiny_onnx import tiny_metadata, write_tiny_onnx
+
+    repo = tmp_path / "repo"
+    onnx = write_tiny_onnx(tmp_path / "tiny.onnx")
+    fp16 = write_tiny_onnx(tmp_path / "tiny.fp16.onnx", fp16=True)
+    argv = ["--onnx", str(onnx), "--out", str(tmp_path / "out"), "--triton", str(repo)]
+    b = stage_build(argv, {"onnx": onnx, "fp16.onnx": fp16}, meta=tiny_metadata())
+    triton_stage.run(b)
+    assert (repo / "tiny_fp16_onnx").is_dir() and (repo / "tiny_onnx").is_dir()
+    b = stage_build(argv, {"onnx": onnx}, meta=tiny_metadata())
+    b.records["fp16.onnx"] = ArtifactRecord("fp16.onnx", "FP16 ONNX", Status.WITHHELD, reason="parity failed")
+    triton_stage.run(b)
+    assert not (repo / "tiny_fp16_onnx").exists() and (repo / "tiny_onnx").is_dir()
+
+    out = tmp_path / "demo"
+    run = ["--weights", str(demo_pt), "--imgsz", "160", "--no-int8", "--no-fp16", "--no-openvino", "--no-end2end",
+           "--engine", "none", "--out", str(out), "--triton", str(tmp_path / "r2")]
+    assert main(run) == EXIT_OK
+    shutil.rmtree(tmp_path / "r2" / "demo_onnx")
+    assert main(run) == EXIT_OK
+    assert (tmp_path / "r2" / "demo_onnx" / "config.pbtxt").is_file()
