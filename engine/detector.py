@@ -118,7 +118,8 @@ class Detector(FrameCalls):
                               "use preprocess='cpu' (its letterbox is a plain resize for this model)")
         self._gpu_letterbox = _gpu_letterbox(self.backend, meta.imgsz, spec.dtype) if preprocess == "gpu" else None
         self._static_batch = self.backend.max_batch
-        hi = self.backend.batch_range[1]  # a dynamic engine's profile caps the batch
+        lo, hi = self.backend.batch_range  # a dynamic engine's profile bounds the batch
+        self._min_batch = lo or 1  # a shorter call is padded up to it (--engine-batch 2,4,8: one frame runs as 2)
         self._max_step = self._static_batch or (hi if hi is not None else MAX_DYNAMIC_BATCH)
         self._input_format = (spec.dtype, pixels)
         self._letterboxes.append(self._new_letterbox(self._static_batch or 1))
@@ -129,7 +130,7 @@ class Detector(FrameCalls):
 
     def _borrow_letterbox(self, step: int) -> tuple[Letterbox, bool]:
         """A letterbox for ``step`` frames, and whether it goes back to the free list after the call."""
-        step = self._static_batch or step  # a static model always runs its whole batch
+        step = self._static_batch or max(step, self._min_batch)  # a static model always runs its whole batch
         own = self.backend.input_buffer(step)  # TensorRT: this thread's pinned input, so infer() copies nothing
         if own is not None:  # the backend's buffer belongs to this thread: not pooled
             dtype, pixels = self._input_format
@@ -173,15 +174,16 @@ class Detector(FrameCalls):
     def _run(self, lb: Letterbox, chunk: list[np.ndarray], timings: dict[str, float]) -> list[Detections]:
         t0 = time.perf_counter()
         if self._gpu_letterbox is not None:  # the kernel writes the engine's device input; no host tensor
-            batch = self._static_batch or len(chunk)
+            batch = self._static_batch or max(len(chunk), self._min_batch)
             with self._gpu_lock:  # the device input and stream are this thread's; the staging is shared
                 geoms = self._gpu_letterbox(chunk, *self.backend.device_input(batch))
             t1 = time.perf_counter()
             outputs = self.backend.infer_device(batch)
         else:
             x, geoms = lb(chunk)
-            if self._static_batch and len(chunk) < self._static_batch:
-                x = lb.buffer  # static batch: run the whole buffer, use the first rows
+            runs = self._static_batch or self._min_batch
+            if len(chunk) < runs:
+                x = lb.buffer[:runs]  # a static batch or a profile's minimum: run that many, use the first rows
             t1 = time.perf_counter()
             outputs = self.backend.infer(x)
         t2 = time.perf_counter()

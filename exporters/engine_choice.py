@@ -41,7 +41,8 @@ class EngineChoice:
         if self.recommended is None:
             return f"engine choice pending: {self.pending}; {PENDING_FIX}"
         times = ", ".join(f"{k} {v:.3f} ms" for k, v in sorted(self.timings_ms.items(), key=lambda kv: kv[1]))
-        return f"engines timed on {self.gpu} (batch 1, median of {RUNS}): {times} -> recommended: {self.recommended}"
+        return (f"engines timed on {self.gpu} (their smallest batch, median of {RUNS}): {times} -> recommended: "
+                f"{self.recommended}")
 
     def to_dict(self) -> dict:
         return {"timings_ms": {k: round(v, 4) for k, v in self.timings_ms.items()}, "recommended": self.recommended,
@@ -49,13 +50,18 @@ class EngineChoice:
 
 
 def time_engine(path: Path, runs: int = RUNS, warmup: int = WARMUP, device: int = 0) -> float:
-    """Median milliseconds of one ``backend.infer`` of a letterboxed grey frame (batch 1) of ``path``."""
+    """Median milliseconds of one ``backend.infer`` of letterboxed grey frames of ``path``: one frame, or the
+    smallest batch the engine takes (a static batch, or a profile's minimum), in its own input format."""
     from engine import Detector
+    from engine.metadata import PixelFormat
     from engine.preprocess import Letterbox
 
     with Detector(path, device=device) as det:
         h, w = det.metadata.imgsz
-        x, _ = Letterbox((h, w), batch=1)([np.full((h, w, 3), 114, np.uint8)])
+        n = det.backend.max_batch or det.backend.batch_range[0] or 1
+        spec = det.backend.inputs[0]
+        lb = Letterbox((h, w), batch=n, dtype=spec.dtype, pixels=PixelFormat.of_input(spec.shape, spec.dtype))
+        x, _ = lb([np.full((h, w, 3), 114, np.uint8)] * n)
         for _ in range(warmup):
             det.backend.infer(x)
         ts = np.empty(runs)

@@ -57,6 +57,13 @@ def test_the_timer_runs_each_engine_through_the_runtime(tmp_path, monkeypatch):
     assert choose({"fp16": artifacts["fp16.engine"]}).recommended == "fp16"
 
 
+def test_the_timer_runs_an_engine_at_its_smallest_batch(fake_engine):
+    """A dynamic engine whose profile starts at 2 (and a static batch-N one) was timed at batch 1 and refused,
+    so the choice stayed pending on a GPU."""
+    engine, _, _ = fake_engine(dynamic=True, profile=(2, 4, 8))
+    assert time_engine(engine, runs=3, warmup=1) > 0
+
+
 def test_without_a_gpu_the_choice_is_pending_and_says_how_to_make_it(tmp_path, monkeypatch):
     artifacts = _engines(tmp_path, monkeypatch, no_driver=True)
     b = stage_build(["--out", str(tmp_path), "--no-int8"], artifacts)

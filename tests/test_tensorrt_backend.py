@@ -154,6 +154,18 @@ def test_dynamic_engine_batches_within_the_profile(fake_engine):
             be.infer(np.zeros((5, 3, 32, 32), np.float32))
 
 
+def test_a_profile_whose_minimum_is_above_one_still_takes_any_number_of_frames(fake_engine):
+    """--engine-batch 2,4,8: one frame, or the 1-frame remainder of 9, were refused ('rebuild with a larger
+    --engine-batch', the wrong way); Detector now pads a short call up to the profile's minimum."""
+    engine, _, _ = fake_engine(dynamic=True, profile=(2, 4, 8))
+    frames = [np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8) for i in range(9)]
+    with Detector(engine) as det:
+        assert det.backend.batch_range == (2, 8)
+        together = det(frames)
+        assert len(together) == 9 and [len(det(f)) for f in frames] == [len(r) for r in together]
+        assert all(np.array_equal(det(f).xyxy, r.xyxy) for f, r in zip(frames, together))
+
+
 def test_pinned_input_view_skips_the_host_copy(fake_engine, monkeypatch):
     engine, _, cudart = fake_engine()
     copies = []

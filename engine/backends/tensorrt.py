@@ -170,7 +170,8 @@ class TensorRTBackend(Backend):
         lo, hi = self.batch_range
         if not lo <= batch <= hi:
             raise InputImageError(f"batch {batch} is outside the engine's profile {lo}..{hi} ({self.path})",
-                                  f"pass {lo}..{hi} frames per call, or rebuild with a larger --engine-batch")
+                                  f"pass {lo}..{hi} frames per call (Detector pads shorter calls and splits longer "
+                                  f"ones), or rebuild with an --engine-batch MIN,OPT,MAX that covers {batch}")
 
     def input_buffer(self, batch: int) -> np.ndarray:
         """This thread's pinned input, shaped for ``batch``: letterbox into it and pass it (or its first rows)

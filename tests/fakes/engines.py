@@ -29,14 +29,14 @@ def write_engine(path: Path, plan: bytes, sc: EngineSidecar) -> Path:
 
 @pytest.fixture
 def fake_engine(tmp_path, monkeypatch):
-    """``make(version, module, dynamic, **cudart_kw) -> (engine path, fake trt, fake cudart)``: the tiny
-    graph built with a fake TensorRT (10.x unless told; batch profile 1..4 when dynamic)."""
+    """``make(version, module, dynamic, profile, **cudart_kw) -> (engine path, fake trt, fake cudart)``: the tiny
+    graph built with a fake TensorRT (10.x unless told; batch profile 1,2,4 when dynamic, or ``profile``)."""
     from exporters.tensorrt import BatchProfile, EngineConfig, build
 
-    def make(version="10.9.0.34", module="tensorrt", dynamic=False, **cudart_kw):
+    def make(version="10.9.0.34", module="tensorrt", dynamic=False, profile=(1, 2, 4), **cudart_kw):
         trt, cudart = install_fakes(monkeypatch, version, module=module, **cudart_kw)
         onnx = write_tiny_onnx(tmp_path / "tiny.onnx", dynamic=dynamic)
-        built = build(onnx, EngineConfig(profile=BatchProfile(1, 2, 4)), log=lambda s: None)
+        built = build(onnx, EngineConfig(profile=BatchProfile(*profile)), log=lambda s: None)
         targets = built.targets
         sc = fake_sidecar(module, version, dynamic, targets=targets, profiles=built.profiles,
                           built_on=None if targets else {"gpu": "FAKE RTX 3050 Laptop GPU", "sm": "sm86"})
