@@ -114,12 +114,34 @@ def mark_sidecars(engines: Mapping[str, Path], choice: EngineChoice) -> None:
         write_bytes_atomic(sidecar_path(path), dataclasses.replace(sc, builder=builder).to_json().encode())
 
 
+def _unmark_others(b, engines: Mapping[str, Path]) -> None:
+    """An engine file an earlier build left beside these (same model, not built or timed now) loses its old
+    verdict: two sidecars must never both say ``recommended``."""
+    from engine.backends.trt_sidecar import read_sidecar, sidecar_path
+
+    from .engine_stage import ENGINES
+    from .io import write_bytes_atomic
+
+    for precision, spec in ENGINES.items():
+        path = spec.path(b.cfg.export.out, b.cfg.export.stem)
+        if precision in engines or not path.is_file() or not sidecar_path(path).is_file():
+            continue
+        try:
+            sc = read_sidecar(path)
+        except Exception:  # noqa: BLE001 - an unreadable leftover is the loader's business, not the choice's
+            continue
+        if sc.builder.get("recommended"):
+            builder = {**sc.builder, "recommended": False, "choice_pending": "not timed by the last build"}
+            write_bytes_atomic(sidecar_path(path), dataclasses.replace(sc, builder=builder).to_json().encode())
+
+
 def recommend(b, engines: Mapping[str, Path], timer: Callable[[Path], float] = time_engine) -> EngineChoice:
     """The engine stage's last step: time ``engines`` (precision -> delivered file), choose, mark the sidecars,
     add the choice to each engine's record figures (so to ``build_report.json``) and log it."""
     choice = choose(engines, timer)
     if engines:
         mark_sidecars(engines, choice)
+    _unmark_others(b, engines)
     for precision in engines:
         key = f"{precision}.engine"
         rec = b.records[key]

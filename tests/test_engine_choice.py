@@ -50,6 +50,18 @@ def test_the_fastest_engine_is_recommended_in_the_report_and_the_sidecars(tmp_pa
     assert read_sidecar(artifacts["fp16.engine"]).builder["recommended"] is True
 
 
+def test_an_engine_left_from_an_earlier_build_loses_its_old_verdict(tmp_path, monkeypatch):
+    """Run 1 recommended int8; run 2 built and timed only fp16: both sidecars said recommended."""
+    artifacts = _engines(tmp_path, monkeypatch)
+    b = stage_build(["--onnx", str(tmp_path / "tiny.onnx"), "--out", str(tmp_path), "--no-int8"], artifacts)
+    engines = {k.split(".")[0]: p for k, p in artifacts.items()}
+    recommend(b, engines, timer=lambda p: {"tiny.fp16.engine": 1.8, "tiny.int8.engine": 1.2}[p.name])
+    assert read_sidecar(artifacts["int8.engine"]).builder["recommended"] is True
+    recommend(b, {"fp16": engines["fp16"]}, timer=lambda p: 1.8)
+    flags = [read_sidecar(artifacts[k]).builder["recommended"] for k in ("fp16.engine", "int8.engine")]
+    assert flags == [True, False]
+
+
 def test_the_timer_runs_each_engine_through_the_runtime(tmp_path, monkeypatch):
     artifacts = _engines(tmp_path, monkeypatch)
     ms = time_engine(artifacts["fp16.engine"], runs=5, warmup=1)
