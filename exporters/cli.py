@@ -232,6 +232,11 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
             max_batch=args.triton_max_batch, queue_delay_us=args.triton_queue_delay_us,
             preferred=tuple(args.triton_preferred or ()), instances=args.triton_instances,
             device=Device(args.triton_device)))
-    return BuildConfig(export=export, fp16=bool(args.fp16), quantize=_quantize_options(args, export), end2end=e2e,
+    quantize = _quantize_options(args, export)
+    if engines.wanted and "int8" in engines.wanted and not quantize.int8:  # an INT8 engine is built from the Q/DQ
+        # graph on every TensorRT (found out after the export and the other engines, before)
+        raise ConfigError(f"--engine {','.join(engines.wanted)} asks for an int8 engine, but this build makes no "
+                          "INT8 graph", "add --int8 --data data.yaml, or drop int8 from --engine")
+    return BuildConfig(export=export, fp16=bool(args.fp16), quantize=quantize, end2end=e2e,
                        engines=engines, openvino=OpenVinoOptions(args.openvino, args.openvino_fp16), triton=triton,
                        strict=args.strict, rebuild=args.rebuild, debug=args.debug)

@@ -174,6 +174,17 @@ class EngineOptions:
     verbose: bool = False
     require: bool = False
 
+    def __post_init__(self) -> None:
+        """Every engine flag checked now, before the export and the INT8 calibration it would follow."""
+        from .tensorrt import BatchProfile, EngineConfig
+
+        if self.targets == ():
+            raise ConfigError("--engine-targets names no compute capability",
+                              "list them, e.g. --engine-targets 86,89, or 'current', or leave it out")
+        cfg = EngineConfig(workspace_mib=self.workspace_mib, opt_level=self.opt_level, targets=self.targets,
+                           profile=BatchProfile(*self.profile) if self.profile else BatchProfile())
+        object.__setattr__(self, "targets", cfg.targets)  # normalized: "86" -> "sm86"
+
     @classmethod
     def parse(cls, engine: str, *, batch: str | None, targets: str | None, dynamic: bool,
               **rest) -> "EngineOptions":
@@ -200,7 +211,7 @@ class EngineOptions:
             except ValueError:
                 raise ConfigError(f"--engine-batch {batch!r} is not MIN,OPT,MAX", "use e.g. 1,4,8") from None
             profile = (lo, opt, hi)
-        tgt = tuple(t for t in targets.split(",") if t.strip()) if targets else None
+        tgt = tuple(t.strip() for t in targets.split(",") if t.strip()) if targets is not None else None
         return cls(wanted=wanted, profile=profile, targets=tgt, **rest)
 
 

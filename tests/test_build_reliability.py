@@ -262,3 +262,19 @@ def test_the_triton_repository_follows_what_the_build_delivered(demo_pt, tmp_pat
     shutil.rmtree(tmp_path / "r2" / "demo_onnx")
     assert main(run) == EXIT_OK
     assert (tmp_path / "r2" / "demo_onnx" / "config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dynamic", "--engine-batch", "8,4,1"], "must satisfy 1 <= min <= opt <= max"),
+    (["--engine-targets", "8x"], "is not a compute capability"),
+    (["--engine-targets", ","], "names no compute capability"),
+    (["--engine-opt-level", "9"], "outside 0..5"),
+    (["--engine-workspace", "0"], "must be >= 1"),
+    (["--engine", "fp16,int8", "--no-int8"], "makes no INT8 graph"),
+])
+def test_engine_flags_are_checked_before_any_work(demo_pt, tmp_path, argv, says, capsys):
+    """They failed in the engine stage, after the export and the INT8 calibration, with no report written."""
+    assert main(["--weights", str(demo_pt), "--out", str(tmp_path / "o"), *argv]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert says in err and "fix:" in err
+    assert not (tmp_path / "o").exists()

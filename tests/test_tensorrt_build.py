@@ -113,7 +113,8 @@ def demo_engines(demo_pt, tmp_path_factory):
     onnx.save(convert_fp16(onnx.load(str(art.path))), str(fp16))
     int8 = write_int8_qdq(art.path, out / f"{art.path.stem}.int8.onnx")
     logs: list[str] = []
-    b = _stage(["--dynamic", "--out", str(out), "--engine", "fp32,fp16,int8", "--engine-batch", "1,4,8"],
+    b = _stage(["--dynamic", "--out", str(out), "--engine", "fp32,fp16,int8", "--engine-batch", "1,4,8",
+                "--int8", "--data", str(ROOT / "assets" / "demo" / "data.yaml")],
                {"onnx": art.path, "fp16.onnx": fp16, "int8.onnx": int8}, meta=art.metadata, log=logs.append)
     return b, logs
 
