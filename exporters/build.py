@@ -240,6 +240,9 @@ def _file_figures(path: Path) -> dict[str, Any]:
 
     if path.is_file():
         return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    if path.is_dir():  # an IR folder: each file's digest, so a rerun reuses it only when all are intact
+        files = {str(f.relative_to(path).as_posix()): file_sha256(f) for f in sorted(path.rglob("*")) if f.is_file()}
+        return {"bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()), "files": files}
     return {}
 
 

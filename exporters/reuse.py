@@ -78,5 +78,9 @@ def reusable(prev: ArtifactRecord | None, fp: str) -> bool:
     path = prev.path
     if path is None or not path.exists():
         return False
+    if path.is_dir():  # every file it was delivered with, unchanged (a folder alone said nothing)
+        files = prev.figures.get("files")
+        return isinstance(files, dict) and bool(files) and all(
+            (path / name).is_file() and file_sha256(path / name) == digest for name, digest in files.items())
     want = prev.figures.get("sha256")
-    return path.is_dir() or (isinstance(want, str) and file_sha256(path) == want)
+    return isinstance(want, str) and file_sha256(path) == want

@@ -156,8 +156,12 @@ def test_reruns_reuse_what_did_not_change(demo_pt, tmp_path, capsys):
     third = _report(tmp_path)
     assert third["onnx"]["reused"] and third["fp16.onnx"]["reused"] and not third["end2end.onnx"]["reused"]
     (tmp_path / "demo.fp16.onnx").write_bytes(b"damaged")  # a file that is no longer what was built
+    if HAVE_OV:  # an IR folder whose weights went: its folder alone used to count as reusable
+        (tmp_path / "demo_openvino" / "demo.bin").unlink()
     assert main([*argv, "--e2e-conf", "0.3"]) == EXIT_OK
     assert not _report(tmp_path)["fp16.onnx"]["reused"]
+    if HAVE_OV:
+        assert not _report(tmp_path)["openvino"]["reused"] and (tmp_path / "demo_openvino" / "demo.bin").is_file()
     assert main([*argv, "--e2e-conf", "0.3", "--rebuild"]) == EXIT_OK
     assert not any(r["reused"] for r in _report(tmp_path).values())
 
