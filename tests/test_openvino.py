@@ -64,6 +64,18 @@ def test_kinds_name_the_ir_forms(path, expected):
     assert kind_of(path) is expected
 
 
+def test_a_backend_named_for_a_form_it_misreads_is_refused():
+    """OpenVINO runs the TensorRT INT8 form's Q/DQ graph wrongly (mAP50-95 0.56 -> 0.24 on the demo at 160),
+    silently: a backend the artifact table does not list for a form is an error; the FP32 ONNX still loads."""
+    from engine.backends import backend_for
+    from engine.errors import BackendUnavailableError
+
+    with pytest.raises(BackendUnavailableError, match="runs on onnxruntime, not openvino") as e:
+        backend_for("deploy/demo.int8.onnx", backend="openvino")
+    assert "_openvino" in e.value.fix
+    assert backend_for("deploy/demo.onnx", backend="openvino").__name__ == "OpenVinoBackend"
+
+
 def test_ir_kinds_in_the_table():
     assert FP32_IR.path("deploy", "demo") == Path("deploy/demo_openvino") and FP32_IR.folder
     assert INT8_IR.path("deploy", "demo") == Path("deploy/demo.int8_openvino") and INT8_IR.precision is Precision.INT8
