@@ -86,7 +86,9 @@ class Build:
         self.records: dict[str, ArtifactRecord] = {}
         self.metadata = None  # engine.metadata.ModelMetadata of the FP32 ONNX, set by the ONNX stage
         self.shared: dict[str, Any] = {}  # lazily computed inputs several stages use (val items, scores)
-        self.previous = {} if cfg.rebuild else previous_records(cfg.export.out, cfg.export.stem)
+        # the last build's records: for reuse (not with --rebuild) and, always, to tell another model's leftovers
+        self.last = previous_records(cfg.export.out, cfg.export.stem)
+        self.previous = {} if cfg.rebuild else self.last
 
     def path(self, key: str) -> Path | None:
         """The delivered file of ``key``, else ``None``."""
@@ -120,9 +122,14 @@ class Build:
         return rec
 
     def fp32_changed(self) -> bool:
-        """This build made another FP32 ONNX than the last one: what was derived from that one is stale."""
-        prev, cur = self.previous.get("onnx"), self.records.get("onnx")
-        return prev is not None and cur is not None and cur.delivered and prev.fingerprint != cur.fingerprint
+        """This build's FP32 ONNX is another model than the last build's (its graph and weights, not its
+        export date or the flags that made it): what was derived from that one is stale. Unknown (no earlier
+        build, or one that did not record its graph) counts as unchanged: nothing is removed on a guess."""
+        prev, cur = self.last.get("onnx"), self.records.get("onnx")
+        if prev is None or cur is None or not cur.delivered:
+            return False
+        old, new = prev.figures.get("graph"), cur.figures.get("graph")
+        return bool(old and new and old != new)
 
     def produce(self, key: str, make: Callable[[Path], Outcome], inputs: Mapping[str, Any], *,
                 final: Path | None = None, sources: Sequence[str] | None = None, label: str | None = None,

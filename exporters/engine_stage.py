@@ -169,11 +169,13 @@ def _engine(b, precision: str, spec, key: str, flavor) -> None:
                        verbose=opts.verbose, int8_float=b.cfg.quantize.int8_float)
     final = spec.path(b.cfg.export.out, b.cfg.export.stem)
     inputs = {"tensorrt": f"{flavor.module} {flavor.version}", "engine": {k: str(v) for k, v in cfg.__dict__.items()}}
+    from .tensorrt import _targets, local_sm
+
+    # the targets it will really carry: RTX's default list gains sm75 on a Turing machine
+    inputs["targets"] = list(_targets(cfg, flavor))
     if not flavor.compute_targets or "current" in (opts.targets or ()):
         # an engine tied to this machine's GPU: another GPU (or none, or one where there was none) rebuilds it,
         # or a rerun there would reuse it and its mismatch error's rebuild command would do nothing
-        from .tensorrt import local_sm
-
         inputs["gpu"] = local_sm() or "none"
 
     def make(final: Path):

@@ -31,7 +31,17 @@ def _make(b, final: Path):
     p = art.parity
     parity = Check("parity vs source", p.ok, p.summary(),
                    {"max_abs_box": p.max_abs_box, "max_abs_score": p.max_abs_score, "images": p.n_images})
-    return Outcome(art.path, (parity,))
+    return Outcome(art.path, (parity,), {"graph": model_graph_hash(art.path)})
+
+
+def model_graph_hash(path: Path) -> str:
+    """The FP32 ONNX's graph and weights, without its metadata (an export date): the same model re-exported
+    hashes the same, so what was derived from it is still its own (``Build.fp32_changed``)."""
+    import onnx
+
+    from calibration.cache import graph_hash
+
+    return graph_hash(onnx.load(str(path)))
 
 
 def _read_metadata(path: Path):

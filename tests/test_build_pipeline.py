@@ -310,3 +310,32 @@ def test_an_engine_tied_to_its_gpu_is_rebuilt_on_another_and_one_without_its_sid
     assert run((8, 9)) == ("delivered", False, {"gpu": "GPU sm89", "sm": "sm89"})
     (tmp_path / "demo.fp32.json").unlink()
     assert run((8, 9))[:2] == ("delivered", False) and (tmp_path / "demo.fp32.json").is_file()
+
+
+def test_an_rtx_engine_is_rebuilt_on_a_turing_machine(demo_pt, tmp_path, monkeypatch):
+    """RTX's default targets gain sm75 on a Turing GPU: an engine built elsewhere was reused there and could
+    not run (fake TensorRT-RTX)."""
+    from tests.fakes import install_fakes
+
+    argv = ["--weights", str(demo_pt), "--imgsz", "160", "--no-int8", "--no-openvino", "--no-end2end",
+            "--engine", "fp16", "--tensorrt", "rtx", "--out", str(tmp_path)]
+    reused = []
+    for sm in ((8, 6), (8, 6), (7, 5)):
+        install_fakes(monkeypatch, "1.7.1.116", module="tensorrt_rtx", sm=sm, name=f"GPU sm{sm[0]}{sm[1]}")
+        assert main(argv) == EXIT_OK
+        reused.append(_report(tmp_path)["fp16.engine"]["reused"])
+    assert reused == [False, True, False]
+
+
+def test_another_model_is_told_by_its_graph_not_by_the_flags_that_made_it(demo_pt, tmp_path):
+    """--weights spelled another way made a byte-identical FP32 graph count as 'another model', and the
+    cleanup then removed a GPU-built engine on a machine without TensorRT; --rebuild skipped the cleanup."""
+    base = ["--out", str(tmp_path), "--engine", "none", "--no-openvino", "--no-end2end", "--no-int8"]
+    assert main([*base, "--imgsz", "160"]) == EXIT_OK
+    engine = tmp_path / "demo.fp32.engine"
+    engine.write_bytes(b"an engine built on the GPU box")
+    assert main(["--weights", str(demo_pt.resolve()), *base, "--imgsz", "160", "--no-fp16"]) == EXIT_OK
+    assert engine.is_file() and (tmp_path / "demo.fp16.onnx").is_file()  # the same graph: all kept
+    assert main([*base, "--imgsz", "192", "--no-fp16", "--rebuild"]) == EXIT_OK  # another model, --rebuild
+    assert not engine.exists() and not (tmp_path / "demo.fp16.onnx").exists()
+    assert not (tmp_path / "demo.accuracy.md").exists()
