@@ -48,14 +48,22 @@ def _own_folders(b, repo: Path, keys) -> list[Path]:
 
 
 def _remove_undelivered(b, repo: Path) -> None:
-    """A model of this stem that this build withheld (or skipped, once the FP32 ONNX changed) leaves the
-    repository, as its file leaves ``--out``: Triton would serve the earlier build's model otherwise."""
+    """A model of this stem that this build withheld, or skipped while its file left ``--out`` (its source
+    withheld, or the FP32 ONNX changed), leaves the repository too: Triton would serve the earlier one."""
     import shutil
 
     from .records import Status
 
-    stale = [k for k, r in b.records.items() if k != KEY and (
-        r.status is Status.WITHHELD or (r.status is Status.SKIPPED and b.fp32_changed()))]
+    from engine.artifacts import kind
+
+    def gone_from_out(k: str) -> bool:  # the build removed (or never left) this kind's file in --out
+        try:
+            return not kind(k).path(b.cfg.export.out, b.cfg.export.stem).exists()
+        except KeyError:
+            return False
+
+    stale = [k for k, r in b.records.items() if k != KEY and not r.delivered and (
+        r.status is Status.WITHHELD or b.fp32_changed() or gone_from_out(k))]
     for folder in _own_folders(b, repo, stale):
         shutil.rmtree(folder, ignore_errors=True)
         b.log(f"triton: removed {folder} (this build did not deliver its model)")

@@ -254,6 +254,12 @@ def test_the_triton_repository_follows_what_the_build_delivered(demo_pt, tmp_pat
     b.records["fp16.onnx"] = ArtifactRecord("fp16.onnx", "FP16 ONNX", Status.WITHHELD, reason="parity failed")
     triton_stage.run(b)
     assert not (repo / "tiny_fp16_onnx").exists() and (repo / "tiny_onnx").is_dir()
+    (repo / "tiny_fp16_engine" / "1").mkdir(parents=True)  # an engine an earlier build served
+    b = stage_build(argv, {"onnx": onnx}, meta=tiny_metadata())
+    b.records["fp16.engine"] = ArtifactRecord("fp16.engine", "TensorRT engine (FP16)", Status.SKIPPED,
+                                              reason="its source FP16 ONNX was withheld")
+    triton_stage.run(b)  # skipped, its file gone from --out: its model goes from the repository too
+    assert not (repo / "tiny_fp16_engine").exists() and (repo / "tiny_onnx").is_dir()
 
     out = tmp_path / "demo"
     run = ["--weights", str(demo_pt), "--imgsz", "160", "--no-int8", "--no-fp16", "--no-openvino", "--no-end2end",

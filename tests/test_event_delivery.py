@@ -171,6 +171,21 @@ def test_a_burst_of_incidents_loses_snapshots_never_events(tmp_path):
     assert bus._frames_waiting == 0 and bus.jobs.dropped == 0
 
 
+def test_an_incident_whose_snapshot_was_not_written_names_none_until_one_is(tmp_path):
+    """Its start went out with "snapshot": null, and its end named the JPEG that was never written."""
+    jsonl = JsonLinesEvents(tmp_path / "events.jsonl")
+    results = iter([False, True])
+    bus = EventBus([jsonl], AlertMetrics(), lambda ev: next(results))
+    bus.start()
+    kw = dict(rule="r", stream="cam", track_id=1, class_name="disc", score=0.9, max_score=0.9, box=(1, 2, 3, 4),
+              start_time=0.0, frame=5, snapshot="snapshots/cam/e1.jpg", timestamp=1.0)
+    for kind, image in (("start", _frame()), ("end", None)):
+        ev = Event(kind, "e1", end_time=None if kind == "start" else 2.0, image=image, **kw)
+        bus.publish(ev, ev if image is not None else None)
+    bus.close(5)
+    assert [json.loads(x)["snapshot"] for x in (tmp_path / "events.jsonl").read_text().splitlines()] == [None, None]
+
+
 def test_a_job_dropped_from_the_full_queue_frees_its_frame():
     q: DropOldestQueue[tuple] = DropOldestQueue(2, on_drop=lambda job: freed.append(job))
     freed: list = []

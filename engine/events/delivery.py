@@ -223,6 +223,7 @@ class EventBus:
         self.jobs: DropOldestQueue[tuple[Any, Any]] = DropOldestQueue(queue_size, on_drop=self._release)
         self.frames, self._frames_waiting = frames, 0
         self._frames_lock = threading.Lock()
+        self._unwritten: set[str] = set()  # incidents whose snapshot file was never written (bus thread only)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -268,10 +269,18 @@ class EventBus:
     def _dispatch(self, event: Any, snapshot_job: Any) -> None:
         data = event.to_json()
         written = snapshot_job is not None and self.write_snapshot is not None and self.write_snapshot(snapshot_job)
+        incident = data.get("event_id")
         if written:
             self.metrics.count("snapshots", "bus")
-        elif event.type == "start":
-            data["snapshot"] = None  # nothing was written: say so rather than point at no file
+            self._unwritten.discard(incident)  # an update wrote the incident's snapshot after all
+        elif event.type == "start" or incident in self._unwritten:
+            # nothing was written (skipped in a burst, or a failed write): say so rather than point at no
+            # file, on the start and on the incident's later events that name the same file
+            if event.type == "start" and data.get("snapshot"):
+                self._unwritten.add(incident)
+            data["snapshot"] = None
+        if event.type == "end":
+            self._unwritten.discard(incident)
         payload = Payload(data, json.dumps(data, separators=(",", ":")))
         for sink in self.sinks:
             sink.put(payload)
