@@ -23,12 +23,13 @@ from .gate import LEVEL, GateResult
 EVAL_CONF, EVAL_IOU, EVAL_MAX_DET = 0.001, 0.7, 300
 
 
-def score_onnx(path: Path, items: Sequence, progress: bool = False) -> MapResult:
-    """mAP of an ONNX artifact run by our runtime on ONNX Runtime's CPU provider."""
+def score_onnx(path: Path, items: Sequence, progress: bool = False, **options) -> MapResult:
+    """mAP of an ONNX artifact (or an IR) run by our runtime on the CPU; ``options`` go to the backend (an
+    IR's ``precision="f32"``: OpenVINO's CPU default is bf16 where the CPU has it)."""
     from engine.detector import Detector
     from engine.eval.evaluate import evaluate
 
-    with Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu") as det:
+    with Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu", **options) as det:
         return evaluate(det, items, max_det=EVAL_MAX_DET, progress=progress, names=det.names)
 
 

@@ -190,13 +190,14 @@ def check_images(b, n: int = AGREEMENT_IMAGES) -> np.ndarray:
     return cached(b, f"check_images_{n}", make)
 
 
-def map_check(b, path: Path, name: str, max_drop: float):
-    """Score ``path`` on the val split against the FP32 reference: ``(Check, figures, MapResult)``."""
+def map_check(b, path: Path, name: str, max_drop: float, **options):
+    """Score ``path`` on the val split against the FP32 reference: ``(Check, figures, MapResult)``;
+    ``options`` go to its backend."""
     from .accuracy import drop_points, score_onnx
     from .records import Check
 
     ref = reference(b)
-    res = score_onnx(path, val_items(b), show_progress())
+    res = score_onnx(path, val_items(b), show_progress(), **options)
     drop = drop_points(ref, res)
     ok = drop <= max_drop + 1e-9
     figures = {"map50": round(res.map50, 5), "map50_95": round(res.map50_95, 5), "drop_points": round(drop, 3),
@@ -206,13 +207,16 @@ def map_check(b, path: Path, name: str, max_drop: float):
     return Check(name, ok, summary, figures), figures, res
 
 
-def detection_checks(b, reference, candidate, path: Path, what: str, max_drop: float, fix: str):
+def detection_checks(b, reference, candidate, path: Path, what: str, max_drop: float, fix: str,
+                     options: dict | None = None):
     """Does a graph show what the FP32 ONNX shows? Its detections after NMS (``candidate``, a raw-output
     runner) against ``reference``'s on the check images (:mod:`exporters.agreement`), and with ``--data``
     the mAP of ``path`` against FP32's (at most ``max_drop`` points). Returns ``(checks, figures)``.
 
     Raises:
         ArtifactWithheld: a check failed (``what`` names the graph in the message, ``fix`` is its fix).
+
+    ``options`` go to the backend that scores ``path`` (an IR in f32: the conversion is judged, not bf16).
     """
     from engine.errors import ArtifactWithheld
 
@@ -224,7 +228,7 @@ def detection_checks(b, reference, candidate, path: Path, what: str, max_drop: f
     figures = {"agreement": round(agree.agreement, 5)}
     b.log(f"{what}: {agree.summary()} -> {'OK' if agree.ok else 'FAIL'}")
     if agree.ok and val_items(b) is not None:
-        check, figs, _ = map_check(b, path, "mAP vs FP32", max_drop)
+        check, figs, _ = map_check(b, path, "mAP vs FP32", max_drop, **(options or {}))
         checks.append(check)
         figures.update(figs)
         b.log(f"{what}: {check.summary} -> {'OK' if check.passed else 'FAIL'}")

@@ -89,7 +89,8 @@ def _make_fp32(b, final: Path):
         write_ir(convert(fp32), tmp, b.cfg.export.stem, _meta(b), b.cfg.openvino.fp16_weights)
         checks, figures = evidence.detection_checks(
             b, onnx_runner(fp32), ir_runner(tmp), tmp, "OpenVINO IR", MAX_MAP_DROP,
-            "report it with the model; the ONNX artifacts are unaffected (--no-openvino skips the IRs)")
+            "report it with the model; the ONNX artifacts are unaffected (--no-openvino skips the IRs)",
+            options={"precision": "f32"})  # the conversion judged, not the CPU's bf16 default
     return Outcome(final, checks, figures)
 
 

@@ -446,3 +446,16 @@ def test_a_stream_of_several_sources_runs_one_ir_detector_in_throughput_mode(fp3
         assert s.detector.backend.hint == "latency" and s.batch == 1
     with Stream(fp32_ir, [f"a={clip}", f"b={clip}"], StreamConfig(log_interval=0), hint="latency") as s:
         assert s.detector.backend.hint == "latency"  # the caller's choice wins
+
+
+def test_the_fp32_irs_map_check_scores_the_conversion_in_f32(demo_onnx, meta, tmp_path, monkeypatch):
+    """OpenVINO's CPU default is bf16 where the CPU has it: the IR's mAP against FP32 (a 0.3-point bar) scored
+    bf16 drift, not the conversion the check is for."""
+    import exporters.accuracy as accuracy
+
+    seen, real = [], accuracy.score_onnx
+    monkeypatch.setattr(accuracy, "score_onnx", lambda path, items, progress=False, **kw: (
+        seen.append((Path(path).name, kw)), real(path, items[:8], progress, **kw))[1])
+    b, _ = _stage(["--data", str(DEMO / "data.yaml")], demo_onnx, tmp_path / "a", meta)
+    assert b.records["openvino"].delivered
+    assert any(name.endswith("_openvino") and kw == {"precision": "f32"} for name, kw in seen), seen
