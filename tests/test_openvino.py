@@ -459,3 +459,13 @@ def test_the_fp32_irs_map_check_scores_the_conversion_in_f32(demo_onnx, meta, tm
     b, _ = _stage(["--data", str(DEMO / "data.yaml")], demo_onnx, tmp_path / "a", meta)
     assert b.records["openvino"].delivered
     assert any(name.endswith("_openvino") and kw == {"precision": "f32"} for name, kw in seen), seen
+
+
+def test_an_ir_made_by_openvinos_own_converter_keeps_the_class_names(demo_onnx, meta, tmp_path):
+    """ovc / ov.convert_model keep the ONNX's metadata under rt_info['framework']: it was not read, and the
+    classes came back as class0, class1..."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(demo_onnx)), str(tmp_path / "ovc" / "demo.xml"))
+    with Detector(tmp_path / "ovc" / "demo.xml", precision="f32") as d:
+        assert d.names == meta.names and d.imgsz == meta.imgsz

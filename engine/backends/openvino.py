@@ -73,6 +73,19 @@ def ir_metadata(xml: str | Path) -> ModelMetadata | None:
     return ModelMetadata.from_json(node.get("value", "")) if node is not None else None
 
 
+def _converted_metadata(model) -> ModelMetadata | None:
+    """The ONNX's metadata an IR made by OpenVINO's own converter (``ovc``, ``ov.convert_model``) keeps under
+    ``rt_info['framework']``: ours, else Ultralytics' keys (without it the class names were made up)."""
+    try:
+        if not model.has_rt_info(["framework"]):
+            return None
+        section = model.get_rt_info(["framework"])
+        props = {str(k): v.astype(str) if hasattr(v, "astype") else str(v) for k, v in dict(section.astype(dict)).items()}
+    except Exception:  # noqa: BLE001 - an rt_info of another shape: the graph decides
+        return None
+    return from_onnx_props(props)
+
+
 def ultralytics_metadata(xml: Path) -> ModelMetadata | None:
     """Metadata from the ``metadata.yaml`` Ultralytics writes beside its IR (``None``: there is none)."""
     yml = xml.parent / ULTRALYTICS_METADATA
@@ -217,7 +230,7 @@ class OpenVinoBackend(Backend):
         if model.has_rt_info(METADATA_KEY):
             return ModelMetadata.from_json(model.get_rt_info(METADATA_KEY).astype(str))
         found = (_onnx_metadata(self.file) if self.file.suffix.lower() == ".onnx" else ultralytics_metadata(self.file))
-        return found or self._graph_metadata(model)
+        return found or _converted_metadata(model) or self._graph_metadata(model)
 
     def _graph_metadata(self, model) -> ModelMetadata:
         """For a model without metadata: size from the input, class count from a raw head's output."""
