@@ -274,8 +274,13 @@ def test_bad_models_and_options_are_typed_errors(fp32_ir, tmp_path):
 
 
 def test_an_ir_without_our_metadata_reads_ultralytics_yaml_or_the_graph(demo_onnx, tmp_path, frames):
+    import onnx
+
     folder = tmp_path / "best_openvino_model"
-    model = ov.convert_model(str(demo_onnx))
+    bare = onnx.load(str(demo_onnx))
+    del bare.metadata_props[:]  # a traced PyTorch model carries none (ours would reach rt_info['framework'])
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    model = ov.convert_model(str(tmp_path / "bare.onnx"))
     model.outputs[0].get_tensor().set_names(set())  # as Ultralytics' export (a traced PyTorch model) leaves it
     ov.save_model(model, str(folder / "best.xml"), compress_to_fp16=False)
     with Detector(folder) as d:  # no metadata at all: sizes and class count from the graph
