@@ -474,3 +474,15 @@ def test_an_ir_made_by_openvinos_own_converter_keeps_the_class_names(demo_onnx, 
     ov.save_model(ov.convert_model(str(demo_onnx)), str(tmp_path / "ovc" / "demo.xml"))
     with Detector(tmp_path / "ovc" / "demo.xml", precision="f32") as d:
         assert d.names == meta.names and d.imgsz == meta.imgsz
+
+
+def test_a_precision_the_device_swaps_is_said(fp32_ir, caplog):
+    """precision='f16' on an x86 CPU compiled to bf16 without a word (the README offers f16 as a choice)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="engine.backends"):
+        with Detector(fp32_ir, precision="f32") as d:
+            assert d.backend.precision == "f32" and not caplog.records
+        with Detector(fp32_ir, precision="f16") as d:
+            got = d.backend.precision
+    assert got == "f16" or any(f"in {got}, not the f16 asked for" in r.message for r in caplog.records)

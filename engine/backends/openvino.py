@@ -24,6 +24,7 @@ request running: throughput calls wait for theirs), then frees the compiled mode
 """
 from __future__ import annotations
 
+import logging
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -37,6 +38,7 @@ from .base import Backend, TensorSpec
 
 HINTS = ("latency", "throughput")
 PRECISIONS = ("f32", "bf16", "f16")
+log = logging.getLogger("engine.backends")
 INSTALL = "pip install -e .[openvino] (or pip install openvino)"
 ULTRALYTICS_METADATA = "metadata.yaml"  # what Ultralytics writes beside its IR
 
@@ -71,6 +73,15 @@ def ir_metadata(xml: str | Path) -> ModelMetadata | None:
         raise ModelLoadError(f"{xml} is not a readable OpenVINO IR ({e})", "export the model again") from None
     node = root.find(f"rt_info/{METADATA_KEY}")
     return ModelMetadata.from_json(node.get("value", "")) if node is not None else None
+
+
+def _compiled_precision(compiled) -> str | None:
+    """The inference precision the device compiled to (``"f32"``, ``"bf16"``...), ``None`` where it does not say."""
+    try:
+        value = compiled.get_property("INFERENCE_PRECISION_HINT")
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    except Exception:  # noqa: BLE001 - devices without the property (NPU, some AUTO setups)
+        return None
 
 
 def _converted_metadata(model) -> ModelMetadata | None:
@@ -163,7 +174,9 @@ class OpenVinoBackend(Backend):
             ONNX Runtime's name for it, is read the same way.
         requests: infer requests in flight in throughput mode (default: OpenVINO's optimal number).
         precision: ``"f32"``, ``"bf16"`` or ``"f16"``: the device's inference precision hint. Default:
-            OpenVINO's (on CPUs with bfloat16 instructions, bf16 for the float layers).
+            OpenVINO's (on CPUs with bfloat16 instructions, bf16 for the float layers). What the device
+            compiled to is :attr:`precision` after loading; a hint it swapped (f16 runs as bf16 on x86 CPUs) is
+            logged as a warning.
         cache_dir: OpenVINO's model cache (``CACHE_DIR``); makes a second load on a GPU or NPU fast.
     """
 
@@ -206,6 +219,10 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailableError(f"OpenVINO could not compile {self.file} for {self.device} "
                                           f"({str(e).splitlines()[0][:200]})",
                                           "try device='cpu', or check the device's driver") from None
+        self.precision = _compiled_precision(self.compiled)
+        if precision and self.precision and self.precision != precision:
+            log.warning("OpenVINO on %s runs %s in %s, not the %s asked for (the device does not offer it)",
+                        self.device, self.file.name, self.precision, precision)
         self.requests = requests or int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) \
             if hint == "throughput" else 1
         self.inputs = [self._spec(p, f"input{i}") for i, p in enumerate(self.compiled.inputs)]
