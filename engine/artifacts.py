@@ -35,6 +35,8 @@ class ArtifactKind:
             withheld with its reason and the build goes on.
         cpu_only: it runs on CPUs only (Triton places it on CPU instances).
         folder: the artifact is a folder (an OpenVINO IR: ``.xml`` + ``.bin``), not one file.
+        misread_by: backends that load it without an error yet compute it wrongly: named explicitly for it,
+            they are refused (OpenVINO on the TensorRT INT8 form's Q/DQ graph: mAP50-95 0.56 -> 0.24).
     """
 
     suffix: str
@@ -46,6 +48,7 @@ class ArtifactKind:
     required: bool = False
     cpu_only: bool = False
     folder: bool = False
+    misread_by: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -71,7 +74,7 @@ FP32_ONNX = ArtifactKind(".onnx", "FP32 ONNX", "fp32", Precision.FP32, None, ("o
                          required=True)
 FP16_ONNX = ArtifactKind(".fp16.onnx", "FP16 ONNX", "fp16", Precision.FP16, "onnx", ("onnxruntime",))
 INT8_TENSORRT = ArtifactKind(".int8.onnx", "INT8 TensorRT form (S8S8)", "int8", Precision.INT8, "onnx",
-                             ("onnxruntime",))
+                             ("onnxruntime",), misread_by=("openvino",))
 INT8_CPU = ArtifactKind(".int8-cpu.onnx", "INT8 CPU form (U8S8)", "int8-cpu", Precision.INT8, "onnx",
                         ("onnxruntime",), cpu_only=True)
 END2END_ONNX = ArtifactKind(".end2end.onnx", "FP32 end-to-end graph", "end2end", Precision.FP32, "onnx",

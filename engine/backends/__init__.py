@@ -93,11 +93,11 @@ def _resolve(path: str | Path, backend: str, device: Any) -> tuple[type[Backend]
     why = None
     if backend != "auto":
         name = backend
-        if kind is not None and name in REGISTRY and name not in kind.backends:
-            # the table says which runtimes a form is made for: OpenVINO misreads the TensorRT INT8 form's
-            # Q/DQ graph (mAP50-95 0.56 -> 0.24 on the demo at 160), silently
+        if kind is not None and name in kind.misread_by:
+            # loads without an error and computes it wrongly: OpenVINO on the TensorRT INT8 form's Q/DQ graph
+            # (mAP50-95 0.56 -> 0.24 on the demo at 160), silently
             raise BackendUnavailableError(
-                f"{path.name} is the {kind.label}; it runs on {', '.join(kind.backends)}, not {name}",
+                f"{path.name} is the {kind.label}; {name} misreads it, it runs on {', '.join(kind.backends)}",
                 f"use backend='auto' or one of {', '.join(kind.backends)}" + (
                     "; for OpenVINO, use the build's OpenVINO IR (<stem>_openvino/ or <stem>.int8_openvino/)"
                     if name == "openvino" else ""))
