@@ -14,11 +14,27 @@ def run(b) -> None:
     from engine.metadata import file_sha256
 
     cfg = b.cfg.export
+    _record_last_graph(b)
     inputs = {"source_sha256": file_sha256(cfg.source) if cfg.source.is_file() else str(cfg.source),
               "export": {k: str(v) for k, v in asdict(cfg).items() if k != "out"}}
     rec = b.produce(KEY, lambda final: _make(b, final), inputs)
     if rec.reused:
         b.metadata = _read_metadata(rec.path)
+
+
+def _record_last_graph(b) -> None:
+    """A report from before the graph was recorded: hash the last build's FP32 ONNX now, while it is still
+    the file that report describes, so this build can tell whether it makes another model."""
+    import dataclasses
+
+    from engine.metadata import file_sha256
+
+    last = b.last.get(KEY)
+    if last is None or last.figures.get("graph") or last.path is None or not last.path.is_file():
+        return
+    if last.figures.get("sha256") != file_sha256(last.path):
+        return  # not the file that report describes any more: unknown, nothing removed on a guess
+    b.last[KEY] = dataclasses.replace(last, figures={**last.figures, "graph": model_graph_hash(last.path)})
 
 
 def _make(b, final: Path):

@@ -339,3 +339,17 @@ def test_another_model_is_told_by_its_graph_not_by_the_flags_that_made_it(demo_p
     assert main([*base, "--imgsz", "192", "--no-fp16", "--rebuild"]) == EXIT_OK  # another model, --rebuild
     assert not engine.exists() and not (tmp_path / "demo.fp16.onnx").exists()
     assert not (tmp_path / "demo.accuracy.md").exists()
+
+
+def test_a_report_from_before_the_graph_was_recorded_still_tells_another_model(tmp_path):
+    """The first build after the upgrade: the last report has no FP32 graph hash; the old file is hashed
+    before it is replaced, so the old model's leftovers still go."""
+    base = ["--out", str(tmp_path), "--engine", "none", "--no-openvino", "--no-end2end", "--no-int8"]
+    assert main([*base, "--imgsz", "160"]) == EXIT_OK
+    report = tmp_path / "build_report.json"
+    doc = json.loads(report.read_text())
+    for r in doc["artifacts"]:
+        r.get("figures", {}).pop("graph", None)  # as a report written before this change
+    report.write_text(json.dumps(doc))
+    assert main([*base, "--imgsz", "192", "--no-fp16"]) == EXIT_OK
+    assert not (tmp_path / "demo.fp16.onnx").exists()
