@@ -184,6 +184,16 @@ def test_an_incident_whose_snapshot_was_not_written_names_none_until_one_is(tmp_
         bus.publish(ev, ev if image is not None else None)
     bus.close(5)
     assert [json.loads(x)["snapshot"] for x in (tmp_path / "events.jsonl").read_text().splitlines()] == [None, None]
+    # the start itself dropped from a full queue (the bus not yet running): its end names no file either
+    jsonl = JsonLinesEvents(tmp_path / "events2.jsonl")
+    bus = EventBus([jsonl], AlertMetrics(), lambda ev: True, queue_size=1)
+    for kind, image in (("start", _frame()), ("end", None)):
+        ev = Event(kind, "e2", end_time=None if kind == "start" else 2.0, image=image, **kw)
+        bus.publish(ev, ev if image is not None else None)
+    bus.start()
+    bus.close(5)
+    lines = [json.loads(x) for x in (tmp_path / "events2.jsonl").read_text().splitlines()]
+    assert [(x["type"], x["snapshot"]) for x in lines] == [("end", None)] and bus.jobs.dropped == 1
 
 
 def test_a_job_dropped_from_the_full_queue_frees_its_frame():

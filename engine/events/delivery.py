@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
@@ -220,10 +220,12 @@ class EventBus:
                  write_snapshot: Callable[[Any], bool] | None = None, queue_size: int = 1000,
                  frames: int = FRAMES_WAITING) -> None:
         self.sinks, self.metrics, self.write_snapshot = list(sinks), metrics, write_snapshot
-        self.jobs: DropOldestQueue[tuple[Any, Any]] = DropOldestQueue(queue_size, on_drop=self._release)
+        self.jobs: DropOldestQueue[tuple[Any, Any]] = DropOldestQueue(queue_size, on_drop=self._dropped)
         self.frames, self._frames_waiting = frames, 0
         self._frames_lock = threading.Lock()
-        self._unwritten: set[str] = set()  # incidents whose snapshot file was never written (bus thread only)
+        # incidents whose snapshot file was never written, oldest first (bounded: an end may be lost too)
+        self._unwritten: OrderedDict[str, None] = OrderedDict()
+        self._unwritten_max = 10 * max(int(queue_size), 1)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -253,6 +255,27 @@ class EventBus:
             with self._frames_lock:
                 self._frames_waiting -= 1
 
+    def _dropped(self, job: tuple[Any, Any]) -> None:
+        """A job the full queue dropped: its frame is freed, and a dropped start's snapshot is never written."""
+        self._release(job)
+        event = job[0]
+        if getattr(event, "type", None) == "start" and getattr(event, "snapshot", None):
+            self._mark_unwritten(event.event_id)
+
+    def _mark_unwritten(self, incident: str) -> None:
+        with self._frames_lock:
+            self._unwritten[incident] = None
+            while len(self._unwritten) > self._unwritten_max:
+                self._unwritten.popitem(last=False)
+
+    def _has_unwritten(self, incident: str) -> bool:
+        with self._frames_lock:
+            return incident in self._unwritten
+
+    def _forget_unwritten(self, incident: str) -> None:
+        with self._frames_lock:
+            self._unwritten.pop(incident, None)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             job = self.jobs.get(0.2)
@@ -272,15 +295,15 @@ class EventBus:
         incident = data.get("event_id")
         if written:
             self.metrics.count("snapshots", "bus")
-            self._unwritten.discard(incident)  # an update wrote the incident's snapshot after all
-        elif event.type == "start" or incident in self._unwritten:
-            # nothing was written (skipped in a burst, or a failed write): say so rather than point at no
-            # file, on the start and on the incident's later events that name the same file
+            self._forget_unwritten(incident)  # an update wrote the incident's snapshot after all
+        elif event.type == "start" or self._has_unwritten(incident):
+            # nothing was written (skipped in a burst, a failed write, or the start itself dropped from a full
+            # queue): say so rather than point at no file, on the start and on the incident's later events
             if event.type == "start" and data.get("snapshot"):
-                self._unwritten.add(incident)
+                self._mark_unwritten(incident)
             data["snapshot"] = None
         if event.type == "end":
-            self._unwritten.discard(incident)
+            self._forget_unwritten(incident)
         payload = Payload(data, json.dumps(data, separators=(",", ":")))
         for sink in self.sinks:
             sink.put(payload)
