@@ -187,9 +187,9 @@ class Build:
 
             with heartbeat(self.log, label, every=HEARTBEAT_S):  # YOLO11m's FP16 check runs minutes on 2 cores
                 out = make(final)
-            rec = ArtifactRecord(key, label, Status.DELIVERED, out.path, out.checks,
-                                 {**out.figures, **_file_figures(out.path)}, seconds=time.perf_counter() - t0,
-                                 fingerprint=fp)
+            files = _file_figures(out.path) if owns_final else {}  # a shared repository: not every model's bytes
+            rec = ArtifactRecord(key, label, Status.DELIVERED, out.path, out.checks, {**out.figures, **files},
+                                 seconds=time.perf_counter() - t0, fingerprint=fp)
         except (OutputDirError, KeyboardInterrupt):
             self._remove(*gone)
             raise
