@@ -92,6 +92,13 @@ def _run(args: argparse.Namespace) -> int:
     w = args.workers
     if w < 1:
         raise ConfigError(f"--workers {w}", "use 1 or more")
+    if args.rounds < 1 or args.iters < 1 or args.warmup < 0 or args.threads < 0:
+        raise ConfigError(f"--rounds {args.rounds}, --iters {args.iters}, --warmup {args.warmup}, "
+                          f"--threads {args.threads}", "use --rounds and --iters >= 1, --warmup and --threads >= 0")
+    if args.json:  # checked now, not after the whole run
+        from engine.stream.sinks import check_writable
+
+        check_writable(args.json.parent, "pass a --json path in a writable folder")
     env0 = environment()
     print(f"machine: {describe(env0)}", flush=True)
     paths = {name: args.deploy / f"{args.stem}{suffix}" for name, suffix in FORMS}
@@ -133,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
               f"{r['speedup_vs_fp32']:.2f}x | {lo:.2f}-{hi:.2f}x |")
     print(f"\nmachine: {describe(env['machine'])}")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     return 0
 

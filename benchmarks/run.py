@@ -136,6 +136,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if min(args.warmup, args.settle, args.iters - 1, args.rounds - 1, args.max_frames - 1, args.pause) < 0:
         raise ConfigError("--warmup, --settle and --pause must be >= 0, --iters, --rounds and --max-frames >= 1",
                           "use the defaults")
+    if not (0 <= args.conf < 1 and 0 <= args.iou <= 1):  # every candidate would fail to load, and exit 0
+        raise ConfigError(f"--conf {args.conf}, --iou {args.iou} out of range", "use 0 <= conf < 1 and 0 <= iou <= 1")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file", "pass a folder for the results")
     if args.stream_seconds <= 0 or args.stream_fps <= 0:
         raise ConfigError("--stream-seconds and --stream-fps must be > 0", "use the defaults (10 s at 30 fps)")
     arch = args.arch.strip().lower()

@@ -272,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     """Run every step, write the report; the exit code says the verdict."""
+    from engine.artifacts import kind_of
+    from engine.errors import ConfigError
+
+    if args.engine is not None and not (kind_of(args.engine) is not None and kind_of(args.engine).is_engine):
+        raise ConfigError(f"--engine {args.engine} is not a TensorRT engine", "pass a .engine file built by "
+                          "python -m exporters.build (or leave --engine out to build one here)")
     args.out.mkdir(parents=True, exist_ok=True)
     report = verify(args)
     md, js = args.out / "verify-report.md", args.out / "verify-report.json"

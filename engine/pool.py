@@ -111,9 +111,9 @@ class DetectorPool(FrameCalls):
 
     def __init__(self, path: str | Path, workers: int = 2, threads: int | None = None,
                  **detector_options: Any) -> None:
-        if not isinstance(workers, int) or workers < 1:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"workers={workers!r}", "use 1 or more workers (2, or one per camera up to the cores)")
-        if threads is not None and threads < 1:
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ConfigError(f"threads={threads!r}", "use 1 or more threads per worker, or leave it to the pool")
         backend = detector_options.pop("backend", "auto")
         cls = backend_for(path, backend)

@@ -52,9 +52,9 @@ def _remove_undelivered(b, repo: Path) -> None:
     withheld, or the FP32 ONNX changed), leaves the repository too: Triton would serve the earlier one."""
     import shutil
 
-    from .records import Status
-
     from engine.artifacts import kind
+
+    from .records import Status
 
     def gone_from_out(k: str) -> bool:  # the build removed (or never left) this kind's file in --out
         try:

@@ -327,6 +327,22 @@ def test_bad_flags_exit_2(tmp_path, capsys):
     assert main(["--models", str(tmp_path / "nope.onnx"), "--out", str(tmp_path), "--arch", "none"]) == 2
     err = capsys.readouterr().err
     assert "nope.onnx" in err and "fix:" in err
+    assert main(["--conf", "1.5", "--out", str(tmp_path)]) == 2  # ran every worker and exited 0 before
+    assert "--conf 1.5" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_the_speed_and_verify_clis_check_their_flags_first(tmp_path, capsys):
+    """int8_speed --rounds 0 loaded and warmed every model, then a traceback; verify --engine X.onnx an
+    AttributeError traceback."""
+    from benchmarks import int8_speed, verify
+
+    assert int8_speed.main(["--deploy", str(tmp_path), "--rounds", "0"]) == 2
+    assert "--rounds 0" in capsys.readouterr().err
+    assert verify.main(["--out", str(tmp_path / "v"), "--engine", str(tmp_path / "m.onnx")]) == 2
+    assert "is not a TensorRT engine" in capsys.readouterr().err and not (tmp_path / "v").exists()
 
 
 def test_plan_square_and_native_groups(tmp_path, monkeypatch):

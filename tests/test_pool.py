@@ -71,6 +71,9 @@ def test_a_bad_frame_in_one_chunk_is_a_clear_error_and_the_pool_goes_on(demo_onn
     ({"workers": 2, "threads": 0}, "threads=0"),
     ({"workers": 2, "device": "cuda"}, "device='cuda'"),
     ({"workers": 2, "intra_op_threads": 1}, "intra_op_threads"),
+    ({"workers": 2, "threads": "2"}, "threads='2'"),  # a TypeError before
+    ({"workers": 2, "threads": 1.5}, "threads=1.5"),  # a TypeError inside ONNX Runtime before
+    ({"workers": True}, "workers=True"),
 ])
 def test_bad_arguments_are_config_errors(demo_onnx, kwargs, match):
     with pytest.raises(ConfigError, match=match):
