@@ -118,7 +118,7 @@ class Build:
             except KeyError:  # triton: a folder shared with other models, never removed here
                 return rec
             final = spec.path(self.cfg.export.out, self.cfg.export.stem)
-            self._remove(final, *((sidecar_path(final),) if spec.is_engine else ()))
+            self.remove_leftovers(final, *((sidecar_path(final),) if spec.is_engine else ()))
         return rec
 
     def fp32_changed(self) -> bool:
@@ -168,7 +168,7 @@ class Build:
         sources = tuple(sources) if sources is not None else ((spec.built_from,) if spec and spec.built_from else ())
         missing = [s for s in sources if self.path(s) is None]
         if missing:
-            self._remove(*gone)
+            self.remove_leftovers(*gone)
             src = self.records.get(missing[0])
             why = f"its source {_label(missing[0])} was {src.status.value if src else 'not built'}"
             return self.skip(key, why, src.fix if src else "", label)
@@ -191,17 +191,17 @@ class Build:
             rec = ArtifactRecord(key, label, Status.DELIVERED, out.path, out.checks, {**out.figures, **files},
                                  seconds=time.perf_counter() - t0, fingerprint=fp)
         except (OutputDirError, KeyboardInterrupt):
-            self._remove(*gone)
+            self.remove_leftovers(*gone)
             raise
         except DeployError as e:
-            self._remove(*gone)
+            self.remove_leftovers(*gone)
             if required:
                 raise
             rec = ArtifactRecord(key, label, Status.WITHHELD, None, tuple(getattr(e, "checks", ())),
                                  dict(getattr(e, "figures", {})), e.message, e.fix, time.perf_counter() - t0,
                                  fingerprint=fp)
         except Exception as e:  # an optional artifact's unexpected failure withholds it; the build goes on
-            self._remove(*gone)
+            self.remove_leftovers(*gone)
             if required:
                 raise
             if self.cfg.debug:
@@ -216,8 +216,9 @@ class Build:
             self.log(f"{label}: WITHHELD: {rec.reason}" + (f"\n  fix: {rec.fix}" if rec.fix else ""))
         return rec
 
-    def _remove(self, *paths: Path) -> None:
-        """A file an earlier build left under the name of an artifact this build did not deliver goes."""
+    def remove_leftovers(self, *paths: Path) -> None:
+        """What an earlier build left under the name of an artifact this build did not deliver goes (a file,
+        or a folder: an IR, a Triton model); the build's own source never does."""
         import shutil
 
         source = self.cfg.export.source.resolve()
@@ -228,7 +229,9 @@ class Build:
                 shutil.rmtree(p, ignore_errors=True)
             elif p.exists():
                 p.unlink()
-                self.log(f"removed {p} left by an earlier build (this build did not deliver it)")
+            else:
+                continue
+            self.log(f"removed {p} left by an earlier build (this build did not deliver it)")
 
 
 def _label(key: str) -> str:

@@ -69,7 +69,7 @@ def write_accuracy_report(b) -> None:
     recs = [b.records[k] for k in REPORT_KEYS if k in b.records and "map50_95" in b.records[k].figures]
     if val_items(b) is None or not recs or all(r.reused for r in recs):
         if b.fp32_changed():  # the last report scored another model: it goes
-            b._remove(*(b.cfg.export.out / f"{b.cfg.export.stem}.accuracy.{ext}" for ext in ("md", "json")))
+            b.remove_leftovers(*(b.cfg.export.out / f"{b.cfg.export.stem}.accuracy.{ext}" for ext in ("md", "json")))
         return
     cfg = b.cfg
     calib = next((r.figures["calibration"] for r in recs if "calibration" in r.figures), "-")

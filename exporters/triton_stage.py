@@ -40,21 +40,13 @@ def run(b) -> None:
     b.produce(KEY, make, inputs, final=Path(settings.repo), sources=(), owns_final=False)
 
 
-def _own_folders(b, repo: Path, keys) -> list[Path]:
-    """The model folders of ``keys`` for this build's stem that exist in ``repo``."""
-    from .triton import model_name
-
-    return [repo / model_name(b.cfg.export.stem, k) for k in keys if (repo / model_name(b.cfg.export.stem, k)).is_dir()]
-
-
 def _remove_undelivered(b, repo: Path) -> None:
     """A model of this stem that this build withheld, or skipped while its file left ``--out`` (its source
     withheld, or the FP32 ONNX changed), leaves the repository too: Triton would serve the earlier one."""
-    import shutil
-
     from engine.artifacts import kind
 
     from .records import Status
+    from .triton import model_name
 
     def gone_from_out(k: str) -> bool:  # the build removed (or never left) this kind's file in --out
         try:
@@ -64,6 +56,5 @@ def _remove_undelivered(b, repo: Path) -> None:
 
     stale = [k for k, r in b.records.items() if k != KEY and not r.delivered and (
         r.status is Status.WITHHELD or b.fp32_changed() or gone_from_out(k))]
-    for folder in _own_folders(b, repo, stale):
-        shutil.rmtree(folder, ignore_errors=True)
-        b.log(f"triton: removed {folder} (this build did not deliver its model)")
+    folders = (repo / model_name(b.cfg.export.stem, k) for k in stale)
+    b.remove_leftovers(*(f for f in folders if f.is_dir()))  # model folders only: a stray file is not ours

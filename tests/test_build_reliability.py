@@ -160,7 +160,7 @@ def test_a_failed_fp32_onnx_leaves_the_earlier_good_one_and_never_removes_the_so
     src = tmp_path / "best.onnx"
     src.write_bytes(b"the user's own export")
     b = stage_build(["--onnx", str(src), "--out", str(tmp_path)], {})
-    b._remove(src)  # whatever asks: the source is never ours to remove
+    b.remove_leftovers(src)  # whatever asks: the source is never ours to remove
     assert src.read_bytes() == b"the user's own export"
 
 
