@@ -100,18 +100,24 @@ def choose(engines: Mapping[str, Path], timer: Callable[[Path], float] = time_en
     return EngineChoice(timings, best, gpu)
 
 
-def mark_sidecars(engines: Mapping[str, Path], choice: EngineChoice) -> None:
-    """Write each engine's timing and whether it is the recommended one into its sidecar."""
-    from engine.backends.trt_sidecar import read_sidecar, sidecar_path
+def _update_builder(path: Path, sc, **fields) -> None:
+    """Write ``fields`` into the ``builder`` section of ``path``'s sidecar ``sc`` (atomically)."""
+    from engine.backends.trt_sidecar import sidecar_path
 
     from .io import write_bytes_atomic
 
+    builder = {**sc.builder, **fields}
+    write_bytes_atomic(sidecar_path(path), dataclasses.replace(sc, builder=builder).to_json().encode())
+
+
+def mark_sidecars(engines: Mapping[str, Path], choice: EngineChoice) -> None:
+    """Write each engine's timing and whether it is the recommended one into its sidecar."""
+    from engine.backends.trt_sidecar import read_sidecar
+
     for key, path in engines.items():
-        sc = read_sidecar(path)
-        builder = {**sc.builder, "recommended": choice.recommended == key,
-                   "timing_ms": None if key not in choice.timings_ms else round(choice.timings_ms[key], 4),
-                   "timed_on": choice.gpu, "choice_pending": choice.pending}
-        write_bytes_atomic(sidecar_path(path), dataclasses.replace(sc, builder=builder).to_json().encode())
+        _update_builder(path, read_sidecar(path), recommended=choice.recommended == key,
+                        timing_ms=None if key not in choice.timings_ms else round(choice.timings_ms[key], 4),
+                        timed_on=choice.gpu, choice_pending=choice.pending)
 
 
 def _unmark_others(b, engines: Mapping[str, Path]) -> None:
@@ -120,7 +126,6 @@ def _unmark_others(b, engines: Mapping[str, Path]) -> None:
     from engine.backends.trt_sidecar import read_sidecar, sidecar_path
 
     from .engine_stage import ENGINES
-    from .io import write_bytes_atomic
 
     for precision, spec in ENGINES.items():
         path = spec.path(b.cfg.export.out, b.cfg.export.stem)
@@ -131,8 +136,7 @@ def _unmark_others(b, engines: Mapping[str, Path]) -> None:
         except Exception:  # noqa: BLE001 - an unreadable leftover is the loader's business, not the choice's
             continue
         if sc.builder.get("recommended"):
-            builder = {**sc.builder, "recommended": False, "choice_pending": "not timed by the last build"}
-            write_bytes_atomic(sidecar_path(path), dataclasses.replace(sc, builder=builder).to_json().encode())
+            _update_builder(path, sc, recommended=False, choice_pending="not timed by the last build")
 
 
 def recommend(b, engines: Mapping[str, Path], timer: Callable[[Path], float] = time_engine) -> EngineChoice:
