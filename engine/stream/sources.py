@@ -285,11 +285,12 @@ class CaptureThread(threading.Thread):
             if not self.stop.is_set():
                 self._emit(EventKind.ENDED, f"{self.index} frames")
         except BaseException as e:  # noqa: BLE001 - handed to the pipeline, which re-raises it
-            if not isinstance(e, SourceError):  # not a source's own failure: keep the traceback for the log
+            if isinstance(e, SourceError):
+                self.error = e
+            else:  # not a source's own failure: its traceback goes to the log the message points at
                 log.error("source %s: unexpected error", self.spec.name, exc_info=e)
-            self.error = e if isinstance(e, SourceError) else SourceError(
-                f"source {self.spec.name} ({self.spec.label}) failed: {type(e).__name__}: {e}", "see the log above")
-            if self.error is not e:
+                self.error = SourceError(f"source {self.spec.name} ({self.spec.label}) failed: "
+                                         f"{type(e).__name__}: {e}", "see the log above")
                 self.error.__cause__ = e
             self._emit(EventKind.FAILED, str(self.error.message))
 
@@ -361,13 +362,14 @@ class CaptureThread(threading.Thread):
             if not reason:
                 return
             self._emit(EventKind.DISCONNECTED, reason)
-            if frames and time.perf_counter() - t_open >= STABLE_S:  # it worked a while: reconnect at once
+            lasted = time.perf_counter() - t_open
+            if frames and lasted >= STABLE_S:  # it worked a while: reconnect at once
                 delays = backoff(self.cfg.reconnect_base, self.cfg.reconnect_max)
             else:  # sends nothing, or a frame or two and ends (a snapshot URL): back off, or this loop would spin
                 if frames:
                     log.warning("%s: %s gave %d frame(s) in %.1fs and ended; retrying with backoff (a still-image "
                                 "URL is not a video stream: use the camera's RTSP or MJPEG address)",
-                                self.spec.name, self.spec.label, frames, time.perf_counter() - t_open)
+                                self.spec.name, self.spec.label, frames, lasted)
                 self.stop.wait(next(delays))
 
     def _read_live(self, reader: _VideoReader) -> tuple[str, int]:
