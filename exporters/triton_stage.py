@@ -22,8 +22,9 @@ def run(b) -> None:
     _remove_undelivered(b, Path(settings.repo))
     inputs = {"options": {k: str(v) for k, v in settings.options.__dict__.items()},
               "models": {k: b.fingerprint(k) for k in models},
-              # never reused: rewriting is file copies, and a model folder deleted or edited since the last
-              # build must come back (the folder's mere existence said "reusable")
+              # never reused, a withheld repository included (it is retried: a stray file may be gone): rewriting
+              # is file copies. (A delivered one could not be reused anyway: its record holds no per-file
+              # digests, which a shared folder's reuse would need.)
               "written_at": time.time_ns()}
 
     def make(final: Path):
