@@ -147,7 +147,10 @@ def add_end2end(model, cfg: End2EndConfig, num_anchors: int, num_classes: int):
     half = x.op("Div", [wh, x.const("two", np.float32(2.0))])  # host: pred[2:4] / 2
     boxes_all = x.op("Concat", [x.op("Sub", [xy, half]), x.op("Add", [xy, half])], axis=2, name="xyxy")
     # one label per anchor: its best class (ArgMax keeps the first of equal maxima, like the host)
-    best = x.op("ReduceMax", [cls], axes=[1], keepdims=0, name="best")  # (B, A)
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18 (an attribute before)
+        best = x.op("ReduceMax", [cls, x.const("ax1max", [1])], keepdims=0, name="best")  # (B, A)
+    else:
+        best = x.op("ReduceMax", [cls], axes=[1], keepdims=0, name="best")
     label = x.op("ArgMax", [cls], axis=1, keepdims=0, name="label")  # (B, A) int64
     cand = x.op("Greater", [best, x.const("conf", np.float32(cfg.conf))], name="cand")
     neg = x.const("neg1", np.float32(-1.0))

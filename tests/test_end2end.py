@@ -33,14 +33,14 @@ KINDS = [TailKind.TOPK, TailKind.NMS]
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def head_graph(nc: int, anchors: int, batch: int | str = "batch"):
+def head_graph(nc: int, anchors: int, batch: int | str = "batch", opset: int = 17):
     """A model whose input ``pred`` is the raw head itself: the tail is all there is to test."""
     from onnx import TensorProto, helper
 
     x = helper.make_tensor_value_info("pred", TensorProto.FLOAT, [batch, 4 + nc, anchors])
     y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 4 + nc, anchors])
     g = helper.make_graph([helper.make_node("Identity", ["pred"], ["output0"])], "head", [x], [y])
-    return onnx_model(g)
+    return onnx_model(g, opset)
 
 
 def synthetic_heads(rng, batch: int, nc: int, anchors: int, clusters: int = 6) -> np.ndarray:
@@ -58,8 +58,9 @@ def synthetic_heads(rng, batch: int, nc: int, anchors: int, clusters: int = 6) -
     return pred
 
 
-def tail_session(tmp_path: Path, cfg: End2EndConfig, nc: int, anchors: int, batch: int | str = "batch"):
-    model = add_end2end(head_graph(nc, anchors, batch), cfg, anchors, nc)
+def tail_session(tmp_path: Path, cfg: End2EndConfig, nc: int, anchors: int, batch: int | str = "batch",
+                 opset: int = 17):
+    model = add_end2end(head_graph(nc, anchors, batch, opset), cfg, anchors, nc)
     onnx.checker.check_model(model, full_check=True)
     path = tmp_path / f"tail-{cfg.kind.value}.onnx"
     onnx.save(model, str(path))
@@ -75,11 +76,14 @@ def assert_same(got, ref):
 
 # ---------------------------------------------------------------------------------- graph semantics
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("conf,iou", [(0.25, 0.45), (0.05, 0.7), (0.5, 0.3)])
-def test_tail_matches_host_nms(tmp_path, kind, conf, iou):
+@pytest.mark.parametrize("conf,iou,opset", [(0.25, 0.45, 17), (0.05, 0.7, 17), (0.5, 0.3, 17), (0.25, 0.45, 18),
+                                            (0.25, 0.45, 20)])
+def test_tail_matches_host_nms(tmp_path, kind, conf, iou, opset):
+    """At every opset the export allows (ReduceMax takes its axes as an input from opset 18, as
+    Ultralytics' own ONNX exports now are)."""
     nc, anchors = 3, 2100
     cfg = End2EndConfig(conf=conf, iou=iou, max_det=300, kind=kind, candidates=2100)
-    sess, _ = tail_session(tmp_path, cfg, nc, anchors)
+    sess, _ = tail_session(tmp_path, cfg, nc, anchors, opset=opset)
     pred = synthetic_heads(np.random.default_rng(0), 3, nc, anchors)
     num, boxes, scores, classes = sess.run(list(OUTPUT_NAMES), {"pred": pred})
     run = RunThresholds(conf, iou, 300)
