@@ -284,3 +284,16 @@ def test_engine_flags_are_checked_before_any_work(demo_pt, tmp_path, argv, says,
     err = capsys.readouterr().err
     assert says in err and "fix:" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_exclude_pattern_matching_nothing_is_a_flag_error_before_the_int8_work(demo_pt, small_data, tmp_path,
+                                                                                   capsys):
+    """It withheld every INT8 artifact after the FP16, OpenVINO and calibration work (exit 3), and a rerun
+    reused that verdict."""
+    out = tmp_path / "o"
+    argv = ["--weights", str(demo_pt), "--int8", "--data", str(small_data), "--exclude", "NoSuchNode*",
+            "--engine", "none", "--no-openvino", "--out", str(out)]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "NoSuchNode*" in err and "matches no node" in err
+    assert not list(out.glob("*.int8*")) and not (out / "demo.fp16.onnx").exists()
