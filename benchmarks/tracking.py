@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchmarks.env import cpu_model
 from benchmarks.scene import make_scene
+from engine.cli import run_cli
 from exporters.config import DEMO_DIR, REPO_ROOT
 
 COLUMNS = ["HOTA", "MOTA", "IDF1", "IDSW", "MT", "ML", "Frag"]
@@ -82,8 +83,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip Ultralytics (its files from an earlier run stay)")
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "runs" / "tracking")
     args = ap.parse_args(argv)
+    return run_cli(lambda: _run(args), False)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.errors import ConfigError
+
     if not args.onnx.is_file():
-        raise SystemExit(f"{args.onnx} not found: run python -m exporters.build first")
+        raise ConfigError(f"{args.onnx} not found", "run python -m exporters.build first, or pass --onnx")
+    if args.frames < 1:
+        raise ConfigError(f"--frames {args.frames} must be at least 1", "e.g. --frames 450 (15 s at 30 fps)")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r} is not a comma-separated list of integers",
+                          "e.g. --seeds 0,1,2") from None
+    if not args.no_peer and not args.weights.is_file():
+        raise ConfigError(f"{args.weights} not found (the same model for Ultralytics)",
+                          "pass --weights, or --no-peer to skip Ultralytics")
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from trackers.eval import evaluate_mot_sequences
 
@@ -96,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     dirs = {"ours": args.out / f"ours-{tag}", "ultralytics": args.out / "ultralytics-bytetrack"}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    seeds = [int(s) for s in args.seeds.split(",")]
     for seed in seeds:
         scene = make_scene(args.out, seed=seed, frames=args.frames)
         n_ours = run_ours(args.onnx, scene.video, dirs["ours"] / f"seed{seed}.txt", tracker)

@@ -345,6 +345,22 @@ def test_the_speed_and_verify_clis_check_their_flags_first(tmp_path, capsys):
     assert "is not a TensorRT engine" in capsys.readouterr().err and not (tmp_path / "v").exists()
 
 
+def test_the_tracking_benchmark_checks_its_flags_first(tmp_path, capsys):
+    """A missing --onnx ended in a bare SystemExit message (exit 1), no fix line."""
+    from benchmarks import tracking
+
+    model = tmp_path / "m.onnx"
+    assert tracking.main(["--onnx", str(model), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "m.onnx not found" in err and "fix:" in err
+    model.write_bytes(b"x")
+    for argv, says in ((["--frames", "0"], "--frames 0"), (["--seeds", "1,a"], "--seeds '1,a'"),
+                       (["--weights", str(tmp_path / "w.pt")], "w.pt not found")):
+        assert tracking.main(["--onnx", str(model), "--out", str(tmp_path / "t"), *argv]) == 2
+        assert says in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
 def test_plan_square_and_native_groups(tmp_path, monkeypatch):
     """The square group runs everyone at --imgsz (the .pt with rect=False); the native group everyone at the size
     Ultralytics' .pt picks for 16:9 frames (ours through a build at that size, the .pt by its own letterbox)."""
