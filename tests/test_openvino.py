@@ -452,6 +452,11 @@ def test_a_stream_of_several_sources_runs_one_ir_detector_in_throughput_mode(fp3
         assert s.detector.backend.hint == "latency" and s.batch == 1
     with Stream(fp32_ir, [f"a={clip}", f"b={clip}"], StreamConfig(log_interval=0), hint="latency") as s:
         assert s.detector.backend.hint == "latency"  # the caller's choice wins
+    with Stream(fp32_ir, [str(clip)], StreamConfig(log_interval=0), requests=3) as s:  # one file: the
+        # throughput hint with a batch of 1 kept one request in flight (the others idle)
+        assert s.detector.backend.hint == "throughput" and s.batch == 3
+    with Stream(fp32_ir, [str(clip)], StreamConfig(log_interval=0, batch=1), requests=3) as s:
+        assert s.batch == 1  # --batch wins
 
 
 def test_the_fp32_irs_map_check_scores_the_conversion_in_f32(demo_onnx, meta, tmp_path, monkeypatch):

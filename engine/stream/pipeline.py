@@ -57,7 +57,8 @@ class StreamConfig:
     Attributes:
         capture: how sources are read, reconnected and timed out.
         batch: most frames per detector call; ``None``: the model's static batch (times the workers of
-            a pool), or for a dynamic-batch model one frame per source and at least one per worker.
+            a pool), or for a dynamic-batch model one frame per source and at least one per worker (per
+            infer request for an OpenVINO IR in throughput mode fed by a file or folder).
         log_interval: seconds between metric log lines (0: never).
         max_frames: stop after this many results in all (``None``: until the sources end or stop).
         duration: stop after this many seconds (``None``: no limit).
@@ -182,7 +183,7 @@ class Stream:
                               "pass the options to Detector(...) or pass a model path to Stream")
         else:
             self.detector = self._detector_arg
-        self.batch = self._batch_size()
+        self.batch = self._batch_size(fills=live < len(self.specs))
         context = StreamContext(tuple(self.detector.names), {s.name: s for s in self.specs}, self.metrics,
                                 any(p.adds_track_ids for p in self.processors), str(path or "the model"))
         for spec in self.specs:
@@ -248,13 +249,16 @@ class Stream:
         fill = live if live == len(self.specs) else None  # a file or folder fills any batch
         return auto_workers(path, fill, opts.get("device", "auto"), opts.get("backend", "auto"))
 
-    def _batch_size(self) -> int:
+    def _batch_size(self, fills: bool) -> int:
+        """``fills``: a file or folder is among the sources, so any batch fills (live sources give one frame each)."""
         backend = getattr(self.detector, "backend", None)
         static = getattr(backend if backend is not None else self.detector, "max_batch", 1)
         if static:  # a static-batch model: up to its batch (Detector pads a short one)
             return min(self.config.batch, static) if self.config.batch else static
         # a dynamic model: one frame per source, and at least one per worker of a pool (one file fills them all)
-        return self.config.batch or max(len(self.specs), getattr(self.detector, "workers", 1))
+        # or per infer request of an OpenVINO detector in throughput mode (one frame would leave the others idle)
+        in_flight = getattr(backend, "requests", 1) if fills and getattr(backend, "hint", None) == "throughput" else 1
+        return self.config.batch or max(len(self.specs), getattr(self.detector, "workers", 1), in_flight)
 
     def stop(self) -> None:
         """Ask the stream to stop (thread-safe; :meth:`run` returns soon after)."""
