@@ -414,7 +414,8 @@ def _cpu_form(fp32: Path, ranges: TensorRanges, keep_float: Sequence[str], out: 
 
     if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
         raise ExportError(f"onnxruntime {ort_version} cannot quantize from cached ranges",
-                          "pip install -U 'onnxruntime>=1.32' (or onnxruntime-gpu>=1.32)")
+                          "pip install -U 'onnxruntime>=1.27' (or onnxruntime-gpu>=1.27: its "
+                          "quantize_static takes calibration_cache_path from 1.27)")
     graph = _onnx().load(str(fp32), load_external_data=False)
     keep_float = [*keep_float, *(n for n in form_float(graph, QuantTarget.CPU, spec) if n not in keep_float)]
     if spec.silu_ranges:

@@ -697,3 +697,18 @@ def test_attention_nodes_are_matmuls_of_two_activations_and_softmax():
     out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [4, 4])
     graph = helper.make_graph(nodes[:3], "g", graph.input, [out], [w])
     assert attention_nodes(onnx_model(graph)) == []
+
+
+def test_an_onnx_runtime_without_cached_ranges_names_the_version_that_has_them(demo_onnx, calibrated, tmp_path,
+                                                                               monkeypatch):
+    """The fix asked for 1.32, which onnxruntime-gpu (1.31.1, the newest) does not have; 1.27 is the first
+    whose quantize_static takes calibration_cache_path."""
+    import onnxruntime.quantization as q
+
+    from engine.errors import ExportError
+    from exporters.quantize import QuantTarget, quantize_model
+
+    monkeypatch.setattr(q, "quantize_static", lambda model_input, model_output, calibration_data_reader: None)
+    with pytest.raises(ExportError, match="cannot quantize from cached ranges") as e:
+        quantize_model(demo_onnx, calibrated[1], QuantTarget.CPU, [], tmp_path / "m.int8-cpu.onnx")
+    assert "onnxruntime>=1.27" in e.value.fix and "onnxruntime-gpu>=1.27" in e.value.fix
