@@ -40,6 +40,21 @@ def terminate(*_: object) -> None:
     raise Terminated
 
 
+def safe_console() -> None:
+    """Let stdout and stderr print every character the commands use (``Δ``, ``≤``, ``…``, a camera's or a
+    class's name): where their encoding lacks one (Windows writes a file or a pipe in its ANSI code page,
+    cp1252, which has no ``Δ``: ``python -m exporters.build > build.log`` ended in a ``UnicodeEncodeError``
+    at the summary table, before the report was written), it is written as an escape instead."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        try:
+            "Δ≤≥…→×—".encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            reconfigure = getattr(stream, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(errors="backslashreplace")
+
+
 def run_cli(action: Callable[[], object], debug: bool, interrupted: str = "interrupted", hint: str = "") -> int:
     """Run ``action`` under the policy above and return the exit code.
 
@@ -50,6 +65,7 @@ def run_cli(action: Callable[[], object], debug: bool, interrupted: str = "inter
         interrupted: what Ctrl-C prints (say what was cleaned up).
         hint: printed after the traceback of an unexpected error (where to look first).
     """
+    safe_console()
     try:
         result = action()
     except DeployError as e:

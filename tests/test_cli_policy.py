@@ -35,6 +35,22 @@ def test_run_cli_policy(capsys, action, code, says, not_says):
     assert says in err and not_says not in err
 
 
+def test_a_console_without_the_characters_gets_escapes_not_a_crash(tmp_path):
+    """Windows writes a redirected stdout in cp1252, which has no 'Δ': the build's summary table (and the
+    accuracy report's) ended in a UnicodeEncodeError, exit 1, before build_report.json was written."""
+    import os
+
+    code = ("import sys; from engine.cli import run_cli; from engine.errors import ConfigError\n"
+            "from exporters.records import table\n"
+            "def act():\n    print(table([]))\n    raise ConfigError('camera \u2192 gone', 'fix \u2264 2')\n"
+            "sys.exit(run_cli(act, False))")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252", "PYTHONUTF8": "0"}
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert p.returncode == 2, p.stderr.decode("cp1252", "replace")
+    assert b"\\u0394 pts" in p.stdout and b"UnicodeEncodeError" not in p.stderr
+    assert b"error: camera \\u2192 gone" in p.stderr and b"fix: fix \\u2264 2" in p.stderr
+
+
 def test_a_bug_prints_its_traceback_then_the_hint(capsys):
     assert run_cli(_raise(RuntimeError("stub died")), False, hint="read the server log above") == 1
     err = capsys.readouterr().err
