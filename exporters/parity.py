@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from engine.errors import ConfigError, ParityError
@@ -39,6 +38,16 @@ class ParityReport:
                 f"scores {self.max_abs_score:.2e} (tolerance {self.tol:.0e}) -> {'OK' if self.ok else 'FAIL'}")
 
 
+def _read(path: Path) -> np.ndarray | None:
+    """An image, or ``None`` when unreadable (not ``cv2.imread``: it cannot open a non-ASCII path on Windows)."""
+    from engine.eval.datasets import DatasetError, read_image
+
+    try:
+        return read_image(path)
+    except DatasetError:
+        return None
+
+
 def parity_inputs(imgsz: tuple[int, int], folder: Path | None, count: int) -> np.ndarray:
     """``count`` letterboxed images as one float32 NCHW array.
 
@@ -48,7 +57,7 @@ def parity_inputs(imgsz: tuple[int, int], folder: Path | None, count: int) -> np
     given = folder is not None
     folder = folder or (DEMO_DIR / "val" / "images")
     files = sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"})[:count]
-    frames = [f for f in (cv2.imread(str(p)) for p in files) if f is not None]
+    frames = [f for f in map(_read, files) if f is not None]
     if given and not frames:
         raise ConfigError(f"--parity-images {folder}: no readable .jpg/.jpeg/.png/.bmp images in it",
                           "pass a folder of images like the deployment's, or drop the flag")

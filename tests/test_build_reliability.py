@@ -297,3 +297,25 @@ def test_an_exclude_pattern_matching_nothing_is_a_flag_error_before_the_int8_wor
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "NoSuchNode*" in err and "matches no node" in err
     assert not list(out.glob("*.int8*")) and not (out / "demo.fp16.onnx").exists()
+
+
+def test_parity_images_under_a_non_ascii_path_are_read_without_cv2_imread(tmp_path, monkeypatch):
+    """cv2.imread cannot open a non-ASCII path on Windows: --parity-images C:\\Users\\José\\imgs was refused as
+    'no readable images' (and the demo's images, under such a path, silently became noise). Simulated here by
+    an imread that fails as it does there."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from exporters.config import DEMO_DIR
+    from exporters.parity import parity_inputs
+
+    d = tmp_path / "Jos\u00e9"
+    shutil.copytree(DEMO_DIR / "val" / "images", d)
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: None)
+    from engine.preprocess import Letterbox
+
+    frames = [cv2.imdecode(np.fromfile(str(p), np.uint8), cv2.IMREAD_COLOR) for p in sorted(d.glob("*.jpg"))[:4]]
+    want, _ = Letterbox((320, 320), batch=4)(frames)
+    np.testing.assert_array_equal(parity_inputs((320, 320), d, 4), want)

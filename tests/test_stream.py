@@ -172,6 +172,21 @@ def test_file_and_folder_frame_by_frame(clip, folder):
     assert ("s0", EventKind.ENDED) in kinds and ("imgs", EventKind.ENDED) in kinds
 
 
+def test_a_folder_under_a_non_ascii_path_is_read_without_cv2_imread(folder, tmp_path, monkeypatch):
+    """cv2.imread cannot open a non-ASCII path on Windows (C:\\Users\\José\\...): every image was skipped as
+    unreadable and the stream failed. Simulated here by an imread that fails as it does there."""
+    import shutil
+
+    import cv2
+
+    d = tmp_path / "Jos\u00e9 \u6444\u50cf"
+    shutil.copytree(folder, d)
+    monkeypatch.setattr(cv2, "imread", lambda *a, **k: None)
+    rec = Recorder()
+    snap = Stream(FakeDetector(), [f"imgs={d}"], StreamConfig(log_interval=0), on_result=rec.on_result).run()
+    assert snap["imgs"]["frames_out"] == 6 and [i for _, _, i, _ in rec.results] == list(range(6))
+
+
 def test_realtime_file_keeps_only_latest_frame(clip):
     rec = Recorder()
     cfg = StreamConfig(capture=CaptureConfig(realtime=True), log_interval=0)

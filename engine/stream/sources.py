@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from ..errors import SourceError
+from ..eval.datasets import DatasetError, read_image
 
 log = logging.getLogger("engine.stream")
 
@@ -206,10 +207,10 @@ class _FolderReader:
         while self.pos < len(self.files):
             path = self.files[self.pos]
             self.pos += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
-                return image
-            log.warning("skipping unreadable image %s", path)
+            try:
+                return read_image(path)  # not cv2.imread: it cannot open a non-ASCII path on Windows
+            except DatasetError:
+                log.warning("skipping unreadable image %s", path)
         return None
 
     def release(self) -> None:
