@@ -115,6 +115,18 @@ def test_read_only_and_no_path_escapes(live):
         conn.request("GET", path)
         assert conn.getresponse().status == 404, path  # a NUL or an over-long name: 404, not a dropped connection
         conn.close()
+    # names that are a network share on Windows (resolve() there opens \\\\host\\share: an SMB connection
+    # carrying the user's NTLM hash): refused before the file system is touched, even where such a file exists
+    root = page.snapshot_root
+    root.mkdir(exist_ok=True)
+    (root / "\\\\attacker\\s\\x.jpg").write_bytes(b"a file with that literal name (legal on Linux)")
+    (root / "c:x.jpg").write_bytes(b"a drive-relative name on Windows")
+    for path in ("/snapshots/%5C%5Cattacker%5Cs%5Cx.jpg", "/snapshots///attacker/s/x.jpg", "/snapshots/c:x.jpg",
+                 "/snapshots/./c:x.jpg"):
+        conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=10)
+        conn.request("GET", path)
+        assert conn.getresponse().status == 404, path
+        conn.close()
     code, _, body = get(base + "/api/events?n=%C2%B2")  # '²' passes str.isdigit() but not int()
     assert code == 200 and isinstance(json.loads(body), list)
 

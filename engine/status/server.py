@@ -136,6 +136,11 @@ class StatusPage(Processor):
         """A snapshot under the save folder, or ``None`` (never a path outside it)."""
         if self.snapshot_root is None or not rel.endswith(".jpg"):
             return None
+        parts = rel.split("/")
+        # plain names only, checked before the file system is touched: on Windows "\\\\host\\share\\x.jpg" or
+        # "//host/share/x.jpg" would make resolve() open a network share (an SMB connection, the user's NTLM hash)
+        if any(p in ("", ".", "..") or "\\" in p or ":" in p for p in parts):
+            return None
         try:
             path = (self.snapshot_root / rel).resolve()
             return path if path.is_relative_to(self.snapshot_root) and path.is_file() else None
