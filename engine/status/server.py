@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 
 from ..errors import ConfigError
+from ..ports import refuse_held_port
 from ..stream.processors import Processor, StreamContext
 from ..stream.sinks import StreamResult, annotate
 from .page import figures, render
@@ -66,9 +67,11 @@ class StatusPage(Processor):
             log.warning("status page without /metrics: %s", e.fix)
         handler = type("Handler", (_Handler,), {"page": self})
         try:
+            refuse_held_port(self.host, self.port)
             self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        except OSError as e:
-            raise ConfigError(f"cannot serve the status page on {self.host}:{self.port}: {e.strerror or e}",
+        except (OSError, OverflowError) as e:
+            why = getattr(e, "strerror", None) or e  # OverflowError (a port over 65535) has no strerror
+            raise ConfigError(f"cannot serve the status page on {self.host}:{self.port}: {why}",
                               "pick a free port with --http, or another address with --http-host") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

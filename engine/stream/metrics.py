@@ -188,7 +188,10 @@ class PrometheusExporter:
         reg = registry(metrics, prefix)
         from prometheus_client import start_http_server
 
+        from ..ports import refuse_held_port
+
         try:
+            refuse_held_port(host, port)
             self._server, self._thread = start_http_server(port, addr=host, registry=reg)
         except (OSError, OverflowError) as e:  # OverflowError: a port outside 0-65535
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {e}",
