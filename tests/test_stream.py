@@ -449,3 +449,22 @@ def test_stream_imports_without_prometheus_and_says_how_to_get_it(clip):
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "CONFIG" in p.stdout and "pip install" in p.stdout
+
+
+def test_a_save_folder_that_refuses_files_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """os.access says every folder is writable on Windows (and to root): a folder whose ACL refuses new files
+    passed the early check and the stream failed at its first result. Simulated by os.access saying yes and the
+    file system saying no, as there."""
+    import tempfile
+
+    from engine.stream.sinks import JsonLinesSink
+
+    def refused(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    with pytest.raises(OutputDirError, match="refuses new files") as e:
+        JsonLinesSink(tmp_path / "out" / "detections.jsonl")
+    assert str(tmp_path) in e.value.message and "--save" in e.value.fix
+    assert not (tmp_path / "out").exists()

@@ -119,6 +119,14 @@ def check_writable(directory: Path, fix: str) -> None:
         raise OutputDirError(f"cannot write into {directory}: {d} is a file, not a folder", fix)
     if not os.access(d, os.W_OK | os.X_OK):
         raise OutputDirError(f"cannot write into {directory}: {d} is not writable", fix)
+    import tempfile
+
+    try:  # os.access says every folder is writable on Windows (it reads only the read-only attribute), and
+        # root passes it on POSIX: a file created and removed at once is the real test, and leaves nothing
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError as e:
+        raise OutputDirError(f"cannot write into {directory}: {d} refuses new files ({e.strerror or e})", fix) from None
 
 
 class JsonLinesSink(Sink):
