@@ -161,8 +161,15 @@ class JsonLinesSink(Sink):
             self._f.close()
 
 
+# names Windows keeps for devices, with any extension (``nul.mp4`` is the null device there)
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))}
+
+
 def safe_filename(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "_", name).strip("._") or "source"
+    """``name`` as a file or folder name on any OS: runs of other characters become ``_``, and a name
+    Windows reserves for a device (``con``, ``nul``, ``com1``...) gets a trailing ``_``."""
+    safe = re.sub(r"[^\w.-]+", "_", name).strip("._") or "source"
+    return safe + "_" if safe.split(".")[0].upper() in _RESERVED else safe
 
 
 class VideoSink(Sink):
