@@ -1,7 +1,9 @@
 """Check that every runtime dependency ships a Windows (win_amd64) wheel.
 
 The first user deploys on Windows with an RTX laptop, so the runtime (base install) and the
-``gpu`` and ``openvino`` extras must install there without a compiler. The TensorRT extras (``rtx``, ``trt``) are
+``export``, ``gpu``, ``openvino``, ``cuda`` and ``stream`` extras must install there without a compiler (each
+requirement itself; their own dependencies are not resolved: pip evaluates environment markers for the
+machine it runs on, not for Windows). The TensorRT extras (``rtx``, ``trt``) are
 listed but not judged: PyPI serves only a source distribution for ``tensorrt-rtx`` and ``tensorrt``,
 so no wheel query can answer for them.
 The base requirements are fetched with ``pip download --only-binary=:all: --platform win_amd64``;
@@ -24,7 +26,7 @@ import sys
 import tempfile
 
 DIST = "yolo-deploy"
-RUNTIME_EXTRAS = ("gpu", "openvino")
+RUNTIME_EXTRAS = ("export", "gpu", "openvino", "cuda", "stream")  # the build runs on the user's Windows machine too
 WITH_DEPS_EXTRAS = ("track", "alerts")  # small wheels: resolved with everything they pull in
 UNCHECKED_EXTRAS = ("rtx", "trt")
 
