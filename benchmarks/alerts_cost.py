@@ -164,7 +164,7 @@ def run_candidate(name: str, frames: int, objects: int) -> dict:
         events = 0
         log = Path(tmp) / "save" / "events.jsonl"
         if log.is_file():
-            events = len(log.read_text().splitlines())
+            events = len(log.read_text(encoding="utf-8").splitlines())
     return {"candidate": name, "frames": frames, "median_ms": float(np.median(times) * 1e3),
             "p95_ms": float(np.percentile(times, 95) * 1e3), "mean_ms": float(times.mean() * 1e3),
             "cpu_ms_per_frame": cpu / frames * 1e3, "events": events}

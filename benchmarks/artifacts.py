@@ -123,7 +123,7 @@ def _key(src: ModelSource, imgsz: tuple[int, int], dynamic: bool, what: str) -> 
 
 def _cached(folder: Path, key: dict) -> list[Path] | None:
     try:
-        m = json.loads((folder / MANIFEST).read_text())
+        m = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     files = [folder / f for f in m.get("files", [])]
@@ -132,12 +132,12 @@ def _cached(folder: Path, key: dict) -> list[Path] | None:
 
 def _save(folder: Path, key: dict, files: list[Path], notes: list[str]) -> None:
     m = {"key": key, "files": [f.relative_to(folder).as_posix() for f in files], "notes": notes}
-    (folder / MANIFEST).write_text(json.dumps(m, indent=1) + "\n")
+    (folder / MANIFEST).write_text(json.dumps(m, indent=1) + "\n", encoding="utf-8")
 
 
 def _notes(folder: Path) -> list[str]:
     try:
-        return list(json.loads((folder / MANIFEST).read_text()).get("notes", []))
+        return list(json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("notes", []))
     except (OSError, ValueError):
         return []
 

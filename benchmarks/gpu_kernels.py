@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     res = {"iters": args.iters, "machine": machine(), "letterbox": bench_letterbox(args.iters)}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2))
+        args.json.write_text(json.dumps(res, indent=2), encoding="utf-8")
     print(markdown(res))
     return 0
 

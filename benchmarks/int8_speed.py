@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nmachine: {describe(env['machine'])}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"env": env, "rows": rows}, indent=1), encoding="utf-8")
     return 0
 
 

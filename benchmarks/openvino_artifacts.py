@@ -102,10 +102,10 @@ def ultralytics_openvino(weights: Path, imgsz: int, folder: Path, int8: bool, im
     kwargs = {}
     if int8:  # Ultralytics calibrates on a data.yaml's val split: point one at our calibration images
         listing = work / "calib.txt"
-        listing.write_text("".join(f"{Path(p).resolve()}\n" for p in images))
+        listing.write_text("".join(f"{Path(p).resolve()}\n" for p in images), encoding="utf-8")  # read as UTF-8
         data = work / "calib.yaml"
         names = YOLO(str(pt)).names
-        data.write_text(f"train: {listing}\nval: {listing}\nnames: {dict(names)}\n")
+        data.write_text(f"train: {listing}\nval: {listing}\nnames: {dict(names)}\n", encoding="utf-8")
         kwargs = dict(int8=True, data=str(data), fraction=1.0)
     log(f"Ultralytics export: YOLO({pt.name}).export(format='openvino', imgsz={imgsz}{', int8=True' if int8 else ''})")
     made = Path(YOLO(str(pt)).export(format="openvino", imgsz=imgsz, **kwargs))
@@ -136,7 +136,7 @@ def report_cli(args, measure: Callable, table: Callable, name: str) -> int:
     def run() -> None:
         report = measure(args)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / name).write_text(json.dumps(report, indent=1))
+        (args.out / name).write_text(json.dumps(report, indent=1), encoding="utf-8")
         print(table(report))
 
     return run_cli(run, args.debug)

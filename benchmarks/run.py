@@ -269,7 +269,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                     for g in out_groups for c in g["candidates"] if c.get("skipped")],
     }
     res["warnings"] = busy_warnings(res)
-    (args.out / "raw.json").write_text(json.dumps({"command": res["command"], "groups": raw}) + "\n")
+    (args.out / "raw.json").write_text(json.dumps({"command": res["command"], "groups": raw}) + "\n", encoding="utf-8")
     files = report.write_all(res, args.out)
     report.print_tables(res)
     print("wrote " + ", ".join(str(p) for p in [*files.values(), args.out / "raw.json"]))

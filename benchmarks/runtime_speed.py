@@ -100,7 +100,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{res['ours_postprocess_ms'] / res['ultralytics_postprocess_ms']:>8.2f}")
     print(f"{'  of it NMS':<14}{res['ours_nms_ms']:>10.3f}")
     if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        args.json.write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -107,5 +107,5 @@ def make_scene(out: Path, seed: int = 0, frames: int = 450, objects: int = 6, fp
                 rows.append(f"{i + 1},{oid},{x1},{y1},{x2 - x1},{y2 - y1},1,1,{vis:.3f}")
     finally:
         writer.release()
-    gt.write_text("\n".join(rows) + "\n")
+    gt.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return Scene(video, gt, fps, size, frames, objects, seed)

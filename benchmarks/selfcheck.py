@@ -99,8 +99,8 @@ def check(args, argv: list[str]) -> dict:
            "rows": rows}
     res["warnings"] = [f"{r['name']}: load average above the {os.cpu_count()} cores while it was timed; rerun on a "
                        "quiet machine" for r in rows if r.get("busy")]
-    (args.out / "selfcheck.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / "selfcheck.md").write_text(markdown(res))
+    (args.out / "selfcheck.json").write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+    (args.out / "selfcheck.md").write_text(markdown(res), encoding="utf-8")
     print(markdown(res))
     return res
 

@@ -115,7 +115,7 @@ def _ultralytics(spec: StreamSpec) -> dict:
     from ultralytics import YOLO
 
     listing = spec.clips[0].parent / f"cams{len(spec.clips)}.streams"
-    listing.write_text("\n".join(str(c) for c in spec.clips) + "\n")
+    listing.write_text("\n".join(str(c) for c in spec.clips) + "\n", encoding="utf-8")
     model = YOLO(str(spec.path), task="detect")
     stamps: dict[str, list[float]] = {}
     sizes: Counter = Counter()

@@ -51,7 +51,7 @@ def run_ours(onnx: Path, video: Path, out: Path, tracker) -> int:
 
     Stream(str(onnx), [str(video)], StreamConfig(workers=1, log_interval=0), on_result=collect,
            tracker=tracker).run()
-    out.write_text("\n".join(rows) + "\n")
+    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return len(rows)
 
 
@@ -68,7 +68,7 @@ def run_ultralytics(weights: Path, video: Path, out: Path) -> int:
             continue
         for box, tid, score in zip(boxes.xyxy.tolist(), boxes.id.int().tolist(), boxes.conf.tolist()):
             rows.append(_row(i + 1, tid, box, score))
-    out.write_text("\n".join(rows) + "\n")
+    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return len(rows)
 
 
@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         result = evaluate_mot_sequences(gt_dir, d, metrics=["CLEAR", "HOTA", "Identity"])
         print(f"\n{name} ({d.name})\n{result.table(columns=COLUMNS)}")
         report[name] = json.loads(result.json())
-    (args.out / f"report-{tag}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"report-{tag}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"\nwrote {args.out / f'report-{tag}.json'}")
     return 0
 

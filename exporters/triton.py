@@ -242,7 +242,7 @@ def _engine_sidecar(path: Path) -> tuple[ModelMetadata | None, int | None]:
     if not side.is_file():
         return None, None
     try:
-        d = json.loads(side.read_text())
+        d = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"engine sidecar {side} is unreadable ({e})", "rebuild the engine") from None
     meta_d = d.get("metadata") if isinstance(d.get("metadata"), dict) else (d if "names" in d else None)
@@ -258,7 +258,7 @@ def is_rtx_engine(path: Path, kind: str = "") -> bool:
         return True
     side = Path(path).with_suffix(".json")
     try:
-        text = side.read_text().lower() if side.is_file() else ""
+        text = side.read_text(encoding="utf-8").lower() if side.is_file() else ""
     except OSError:
         return False
     return "tensorrt_rtx" in text or "tensorrt-rtx" in text
@@ -346,7 +346,7 @@ def write_model(repo: Path, name: str, artifact: Path, opts: TritonOptions, meta
 
 def parse_backend(folder: Path) -> str:
     """The ``backend:`` line of a written model's config.pbtxt."""
-    text = (Path(folder) / "config.pbtxt").read_text()
+    text = (Path(folder) / "config.pbtxt").read_text(encoding="utf-8")
     return re.search(r'^backend: "([^"]+)"', text, re.M).group(1)
 
 

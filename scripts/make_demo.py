@@ -132,7 +132,7 @@ def write_yaml(path: Path, train: str, val: str, root: Path | None = None, kind:
     """A YOLO data.yaml; without ``root`` the splits resolve against the yaml's own folder."""
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(_kinds()[kind][1]))
     head = f"path: {root.as_posix()}\n" if root else ""
-    path.write_text(f"{head}train: {train}\nval: {val}\nnames:\n{names}\n")
+    path.write_text(f"{head}train: {train}\nval: {val}\nnames:\n{names}\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
