@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         failed += "**Not measured:" in body
         args.results.write_text(replace_block(args.results.read_text(encoding="utf-8"), s.key, body), encoding="utf-8")
         print(f"{s.key}: {time.monotonic() - t0:.0f} s, block written to {args.results}", file=sys.stderr)
-    (args.out / "refresh.json").write_text(json.dumps({"sections": [s.key for s in todo], "skipped": skipped}) + "\n", encoding="utf-8")
+    (args.out / "refresh.json").write_text(json.dumps({"sections": [s.key for s in todo], "skipped": skipped}) + "\n",
+                                           encoding="utf-8")
     return 1 if failed else 0
 
 

@@ -17,7 +17,8 @@ def _text_calls_without_encoding(tree: ast.AST):
         if isinstance(f, ast.Attribute) and f.attr in ("read_text", "write_text"):
             yield node.lineno, f.attr
         elif isinstance(f, ast.Name) and f.id == "open":  # the builtin: text unless the mode says "b"
-            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            mode = node.args[1] if len(node.args) > 1 else \
+                next((k.value for k in node.keywords if k.arg == "mode"), None)
             if mode is None or (isinstance(mode, ast.Constant) and "b" not in str(mode.value)):
                 yield node.lineno, "open"
         elif isinstance(f, ast.Attribute) and f.attr == "open" and node.args:  # Path.open("w"): a text mode given

@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "with reconnects, metrics and annotated output. Stop with Ctrl-C or SIGTERM.",
         formatter_class=_Help,
     )
-    ap.add_argument("--model", required=True, type=Path, help="model file (.onnx; an OpenVINO IR folder or .xml where OpenVINO is installed; "
-                    ".engine where TensorRT is installed)")
+    ap.add_argument("--model", required=True, type=Path,
+                    help="model file (.onnx; an OpenVINO IR folder or .xml where OpenVINO is installed; "
+                         ".engine where TensorRT is installed)")
     ap.add_argument("--source", action="append", required=True, metavar="[NAME=]URI",
                     help="video file, image folder, rtsp://… or http://… URL, or webcam index; repeat for "
                          "several. NAME= names it in outputs and metrics (default s0, s1, …)")

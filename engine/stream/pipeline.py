@@ -120,8 +120,8 @@ class Stream:
         for name in names:
             other = files.setdefault(safe_filename(name).casefold(), name)
             if other != name:
-                raise ConfigError(f"sources {other!r} and {name!r} would write the same files ({safe_filename(name)}.mp4,"
-                                  " snapshots/...; Windows and macOS ignore case)",
+                raise ConfigError(f"sources {other!r} and {name!r} would write the same files "
+                                  f"({safe_filename(name)}.mp4, snapshots/...; Windows and macOS ignore case)",
                                   "give them names that differ in more than case and punctuation")
         if config.batch is not None and config.batch < 1:
             raise ConfigError(f"batch={config.batch}", "use a batch of 1 or more")
