@@ -38,8 +38,14 @@ def detections(key: str, path: Path, imgsz: int, items: list) -> list:
 
         pred = Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu")
         close = pred.close
+    from engine.eval.evaluate import to_label_frame
+
+    def run(item):
+        frame = read_image(item.path)
+        return to_label_frame(pred(frame), frame.shape[:2], item.hw)
+
     try:
-        return [pred(read_image(i.path)) for i in items]
+        return [run(i) for i in items]
     finally:
         close()
 

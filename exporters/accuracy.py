@@ -38,9 +38,14 @@ def detect_onnx(path: Path, items: Sequence, progress: bool = False) -> list:
     from calibration.progress import progress as bar
     from engine.detector import Detector
     from engine.eval.datasets import read_image
+    from engine.eval.evaluate import to_label_frame
 
     with Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu") as det:
-        return [det(read_image(i.path)) for i in bar(list(items), len(items), "scoring", progress)]
+        out = []
+        for item in bar(list(items), len(items), "scoring", progress):
+            frame = read_image(item.path)
+            out.append(to_label_frame(det(frame), frame.shape[:2], item.hw))  # as evaluate() matches sizes
+        return out
 
 
 def score_detections(items: Sequence, dets: Sequence) -> MapResult:

@@ -204,3 +204,81 @@ def test_read_image_non_ascii_path_and_corrupt(tmp_path):
     bad = _write(tmp_path / "bad.jpg", "not an image")
     with pytest.raises(DatasetError, match="cannot decode"):
         read_image(bad)
+
+
+# --------------------------------------------------------------------------- datasets as users bring them
+# (found by a helper comparing against Ultralytics' val on copies of the demo data, 2026-12-05)
+
+def test_an_exif_rotated_tiff_gets_its_decoded_size(tmp_path):
+    """Pillow reports a TIFF's size already EXIF-rotated: swapping it again put every label of such an image in
+    the wrong frame, and the build's FP32 and INT8 mAP read 0.41 where Ultralytics reads 0.83."""
+    from PIL import Image
+
+    from engine.eval.datasets import image_hw
+
+    stored = np.ascontiguousarray(np.rot90(np.zeros((40, 100, 3), np.uint8), 1))  # displayed 40 x 100
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for ext in ("tif", "jpg", "png", "webp"):
+        p = tmp_path / f"x.{ext}"
+        Image.fromarray(stored).save(p, exif=exif if ext == "tif" else exif.tobytes())
+        assert image_hw(p) == read_image(p).shape[:2] == (40, 100), ext
+
+
+def test_the_builds_detections_are_put_in_the_frame_the_labels_were_read_at(demo_onnx, tmp_path):
+    """evaluate() rescaled labels to the decoded size; the build's own scoring (detect_onnx) did not."""
+    from engine.eval.datasets import LabeledImage
+    from exporters.accuracy import detect_onnx
+
+    src = sorted((Path(__file__).parents[1] / "assets" / "demo" / "val" / "images").glob("*.jpg"))[0]
+    h, w = read_image(src).shape[:2]
+    item = LabeledImage(src, (h, w), np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
+    twice = LabeledImage(src, (2 * h, 2 * w), item.boxes, item.classes)
+    a, b = detect_onnx(demo_onnx, [item, twice])
+    assert len(a) > 0
+    np.testing.assert_allclose(b.xyxy, 2 * a.xyxy, rtol=1e-6)
+
+
+def test_hidden_files_and_folders_are_skipped_and_linked_folders_followed(tmp_path):
+    """.thumbnails/ copies were scored twice (0.69 for Ultralytics' 0.83), macOS '._x.jpg' sidecars stopped the
+    build, a linked folder of half the images was left out."""
+    for rel in ("a.jpg", ".thumbnails/a.jpg", "._a.jpg", "sub/.hidden.png"):
+        _write_image(tmp_path / "images" / rel)
+    _write_image(tmp_path / "elsewhere" / "b.jpg")
+    (tmp_path / "images" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "images", target_is_directory=True)  # no endless walk
+    got = [p.relative_to(tmp_path / "images").as_posix() for p in list_images(tmp_path / "images")]
+    assert got == ["a.jpg", "more/b.jpg"]
+
+
+def test_label_files_and_image_lists_in_utf16_or_with_a_bom_are_read_and_other_bytes_named(tmp_path):
+    """Notepad's 'Unicode' (UTF-16) label crashed the build with a UnicodeDecodeError traceback; a .txt image
+    list with a byte-order mark failed on a path starting with an invisible U+FEFF."""
+    img = _write_image(tmp_path / "images" / "a.jpg", hw=(100, 100))
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\r\n", encoding="utf-16")
+    assert load_labels(img, (100, 100))[1].tolist() == [0]
+    (tmp_path / "list.txt").write_text("./images/a.jpg\r\n", encoding="utf-8-sig")
+    assert list_images(tmp_path / "list.txt") == [img.resolve()]
+    (tmp_path / "labels" / "a.txt").write_bytes(b"0 0.5 0.5 0.2 \xe9\xff\n")
+    with pytest.raises(DatasetError, match="a.txt is not UTF-8 text") as e:
+        load_labels(img, (100, 100))
+    assert "UTF-8" in e.value.fix
+
+
+def test_jpeg2000_and_mpo_images_are_listed(tmp_path):
+    for rel in ("a.jp2", "b.MPO", "c.heic"):
+        _write(tmp_path / rel, "x")
+    assert [p.name for p in list_images(tmp_path)] == ["a.jp2", "b.MPO"]
+
+
+@pytest.mark.parametrize("nc", ["'3'", "3.0", "3"])
+def test_nc_as_ultralytics_takes_it(tmp_path, nc):
+    assert len(read_data_yaml(_write(tmp_path / "d.yaml", f"val: images\nnc: {nc}\n")).names) == 3
+    with pytest.raises(DatasetError, match="'nc: 3' but 2 names"):
+        read_data_yaml(_write(tmp_path / "e.yaml", f"val: images\nnc: {nc}\nnames: [a, b]\n"))
+
+
+def test_an_nc_that_is_not_a_whole_number_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="'nc: 'three'' is not a whole number"):
+        read_data_yaml(_write(tmp_path / "d.yaml", "val: images\nnc: three\n"))

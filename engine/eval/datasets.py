@@ -14,6 +14,7 @@ Paths are handled with :mod:`pathlib` only, and images are read through ``np.fro
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
@@ -23,7 +24,9 @@ import numpy as np
 
 from ..errors import DatasetError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".mpo"})
+# formats whose header size Pillow reports as stored (before EXIF orientation), as OpenCV's decoder does not
+_EXIF_SIZED = frozenset({"JPEG", "MPO", "PNG", "WEBP"})
 SPLITS = ("train", "val", "test")
 
 PathLike = Union[str, Path]
@@ -124,9 +127,11 @@ def _resolve_split_path(root: Path, value: str) -> Path:
 
 
 def _parse_names(data: Mapping, yaml_path: Path) -> tuple[str, ...]:
-    names, nc = data.get("names"), data.get("nc")
+    names, nc = data.get("names"), _int_like(data.get("nc"))
+    if data.get("nc") is not None and nc is None:
+        raise DatasetError(f"{yaml_path}: 'nc: {data.get('nc')!r}' is not a whole number", "write e.g. 'nc: 3'")
     if names is None:
-        if isinstance(nc, int) and nc > 0:
+        if nc is not None and nc > 0:
             return tuple(f"class_{i}" for i in range(nc))
         raise DatasetError(f"{yaml_path} has neither 'names:' nor 'nc:'", "add 'names: [cat, dog, ...]'")
     if isinstance(names, dict):
@@ -145,9 +150,54 @@ def _parse_names(data: Mapping, yaml_path: Path) -> tuple[str, ...]:
     else:
         raise DatasetError(f"{yaml_path}: 'names:' must be a list or a dict, got {type(names).__name__}",
                            "write 'names: [cat, dog]' or '0: cat' lines")
-    if isinstance(nc, int) and nc != len(out):
+    if nc is not None and nc != len(out):
         raise DatasetError(f"{yaml_path}: 'nc: {nc}' but {len(out)} names", "make 'nc' match 'names' or drop 'nc'")
     return out
+
+
+def _int_like(value) -> int | None:
+    """``3``, ``3.0`` or ``'3'`` (as Ultralytics takes ``nc:``) as an int; ``None`` for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value.strip())
+    return None
+
+
+def read_text(path: Path) -> str:
+    """A label file or image list as text: UTF-8 with or without a byte-order mark, or UTF-16 with one
+    (Windows Notepad's "Unicode"), as Ultralytics reads them.
+
+    Raises:
+        DatasetError: anything else, naming the file.
+    """
+    raw = path.read_bytes()
+    try:
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            return raw.decode("utf-16")
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})",
+                           "save it as UTF-8 (a plain text file)") from None
+
+
+def _walk_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, following linked folders (once each), skipping hidden files and folders
+    (``.thumbnails/``, macOS's ``._x.jpg`` sidecars), as Ultralytics' ``glob('**/*.*')`` does."""
+    out, seen = [], set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a link back up the tree
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(top) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(f for f in out if f.is_file())
 
 
 def list_images(source: PathLike | Sequence[PathLike]) -> list[Path]:
@@ -155,7 +205,8 @@ def list_images(source: PathLike | Sequence[PathLike]) -> list[Path]:
 
     ``source`` is a folder (searched recursively), one image file, a ``.txt`` list of images (one
     per line, relative lines relative to the list's folder), or a sequence of those. Suffixes are
-    matched case-insensitively against :data:`IMAGE_SUFFIXES`.
+    matched case-insensitively against :data:`IMAGE_SUFFIXES`; in a folder, hidden files and folders are
+    skipped and linked folders followed.
     """
     if isinstance(source, (list, tuple)):
         out: list[Path] = []
@@ -164,7 +215,7 @@ def list_images(source: PathLike | Sequence[PathLike]) -> list[Path]:
         return out
     p = Path(source)
     if p.is_dir():
-        return sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        return _walk_images(p)
     if p.is_file() and p.suffix.lower() == ".txt":
         return _read_image_list(p)
     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
@@ -172,12 +223,13 @@ def list_images(source: PathLike | Sequence[PathLike]) -> list[Path]:
     if p.exists():
         raise DatasetError(f"{p} is neither a folder, an image ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a .txt list",
                            "pass a folder of images, an image, or a .txt file listing images")
-    raise DatasetError(f"image source not found: {p}", "check the path (and the data.yaml 'path:' key)")
+    raise DatasetError(f"image source not found: {p}",
+                       "check the path (a data.yaml's relative 'path:' is taken from the data.yaml's own folder)")
 
 
 def _read_image_list(txt: Path) -> list[Path]:
     out = []
-    for line in txt.read_text(encoding="utf-8").splitlines():
+    for line in read_text(txt).splitlines():
         line = line.strip()
         if not line:
             continue
@@ -223,7 +275,7 @@ def load_labels(image_path: PathLike, image_hw: tuple[int, int],
     if not lbl.is_file():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.int32)
     rows = []
-    for n, line in enumerate(lbl.read_text(encoding="utf-8-sig").splitlines(), 1):
+    for n, line in enumerate(read_text(lbl).splitlines(), 1):
         if line.strip():
             rows.append(_parse_label_line(line, lbl, n, num_classes))
     if not rows:
@@ -285,7 +337,9 @@ def read_image(path: PathLike) -> np.ndarray:
 
 
 def image_hw(path: PathLike) -> tuple[int, int]:
-    """An image's decoded (height, width), from its header when Pillow is installed (EXIF-rotated)."""
+    """An image's decoded (height, width): from its header when Pillow is installed and the format is one
+    whose header gives the stored size (JPEG, MPO, PNG, WebP; EXIF orientation applied as OpenCV's decoder
+    applies it), else by decoding it (Pillow already reports a TIFF's size EXIF-rotated)."""
     try:
         from PIL import Image
     except ImportError:
@@ -294,7 +348,10 @@ def image_hw(path: PathLike) -> tuple[int, int]:
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
+            fmt = im.format
     except Exception:  # Pillow cannot parse it: let OpenCV decide (and raise a DatasetError if it cannot)
+        return read_image(path).shape[:2]
+    if fmt not in _EXIF_SIZED:
         return read_image(path).shape[:2]
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 

@@ -191,6 +191,18 @@ def _coco_api() -> tuple[type, Callable]:
                                         "pip install faster-coco-eval") from None
 
 
+def to_label_frame(det: Detections, decoded_hw: tuple[int, int], label_hw: tuple[int, int]) -> Detections:
+    """``det`` (pixels of the decoded image) in the pixels its labels were read at (the size from the image's
+    header; the two differ only for EXIF quirks), for :func:`evaluate_detections`; unchanged when they agree.
+    :func:`evaluate` does the same the other way round (:func:`_match_size`)."""
+    if tuple(decoded_hw) == tuple(label_hw):
+        return det
+    import dataclasses
+
+    sy, sx = label_hw[0] / decoded_hw[0], label_hw[1] / decoded_hw[1]
+    return dataclasses.replace(det, xyxy=det.xyxy * np.array([sx, sy, sx, sy], np.float32))
+
+
 def _match_size(item: LabeledImage, hw: tuple[int, int]) -> LabeledImage:
     """Rescale labels when the decoded image differs from the size read from its header (EXIF quirks)."""
     if tuple(hw) == tuple(item.hw):
