@@ -25,7 +25,7 @@ import numpy as np
 from ._version import __version__
 from .errors import MetadataError
 
-SCHEMA_VERSION = 2  # 2: pixels (the input's pixel format); version 1 files read as NCHW_RGB_FLOAT
+SCHEMA_VERSION = 3  # 2: pixels (the input's pixel format; version 1 files read as NCHW_RGB_FLOAT); 3: anchors
 METADATA_KEY = "yolodeploy"
 
 
@@ -108,6 +108,9 @@ class ModelMetadata:
         input_name: the graph's input tensor name.
         output_names: the graph's output tensor names, in order.
         pixels: the input's :class:`PixelFormat`.
+        anchors: rows of the raw head's output (anchor points over all its levels: a P2 or P6 head has
+            more than the usual strides 8, 16, 32); ``None`` in files older than schema 3, where
+            :attr:`raw_anchors` assumes strides 8 up to :attr:`stride`.
         schema_version: version of this schema.
     """
 
@@ -125,6 +128,7 @@ class ModelMetadata:
     input_name: str = "images"
     output_names: tuple[str, ...] = ("output0",)
     pixels: PixelFormat = PixelFormat.NCHW_RGB_FLOAT
+    anchors: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -134,6 +138,8 @@ class ModelMetadata:
             raise MetadataError(f"metadata imgsz must be (height, width) > 0, got {self.imgsz!r}")
         if self.batch is not None and self.batch < 1:
             raise MetadataError(f"metadata batch must be >= 1 or None (dynamic), got {self.batch!r}")
+        if self.anchors is not None and self.anchors < 1:
+            raise MetadataError(f"metadata anchors must be >= 1 or None, got {self.anchors!r}")
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +148,14 @@ class ModelMetadata:
     @property
     def dynamic_batch(self) -> bool:
         return self.batch is None
+
+    @property
+    def raw_anchors(self) -> int:
+        """Rows of the raw head's output: :attr:`anchors`, or for older files one per cell of each level,
+        strides 8 up to :attr:`stride`."""
+        if self.anchors is not None:
+            return self.anchors
+        return anchor_count(self.imgsz, tuple(8 << i for i in range(max(self.stride, 8).bit_length() - 3)))
 
     def replace(self, **changes: Any) -> "ModelMetadata":
         """A copy with ``changes`` applied (the dataclass is frozen)."""
@@ -190,6 +204,7 @@ class ModelMetadata:
                 input_name=str(d.get("input_name", "images")),
                 output_names=tuple(d.get("output_names", ("output0",))),
                 pixels=PixelFormat(d.get("pixels", PixelFormat.NCHW_RGB_FLOAT.value)),
+                anchors=None if d.get("anchors") is None else int(d["anchors"]),
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -202,6 +217,11 @@ class ModelMetadata:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise MetadataError(f"metadata is not valid JSON ({e})", "re-export the model with this tool") from None
+
+
+def anchor_count(imgsz: tuple[int, int], strides: tuple[int, ...]) -> int:
+    """Anchor points of a detect head with levels at ``strides`` for input ``imgsz``: one per cell of each."""
+    return sum(-(-imgsz[0] // s) * -(-imgsz[1] // s) for s in strides)
 
 
 def _literal(value: str) -> Any:

@@ -32,6 +32,7 @@ class CheckpointInfo:
         head: the detect head's class name (``Detect``, ``v10Detect``...).
         end2end: whether the head is NMS-free (YOLOv10 / YOLO26 style).
         arch: the model yaml it was built from (e.g. ``yolo11n.yaml``), if recorded.
+        strides: the detect head's strides, one per level (``(8, 16, 32)``; a P2 head adds 4, a P6 head 64).
     """
 
     path: Path
@@ -41,6 +42,7 @@ class CheckpointInfo:
     head: str
     end2end: bool
     arch: str
+    strides: tuple[int, ...] = (8, 16, 32)
 
 
 def _torch_load(path: Path) -> Any:
@@ -137,5 +139,5 @@ def describe_checkpoint(path: str | Path, model, ckpt: dict) -> CheckpointInfo:
     return CheckpointInfo(
         path=Path(path), names=tuple(str(n) for n in names), stride=int(max(model.stride)),
         train_imgsz=train_imgsz, head=type(head).__name__, end2end=bool(getattr(head, "end2end", False)),
-        arch=str(model.yaml.get("yaml_file", "")),
+        arch=str(model.yaml.get("yaml_file", "")), strides=tuple(int(s) for s in model.stride),
     )

@@ -266,6 +266,12 @@ def compare_end2end(raw_path: str | Path, e2e_path: str | Path, images: np.ndarr
     return End2EndReport(len(images), dets, bad, worst, saturated)
 
 
+def _graph_anchors(model) -> int | None:
+    """The raw output's anchor rows as the graph declares them (the build pins them), or ``None``."""
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return dims[2].dim_value if len(dims) == 3 and dims[2].dim_value > 0 else None
+
+
 def fit_to_anchors(cfg: End2EndConfig, anchors: int, log=print) -> End2EndConfig:
     """``cfg`` with ``K`` cut to the model's anchors: keeping the best K of fewer than K anchors keeps them
     all, so a small ``--imgsz`` (525 anchors at 160) takes the default 1000 candidates as every anchor."""
@@ -298,10 +304,9 @@ def export_end2end(raw_path: str | Path, cfg: End2EndConfig, out: str | Path | N
     meta = from_onnx_props({p.key: p.value for p in model.metadata_props})
     if meta is None or meta.head is not HeadLayout.RAW:
         raise ModelLoadError(f"{raw_path} is not a raw detect head with metadata", "pass the .onnx of python -m exporters.build")
-    from .onnx_export import num_anchors
-
-    cfg = fit_to_anchors(cfg, num_anchors(meta.imgsz), log)
-    add_end2end(model, cfg, num_anchors(meta.imgsz), meta.num_classes)
+    anchors = _graph_anchors(model) or meta.raw_anchors  # the graph's own count (a P2 or P6 head has more)
+    cfg = fit_to_anchors(cfg, anchors, log)
+    add_end2end(model, cfg, anchors, meta.num_classes)
     e2e_meta = end2end_metadata(meta, cfg)
     props = {p.key: p.value for p in model.metadata_props}
     props[METADATA_KEY] = e2e_meta.to_json()

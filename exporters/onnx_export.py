@@ -23,6 +23,7 @@ from engine.metadata import (
     HeadLayout,
     ModelMetadata,
     Precision,
+    anchor_count,
     file_sha256,
     from_onnx_props,
 )
@@ -52,12 +53,23 @@ def _import_onnx():
     return onnx
 
 
-def num_anchors(imgsz: tuple[int, int], strides=(8, 16, 32)) -> int:
-    """Anchor points of a three-level detect head at ``imgsz``."""
-    return sum((imgsz[0] // s) * (imgsz[1] // s) for s in strides)
+def num_anchors(imgsz: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)) -> int:
+    """Anchor points of a detect head with levels at ``strides`` (three by default) at ``imgsz``."""
+    return anchor_count(imgsz, tuple(strides))
 
 
-def pin_shapes(model, imgsz: tuple[int, int], batch: int | None) -> None:
+# the detect heads Ultralytics' model YAMLs build: P3-P5 (YOLOv8/11/12/26, v10), P2 (yolov8-p2), P6, P7
+HEAD_LEVELS = ((8, 16, 32), (4, 8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128), (4, 8, 16, 32, 64))
+
+
+def head_levels(anchors: int, imgsz: tuple[int, int], max_stride: int | None = None) -> tuple[int, ...] | None:
+    """The strides of a detect head of :data:`HEAD_LEVELS` whose raw output has ``anchors`` rows at ``imgsz``
+    (ending at ``max_stride`` when given), or ``None``: not a raw detect head."""
+    return next((levels for levels in HEAD_LEVELS if (max_stride is None or levels[-1] == max_stride)
+                 and anchor_count(imgsz, levels) == anchors), None)
+
+
+def pin_shapes(model, imgsz: tuple[int, int], batch: int | None, anchors: int) -> None:
     """Fix the input's height/width (and batch unless ``None``) and the output's shape in place."""
     def set_dims(value_info, dims):
         for d, v in zip(value_info.type.tensor_type.shape.dim, dims):
@@ -71,7 +83,7 @@ def pin_shapes(model, imgsz: tuple[int, int], batch: int | None) -> None:
     b = "batch" if batch is None else batch
     set_dims(model.graph.input[0], [b, 3, imgsz[0], imgsz[1]])
     out = model.graph.output[0]
-    set_dims(out, [b, None, num_anchors(imgsz)])
+    set_dims(out, [b, None, anchors])
 
 
 def write_metadata(model, meta: ModelMetadata) -> None:
@@ -177,14 +189,14 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
     out = ensure_out_dir(cfg.out)
     meta = ModelMetadata(names=info.names, imgsz=imgsz, stride=info.stride,
                          batch=None if cfg.dynamic else cfg.batch, source_sha256=file_sha256(src),
-                         source_name=src.name)
+                         source_name=src.name, anchors=num_anchors(imgsz, info.strides))
     log(f"exporting {src} ({info.arch or 'unknown arch'}, {len(info.names)} classes) at imgsz {imgsz[0]}x{imgsz[1]}, "
         f"batch {'dynamic' if cfg.dynamic else cfg.batch}, opset {cfg.opset}")
     with tempfile.TemporaryDirectory(prefix=temp_prefix("export"), dir=out) as tmp:
         raw = _ultralytics_onnx(src, imgsz, cfg.opset, Path(tmp))
         model = onnx.load(str(raw))
         _check_raw_head(model, src, len(info.names))
-        pin_shapes(model, imgsz, meta.batch)
+        pin_shapes(model, imgsz, meta.batch, meta.anchors)
         model = _finish(model, meta, cfg, log)
         return _verify_and_write(model, meta, cfg, out, _torch_runner(torch_model), src.name, log)
 
@@ -291,20 +303,21 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
                                     "cannot be run on it", f"drop --imgsz, or re-export with dynamic=True, or pass the "
                                     ".pt with --weights")
     probe = _ort_runner(src)(np.zeros((1 if not dims[0] else dims[0], 3, *imgsz), np.float32))
-    if probe.ndim != 3 or probe.shape[1] <= 4 or probe.shape[2] != num_anchors(imgsz):
+    if probe.ndim != 3 or probe.shape[1] <= 4 or head_levels(probe.shape[2], imgsz, prior.stride if prior else None) is None:
         kind = " but final detections (nms=True or NMS-free)" if probe.ndim == 3 and probe.shape[2] == 6 else ""
         raise UnsupportedModelError(f"{src} output shape {probe.shape} is not a raw detect head (B, 4+classes, "
                                     f"anchors){kind}", _RAW_HEAD_FIX)
     nc = probe.shape[1] - 4
     names = prior.names if prior and len(prior.names) == nc else tuple(f"class{i}" for i in range(nc))
     out = ensure_out_dir(cfg.out)
-    meta = ModelMetadata(names=names, imgsz=imgsz, stride=stride, batch=None if cfg.dynamic else cfg.batch,
-                         source_sha256=file_sha256(src), source_name=src.name)
+    levels = head_levels(probe.shape[2], imgsz, prior.stride if prior else None)
+    meta = ModelMetadata(names=names, imgsz=imgsz, stride=max(levels), batch=None if cfg.dynamic else cfg.batch,
+                         source_sha256=file_sha256(src), source_name=src.name, anchors=int(probe.shape[2]))
     if dims[0] is not None and meta.batch != dims[0]:
         raise UnsupportedModelError(f"{src} has a fixed batch of {dims[0]}; it cannot become batch {meta.batch or 'dynamic'}",
                                     "re-export it from the .pt with --weights, or drop --batch/--dynamic")
     log(f"adopting {src} ({nc} classes) at imgsz {imgsz[0]}x{imgsz[1]}")
-    pin_shapes(model, imgsz, meta.batch)
+    pin_shapes(model, imgsz, meta.batch, meta.anchors)
     model = _finish(model, meta, cfg, log)
     if out.resolve() == src.resolve().parent and cfg.stem == src.stem:
         raise ExportError(f"--out {out} would overwrite the source {src}", "pass a different --out folder")

@@ -111,20 +111,13 @@ def model_name(stem: str, kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{stem}_{kind}")
 
 
-def anchors(imgsz: tuple[int, int], stride: int) -> int:
-    """Anchor count of a YOLOv8/11 detect head: one per cell of each level, strides 8 up to ``stride``."""
-    levels = [8 << i for i in range(max(stride, 8).bit_length() - 3)]
-    return sum(-(-imgsz[0] // s) * -(-imgsz[1] // s) for s in levels)
-
-
 def tensor_specs(meta: ModelMetadata) -> tuple[tuple[TensorConfig, ...], tuple[TensorConfig, ...]]:
     """Full-shape (batch axis first, ``-1`` if dynamic) inputs and outputs described by ``meta``."""
     b = -1 if meta.batch is None else meta.batch
     in_type = "TYPE_UINT8" if meta.pixels is PixelFormat.NHWC_BGR_UINT8 else "TYPE_FP32"
     inputs = (TensorConfig(meta.input_name, in_type, meta.pixels.shape(b, meta.imgsz)),)
     if meta.head is HeadLayout.RAW:
-        return inputs, (TensorConfig(meta.output_names[0], "TYPE_FP32", (b, 4 + meta.num_classes,
-                                                                         anchors(meta.imgsz, meta.stride))),)
+        return inputs, (TensorConfig(meta.output_names[0], "TYPE_FP32", (b, 4 + meta.num_classes, meta.raw_anchors)),)
     if meta.thresholds is None or len(meta.output_names) != len(END2END_OUTPUTS):
         raise ExportError(f"end-to-end metadata without thresholds or with outputs {list(meta.output_names)}",
                           "re-export the model with this tool (python -m exporters.build --end2end)")

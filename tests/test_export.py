@@ -95,3 +95,38 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     with atomic_path(final) as tmp:
         tmp.write_bytes(b"whole")
     assert final.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [final]
+
+
+@pytest.mark.parametrize("arch,levels", [("yolov8n-p2", (4, 8, 16, 32)), ("yolov8n-p6", (8, 16, 32, 64))])
+def test_a_p2_or_p6_head_keeps_its_own_anchor_count_everywhere(arch, levels, tmp_path):
+    """Strides 8, 16, 32 were assumed: --no-simplify declared a P6 output of 2100 rows that makes 2125, the NMS
+    tail failed ('incompatible shapes'), --onnx refused Ultralytics' own P2/P6 export as 'not a raw head' and
+    the Triton repository of a P2 model was withheld."""
+    from pathlib import Path
+
+    import torch
+    import ultralytics
+
+    from engine.metadata import anchor_count
+    from exporters.end2end import End2EndConfig, TailKind, export_end2end
+    from exporters.triton import tensor_specs
+
+    pt = tmp_path / f"{arch}.pt"
+    torch.save({"model": ultralytics.YOLO(f"{arch}.yaml").model}, pt)
+    imgsz = (128, 192)
+    want = anchor_count(imgsz, levels)
+    for simplify in (True, False):
+        art = export_onnx(ExportConfig(weights=pt, imgsz=imgsz, simplify=simplify, out=tmp_path / f"s{simplify}"),
+                          log=lambda s: None)
+        assert _dims(onnx.load(str(art.path)).graph.output[0])[2] == want == art.metadata.anchors
+        sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+        assert sess.run(None, {"images": np.zeros((1, 3, *imgsz), np.float32)})[0].shape[2] == want
+        assert tensor_specs(art.metadata)[1][0].dims[2] == want
+    e2e, _ = export_end2end(art.path, End2EndConfig(kind=TailKind.NMS, max_det=50), tmp_path / "e2e",
+                            log=lambda s: None)
+    num = ort.InferenceSession(str(e2e), providers=["CPUExecutionProvider"]).run(
+        None, {"images": np.random.default_rng(0).random((1, 3, *imgsz), np.float32)})[0]
+    assert num.shape == (1, 1)
+    src = Path(ultralytics.YOLO(str(pt)).export(format="onnx", imgsz=list(imgsz), opset=17, verbose=False))
+    adopted = export_onnx(ExportConfig(onnx=src, out=tmp_path / "adopted"), log=lambda s: None)
+    assert adopted.metadata.anchors == want and adopted.metadata.stride == levels[-1]

@@ -19,6 +19,7 @@ from engine.metadata import (
     ModelMetadata,
     Precision,
     Thresholds,
+    anchor_count,
 )
 
 onnx = pytest.importorskip("onnx")
@@ -28,7 +29,7 @@ from google.protobuf import text_format  # noqa: E402  (comes with tritonclient)
 
 from exporters import triton_stage  # noqa: E402
 from exporters.cli import build_parser  # noqa: E402
-from exporters.triton import TritonOptions, anchors, write_model  # noqa: E402
+from exporters.triton import TritonOptions, write_model  # noqa: E402
 from tests.build_helpers import stage_build  # noqa: E402
 from tests.fakes.tiny_onnx import onnx_model  # noqa: E402
 
@@ -42,7 +43,7 @@ def make_onnx(path: Path, meta: ModelMetadata, graph_dims: dict[str, list] | Non
 
     b = "batch" if meta.batch is None else meta.batch
     if meta.head is HeadLayout.RAW:
-        outs = {meta.output_names[0]: (TensorProto.FLOAT, [b, 4 + len(meta.names), anchors(meta.imgsz, meta.stride)])}
+        outs = {meta.output_names[0]: (TensorProto.FLOAT, [b, 4 + len(meta.names), meta.raw_anchors])}
     else:
         k = meta.thresholds.max_det
         outs = {"num_dets": (TensorProto.INT32, [b, 1]), "boxes": (TensorProto.FLOAT, [b, k, 4]),
@@ -105,7 +106,7 @@ def test_a_model_per_artifact_and_every_config_parses(artifacts, tmp_path):
         assert (folder / "1" / cfg.default_model_filename).is_file()
         assert cfg.input[0].name == "images" and list(cfg.input[0].dims) == [3, *IMGSZ]
         assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32
-        assert cfg.output[0].name == "output0" and list(cfg.output[0].dims) == [4 + len(NAMES), anchors(IMGSZ, 32)]
+        assert cfg.output[0].name == "output0" and list(cfg.output[0].dims) == [4 + len(NAMES), anchor_count(IMGSZ, (8, 16, 32))]
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
         assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == 1
         meta = ModelMetadata.from_json(cfg.parameters[METADATA_KEY].string_value)
@@ -210,7 +211,7 @@ def test_demo_export_makes_a_valid_repository(demo_onnx, tmp_path):
     cfg = parse(tmp_path / "repo" / f"{demo_onnx.stem}_onnx")
     meta = ModelMetadata.from_json(cfg.parameters[METADATA_KEY].string_value)
     assert cfg.input[0].name == meta.input_name and list(cfg.input[0].dims) == [1, 3, *meta.imgsz]
-    assert list(cfg.output[0].dims) == [1, 4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
+    assert list(cfg.output[0].dims) == [1, 4 + meta.num_classes, meta.raw_anchors]
 
 
 def test_an_openvino_ir_becomes_a_model_of_tritons_openvino_backend(demo_onnx, tmp_path):
@@ -230,7 +231,7 @@ def test_an_openvino_ir_becomes_a_model_of_tritons_openvino_backend(demo_onnx, t
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [1, *meta.imgsz, 3]  # the IR takes uint8 BGR pixels
     assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8 and cfg.input[0].name == meta.input_name
-    assert list(cfg.output[0].dims) == [1, 4 + meta.num_classes, anchors(meta.imgsz, meta.stride)]
+    assert list(cfg.output[0].dims) == [1, 4 + meta.num_classes, meta.raw_anchors]
     assert cfg.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
     assert cfg.parameters["SKIP_OV_DYNAMIC_BATCHSIZE"].string_value == "YES"
     assert json.loads(cfg.parameters["yolodeploy"].string_value)["names"] == list(meta.names)
