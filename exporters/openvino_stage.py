@@ -105,7 +105,7 @@ def _make_int8(b, final: Path):
     from .io import staged, temp_prefix
     from .openvino import int8_model, sensitivity, write_ir
     from .quantize import match_nodes
-    from .quantize_stage import WITHHELD_FIX, GateDetections, gate_figures, gate_judge, rank_images
+    from .quantize_stage import GateDetections, gate_figures, gate_judge, rank_images, withheld_fix
     from .records import Check
 
     q, fp32, meta = b.cfg.quantize, b.path("onnx"), _meta(b)
@@ -130,7 +130,7 @@ def _make_int8(b, final: Path):
         b.log(f"  {gate.summary()}")
         check = Check("accuracy gate", gate.passed, gate.summary(), {**figures, "gate": gate.to_dict()})
         if passed is None:
-            raise ArtifactWithheld(f"OpenVINO INT8 gate: {gate.summary()}", WITHHELD_FIX, (check,), figures)
+            raise ArtifactWithheld(f"OpenVINO INT8 gate: {gate.summary()}", withheld_fix(judge), (check,), figures)
         with staged(final) as target:
             os.replace(passed, target)  # the passing candidate, complete, moved into place
     return Outcome(final, (check,), figures)

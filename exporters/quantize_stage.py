@@ -39,6 +39,15 @@ METHOD = ("NNCF {method} statistics on {n} calibration images ({source}); Tensor
 WITHHELD_FIX = ("judge on more val images (the interval narrows), calibrate on more images like the deployment's "
                 "(--calib, --calib-images), try --calib-method minmax or percentile, keep layers float (--exclude), "
                 "or allow more loss (--max-map-drop)")
+AGREEMENT_FIX = ("FP32 scored too low on these labels to judge by mAP, so the form was judged by agreement with FP32 "
+                 "(a fixed bar: --max-map-drop does not apply): check that --data holds the model's own classes and "
+                 "enough labelled images, calibrate on images like the deployment's (--calib, --calib-images), or "
+                 "keep layers float (--exclude)")
+
+
+def withheld_fix(judge) -> str:
+    """The fix line of a withheld INT8 form: what can move the bar it was judged by."""
+    return AGREEMENT_FIX if judge.kind == "agreement" else WITHHELD_FIX
 
 
 def run(b) -> None:
@@ -168,7 +177,7 @@ def _make(b, target, final: Path):
                    + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
         check = Check("accuracy gate", gate.passed, summary, {**figures, "gate": gate.to_dict()})
         if passed is None:
-            raise ArtifactWithheld(f"INT8 gate: {summary}", WITHHELD_FIX, (check,), figures)
+            raise ArtifactWithheld(f"INT8 gate: {summary}", withheld_fix(judge), (check,), figures)
         os.replace(passed, final)  # same folder, so atomic: never a half-written INT8 file
     return Outcome(final, (check,), figures)
 

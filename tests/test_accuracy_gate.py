@@ -127,6 +127,11 @@ def test_a_reference_that_cannot_judge_turns_the_judge_to_agreement():
     assert same.drop.drop == pytest.approx(0.0) and j.passes(same)
     moved = j([_dets([[20, 20, 50, 50]], [0.9]) for _ in items])  # IoU 0.5 with FP32's boxes: disagrees
     assert moved.drop.drop > 50 and not j.passes(moved)
+    from exporters.quantize_stage import WITHHELD_FIX, withheld_fix
+
+    # a form withheld by agreement: --max-map-drop does not move that bar, so the fix must not offer it
+    assert "--max-map-drop does not apply" in withheld_fix(j) and "--data" in withheld_fix(j)
+    assert withheld_fix(make_judge(items, ref, 0.5, 1.0, resamples=50)) == WITHHELD_FIX
     with pytest.raises(ValueError, match="detects nothing"):
         make_judge(items, [_dets([], []) for _ in items], 0.0, 1.0)
     labelled = make_judge(items, [_dets([[60, 60, 90, 90]], [0.9], [1]) for _ in items], 1.0, 1.0, resamples=50)
@@ -341,3 +346,13 @@ def test_gate_failure_withholds_int8_and_exits_nonzero(demo_onnx, small_data, tm
     assert not any(g["passed"] for g in rep["gates"].values())
     assert all(len(g["trials"]) == 2 and g["sensitivity_top"] for g in rep["gates"].values())
     assert [r["status"] for r in rep["rows"][1:]] == ["withheld"] * 2
+
+
+def test_a_measured_drop_over_the_bar_fails_even_when_its_interval_does_not_reach_it():
+    """A percentile bootstrap of a skewed statistic can leave the measured drop above its own interval (seen:
+    47.88 points, interval 45.54 to 46.71): judging the upper end alone passed such a form at a bar of 47."""
+    j = gate.Judge.__new__(gate.Judge)
+    object.__setattr__(j, "max_drop", 1.0)
+    inside = Verdict(0.7, 0.5, PairedDrop(0.9, 0.5, 1.0, 0.9, 100, 300))
+    above = Verdict(0.7, 0.5, PairedDrop(1.2, 0.4, 0.9, 0.9, 100, 300))
+    assert gate.Judge.passes(j, inside) and not gate.Judge.passes(j, above)
