@@ -96,6 +96,7 @@ def check_parity(reference: Runner, onnx_path: str | bytes, images: np.ndarray, 
     diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
     report = ParityReport(float(diff[:, :4].max()), float(diff[:, 4:].max()), len(images), tol, ref_name)
     if not report.ok:
-        raise ParityError(report.summary(), "the export is numerically wrong; try --opset 17 or --no-simplify, "
-                                            "or raise --parity-tol if the difference is expected")
+        raise ParityError(report.summary(), "the ONNX does not reproduce its source within the tolerance: try "
+                                            "--no-simplify or another --opset (e.g. 18), or raise --parity-tol when "
+                                            "the difference is expected (outputs that float rounding moves)")
     return report
