@@ -249,6 +249,12 @@ def test_hidden_files_and_folders_are_skipped_and_linked_folders_followed(tmp_pa
     (tmp_path / "elsewhere" / "loop").symlink_to(tmp_path / "images", target_is_directory=True)  # no endless walk
     got = [p.relative_to(tmp_path / "images").as_posix() for p in list_images(tmp_path / "images")]
     assert got == ["a.jpg", "more/b.jpg"]
+    # a link to a folder the tree holds anyway: the real path, whose labels are found (whatever the walk order)
+    _write_image(tmp_path / "images" / "2024" / "x.jpg")
+    for name in ("0latest", "latest"):
+        (tmp_path / "images" / name).symlink_to(tmp_path / "images" / "2024", target_is_directory=True)
+    got = [p.relative_to(tmp_path / "images").as_posix() for p in list_images(tmp_path / "images")]
+    assert got == ["2024/x.jpg", "a.jpg", "more/b.jpg"]
 
 
 def test_label_files_and_image_lists_in_utf16_or_with_a_bom_are_read_and_other_bytes_named(tmp_path):
