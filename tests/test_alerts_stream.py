@@ -87,6 +87,19 @@ def test_stream_with_rules_writes_incidents_and_snapshots(demo_onnx, scene, tmp_
     assert m["sent"]["jsonl"] == len(got) and m["dropped"]["jsonl"] == 0
 
 
+def test_sources_that_would_share_a_snapshot_folder_are_refused(tmp_path):
+    """'Gate' and 'gate' wrote one snapshot folder on Windows and macOS (case-insensitive file systems)."""
+    from engine.errors import ConfigError
+    from engine.stream.metrics import StreamMetrics
+    from engine.stream.processors import StreamContext
+    from engine.stream.sources import SourceSpec
+
+    config = parse_alerts({"rules": [{"name": "r", "classes": ["disc"]}]}, "rules.yaml")
+    sources = {n: SourceSpec.parse(f"{n}=rtsp://127.0.0.1:1/x") for n in ("Gate", "gate")}
+    with pytest.raises(ConfigError, match="'Gate' and 'gate' would write the same gate/ snapshot folder"):
+        EventsProcessor(config, tmp_path).start(StreamContext(("disc",), sources, StreamMetrics(), True))
+
+
 def test_the_rules_files_queue_size_sizes_the_event_bus(tmp_path):
     from engine.stream.metrics import StreamMetrics
     from engine.stream.processors import StreamContext

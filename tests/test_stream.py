@@ -470,14 +470,18 @@ def test_a_save_folder_that_refuses_files_is_refused_before_the_model_loads(tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_sources_that_would_share_files_are_refused_and_device_names_are_kept_off(clip):
+def test_sources_that_would_share_files_are_refused_and_device_names_are_kept_off(clip, tmp_path):
     """'Gate' and 'gate' (one file on Windows and macOS) or 'cam_' and 'cam' wrote the same MP4 and snapshot
     folder; a source named 'nul' or 'con' made files Windows cannot create (its device names)."""
     from engine.stream.sinks import safe_filename
 
+    from engine.stream.sinks import VideoSink
+
     for a, b in (("Gate", "gate"), ("cam_", "cam"), ("cam-1", "cam-1.")):
-        with pytest.raises(ConfigError, match="would write the same files") as e:
-            Stream(FakeDetector(), [f"{a}={clip}", f"{b}={clip}"], StreamConfig(log_interval=0))
+        with pytest.raises(ConfigError, match="would write the same") as e:
+            Stream(FakeDetector(), [f"{a}={clip}", f"{b}={clip}"], StreamConfig(log_interval=0),
+                   sinks=[VideoSink(tmp_path / "v")])
         assert repr(a) in e.value.message and repr(b) in e.value.message
+    Stream(FakeDetector(), [f"Gate={clip}", f"gate={clip}"], StreamConfig(log_interval=0))  # no files: fine
     assert [safe_filename(n) for n in ("nul", "CON", "com1", "lpt9.x", "aux cam", "console", "null")] == \
         ["nul_", "CON_", "com1_", "lpt9.x_", "aux_cam", "console", "null"]

@@ -22,7 +22,7 @@ import numpy as np
 from ..detections import Detections
 from ..errors import ConfigError
 from ..stream.processors import Processor, StreamContext
-from ..stream.sinks import StreamResult, safe_filename
+from ..stream.sinks import StreamResult, check_file_names, safe_filename
 from .delivery import EventBus
 from .incidents import Event, StreamRules
 from .metrics import AlertMetrics
@@ -75,6 +75,7 @@ class EventsProcessor(Processor):
             raise ConfigError("incident rules need track ids, and the stream has no tracker",
                               "pass tracker='bytetrack' to Stream (python -m engine.stream --track)")
         self.config.check(context.names, list(context.sources), context.model)
+        check_file_names(context.sources, "/ snapshot folder")
         self._context, self.names = context, context.names
         self.snapshots = SnapshotStore(self.save_dir, self.config.snapshots)
         sinks = build_sinks(self.config, self.save_dir) + self._extra

@@ -33,7 +33,7 @@ from ..errors import ConfigError
 from ..signals import StopSignals
 from .metrics import PrometheusExporter, StreamMetrics
 from .processors import Processor, StreamContext
-from .sinks import CallbackSink, Sink, StreamResult, safe_filename
+from .sinks import CallbackSink, Sink, StreamResult, VideoSink, check_file_names
 from .sources import (FFMPEG_OPTIONS, CaptureConfig, CaptureThread, EventKind, Frame, FrameSlot,
                              SourceKind, SourceSpec, StreamEvent)
 
@@ -116,13 +116,9 @@ class Stream:
         names = [s.name for s in self.specs]
         if len(set(names)) != len(names):
             raise ConfigError(f"source names repeat: {names}", "give each source its own NAME= prefix")
-        files: dict[str, str] = {}  # each source's MP4 and snapshot folder: one per name on any file system
-        for name in names:
-            other = files.setdefault(safe_filename(name).casefold(), name)
-            if other != name:
-                raise ConfigError(f"sources {other!r} and {name!r} would write the same files "
-                                  f"({safe_filename(name)}.mp4, snapshots/...; Windows and macOS ignore case)",
-                                  "give them names that differ in more than case and punctuation")
+        sinks = list(sinks)
+        if any(isinstance(s, VideoSink) for s in sinks):  # one MP4 per source (the events: one snapshot folder)
+            check_file_names(names, ".mp4")
         if config.batch is not None and config.batch < 1:
             raise ConfigError(f"batch={config.batch}", "use a batch of 1 or more")
         if config.workers is not None and config.workers < 1:

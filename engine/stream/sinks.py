@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -170,6 +170,22 @@ def safe_filename(name: str) -> str:
     Windows reserves for a device (``con``, ``nul``, ``com1``...) gets a trailing ``_``."""
     safe = re.sub(r"[^\w.-]+", "_", name).strip("._") or "source"
     return safe + "_" if safe.split(".")[0].upper() in _RESERVED else safe
+
+
+def check_file_names(names: Iterable[str], what: str) -> None:
+    """Refuse sources whose names would write the same file or folder (``what``: ``".mp4"``, ``"/"``): names
+    that differ only in case (one file on Windows and macOS) or in characters :func:`safe_filename` drops.
+
+    Raises:
+        ConfigError: naming both sources.
+    """
+    files: dict[str, str] = {}
+    for name in names:
+        other = files.setdefault(safe_filename(name).casefold(), name)
+        if other != name:
+            raise ConfigError(f"sources {other!r} and {name!r} would write the same {safe_filename(name)}{what} "
+                              "(Windows and macOS ignore case)",
+                              "give them names that differ in more than case and punctuation")
 
 
 class VideoSink(Sink):
