@@ -93,7 +93,7 @@ def _quantize_flags(ap: argparse.ArgumentParser) -> None:
                         "('/model.23/cv3*'); repeatable. The decode tail is always kept float")
     g.add_argument("--max-map-drop", type=float, default=1.0, metavar="POINTS",
                    help="largest mAP50-95 loss of an INT8 form vs the FP32 ONNX, in points (0-100 scale); the "
-                        "upper end of the drop's paired-bootstrap interval is held to it")
+                        "upper end of the drop's paired-bootstrap interval (and the drop itself) is held to it")
 
 
 def _end2end_flags(ap: argparse.ArgumentParser) -> None:

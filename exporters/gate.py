@@ -3,7 +3,8 @@
 A candidate INT8 form and the FP32 ONNX run on the same labelled images (at least
 :data:`MIN_GATE_IMAGES` when the data has them). The drop of mAP50-95 comes with a paired bootstrap
 interval over the images (:mod:`exporters.map_bootstrap`); a form passes only when the interval's upper
-end is within the bar: "probably within the bar" is not enough, since a 100-image val set moves an INT8
+end (and the measured drop, should a skewed bootstrap leave it above) is within the bar: "probably within the
+bar" is not enough, since a 100-image val set moves an INT8
 drop by half a point either way (benchmarks/RESULTS.md).
 
 When the FP32 model's own mAP is below :data:`REFERENCE_FLOOR` (random weights, or data whose classes are
@@ -224,7 +225,7 @@ def run_gate(target: str, build: Callable[[Sequence[str], str], Path], detect: C
         ok = judge.passes(v)
         trials.append(Trial(tuple(extra), v.map50, v.map50_95, v.drop.drop, v.drop.low, v.drop.high, ok))
         log(f"  {target} ({n_layers(len(extra), 'extra ')} float): drop {v.drop.text()} "
-            f"(bar {judge.max_drop:g} on the upper end) -> {'pass' if ok else 'over'}")
+            f"(bar {judge.max_drop:g} on the upper end and the drop) -> {'pass' if ok else 'over'}")
         return path
 
     result = lambda ranking=(), stability=None: GateResult(target, judge.max_drop, judge.kind,  # noqa: E731

@@ -174,7 +174,9 @@ def _make(b, target, final: Path):
                    + f"{n_layers(len(last.kept_float), 'more ' if class_float or boxes.nodes else '')} float"
                    + (f", {q.int8_float.upper()} elsewhere" if target.value == "tensorrt" else "") + "; "
                    + ("by agreement with FP32: " if judge.kind == "agreement" else "")
-                   + f"{LEVEL:.0%} upper end {last.high:.2f} {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
+                   + (f"{LEVEL:.0%} upper end {last.high:.2f}" if last.high >= last.drop  # what decided it
+                      else f"measured drop {last.drop:.2f} (over its {LEVEL:.0%} upper end {last.high:.2f})")
+                   + f" {'<=' if gate.passed else '>'} bar {judge.max_drop:g}")
         check = Check("accuracy gate", gate.passed, summary, {**figures, "gate": gate.to_dict()})
         if passed is None:
             raise ArtifactWithheld(f"INT8 gate: {summary}", withheld_fix(judge), (check,), figures)
