@@ -9,9 +9,10 @@ inside a lock's bookkeeping (a ``threading.Condition``, a pool's wait) and leave
 shutdown itself hangs; a flag cannot. A second Ctrl-C raises at once (the user will not wait). A SIGINT
 that a parent left ignored (a background job) stays ignored.
 
-On Windows, closing the console window, logging off or shutting down also stops the command in order: the C
-runtime turns these into SIGBREAK too, but Windows ends the process as soon as the console handler returns,
-before Python's own handler can run, so the MP4s were never finalized. :class:`StopSignals` registers a
+On Windows, closing the console window also stops the command in order: the C runtime turns it into SIGBREAK
+too, but Windows ends the process as soon as the console handler returns, before Python's own handler can
+run, so the MP4s were never finalized. (Logoff and shutdown are not delivered to a console process that has
+loaded user32.dll, as OpenCV does, per ``SetConsoleCtrlHandler``'s documentation: they are not covered.) :class:`StopSignals` registers a
 console handler (``SetConsoleCtrlHandler``) that records the stop as SIGBREAK and holds the process until the
 command has unwound or :data:`CLOSE_WAIT_S` have passed (Windows gives about 5 s, then ends it).
 """
@@ -67,9 +68,10 @@ class StopSignals:
 
 
 class _ConsoleClose:
-    """A Windows console handler: a window close, logoff or shutdown sets ``stop.signum`` (SIGBREAK) and holds
-    the process until :meth:`close` (the command unwound) or :data:`CLOSE_WAIT_S`; Ctrl-C and Ctrl-Break
-    pass on to the C runtime, whose signals :class:`StopSignals` handles."""
+    """A Windows console handler: a window close (or a logoff or shutdown, where Windows sends them) sets
+    ``stop.signum`` (SIGBREAK) and holds the process until :meth:`close` (the command unwound) or
+    :data:`CLOSE_WAIT_S`; Ctrl-C and Ctrl-Break pass on to the C runtime, whose signals :class:`StopSignals`
+    handles."""
 
     def __init__(self, stop: StopSignals) -> None:
         import ctypes
