@@ -11,10 +11,11 @@ that a parent left ignored (a background job) stays ignored.
 
 On Windows, closing the console window also stops the command in order: the C runtime turns it into SIGBREAK
 too, but Windows ends the process as soon as the console handler returns, before Python's own handler can
-run, so the MP4s were never finalized. (Logoff and shutdown are not delivered to a console process that has
-loaded user32.dll, as OpenCV does, per ``SetConsoleCtrlHandler``'s documentation: they are not covered.) :class:`StopSignals` registers a
-console handler (``SetConsoleCtrlHandler``) that records the stop as SIGBREAK and holds the process until the
-command has unwound or :data:`CLOSE_WAIT_S` have passed (Windows gives about 5 s, then ends it).
+run, so the MP4s were never finalized. :class:`StopSignals` registers a console handler
+(``SetConsoleCtrlHandler``) that records the stop as SIGBREAK and holds the process until the command has
+unwound or :data:`CLOSE_WAIT_S` have passed (Windows gives about 5 s, then ends it). Logoff and shutdown are
+not delivered to a console process that has loaded user32.dll, as OpenCV does (that function's
+documentation): they are not covered.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ A candidate INT8 form and the FP32 ONNX run on the same labelled images (at leas
 :data:`MIN_GATE_IMAGES` when the data has them). The drop of mAP50-95 comes with a paired bootstrap
 interval over the images (:mod:`exporters.map_bootstrap`); a form passes only when the interval's upper
 end (and the measured drop, should a skewed bootstrap leave it above) is within the bar: "probably within the
-bar" is not enough, since a 100-image val set moves an INT8
-drop by half a point either way (benchmarks/RESULTS.md).
+bar" is not enough, since a 100-image val set moves an INT8 drop by half a point either way
+(benchmarks/RESULTS.md).
 
 When the FP32 model's own mAP is below :data:`REFERENCE_FLOOR` (random weights, or data whose classes are
 not the model's) a drop says nothing: every form "loses 0.00". Then the forms are judged by agreement

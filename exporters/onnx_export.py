@@ -303,14 +303,14 @@ def _from_onnx(cfg: ExportConfig, log: Log) -> OnnxArtifact:
                                     "cannot be run on it", f"drop --imgsz, or re-export with dynamic=True, or pass the "
                                     ".pt with --weights")
     probe = _ort_runner(src)(np.zeros((1 if not dims[0] else dims[0], 3, *imgsz), np.float32))
-    if probe.ndim != 3 or probe.shape[1] <= 4 or head_levels(probe.shape[2], imgsz, prior.stride if prior else None) is None:
+    levels = head_levels(probe.shape[2], imgsz, prior.stride if prior else None) if probe.ndim == 3 else None
+    if probe.ndim != 3 or probe.shape[1] <= 4 or levels is None:
         kind = " but final detections (nms=True or NMS-free)" if probe.ndim == 3 and probe.shape[2] == 6 else ""
         raise UnsupportedModelError(f"{src} output shape {probe.shape} is not a raw detect head (B, 4+classes, "
                                     f"anchors){kind}", _RAW_HEAD_FIX)
     nc = probe.shape[1] - 4
     names = prior.names if prior and len(prior.names) == nc else tuple(f"class{i}" for i in range(nc))
     out = ensure_out_dir(cfg.out)
-    levels = head_levels(probe.shape[2], imgsz, prior.stride if prior else None)
     meta = ModelMetadata(names=names, imgsz=imgsz, stride=max(levels), batch=None if cfg.dynamic else cfg.batch,
                          source_sha256=file_sha256(src), source_name=src.name, anchors=int(probe.shape[2]))
     if dims[0] is not None and meta.batch != dims[0]:

@@ -106,7 +106,8 @@ def test_a_model_per_artifact_and_every_config_parses(artifacts, tmp_path):
         assert (folder / "1" / cfg.default_model_filename).is_file()
         assert cfg.input[0].name == "images" and list(cfg.input[0].dims) == [3, *IMGSZ]
         assert cfg.input[0].data_type == model_config_pb2.TYPE_FP32
-        assert cfg.output[0].name == "output0" and list(cfg.output[0].dims) == [4 + len(NAMES), anchor_count(IMGSZ, (8, 16, 32))]
+        assert cfg.output[0].name == "output0"
+        assert list(cfg.output[0].dims) == [4 + len(NAMES), anchor_count(IMGSZ, (8, 16, 32))]
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
         assert len(cfg.instance_group) == 1 and cfg.instance_group[0].count == 1
         meta = ModelMetadata.from_json(cfg.parameters[METADATA_KEY].string_value)
