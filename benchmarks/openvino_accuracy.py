@@ -24,7 +24,7 @@ REFERENCES = ("onnx", "ov_fp32")
 
 def detections(key: str, path: Path, imgsz: int, items: list) -> list:
     """Each image's detections by one model (ours by ``Detector``, ``peer_*`` by Ultralytics)."""
-    from engine.eval.datasets import read_image
+    from engine.eval.evaluate import predict_items
     from exporters.accuracy import EVAL_CONF, EVAL_IOU, EVAL_MAX_DET
 
     if key.startswith("peer"):
@@ -38,14 +38,8 @@ def detections(key: str, path: Path, imgsz: int, items: list) -> list:
 
         pred = Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu")
         close = pred.close
-    from engine.eval.evaluate import to_label_frame
-
-    def run(item):
-        frame = read_image(item.path)
-        return to_label_frame(pred(frame), frame.shape[:2], item.hw)
-
     try:
-        return [run(i) for i in items]
+        return list(predict_items(pred, items))
     finally:
         close()
 

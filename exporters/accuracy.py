@@ -37,15 +37,10 @@ def detect_onnx(path: Path, items: Sequence, progress: bool = False) -> list:
     """Per-image detections of an ONNX artifact (runtime, ONNX Runtime CPU, evaluation settings)."""
     from calibration.progress import progress as bar
     from engine.detector import Detector
-    from engine.eval.datasets import read_image
-    from engine.eval.evaluate import to_label_frame
+    from engine.eval.evaluate import predict_items
 
     with Detector(path, conf=EVAL_CONF, iou=EVAL_IOU, max_det=EVAL_MAX_DET, device="cpu") as det:
-        out = []
-        for item in bar(list(items), len(items), "scoring", progress):
-            frame = read_image(item.path)
-            out.append(to_label_frame(det(frame), frame.shape[:2], item.hw))  # as evaluate() matches sizes
-        return out
+        return list(predict_items(det, bar(list(items), len(items), "scoring", progress)))
 
 
 def score_detections(items: Sequence, dets: Sequence) -> MapResult:

@@ -22,10 +22,11 @@ of 100 silently truncates the low-confidence tail that a ``conf=0.001`` evaluati
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -78,15 +79,20 @@ def evaluate(predict: Callable[[np.ndarray], Detections], data: Sequence[Labeled
             names = read_data_yaml(src).names
         data = load_split(src, split)
     items = list(data)
-    dets = []
-    for item in _progress(items, progress):
+    dets = list(predict_items(predict, _progress(items, progress)))
+    return evaluate_detections(items, dets, max_det=max_det, names=names)
+
+
+def predict_items(predict: Callable[[np.ndarray], Detections], items: Iterable[LabeledImage]) -> Iterator[Detections]:
+    """``predict`` on each item's image, its detections in the pixels the item's labels were read at (the size
+    from the image's header), ready for :func:`evaluate_detections`. The decoded image differs from that size
+    only for EXIF quirks; the boxes are then scaled per axis, which leaves every IoU as it was."""
+    for item in items:
         frame = read_image(item.path)
-        item = _match_size(item, frame.shape[:2])
         out = predict(frame)
         if not isinstance(out, Detections):
             raise TypeError(f"predict must return engine.detections.Detections, got {type(out).__name__}")
-        dets.append((item, out))
-    return evaluate_detections([i for i, _ in dets], [d for _, d in dets], max_det=max_det, names=names)
+        yield _in_label_frame(out, frame.shape[:2], item.hw)
 
 
 def evaluate_detections(gts: Sequence[LabeledImage], dets: Sequence[Detections], *, max_det: int = 300,
@@ -191,25 +197,12 @@ def _coco_api() -> tuple[type, Callable]:
                                         "pip install faster-coco-eval") from None
 
 
-def to_label_frame(det: Detections, decoded_hw: tuple[int, int], label_hw: tuple[int, int]) -> Detections:
-    """``det`` (pixels of the decoded image) in the pixels its labels were read at (the size from the image's
-    header; the two differ only for EXIF quirks), for :func:`evaluate_detections`; unchanged when they agree.
-    :func:`evaluate` does the same the other way round (:func:`_match_size`)."""
+def _in_label_frame(det: Detections, decoded_hw: tuple[int, int], label_hw: tuple[int, int]) -> Detections:
+    """``det`` (pixels of the decoded image) in the pixels of ``label_hw``; unchanged when the two agree."""
     if tuple(decoded_hw) == tuple(label_hw):
         return det
-    import dataclasses
-
     sy, sx = label_hw[0] / decoded_hw[0], label_hw[1] / decoded_hw[1]
     return dataclasses.replace(det, xyxy=det.xyxy * np.array([sx, sy, sx, sy], np.float32))
-
-
-def _match_size(item: LabeledImage, hw: tuple[int, int]) -> LabeledImage:
-    """Rescale labels when the decoded image differs from the size read from its header (EXIF quirks)."""
-    if tuple(hw) == tuple(item.hw):
-        return item
-    sy, sx = hw[0] / item.hw[0], hw[1] / item.hw[1]
-    boxes = item.boxes * np.array([sx, sy, sx, sy], np.float32)
-    return LabeledImage(item.path, (int(hw[0]), int(hw[1])), boxes, item.classes)
 
 
 def _label_hint(item: LabeledImage) -> str:
