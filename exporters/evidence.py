@@ -39,6 +39,17 @@ def val_items(b) -> list | None:
     return cached(b, "val_items", load)
 
 
+def fp32_model(b):
+    """This build's FP32 ONNX (``onnx.ModelProto``), loaded once: the ``--exclude`` check right after the
+    export and the INT8 calibration read the same graph."""
+    def load():
+        import onnx
+
+        return onnx.load(str(b.path("onnx")))
+
+    return cached(b, "fp32_model", load)
+
+
 def data_fingerprint(b) -> str | None:
     """A fingerprint of the val split's files (names, sizes, times), for reuse keys."""
     from .reuse import files_digest

@@ -20,19 +20,18 @@ def run(b) -> None:
     rec = b.produce(KEY, lambda final: _make(b, final), inputs)
     if rec.reused:
         b.metadata = _read_metadata(rec.path)
-    _check_excludes(b, rec.path)
+    _check_excludes(b)
 
 
-def _check_excludes(b, fp32: Path) -> None:
+def _check_excludes(b) -> None:
     """``--exclude`` patterns that match no node of the FP32 graph are a flag error now (exit 2), not a
     withheld INT8 form (exit 3) after the FP16, OpenVINO and calibration work."""
-    import onnx
-
+    from . import evidence
     from .quantize import match_nodes
 
     q = b.cfg.quantize
     if q.int8 and q.exclude:
-        match_nodes(onnx.load(str(fp32), load_external_data=False), q.exclude)
+        match_nodes(evidence.fp32_model(b), q.exclude)
 
 
 def _record_last_graph(b) -> None:

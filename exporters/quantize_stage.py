@@ -86,12 +86,10 @@ def _form(b, target) -> None:
 def _calibration(b):
     """The calibrated ranges and their source, once per build (both forms use them)."""
     def make():
-        import onnx
-
         from .quantize import load_or_calibrate
 
         q = b.cfg.quantize
-        model = onnx.load(str(b.path("onnx")))
+        model = evidence.fp32_model(b)
         ranges, source = load_or_calibrate(b.path("onnx"), model, b.metadata, q.calib, q.cache, b.log,
                                            evidence.show_progress())
         return model, ranges, source
