@@ -188,20 +188,29 @@ def read_text(path: Path) -> str:
 def _walk_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, following linked folders (each folder once, by its real path), skipping
     hidden files and folders (``.thumbnails/``, macOS's ``._x.jpg`` sidecars), as Ultralytics' ``glob('**/*.*')``
-    lists them. A link to a folder the tree holds anyway is not followed: its images keep the path their label
-    files are found by (``images/val/latest -> 2024``: ``2024/x.jpg``, whose labels are ``labels/val/2024/``)."""
-    direct = {os.path.realpath(top) for top, dirs, _ in os.walk(folder)
-              if not any(part.startswith(".") for part in Path(top).relative_to(folder).parts)}
-    out, seen = [], set()
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:  # a link back up the tree, or to a folder already listed
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not (
-            os.path.islink(os.path.join(top, d)) and os.path.realpath(os.path.join(top, d)) in direct)]
-        out += [Path(top) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    lists them. The tree itself is walked first, so a link to a folder it holds anyway is not followed: its
+    images keep the path their label files are found by (``images/val/latest -> 2024``: ``2024/x.jpg``, whose
+    labels are ``labels/val/2024/``)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    links: list[str] = []
+
+    def walk(root, follow: bool) -> None:
+        for top, dirs, files in os.walk(root, followlinks=follow):
+            real = os.path.realpath(top)
+            if real in seen:  # a link back up the tree, or to a folder already listed
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if not follow:  # the links the tree holds: walked after it
+                links.extend(os.path.join(top, d) for d in dirs if os.path.islink(os.path.join(top, d)))
+            out.extend(Path(top) / f for f in files
+                       if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES)
+
+    walk(folder, False)
+    for link in links:
+        walk(link, True)
     return sorted(f for f in out if f.is_file())
 
 
