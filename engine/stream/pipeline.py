@@ -125,7 +125,7 @@ class Stream:
             raise ConfigError(f"workers={config.workers}", "use 1 worker or more")
         self.config = config
         self.workers = config.workers  # resolved at start (None: StreamConfig.workers says how)
-        self.sinks: list[Sink] = list(sinks)
+        self.sinks: list[Sink] = sinks
         if callable(on_result):
             self.sinks.append(CallbackSink(on_result))
         elif on_result:
