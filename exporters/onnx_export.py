@@ -53,11 +53,6 @@ def _import_onnx():
     return onnx
 
 
-def num_anchors(imgsz: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)) -> int:
-    """Anchor points of a detect head with levels at ``strides`` (three by default) at ``imgsz``."""
-    return anchor_count(imgsz, tuple(strides))
-
-
 # the detect heads Ultralytics' model YAMLs build: P3-P5 (YOLOv8/11/12/26, v10), P2 (yolov8-p2), P6, P7
 HEAD_LEVELS = ((8, 16, 32), (4, 8, 16, 32), (8, 16, 32, 64), (8, 16, 32, 64, 128), (4, 8, 16, 32, 64))
 
@@ -189,7 +184,7 @@ def export_onnx(cfg: ExportConfig, log: Log = print) -> OnnxArtifact:
     out = ensure_out_dir(cfg.out)
     meta = ModelMetadata(names=info.names, imgsz=imgsz, stride=info.stride,
                          batch=None if cfg.dynamic else cfg.batch, source_sha256=file_sha256(src),
-                         source_name=src.name, anchors=num_anchors(imgsz, info.strides))
+                         source_name=src.name, anchors=anchor_count(imgsz, info.strides))
     log(f"exporting {src} ({info.arch or 'unknown arch'}, {len(info.names)} classes) at imgsz {imgsz[0]}x{imgsz[1]}, "
         f"batch {'dynamic' if cfg.dynamic else cfg.batch}, opset {cfg.opset}")
     with tempfile.TemporaryDirectory(prefix=temp_prefix("export"), dir=out) as tmp:

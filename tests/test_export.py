@@ -12,7 +12,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("ultralytics")
 
-from exporters.onnx_export import export_onnx, num_anchors  # noqa: E402
+from engine.metadata import anchor_count  # noqa: E402
+from exporters.onnx_export import export_onnx  # noqa: E402
 
 
 def _dims(vi):
@@ -39,7 +40,7 @@ def test_imgsz_must_be_stride_multiple_and_fix_is_named():
 def test_static_export_shapes_and_slim(demo_onnx, demo_pt, export_dir):
     m = onnx.load(str(demo_onnx))
     assert _dims(m.graph.input[0]) == [1, 3, 320, 320]
-    assert _dims(m.graph.output[0]) == [1, 7, num_anchors((320, 320))]
+    assert _dims(m.graph.output[0]) == [1, 7, anchor_count((320, 320), (8, 16, 32))]
     raw = export_onnx(ExportConfig(weights=demo_pt, out=export_dir / "noslim", simplify=False), log=lambda s: None)
     assert len(m.graph.node) < len(onnx.load(str(raw.path)).graph.node)  # onnxslim removed nodes
 
@@ -54,7 +55,7 @@ def test_rectangular_dynamic_export_runs_any_batch(demo_pt, export_dir):
     sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
     for b in (1, 3):
         out = sess.run(None, {"images": np.zeros((b, 3, 384, 640), np.float32)})[0]
-        assert out.shape == (b, 7, num_anchors((384, 640)))
+        assert out.shape == (b, 7, anchor_count((384, 640), (8, 16, 32)))
     assert any("parity" in line and "OK" in line for line in logs)
     assert art.parity.ok and art.parity.n_images == 4 and art.parity.max_abs < 1e-2
 
