@@ -12,7 +12,8 @@ and the CPU milliseconds per served frame of the clients and of the server's pro
 Python-backend stubs that run the Detectors, the serving Python), which do not depend on how busy the machine is the way
 throughput does. Modes (``--modes``): ``default`` (the server's defaults), ``on``/``off`` (dynamic batching
 forced on/off, the instances and threads of ``--instances``/``--threads``), ``on-1x`` (batching on, one
-instance on all cores: the defaults before they were measured).
+instance on all cores: the defaults before they were measured), ``direct`` (the defaults with ``--no-front``:
+clients reach Triton's own endpoints, so ``default`` against ``direct`` is what engine.serve's front costs).
 
     python scripts/triton_load.py --model deploy/demo.onnx --clients 8 --duration 30 --rounds 2
 
@@ -50,6 +51,7 @@ MODES = {
     "off": (["--dynamic-batching", "off"], "dynamic batching off"),
     "on-1x": (["--dynamic-batching", "on", "--instances", "1", "--threads", "0"],
               "dynamic batching on, 1 instance on all cores"),
+    "direct": (["--no-front"], "the defaults, clients reaching Triton's own endpoints (no front: its cost)"),
 }
 BASELINE = "Detector in a loop"
 
@@ -325,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=2, help="rounds of the baseline and every mode, shuffled each round")
     ap.add_argument("--seed", type=int, default=None, help="seed of the shuffles (None: a random one, recorded)")
     ap.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    ap.add_argument("--modes", default="default,on,off,on-1x", help=f"server modes, of {', '.join(MODES)}")
+    ap.add_argument("--modes", default="default,direct,on,off,on-1x", help=f"server modes, of {', '.join(MODES)}")
     ap.add_argument("--max-batch", type=int, default=8, help="engine.serve --max-batch")
     ap.add_argument("--queue-delay-us", type=int, default=2000, help="engine.serve --queue-delay-us")
     ap.add_argument("--instances", type=int, default=None, help="engine.serve --instances of the on/off modes")

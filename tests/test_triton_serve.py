@@ -443,27 +443,34 @@ def test_remote_detections_equal_the_local_detector(server, local, images, proto
 
 
 def _bad_requests(images: list[np.ndarray]) -> list[tuple[str, str, str, np.ndarray, str, str]]:
-    """(case, model, input, array, dtype, expected message) for every bad request the issue lists."""
+    """(case, model, input, array, dtype, expected message) for every bad request the issue lists; each answer
+    is the project's one line, reason then fix (the front's checks, or the stub's for content)."""
     png = cv2.imencode(".png", images[0])[1].tobytes()
-    ours = "; fix: "  # the project's one line: reason, then the fix
+    frame = r"input 'image' of 'yolo' has shape "
     return [
-        ("wrong dtype", "yolo", "image", images[0][None].astype(np.float32), "FP32", "expects 'UINT8'"),
-        ("wrong rank", "yolo", "image", images[0][:4], "UINT8", r"unexpected shape .* got \[4,"),
-        ("wrong rank, first axis over the batch", "yolo", "image", images[0], "UINT8", "batch-size must be <= 4"),
-        ("4 channels", "yolo", "image", np.zeros((1, 8, 8, 4), np.uint8), "UINT8", r"Expected \[-1,-1,-1,3\]"),
+        ("wrong dtype", "yolo", "image", images[0][None].astype(np.float32), "FP32",
+         "input 'image' of 'yolo' has datatype FP32; fix: send datatype UINT8"),
+        ("wrong rank: no batch axis", "yolo", "image", images[0], "UINT8",
+         frame + r"\[\d+, \d+, 3\]: one frame without the batch axis; fix: send shape \[1, "),
+        ("wrong rank: 2", "yolo", "image", images[0][:, :, 0], "UINT8", frame + r"\[\d+, \d+\]; fix: send uint8 BGR"),
+        ("wrong rank: 5", "yolo", "image", images[0][None, None], "UINT8", frame + r"\[1, 1, \d+, \d+, 3\]; fix: "),
+        ("wrong rank: encoded", "yolo_encoded", "encoded", np.array([png], dtype=object), "BYTES",
+         r"input 'encoded' of 'yolo_encoded' has shape \[1\]; fix: send shape \[1, 1\]"),
+        ("4 channels", "yolo", "image", np.zeros((1, 8, 8, 4), np.uint8), "UINT8", r"4 channels, not 3; fix: "),
         ("bytes that are not an image", "yolo_encoded", "encoded",
-         np.array([[b"these bytes are not an image"]], dtype=object), "BYTES", "not an image OpenCV can decode" + ours),
+         np.array([[b"these bytes are not an image"]], dtype=object), "BYTES", "not an image OpenCV can decode; fix: "),
         ("a truncated PNG", "yolo_encoded", "encoded", np.array([[png[: len(png) // 2]]], dtype=object), "BYTES",
-         r"\(\d+ bytes, starting b'\\x89PNG.*not an image OpenCV can decode" + ours),
-        ("empty bytes", "yolo_encoded", "encoded", np.array([[b""]], dtype=object), "BYTES", r"\(0 bytes" + ".*" + ours),
+         r"\(\d+ bytes, starting b'\\x89PNG.*not an image OpenCV can decode; fix: "),
+        ("empty bytes", "yolo_encoded", "encoded", np.array([[b""]], dtype=object), "BYTES", r"\(0 bytes.*; fix: "),
         ("a raw frame sent to the encoded model", "yolo_encoded", "image", images[0][None], "UINT8",
-         "unexpected inference input 'image' for model 'yolo_encoded'"),
-        ("an empty batch", "yolo", "image", np.zeros((0, 8, 8, 3), np.uint8), "UINT8", "input byte size mismatch"),
+         r"'yolo_encoded' has no input 'image' \(that is the input of 'yolo'\); fix: "),
+        ("an empty batch", "yolo", "image", np.zeros((0, 8, 8, 3), np.uint8), "UINT8", r"an empty batch; fix: "),
         ("a zero-size frame", "yolo", "image", np.zeros((1, 0, 64, 3), np.uint8), "UINT8",
-         r"input 'image' has shape \[1, 0, 64, 3\], with nothing in it" + ours),
-        ("a batch over the maximum", "yolo", "image", np.zeros((5, 8, 8, 3), np.uint8), "UINT8", "batch-size must be <= 4"),
-        ("an unknown input", "yolo", "pixels", images[0][None], "UINT8", "unexpected inference input 'pixels'"),
-        ("an unknown model", "nope", "image", images[0][None], "UINT8", "unknown model: 'nope'"),
+         frame + r"\[1, 0, 64, 3\], with nothing in it; fix: "),
+        ("a batch over the maximum", "yolo", "image", np.zeros((5, 8, 8, 3), np.uint8), "UINT8",
+         r"a batch of 5 over this server's maximum of 4; fix: .*--max-batch 5"),
+        ("an unknown input", "yolo", "pixels", images[0][None], "UINT8", r"'yolo' has no input 'pixels'; fix: "),
+        ("an unknown model", "nope", "image", images[0][None], "UINT8", r"unknown model 'nope': .*; fix: "),
     ]
 
 
@@ -486,13 +493,13 @@ def test_every_bad_request_gets_a_one_line_client_error_and_the_next_good_one_is
         assert not re.search(r"/(tmp|work|root|home|usr)/|site-packages|\.py\b", text), (case, text)  # no server path
         _same(_infer(mod, client, "yolo", "image", images[2][None], "UINT8")[0], local(images[2]))
     log = server["log"].read_text()
-    assert "Traceback" not in log and "bad request to 'yolo_encoded': request 0: input 'encoded'" in log
-    assert "engine.serve: bad request to 'yolo': request 0: input 'image' has shape [1, 0, 64, 3]" in log
+    assert "Traceback" not in log and "bad request to 'yolo_encoded': request 0: input 'encoded'" in log  # a stub's
+    assert "bad request to 'yolo': input 'image' of 'yolo' has shape [1, 0, 64, 3]" in log  # the front's
 
 
 @needs_triton
 def test_a_bad_request_batched_with_good_ones_fails_alone(server, local, images):
-    """The dynamic batcher may put a zero-size frame in one batch with good requests: only it is refused."""
+    """A bad request among concurrent good ones (which the dynamic batcher gathers) fails alone."""
     import tritonclient.grpc as mod
     from tritonclient.utils import InferenceServerException
 
@@ -514,6 +521,31 @@ def test_a_bad_request_batched_with_good_ones_fails_alone(server, local, images)
     assert isinstance(results[0], InferenceServerException) and "nothing in it" in results[0].message()
     for k in (1, 2, 3):
         _same(results[k], local(images[k % len(images)]))
+
+
+@needs_triton
+def test_a_stream_answers_a_bad_request_in_the_stream_and_the_good_ones_as_usual(server, local, images):
+    """gRPC's ModelStreamInfer: each request of the stream is checked by the front as a unary one is."""
+    import queue
+
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(server["grpc"])
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for k, frame in enumerate([images[0][None], images[1], images[2][None]]):
+            inp = tg.InferInput("image", list(frame.shape), "UINT8")
+            inp.set_data_from_numpy(frame)
+            client.async_stream_infer("yolo", [inp], request_id=str(k))
+        got = [answers.get(timeout=60) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    errors = [e.message() for r, e in got if e is not None]
+    assert len(errors) == 1 and "one frame without the batch axis; fix: send shape [1, " in errors[0], errors
+    by_id = {r.get_response().id: r for r, e in got if e is None}
+    for k in ("0", "2"):
+        _same(detections_from_outputs({n: by_id[k].as_numpy(n) for n in OUTPUTS})[0], local(images[int(k)]))
 
 
 def test_bad_request_log_lines_are_rate_limited(caplog):
@@ -647,11 +679,24 @@ def _cmdlines() -> list[list[str]]:
     return out
 
 
-def _left_behind(http_port: int) -> list[Path]:
-    """What the Triton serving on ``http_port`` keeps while it runs: engine.serve's temporary folder (its
-    model repository) and the Python-backend stubs' shared-memory regions (one per model instance)."""
-    for a in _cmdlines():
-        if a[0].endswith("tritonserver") and str(http_port) in a and "--model-repository" in a:
+def _parent(pid: str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _left_behind(server_pid: int) -> list[Path]:
+    """What the Triton of the engine.serve ``server_pid`` keeps while it runs: engine.serve's temporary folder
+    (its model repository) and the Python-backend stubs' shared-memory regions (one per model instance)."""
+    for f in Path("/proc").glob("[0-9]*/cmdline"):
+        if _parent(f.parent.name) != server_pid:
+            continue
+        try:
+            a = f.read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if a[0].endswith("tritonserver") and "--model-repository" in a:
             prefix = next(x.split("=", 1)[1] for x in a if x.startswith("python,shm-region-prefix-name="))
             return [Path(a[a.index("--model-repository") + 1]).parent, *Path("/dev/shm").glob(prefix + "*")]
     return []
@@ -675,7 +720,7 @@ def test_stops_within_10s_with_clients_holding_connections_and_leaves_nothing(se
                                 cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(proc, log, f"127.0.0.1:{http_port}", ["yolo", "yolo_encoded"])
-        kept = _left_behind(http_port)
+        kept = _left_behind(proc.pid)
         assert kept and kept[0].is_dir() and len(kept) >= 3, kept  # the repository folder and the stubs' regions
         keep_alive = http.client.HTTPConnection("127.0.0.1", http_port)
         keep_alive.request("GET", "/v2/health/live")
@@ -724,6 +769,36 @@ def test_a_grpc_only_server_gets_ready_serves_and_stops_cleanly(served_model, lo
     out = log.read_text()
     assert code == 0 and took < 10.0, out[-3000:]
     assert "could not unload" not in out and "non-graceful" not in out.lower() and "Traceback" not in out, out[-3000:]
+
+
+@needs_triton
+def test_without_the_front_clients_reach_triton_itself(served_model, local, images, tmp_path):
+    """--no-front: Triton's own endpoints on the public port (one hop less); a frame without its batch axis then
+    gets Triton's misleading words, which the front exists to replace."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    (http_port,) = free_ports(1)
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([str(TRITON_PY), "-m", "engine.serve", "--model", str(served_model), "--http-port",
+                                 str(http_port), "--grpc-port", "0", "--metrics-port", "0", "--instances", "1",
+                                 "--max-batch", "2", "--no-front"],
+                                cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(proc, log, f"127.0.0.1:{http_port}", ["yolo", "yolo_encoded"])
+        tritons = [a for a in _cmdlines() if a[0].endswith("tritonserver") and str(http_port) in a]
+        assert len(tritons) == 1  # Triton listens on the public port itself
+        client = th.InferenceServerClient(f"127.0.0.1:{http_port}")
+        _same(_infer(th, client, "yolo", "image", images[0][None], "UINT8")[0], local(images[0]))
+        with pytest.raises(InferenceServerException, match="batch-size must be <= 2"):
+            _infer(th, client, "yolo", "image", images[0], "UINT8")
+        code, took = _stop_timed(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            _kill_all(proc)
+    out = log.read_text()
+    assert code == 0 and "clients reach Triton directly" in out, out[-3000:]
 
 
 # ---- the --triton repository in the same Triton binary -----------------------------------------

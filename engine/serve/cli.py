@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None,
                     help="ONNX Runtime intra-op threads per instance (0 = all cores); None: the cores shared out "
                          "between the instances")
+    ap.add_argument("--no-front", action="store_true",
+                    help="clients reach Triton's own endpoints: one hop less (benchmarks/RESULTS.md, Triton), but a "
+                         "malformed request gets Triton's words instead of engine.serve's reason and fix")
     ap.add_argument("--verbose", action="store_true", help="Triton's log at INFO level (model loading, endpoints)")
     ap.add_argument("--debug", action="store_true", help="show full tracebacks")
     return ap
@@ -60,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, max_batch=args.max_batch,
                           dynamic_batching=_batching(args), queue_delay_us=args.queue_delay_us,
                           instances=args.instances, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                          threads=args.threads), verbose=args.verbose)
+                          threads=args.threads, front=not args.no_front), verbose=args.verbose)
 
     # a failure of Triton itself is unexpected: its traceback, then where to look first
     return run_cli(action, args.debug, "interrupted: Triton stopped, models unloaded",

@@ -19,7 +19,7 @@ OUTPUTS = ("num_detections", "boxes", "scores", "class_ids", "class_names")
 # inside Triton (engine/serve/triton_model.py) sends it as INVALID_ARG (client) or INTERNAL (server).
 CLIENT_ERROR = "_engine_serve_client_error"
 SERVER_ERROR = "_engine_serve_server_error"
-EMPTY_INPUT = ("request {request}: input '{name}' has shape {shape}, with nothing in it; fix: send at least one "
+EMPTY_INPUT = ("{where} has shape {shape}, with nothing in it; fix: send at least one "
                "frame of at least 1x1 pixels (or one non-empty image file)")
 
 

@@ -19,19 +19,21 @@ Both answer, per request, ``num_detections`` int32 ``(batch, 1)``, ``boxes`` flo
 ``class_names`` bytes ``(batch, K)``; rows past ``num_detections`` are padding (K >= 1).
 :func:`detections_from_outputs` turns them back into :class:`Detections`.
 
-Bad requests get a client error (HTTP 400 / gRPC INVALID_ARGUMENT) with one line, never a traceback: a
-wrong dtype, rank, channel count, input name or batch size is refused by Triton itself, before it
-reaches a stub (Triton's one-line message; Triton checks shapes against the model config and has no
-option to pass them on); content the ``Detector`` cannot take (bytes that are not an image, a truncated
-file, a zero-size frame) gets the project's message naming the request and the fix. The other requests
-of a batch are answered as usual, each bad request is one warning line in Triton's log (at most
-:data:`~engine.serve.handler.BAD_REQUEST_LOG_LINES` per :data:`~engine.serve.handler.BAD_REQUEST_LOG_WINDOW_S`
-per model instance), and the server keeps serving.
+Clients reach the front (:mod:`engine.serve.front`): this process's own HTTP and gRPC endpoints, which
+pass every request on to Triton's, on private loopback ports, after checking what an inference request
+declares. Bad requests get a client error (HTTP 400 / gRPC INVALID_ARGUMENT; 404 / NOT_FOUND for an unknown
+model) with the project's one line (reason; fix), never a traceback: a wrong dtype, rank, channel count,
+input name, batch size, byte count or a zero-size frame is refused by the front, which Triton would refuse
+in its own, sometimes misleading, words; content the ``Detector`` cannot take (bytes that are not an image,
+a truncated file) by the model in Triton. The other requests of a batch are answered as usual, each bad
+request is one warning line in the log (at most :data:`~engine.serve.handler.BAD_REQUEST_LOG_LINES` per
+:data:`~engine.serve.handler.BAD_REQUEST_LOG_WINDOW_S` for the front and per model instance), and the server
+keeps serving. ``ServeConfig(front=False)`` (``--no-front``) lets clients reach Triton's endpoints instead.
 
-Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then unloads both
-models (each stub closes its Detector and exits), stops Triton, which waits at most :data:`EXIT_TIMEOUT_S`
-for clients that hold connections open (an HTTP keep-alive kept it 30 s), and removes its model repository
-folder. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and :class:`~engine.cli.Terminated` for SIGTERM.
+Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then closes the front
+(its listeners and the clients' connections), unloads both models (each stub closes its Detector and exits),
+stops Triton, which waits at most :data:`EXIT_TIMEOUT_S` for connections still open (an HTTP keep-alive kept
+it 30 s before the front), and removes its model repository folder. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and :class:`~engine.cli.Terminated` for SIGTERM.
 
 Triton is Linux-only; ``import engine.serve`` works anywhere. Triton's Python-backend stub needs a venv made
 from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
@@ -52,6 +54,7 @@ from ..signals import StopSignals
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
 from .settings import StubSettings
+from .front import LOOPBACK, Front, loopback_ports
 from .triton_process import SETUP_HINT, ServedModel, TritonProcess, ended, find_triton
 
 # Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:
@@ -80,6 +83,9 @@ class ServeConfig:
         conf, iou, max_det: the ``Detector``'s thresholds.
         threads: ONNX Runtime intra-op threads per instance (0 = all cores); ``None``: the cores shared out
             between the instances.
+        front: clients reach ``engine.serve``'s own endpoints, which check each request and answer a bad one
+            with the project's message (:mod:`engine.serve.front`); ``False``: they reach Triton's, one hop
+            less, and a malformed request gets Triton's words.
     """
 
     model: Path
@@ -96,6 +102,7 @@ class ServeConfig:
     iou: float | None = None
     max_det: int | None = None
     threads: int | None = None
+    front: bool = True
 
     def __post_init__(self) -> None:
         if not Path(self.model).is_file():
@@ -255,8 +262,16 @@ def serve(cfg: ServeConfig, log=print, verbose: bool = False) -> None:
 
 def _run(cfg: ServeConfig, dist, info: ModelInfo, stop: StopSignals, log, verbose: bool) -> None:
     """Start Triton, say what it serves, serve until a stop signal; :class:`ServeError` if Triton ends first."""
-    with TritonProcess(dist, served_models(cfg, info), cfg.host, cfg.http_port, cfg.grpc_port, cfg.metrics_port,
-                       EXIT_TIMEOUT_S, verbose) as triton:
+    models = served_models(cfg, info)
+    if cfg.front:  # Triton's own endpoints on loopback, behind the front
+        triton_http, triton_grpc = (p if on else 0 for p, on in zip(loopback_ports(2), (cfg.http_port, cfg.grpc_port)))
+        front = Front(cfg.host, cfg.http_port, cfg.grpc_port, triton_http, triton_grpc, models)
+        endpoints = (LOOPBACK, triton_http, triton_grpc)
+    else:
+        front, endpoints = Front(cfg.host, 0, 0, 0, 0, models), (cfg.host, cfg.http_port, cfg.grpc_port)
+    with front, TritonProcess(dist, models, *endpoints, cfg.metrics_port, EXIT_TIMEOUT_S, verbose,
+                              metrics_host=cfg.host) as triton:
+        front.start()  # 503 / UNAVAILABLE until Triton answers
         if triton.wait_ready(READY_TIMEOUT_S, stopped=lambda: stop.signum is not None):
             where = ", ".join(f"{k} {cfg.host}:{p}" for k, p in (("http", cfg.http_port), ("grpc", cfg.grpc_port),
                                                                  ("metrics", cfg.metrics_port)) if p)
@@ -264,10 +279,12 @@ def _run(cfg: ServeConfig, dist, info: ModelInfo, stop: StopSignals, log, verbos
                 f"{'dynamic' if info.dynamic else 'static'} batch) as '{cfg.name}' (raw frames) and "
                 f"'{cfg.name}_encoded' (image files) on {where}; max batch {cfg.max_batch}, dynamic batching "
                 f"{'on' if cfg.dynamic_batching else 'off'}, {cfg.instances} Detector(s) x {cfg.threads or 'all'} "
-                "thread(s); Ctrl+C stops")
+                f"thread(s), {'requests checked by engine.serve' if cfg.front else 'clients reach Triton directly'}; "
+                "Ctrl+C stops")
             sys.stdout.flush()
             while stop.signum is None and triton.alive():
                 time.sleep(0.1)
         if stop.signum is None:
             raise ServeError(f"Triton {ended(triton.proc.returncode)} on its own", "read Triton's log above")
+        front.close()  # clients first: nothing new reaches Triton, and no client connection holds it up
         triton.stop(UNLOAD_WAIT_S)

@@ -41,7 +41,7 @@ def settings(model_config: dict) -> StubSettings:
 
 def empty_input(shape: tuple[int, ...], name: str, request: int) -> str | None:
     """The project's message for an input with nothing in it (a ``[1, 0, 64, 3]`` frame), else ``None``."""
-    return EMPTY_INPUT.format(request=request, name=name, shape=list(shape)) if 0 in shape else None
+    return EMPTY_INPUT.format(where=f"request {request}: input '{name}'", shape=list(shape)) if 0 in shape else None
 
 
 class TritonPythonModel:

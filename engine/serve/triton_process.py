@@ -198,8 +198,9 @@ class TritonProcess:
     """
 
     def __init__(self, dist: TritonDist, models: Sequence[ServedModel], host: str, http_port: int, grpc_port: int,
-                 metrics_port: int, exit_timeout_s: int, verbose: bool = False) -> None:
+                 metrics_port: int, exit_timeout_s: int, verbose: bool = False, metrics_host: str | None = None) -> None:
         self.dist, self.models, self.host = dist, list(models), host
+        self.metrics_host = metrics_host or host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.exit_timeout_s, self.verbose = exit_timeout_s, verbose
         self.workspace: Path | None = None
@@ -261,9 +262,10 @@ class TritonProcess:
                "--backend-config", f"python,shm-default-byte-size={SHM_BYTES}",
                "--backend-config", f"python,shm-growth-byte-size={SHM_BYTES}",
                "--log-info", "true" if self.verbose else "false"]
-        for flag, port in (("http", self.http_port), ("grpc", self.grpc_port), ("metrics", self.metrics_port)):
+        for flag, host, port in (("http", self.host, self.http_port), ("grpc", self.host, self.grpc_port),
+                                 ("metrics", self.metrics_host, self.metrics_port)):
             if port:
-                cmd += [f"--{flag}-address", self.host, f"--{flag}-port", str(port)]
+                cmd += [f"--{flag}-address", host, f"--{flag}-port", str(port)]
         linux = sys.platform.startswith("linux")
         if linux and _PRCTL is None:  # looked up here, not in the forked child
             import ctypes

@@ -1,0 +1,236 @@
+"""``engine.serve``'s HTTP endpoint: checks each inference request, passes every request on to Triton.
+
+Triton's own HTTP endpoint listens on a loopback port only this process uses. Each client request is read
+whole, an inference request's JSON header (never its binary data) is checked
+(:func:`~engine.serve.request_check.check`), and a bad one is answered here, ``{"error": "<reason>; fix: <fix>"}``
+with status 400 (404 for an unknown model), and logged as one rate-limited line. Everything else, health,
+metadata and metrics reads included, goes to Triton byte for byte, one kept-alive connection per client
+connection, and Triton's answer comes back as it sent it. While Triton does not answer (starting, stopping)
+the answer is 503.
+"""
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import logging
+import re
+import socket
+import sys
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import unquote, urlsplit
+
+from .request_check import Refusal, Tensor
+
+log = logging.getLogger("engine.serve")
+
+INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/[^/]+)?/infer")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "host", "content-length", "expect"}
+MAX_BODY = 1 << 30  # a request body over 1 GiB is refused before it is read (a batch of 8 4K frames is 200 MB)
+UPSTREAM_TIMEOUT_S = 600.0
+NOT_ANSWERING = "engine.serve: Triton is not answering (starting or stopping); fix: retry in a few seconds"
+
+Check = Callable[[str, list[Tensor]], "Refusal | None"]
+
+
+def declared_inputs(body: bytes, header_length: str | None, encoding: str | None) -> list[Tensor] | None:
+    """The inputs an inference request's JSON header declares; ``None`` where it cannot be read (Triton then
+    answers in its own words)."""
+    try:
+        if encoding in ("gzip", "deflate"):
+            body = gzip.decompress(body) if encoding == "gzip" else zlib.decompress(body)
+        elif encoding not in (None, "", "identity"):
+            return None
+        head = json.loads(body[:int(header_length)] if header_length else body)
+        out = []
+        for item in head["inputs"]:
+            params = item.get("parameters") or {}
+            size = params.get("binary_data_size")
+            nbytes = size if isinstance(size, int) and "shared_memory_region" not in params else None
+            out.append(Tensor(str(item["name"]), str(item["datatype"]), tuple(int(d) for d in item["shape"]),
+                              nbytes))
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError, OSError, zlib.error):
+        return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a client's kept-alive connection never holds up the stop
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], upstream_port: int, check: Check,
+                 on_refusal: Callable[[str, str], None]) -> None:
+        self.upstream_port, self.check, self.on_refusal = upstream_port, check, on_refusal
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that went away or sent a malformed chunk: its connection closes, no traceback; anything
+        else (a bug of ours) is one line in the log."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (OSError, ValueError)):
+            log.warning("HTTP front: %s: %s (client %s)", type(exc).__name__, exc, client_address)
+
+    def close_connections(self) -> None:
+        with self.connections_lock:
+            for conn in list(self.connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # kept-alive connections, as Triton's
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._upstream: http.client.HTTPConnection | None = None
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        if self._upstream is not None:
+            self._upstream.close()
+        try:
+            super().finish()
+        except OSError:  # the client went away
+            pass
+
+    def log_message(self, *args: object) -> None:  # no line per request
+        pass
+
+    def do_GET(self) -> None:
+        body = self._body()
+        if body is None:
+            return
+        if self.command == "POST":
+            refusal = self._check(body)
+            if refusal is not None:
+                self.server.on_refusal(self._model or "?", refusal.message)
+                self._send_json(400 if refusal.found else 404, {"error": refusal.message})
+                return
+        self._forward(body)
+
+    do_POST = do_PUT = do_DELETE = do_GET
+
+    _model: str | None = None
+
+    def _check(self, body: bytes) -> Refusal | None:
+        match = INFER_PATH.fullmatch(urlsplit(self.path).path)
+        if match is None:
+            return None
+        self._model = unquote(match[1])
+        inputs = declared_inputs(body, self.headers.get(HEADER_LENGTH), self.headers.get("Content-Encoding"))
+        return None if inputs is None else self.server.check(self._model, inputs)
+
+    def _body(self) -> bytes | None:
+        """The request's body (Content-Length or chunked); ``None`` after answering a body it cannot take."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts, total = [], 0
+            while True:
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                total += size
+                if total > MAX_BODY:
+                    return self._too_large()
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(3)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            self._send_json(400, {"error": "engine.serve: the request's Content-Length is not a number; fix: send a "
+                                           "valid HTTP request (tritonclient.http does)"})
+            return None
+        if length > MAX_BODY:
+            return self._too_large()
+        return self.rfile.read(length) if length else b""
+
+    def _too_large(self) -> None:
+        self.close_connection = True
+        self._send_json(413, {"error": f"engine.serve: a request body over {MAX_BODY >> 20} MiB; fix: send fewer or "
+                                       "smaller frames per request, or image files to the encoded model"})
+        return None
+
+    def _forward(self, body: bytes) -> None:
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        for attempt in (0, 1):  # a kept-alive connection Triton closed: once more on a new one
+            try:
+                if self._upstream is None:
+                    self._upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port,
+                                                                timeout=UPSTREAM_TIMEOUT_S)
+                    self._upstream.connect()
+                    self._upstream.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._upstream.request(self.command, self.path, body=body, headers=headers)
+                reply = self._upstream.getresponse()
+                data = reply.read()
+                break
+            except (OSError, http.client.HTTPException):
+                if self._upstream is not None:
+                    self._upstream.close()
+                self._upstream = None
+                if attempt:
+                    self._send_json(503, {"error": NOT_ANSWERING})
+                    return
+        self.send_response(reply.status, reply.reason)
+        for key, value in reply.getheaders():
+            if key.lower() not in HOP_BY_HOP:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class HttpFront:
+    """The public HTTP endpoint (a context manager): bound at construction, served from :meth:`start`."""
+
+    def __init__(self, host: str, port: int, upstream_port: int, check: Check,
+                 on_refusal: Callable[[str, str], None]) -> None:
+        self.server = _Server((host, port), upstream_port, check, on_refusal)
+        self.port = self.server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "HttpFront":
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="engine-serve-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop listening and close every client connection (a request in flight gets no answer)."""
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread = None
+        self.server.server_close()
+        self.server.close_connections()
+
+    def __enter__(self) -> "HttpFront":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
