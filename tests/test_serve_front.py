@@ -383,3 +383,18 @@ def test_grpc_nothing_behind_the_front_is_unavailable(models):
             channel.unary_unary("/inference.GRPCInferenceService/ServerReady")(b"", timeout=10)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "Triton is not answering" in e.value.details()
         assert str(dead) not in e.value.details()
+
+
+def test_http_an_idle_connection_is_closed_and_the_server_header_names_no_python(http_front, monkeypatch):
+    import engine.serve.http_front as hf
+
+    front, port, upstream = http_front
+    monkeypatch.setattr(hf._Handler, "timeout", 0.5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/v2/health/live")
+    reply = conn.getresponse()
+    reply.read()
+    assert reply.getheader("Server") == "engine.serve"
+    t0 = time.monotonic()
+    assert conn.sock.recv(1) == b"" and time.monotonic() - t0 < 5  # closed by the front after 0.5 s idle
+    conn.close()

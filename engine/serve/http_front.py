@@ -10,7 +10,6 @@ the answer is 503.
 """
 from __future__ import annotations
 
-import gzip
 import http.client
 import json
 import logging
@@ -33,6 +32,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "transfer-encoding", "upgrade", "host", "content-length", "expect"}
 MAX_BODY = 1 << 30  # a request body over 1 GiB is refused before it is read (a batch of 8 4K frames is 200 MB)
 UPSTREAM_TIMEOUT_S = 600.0
+IDLE_TIMEOUT_S = 120.0
 NOT_ANSWERING = "engine.serve: Triton is not answering (starting or stopping); fix: retry in a few seconds"
 
 Check = Callable[[str, list[Tensor]], "Refusal | None"]
@@ -42,11 +42,12 @@ def declared_inputs(body: bytes, header_length: str | None, encoding: str | None
     """The inputs an inference request's JSON header declares; ``None`` where it cannot be read (Triton then
     answers in its own words)."""
     try:
-        if encoding in ("gzip", "deflate"):
-            body = gzip.decompress(body) if encoding == "gzip" else zlib.decompress(body)
+        size = int(header_length) if header_length else None
+        if encoding in ("gzip", "deflate"):  # only as far as the header: never a whole decompression bomb
+            body = zlib.decompressobj(31 if encoding == "gzip" else 15).decompress(body, size or MAX_BODY)
         elif encoding not in (None, "", "identity"):
             return None
-        head = json.loads(body[:int(header_length)] if header_length else body)
+        head = json.loads(body[:size] if size is not None else body)
         out = []
         for item in head["inputs"]:
             params = item.get("parameters") or {}
@@ -89,7 +90,11 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # kept-alive connections, as Triton's
+    timeout = IDLE_TIMEOUT_S  # a connection silent this long is closed (a client that opens many and sends nothing)
     server: _Server
+
+    def version_string(self) -> str:  # the Server header: not Python's version
+        return "engine.serve"
 
     def setup(self) -> None:
         super().setup()
@@ -191,7 +196,7 @@ class _Handler(BaseHTTPRequestHandler):
                     return
         self.send_response(reply.status, reply.reason)
         for key, value in reply.getheaders():
-            if key.lower() not in HOP_BY_HOP:
+            if key.lower() not in HOP_BY_HOP and key.lower() not in ("server", "date"):  # send_response wrote them
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
