@@ -107,15 +107,16 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
     def do_GET(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.seen.append((self.command, self.path, dict(self.headers), body))
-        data = json.dumps({"path": self.path, "bytes": len(body)}).encode()
+        data = json.dumps({"path": self.path, "bytes": len(body), "method": self.command}).encode()
         self.send_response(200 if b"triton-refuses" not in body else 400)
         self.send_header("Content-Type", "application/json")
         self.send_header("X-Upstream", "triton")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    do_POST = do_GET
+    do_POST = do_HEAD = do_OPTIONS = do_PATCH = do_GET
 
 
 def _infer_body(shape, datatype="UINT8", name="image", nbytes=None) -> tuple[bytes, int]:
@@ -156,7 +157,7 @@ def test_http_a_good_request_reaches_triton_byte_for_byte_and_its_answer_comes_b
     status, headers, data = _post(port, "/v2/models/yolo/infer", body,
                                   {"Inference-Header-Content-Length": str(head), "X-Client": "c1"})
     assert status == 200 and headers["X-Upstream"] == "triton"
-    assert json.loads(data) == {"path": "/v2/models/yolo/infer", "bytes": len(body)}
+    assert json.loads(data) == {"path": "/v2/models/yolo/infer", "bytes": len(body), "method": "POST"}
     method, path, sent, got = upstream.seen[-1]
     assert (method, path, got) == ("POST", "/v2/models/yolo/infer", body)
     assert sent["Inference-Header-Content-Length"] == str(head) and sent["X-Client"] == "c1"
@@ -289,7 +290,7 @@ class _GrpcUpstream:
                     return grpc.stream_stream_rpc_method_handler(stream)
                 return grpc.unary_unary_rpc_method_handler(unary)
 
-        self.server = grpc.server(ThreadPoolExecutor(4), handlers=[Handler()], options=OPTIONS)
+        self.server = grpc.server(ThreadPoolExecutor(256), handlers=[Handler()], options=OPTIONS)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
@@ -370,7 +371,7 @@ def test_grpc_a_stream_answers_a_bad_request_with_an_error_response_and_the_rest
                for r in call(iter([r.SerializeToString() for r in requests]), timeout=20)]
     by_id = {r.infer_response.id: r.error_message for r in replies}
     assert by_id.keys() == {"a", "b", "c"} and by_id["a"] == by_id["c"] == ""
-    assert "one frame without the batch axis; fix: " in by_id["b"]
+    assert by_id["b"].startswith("[request id: b] ") and "one frame without the batch axis; fix: " in by_id["b"]
     assert [pb.ModelInferRequest.FromString(d).id for _, d, _ in upstream.seen] == ["a", "c"]
 
 
@@ -398,3 +399,77 @@ def test_http_an_idle_connection_is_closed_and_the_server_header_names_no_python
     t0 = time.monotonic()
     assert conn.sock.recv(1) == b"" and time.monotonic() - t0 < 5  # closed by the front after 0.5 s idle
     conn.close()
+
+
+def test_http_every_method_passes_on_and_a_form_content_type_is_dropped_from_inference_requests(http_front):
+    front, port, upstream = http_front
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for method in ("HEAD", "OPTIONS", "PATCH", "GET"):  # one kept-alive connection: HEAD leaves no body behind
+        conn.request(method, "/v2/health/ready")
+        reply = conn.getresponse()
+        data = reply.read()
+        assert reply.status == 200 and upstream.seen[-1][0] == method
+        assert data == b"" if method == "HEAD" else json.loads(data)["method"] == method
+    conn.close()
+    body, head = _infer_body((1, 8, 8, 3))
+    for kind, kept in (("application/x-www-form-urlencoded", False), ("application/octet-stream", True)):
+        status, _, _ = _post(port, "/v2/models/yolo/infer", body,
+                             {"Inference-Header-Content-Length": str(head), "Content-Type": kind})
+        assert status == 200 and ("Content-Type" in upstream.seen[-1][2]) == kept  # Triton 2.51 crashed on a form
+
+
+def test_http_a_header_the_front_cannot_read_goes_to_triton_and_logs_nothing(http_front, caplog):
+    front, port, upstream = http_front
+    for head in (b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, Infinity, 8, 3]}]}',
+                 b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"):
+        status, _, _ = _post(port, "/v2/models/yolo/infer", head, {})
+        assert status == 200 and upstream.seen[-1][3] == head
+    assert "HTTP front" not in caplog.text
+
+
+def test_names_from_clients_cannot_forge_a_log_line_or_a_second_line_of_an_answer(http_front, grpc_front, caplog):
+    import grpc
+
+    front, port, upstream = http_front
+    body, head = _infer_body((1, 8, 8, 3))
+    status, _, data = _post(port, "/v2/models/x%0AFORGED%20LINE/infer", body,
+                            {"Inference-Header-Content-Length": str(head)})
+    text = json.loads(data)["error"]
+    assert status == 404 and "\n" not in text and "x\\nFORGED LINE" in text
+    channel, _ = grpc_front
+    with pytest.raises(grpc.RpcError) as e:
+        channel.unary_unary(INFER)(_request((1, 8, 8, 3), model="y\nFORGED " + "z" * 500).SerializeToString(),
+                                   timeout=10)
+    assert "\n" not in e.value.details() and "y\\nFORGED" in e.value.details() and "z" * 100 not in e.value.details()
+    assert not [line for line in caplog.text.splitlines() if line.startswith("FORGED")]
+
+
+def test_http_bodies_the_front_will_not_read(http_front):
+    front, port, upstream = http_front
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # curl's Expect: 100-continue
+        s.sendall(b"POST /v2/models/yolo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                  b"Expect: 100-continue\r\n\r\n" % ((1 << 30) + 1))
+        assert s.recv(65536).startswith(b"HTTP/1.1 413")  # not "100 Continue": the client never sends the body
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/yolo/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"-1\r\nabc\r\n0\r\n\r\n")
+        assert s.recv(65536) == b""  # a negative chunk size: the connection closes
+    assert upstream.seen == []
+
+
+def test_grpc_held_streams_do_not_stall_other_calls(grpc_front):
+    """Each open stream holds one of the front's threads for its whole life: 80 idle ones, then a call."""
+    import queue
+
+    channel, upstream = grpc_front
+    stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    feeds = [queue.Queue() for _ in range(80)]
+    calls = [stream(iter(q.get, None)) for q in feeds]
+    try:
+        time.sleep(0.5)
+        assert channel.unary_unary("/inference.GRPCInferenceService/ServerLive")(b"", timeout=10) == b"reply:"
+    finally:
+        for q in feeds:
+            q.put(None)
+        for c in calls:
+            c.cancel()

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..errors import ConfigError
 from .handler import LogLimit
-from .request_check import Refusal, Tensor, check
+from .request_check import Refusal, Tensor, check, shown
 from .triton_process import ServedModel
 
 LOOPBACK = "127.0.0.1"
@@ -68,12 +68,12 @@ class Front:
             raise ConfigError(f"{flag} {port}: {host}:{port} is not available ({e.strerror or e})",
                               f"stop what listens there, or pass another {flag}") from None
 
-    def check(self, model: str, inputs: list[Tensor]) -> Refusal | None:
+    def check(self, model: str, inputs: list[Tensor], request_id: str = "") -> Refusal | None:
         """:func:`~engine.serve.request_check.check` against the served models."""
-        return check(model, inputs, self.models)
+        return check(model, inputs, self.models, request_id)
 
     def _refused(self, model: str, message: str) -> None:
-        self.refusals.warning(f"bad request to '{model}': {message}")
+        self.refusals.warning(f"bad request to '{shown(model)}': {message}")
 
     def start(self) -> "Front":
         for endpoint in (self.http, self.grpc):

@@ -15,18 +15,18 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
-from .request_check import Refusal, Tensor
+from .request_check import Check, Tensor
 
 SERVICE = "/inference.GRPCInferenceService/"
 INFER, STREAM = SERVICE + "ModelInfer", SERVICE + "ModelStreamInfer"
 # no message size limit, as Triton's own endpoint (gRPC's default of 4 MB refuses one 1080p frame)
 OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-WORKERS = 64  # calls served at once (each waits on Triton in a thread of its own)
+# calls served at once: each unary call waits on Triton in a thread of its own, and each open stream holds one for
+# its whole life (64 held streams stalled every other call); the threads start only as calls need them
+WORKERS = 1024
 NOT_ANSWERING = "engine.serve: Triton is not answering (starting or stopping); fix: retry in a few seconds"
 TRANSPORT = ("failed to connect", "Socket closed", "Connection reset", "GOAWAY")  # gRPC's words for a lost peer
 _END = object()
-
-Check = Callable[[str, list[Tensor]], "Refusal | None"]
 
 
 def declared_inputs(request) -> list[Tensor]:
@@ -91,12 +91,12 @@ class GrpcFront:
         return call
 
     def _refusal(self, data: bytes):
-        """The parsed request and the :class:`Refusal` of a bad ``ModelInferRequest`` (``None``: pass it on)."""
+        """The parsed request and the :class:`~engine.serve.request_check.Refusal` of a bad ``ModelInferRequest`` (``None``: pass it on)."""
         try:
             request = self.pb.ModelInferRequest.FromString(data)
         except Exception:  # noqa: BLE001 - not a request we can read: Triton says what is wrong
             return None, None
-        refusal = self.check(request.model_name, declared_inputs(request))
+        refusal = self.check(request.model_name, declared_inputs(request), request.id)
         if refusal is not None:
             self.on_refusal(request.model_name, refusal.message)
         return request, refusal
@@ -108,8 +108,12 @@ class GrpcFront:
             if refusal is not None:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT if refusal.found else grpc.StatusCode.NOT_FOUND,
                               refusal.message)
+        call = self._upstream(method).future(data, metadata=_metadata(context), timeout=_timeout(context))
+        context.add_callback(call.cancel)  # a client that cancels or goes away cancels the call to Triton
         try:
-            return self._upstream(method)(data, metadata=_metadata(context), timeout=_timeout(context))
+            return call.result()
+        except grpc.FutureCancelledError:
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
         except grpc.RpcError as e:
             context.abort(e.code(), NOT_ANSWERING if self._unreachable(e) else e.details())
 
@@ -144,7 +148,8 @@ class GrpcFront:
             while (item := onward.get()) is not _END:
                 yield item
 
-        call = self._upstream(method, streaming=True)(onward_requests(), metadata=_metadata(context))
+        call = self._upstream(method, streaming=True)(onward_requests(), metadata=_metadata(context),
+                                                      timeout=_timeout(context))
         context.add_callback(call.cancel)
 
         def relay() -> None:  # Triton's responses, then the end (or its error)

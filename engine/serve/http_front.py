@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-from .request_check import Refusal, Tensor
+from .request_check import Check, Refusal, Tensor
 
 log = logging.getLogger("engine.serve")
 
@@ -35,12 +35,11 @@ UPSTREAM_TIMEOUT_S = 600.0
 IDLE_TIMEOUT_S = 120.0
 NOT_ANSWERING = "engine.serve: Triton is not answering (starting or stopping); fix: retry in a few seconds"
 
-Check = Callable[[str, list[Tensor]], "Refusal | None"]
 
-
-def declared_inputs(body: bytes, header_length: str | None, encoding: str | None) -> list[Tensor] | None:
-    """The inputs an inference request's JSON header declares; ``None`` where it cannot be read (Triton then
-    answers in its own words)."""
+def declared_inputs(body: bytes, header_length: str | None,
+                    encoding: str | None) -> tuple[list[Tensor], str] | None:
+    """The inputs an inference request's JSON header declares, and its id; ``None`` where it cannot be read
+    (Triton then answers in its own words)."""
     try:
         size = int(header_length) if header_length else None
         if encoding in ("gzip", "deflate"):  # only as far as the header: never a whole decompression bomb
@@ -55,14 +54,15 @@ def declared_inputs(body: bytes, header_length: str | None, encoding: str | None
             nbytes = size if isinstance(size, int) and "shared_memory_region" not in params else None
             out.append(Tensor(str(item["name"]), str(item["datatype"]), tuple(int(d) for d in item["shape"]),
                               nbytes))
-        return out
-    except (ValueError, TypeError, KeyError, AttributeError, OSError, zlib.error):
+        return out, str(head.get("id") or "")
+    except Exception:  # noqa: BLE001 - whatever the header is (Infinity, nesting 100,000 deep ...): Triton's to say
         return None
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a client's kept-alive connection never holds up the stop
     allow_reuse_address = True
+    request_queue_size = 1024  # connections waiting to be accepted, as Triton's (socketserver's 5 stalled bursts)
 
     def __init__(self, address: tuple[str, int], upstream_port: int, check: Check,
                  on_refusal: Callable[[str, str], None]) -> None:
@@ -116,29 +116,37 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # no line per request
         pass
 
+    def handle_expect_100(self) -> bool:  # a body over the limit is refused before the client sends it
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            self._too_large()
+            return False
+        return super().handle_expect_100()
+
     def do_GET(self) -> None:
         body = self._body()
         if body is None:
             return
-        if self.command == "POST":
-            refusal = self._check(body)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        infer = INFER_PATH.fullmatch(urlsplit(self.path).path)
+        if infer is not None and self.command == "POST":
+            model = unquote(infer[1])
+            refusal = self._check(model, body)
             if refusal is not None:
-                self.server.on_refusal(self._model or "?", refusal.message)
+                self.server.on_refusal(model, refusal.message)
                 self._send_json(400 if refusal.found else 404, {"error": refusal.message})
                 return
-        self._forward(body)
+            # Triton 2.51 parses an HTML form's body: a large inference request sent as one (curl --data-binary's
+            # default Content-Type) crashed it, taking every client's server down; the type means nothing here
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"
+                       or not v.lower().startswith(("application/x-www-form-urlencoded", "multipart/form-data"))}
+        self._forward(body, headers)
 
-    do_POST = do_PUT = do_DELETE = do_GET
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_GET
 
-    _model: str | None = None
-
-    def _check(self, body: bytes) -> Refusal | None:
-        match = INFER_PATH.fullmatch(urlsplit(self.path).path)
-        if match is None:
-            return None
-        self._model = unquote(match[1])
-        inputs = declared_inputs(body, self.headers.get(HEADER_LENGTH), self.headers.get("Content-Encoding"))
-        return None if inputs is None else self.server.check(self._model, inputs)
+    def _check(self, model: str, body: bytes) -> Refusal | None:
+        found = declared_inputs(body, self.headers.get(HEADER_LENGTH), self.headers.get("Content-Encoding"))
+        return None if found is None else self.server.check(model, *found)
 
     def _body(self) -> bytes | None:
         """The request's body (Content-Length or chunked); ``None`` after answering a body it cannot take."""
@@ -146,6 +154,8 @@ class _Handler(BaseHTTPRequestHandler):
             parts, total = [], 0
             while True:
                 size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                if size < 0:
+                    raise ValueError("a negative chunk size")  # the connection closes (handle_error)
                 total += size
                 if total > MAX_BODY:
                     return self._too_large()
@@ -174,9 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
                                        "smaller frames per request, or image files to the encoded model"})
         return None
 
-    def _forward(self, body: bytes) -> None:
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        for attempt in (0, 1):  # a kept-alive connection Triton closed: once more on a new one
+    def _forward(self, body: bytes, headers: dict[str, str]) -> None:
+        for attempt in (0, 1):
+            reused = self._upstream is not None
             try:
                 if self._upstream is None:
                     self._upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port,
@@ -187,20 +197,30 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = self._upstream.getresponse()
                 data = reply.read()
                 break
+            except TimeoutError:
+                self._drop_upstream()
+                self._send_json(504, {"error": f"engine.serve: Triton did not answer in {UPSTREAM_TIMEOUT_S:.0f} s; "
+                                               "fix: read the server log"})
+                return
             except (OSError, http.client.HTTPException):
-                if self._upstream is not None:
-                    self._upstream.close()
-                self._upstream = None
-                if attempt:
+                self._drop_upstream()
+                if not (reused and attempt == 0):  # only a kept-alive connection Triton closed is tried again
                     self._send_json(503, {"error": NOT_ANSWERING})
                     return
         self.send_response(reply.status, reply.reason)
         for key, value in reply.getheaders():
             if key.lower() not in HOP_BY_HOP and key.lower() not in ("server", "date"):  # send_response wrote them
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        head = self.command == "HEAD"  # no body: the length a GET would get
+        self.send_header("Content-Length", reply.getheader("Content-Length", "0") if head else str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if not head:
+            self.wfile.write(data)
+
+    def _drop_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+        self._upstream = None
 
     def _send_json(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode("utf-8")

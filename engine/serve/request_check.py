@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .protocol import EMPTY_INPUT, ENCODED_INPUT, IMAGE_INPUT
 from .triton_process import ServedModel
@@ -41,19 +41,38 @@ class Refusal:
     found: bool = True
 
 
+Check = Callable[[str, list[Tensor], str], "Refusal | None"]  # model, inputs, request id: what a front calls
+
+
+def shown(name: str, limit: int = 80) -> str:
+    """A client's name (of a model, an input) as it may appear in a message and a log line: control
+    characters escaped (a newline would forge a log line and break the one-line answer), at most ``limit``."""
+    text = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _served(models: Sequence[ServedModel]) -> str:
     return " and ".join(f"'{m.name}' ({'image files' if m.input_name == ENCODED_INPUT else 'raw frames'})"
                         for m in models)
 
 
-def check(model: str, inputs: Sequence[Tensor], models: Sequence[ServedModel]) -> Refusal | None:
+def check(model: str, inputs: Sequence[Tensor], models: Sequence[ServedModel], request_id: str = "") -> Refusal | None:
     """The project's one line (reason; fix) for a request to ``model`` with ``inputs`` that Triton would refuse,
-    or that no frame could come from (a zero-size frame); ``None`` for a request to pass on."""
+    or that no frame could come from (a zero-size frame); ``None`` for a request to pass on. A request that
+    carries an id gets it in front, as Triton writes it (``[request id: 7] ...``): a stream's answers can
+    come in another order than its requests."""
+    refusal = _check(model, inputs, models)
+    if refusal is None or not request_id:
+        return refusal
+    return Refusal(f"[request id: {shown(request_id)}] {refusal.message}", refusal.found)
+
+
+def _check(model: str, inputs: Sequence[Tensor], models: Sequence[ServedModel]) -> Refusal | None:
     served = {m.name: m for m in models}
     m = served.get(model)
     if m is None:
-        return Refusal(f"unknown model '{model}': this server serves {_served(models)}; fix: send frames to one of "
-                       "them", found=False)
+        return Refusal(f"unknown model '{shown(model)}': this server serves {_served(models)}; fix: send frames to "
+                       "one of them", found=False)
     datatype, what = WHAT[m.input_name]
     send = f"send {what} as input '{m.input_name}'"
     others = [t for t in inputs if t.name != m.input_name]
@@ -62,14 +81,14 @@ def check(model: str, inputs: Sequence[Tensor], models: Sequence[ServedModel]) -
             return Refusal(f"a request to '{model}' without inputs; fix: {send}")
         elsewhere = [o.name for o in served.values() if o.input_name == others[0].name]
         where = f" (that is the input of '{elsewhere[0]}')" if elsewhere else ""
-        return Refusal(f"'{model}' has no input '{others[0].name}'{where}; fix: {send}")
+        return Refusal(f"'{model}' has no input '{shown(others[0].name)}'{where}; fix: {send}")
     if len(inputs) > 1:
         return None  # the same input twice: Triton's own message says it
     t = inputs[0]
     head = f"input '{t.name}' of '{model}'"
     shape = list(t.shape)
     if t.datatype != datatype:
-        return Refusal(f"{head} has datatype {t.datatype}; fix: send datatype {datatype}: {what}")
+        return Refusal(f"{head} has datatype {shown(t.datatype)}; fix: send datatype {datatype}: {what}")
     rank = len(m.input_dims) + 1
     if len(shape) != rank:
         if m.input_name == IMAGE_INPUT and len(shape) == 3 and shape[-1] == 3:

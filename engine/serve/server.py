@@ -134,7 +134,7 @@ def _check_ports(cfg: ServeConfig) -> None:
                        ("--metrics-port", cfg.metrics_port)):
         if not port:
             continue
-        with socket.socket() as s:
+        with socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # only a listening socket counts
             try:
                 s.bind((cfg.host, port))
