@@ -91,7 +91,8 @@ class GrpcFront:
         return call
 
     def _refusal(self, data: bytes):
-        """The parsed request and the :class:`~engine.serve.request_check.Refusal` of a bad ``ModelInferRequest`` (``None``: pass it on)."""
+        """The parsed request and the :class:`~engine.serve.request_check.Refusal` of a bad ``ModelInferRequest``
+        (``None``: pass it on)."""
         try:
             request = self.pb.ModelInferRequest.FromString(data)
         except Exception:  # noqa: BLE001 - not a request we can read: Triton says what is wrong

@@ -33,7 +33,8 @@ keeps serving. ``ServeConfig(front=False)`` (``--no-front``) lets clients reach 
 Stopping: SIGINT (Ctrl-C) and SIGTERM set a flag (:mod:`engine.signals`); the server then closes the front
 (its listeners and the clients' connections), unloads both models (each stub closes its Detector and exits),
 stops Triton, which waits at most :data:`EXIT_TIMEOUT_S` for connections still open (an HTTP keep-alive kept
-it 30 s before the front), and removes its model repository folder. ``serve`` then raises ``KeyboardInterrupt`` for SIGINT and :class:`~engine.cli.Terminated` for SIGTERM.
+it 30 s before the front), and removes its model repository folder. ``serve`` then raises
+``KeyboardInterrupt`` for SIGINT and :class:`~engine.cli.Terminated` for SIGTERM.
 
 Triton is Linux-only; ``import engine.serve`` works anywhere. Triton's Python-backend stub needs a venv made
 from Debian's ``/usr/bin/python3``: ``bash .ci/setup_triton.sh``.
@@ -51,10 +52,10 @@ from typing import Any
 from ..cli import Terminated
 from ..errors import ConfigError, DeployError, ModelLoadError, ServeError
 from ..signals import StopSignals
+from .front import LOOPBACK, Front, loopback_ports
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
 from .settings import StubSettings
-from .front import LOOPBACK, Front, loopback_ports
 from .triton_process import SETUP_HINT, ServedModel, TritonProcess, ended, find_triton
 
 # Triton's wait at stop for in-flight requests, open client connections and its models' unloading (its default:

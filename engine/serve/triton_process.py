@@ -198,7 +198,8 @@ class TritonProcess:
     """
 
     def __init__(self, dist: TritonDist, models: Sequence[ServedModel], host: str, http_port: int, grpc_port: int,
-                 metrics_port: int, exit_timeout_s: int, verbose: bool = False, metrics_host: str | None = None) -> None:
+                 metrics_port: int, exit_timeout_s: int, verbose: bool = False,
+                 metrics_host: str | None = None) -> None:
         self.dist, self.models, self.host = dist, list(models), host
         self.metrics_host = metrics_host or host
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
