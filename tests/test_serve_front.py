@@ -64,7 +64,7 @@ def _image(shape, datatype="UINT8", name="image", nbytes=None) -> list[Tensor]:
     ("yolo", _image((5, 8, 8, 3)), "a batch of 5 over this server's maximum of 4; fix: send at most 4 per request, "
                                    "or start engine.serve with --max-batch 5"),
     ("yolo", _image((1, 0, 64, 3)), "input 'image' of 'yolo' has shape [1, 0, 64, 3], with nothing in it; fix: "),
-    ("yolo", _image((1, 8, 8, 3), nbytes=100), "has shape [1, 8, 8, 3] (192 bytes) but the request carries 100 bytes; "
+    ("yolo", _image((1, 8, 8, 3), nbytes=100), "has shape [1, 8, 8, 3] (192 bytes) but its data is 100 bytes; "
                                               "fix: "),
     ("yolo_encoded", _image((2,), "BYTES", "encoded"), "has shape [2]; fix: send shape [2, 1], one file per row"),
     ("yolo_encoded", _image((1, 2), "BYTES", "encoded"), "input 'encoded' of 'yolo_encoded' has shape [1, 2]; fix: "
@@ -172,7 +172,7 @@ def test_http_a_good_request_reaches_triton_byte_for_byte_and_its_answer_comes_b
 def test_http_a_bad_request_is_answered_by_the_front_and_never_reaches_triton(http_front, caplog):
     front, port, upstream = http_front
     cases = [((480, 640, 3), {}, "one frame without the batch axis", 400),
-             ((1, 8, 8, 3), {"nbytes": 100}, "but the request carries 100 bytes", 400)]
+             ((1, 8, 8, 3), {"nbytes": 100}, "but its data is 100 bytes", 400)]
     for shape, extra, message, code in cases:
         body, head = _infer_body(shape, **extra)
         status, _, data = _post(port, "/v2/models/yolo/versions/1/infer", body,
@@ -350,7 +350,7 @@ def test_grpc_a_bad_request_gets_the_projects_line_and_never_reaches_triton(grpc
     channel, upstream = grpc_front
     for request, code, message in [
         (_request((480, 640, 3)), grpc.StatusCode.INVALID_ARGUMENT, "one frame without the batch axis; fix: "),
-        (_request((1, 8, 8, 3), nbytes=5), grpc.StatusCode.INVALID_ARGUMENT, "the request carries 5 bytes"),
+        (_request((1, 8, 8, 3), nbytes=5), grpc.StatusCode.INVALID_ARGUMENT, "but its data is 5 bytes"),
         (_request((1, 8, 8, 3), model="nope"), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
     ]:
         with pytest.raises(grpc.RpcError) as e:
@@ -473,3 +473,56 @@ def test_grpc_held_streams_do_not_stall_other_calls(grpc_front):
             q.put(None)
         for c in calls:
             c.cancel()
+
+
+def test_grpc_calls_succeed_soon_after_triton_starts_answering(models):
+    """Calls made while Triton starts put the front's channel in reconnect backoff (gRPC's default grows to
+    2 minutes): once Triton listens, a call succeeds within 1.5 s, not after the backoff."""
+    import grpc
+
+    port, later = loopback_ports(2)
+    with Front("127.0.0.1", 0, port, 0, later, models).start():
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+            deadline = time.monotonic() + 12  # a client polling a slow start (gRPC's own backoff reaches ~4 s)
+            while time.monotonic() < deadline:
+                with pytest.raises(grpc.RpcError):
+                    live(b"", timeout=5)
+                time.sleep(0.2)
+            class Live:  # Triton, answering at last
+                def service(self, details):
+                    return grpc.unary_unary_rpc_method_handler(lambda data, ctx: b"reply:")
+
+            triton = grpc.server(ThreadPoolExecutor(4), handlers=[Live()])
+            assert triton.add_insecure_port(f"127.0.0.1:{later}") == later
+            triton.start()
+            try:
+                answered, t0 = None, time.monotonic()
+                while answered is None and time.monotonic() - t0 < 1.5:
+                    try:
+                        answered = live(b"", timeout=5)
+                    except grpc.RpcError:
+                        time.sleep(0.1)
+                assert answered == b"reply:", "still UNAVAILABLE 1.5 s after Triton started answering"
+            finally:
+                triton.stop(None)
+
+
+def test_http_connection_headers_say_what_the_front_does_and_a_cut_upload_is_not_passed_on(http_front):
+    front, port, upstream = http_front
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:  # HTTP/1.0 asking to keep it open
+        s.sendall(b"GET /v2/health/live HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        time.sleep(0.3)
+        reply = s.recv(65536)
+        assert b"\r\nConnection: keep-alive\r\n" in reply
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # still open
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in reply
+    seen = len(upstream.seen)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /v2/models/yolo/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        s.shutdown(socket.SHUT_WR)  # gone after 10 of 1000 bytes
+        assert s.recv(65536) == b""
+    assert len(upstream.seen) == seen

@@ -669,6 +669,50 @@ def test_a_triton_that_fails_to_start_is_a_typed_error_and_leaves_nothing(tmp_pa
     assert not folder.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Triton runs on Linux")
+def test_nothing_of_tritons_process_group_outlives_the_stop(tmp_path, demo_onnx):
+    """A stop while Triton was still loading the models left Python-backend stubs (which ignore SIGTERM and
+    SIGINT) running under init after Triton exited: here a fake Triton leaves such a child behind."""
+    from engine.serve import ServeConfig
+    from engine.serve.server import ModelInfo, served_models
+    from engine.serve.triton_process import TritonDist, TritonProcess
+
+    child = tmp_path / "child.pid"
+    binary = tmp_path / "tritonserver"
+    binary.write_text("#!/bin/sh\n"
+                      "(trap '' INT TERM; exec sleep 120) &\n"
+                      f"echo $! > {child}\n"
+                      "trap 'exit 0' INT TERM\n"
+                      "while :; do sleep 0.1; done\n")
+    binary.chmod(0o755)
+    backend = tmp_path / "python"
+    backend.mkdir()
+    (backend / "libtriton_python.so").write_bytes(b"")
+    dist = TritonDist(binary=binary, python_backend=backend, stub=binary, libs=tmp_path)
+    models = served_models(ServeConfig(model=demo_onnx, instances=1, threads=1, dynamic_batching=False),
+                           ModelInfo(3, (320, 320), dynamic=False, onnx=True))
+    http, grpc = free_ports(2)
+    with TritonProcess(dist, models, "127.0.0.1", http, grpc, 0, exit_timeout_s=2) as triton:
+        deadline = time.monotonic() + 30
+        while not child.exists() or not child.read_text().strip():
+            assert time.monotonic() < deadline, "the fake Triton did not start its child"
+            time.sleep(0.1)
+        pid = int(child.read_text())
+        triton.stop(unload_wait_s=0.5)
+        assert not triton.alive()
+
+    def running(p: int) -> bool:
+        try:
+            return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 5
+    while running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(pid), "a process of Triton's group outlived engine.serve"
+
+
 def _cmdlines() -> list[list[str]]:
     out = []
     for f in Path("/proc").glob("[0-9]*/cmdline"):

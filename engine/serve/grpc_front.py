@@ -24,6 +24,8 @@ OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_leng
 # calls served at once: each unary call waits on Triton in a thread of its own, and each open stream holds one for
 # its whole life (64 held streams stalled every other call); the threads start only as calls need them
 WORKERS = 1024
+RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+             ("grpc.max_reconnect_backoff_ms", 500)]
 NOT_ANSWERING = "engine.serve: Triton is not answering (starting or stopping); fix: retry in a few seconds"
 TRANSPORT = ("failed to connect", "Socket closed", "Connection reset", "GOAWAY")  # gRPC's words for a lost peer
 _END = object()
@@ -52,7 +54,9 @@ class GrpcFront:
         self.grpc, self.pb = grpc, service_pb2
         self.check, self.on_refusal = check, on_refusal
         self.upstream = f"127.0.0.1:{upstream_port}"
-        self.channel = grpc.insecure_channel(self.upstream, options=OPTIONS)
+        # calls made while Triton starts put the channel in reconnect backoff, which grows to 2 minutes by default:
+        # a client would get UNAVAILABLE long after Triton answers
+        self.channel = grpc.insecure_channel(self.upstream, options=OPTIONS + RECONNECT)
         self._calls: dict[str, Callable] = {}
         # grpc's default SO_REUSEPORT would let a second server share the port: off, so a held port is an error
         self.server = grpc.server(ThreadPoolExecutor(WORKERS, thread_name_prefix="engine-serve-grpc"),

@@ -164,6 +164,9 @@ class _Handler(BaseHTTPRequestHandler):
                         pass  # trailers
                     return b"".join(parts)
                 parts.append(self.rfile.read(size))
+                if len(parts[-1]) < size:  # the client went away mid-upload
+                    self.close_connection = True
+                    return None
                 self.rfile.readline(3)
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -176,7 +179,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if length > MAX_BODY:
             return self._too_large()
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-upload: nothing to pass on, no one to answer
+            self.close_connection = True
+            return None
+        return body
 
     def _too_large(self) -> None:
         self.close_connection = True
@@ -213,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
         head = self.command == "HEAD"  # no body: the length a GET would get
         self.send_header("Content-Length", reply.getheader("Content-Length", "0") if head else str(len(data)))
+        self._connection_header()
         self.end_headers()
         if not head:
             self.wfile.write(data)
@@ -227,8 +235,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        self._connection_header()
         self.end_headers()
         self.wfile.write(data)
+
+    def _connection_header(self) -> None:
+        """Say whether the connection stays open, as Triton does: ``close`` when it will close (the client
+        asked, or an HTTP/1.0 client did not ask to keep it), ``keep-alive`` to an HTTP/1.0 client that asked."""
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        elif self.request_version == "HTTP/1.0":
+            self.send_header("Connection", "keep-alive")
 
 
 class HttpFront:

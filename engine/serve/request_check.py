@@ -117,6 +117,6 @@ def _check(model: str, inputs: Sequence[Tensor], models: Sequence[ServedModel]) 
     if 0 in shape:
         return Refusal(EMPTY_INPUT.format(where=head, shape=shape))
     if datatype == "UINT8" and t.nbytes is not None and t.nbytes != math.prod(shape):
-        return Refusal(f"{head} has shape {shape} ({math.prod(shape)} bytes) but the request carries {t.nbytes} "
-                       "bytes; fix: send the whole array (np.ascontiguousarray(frames).tobytes())")
+        return Refusal(f"{head} has shape {shape} ({math.prod(shape)} bytes) but its data is {t.nbytes} bytes; "
+                       "fix: send the whole array (np.ascontiguousarray(frames).tobytes())")
     return None

@@ -380,6 +380,16 @@ class TritonProcess:
             pass
         self.proc.wait()
 
+    def _kill_stubs(self) -> None:
+        """SIGKILL what is left of Triton's process group once Triton has exited: a stop while it was still
+        loading the models left Python-backend stubs running (ignoring SIGTERM, 150 MB each) under init."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the group outlives its leader only while a member runs
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def close(self, fast: bool = False) -> None:
         """Stop Triton if it runs (at once if ``fast``, or when a stop was already under way); then remove
         the repository folder and the stubs' shared-memory regions, whatever happened."""
@@ -390,6 +400,7 @@ class TritonProcess:
                 else:
                     self.stop()
         finally:
+            self._kill_stubs()
             if self.workspace is not None:
                 shutil.rmtree(self.workspace, ignore_errors=True)
             if SHM_DIR.is_dir():
