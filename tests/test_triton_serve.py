@@ -642,27 +642,33 @@ def test_leftovers_of_a_killed_server_are_removed_by_the_next_one(tmp_path):
     assert elsewhere.is_dir()
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="Triton runs on Linux")
-def test_a_triton_that_fails_to_start_is_a_typed_error_and_leaves_nothing(tmp_path, demo_onnx):
-    """A Triton binary that exits at once (a stub that cannot start, a port taken meanwhile): ServeError
-    naming how it ended, and the repository folder removed."""
-    from engine.errors import ServeError
+def _fake_triton(tmp_path: Path, script: str, model: Path):
+    """A TritonProcess on a fake ``tritonserver`` (a shell ``script``), with the two models engine.serve serves."""
     from engine.serve import ServeConfig
     from engine.serve.server import ModelInfo, served_models
     from engine.serve.triton_process import TritonDist, TritonProcess
 
     binary = tmp_path / "tritonserver"
-    binary.write_text("#!/bin/sh\necho 'fake triton: failing' >&2\nexit 3\n")
+    binary.write_text("#!/bin/sh\n" + script)
     binary.chmod(0o755)
     backend = tmp_path / "python"
     backend.mkdir()
     (backend / "libtriton_python.so").write_bytes(b"")
     dist = TritonDist(binary=binary, python_backend=backend, stub=binary, libs=tmp_path)
-    models = served_models(ServeConfig(model=demo_onnx, instances=1, threads=1, dynamic_batching=False),
+    models = served_models(ServeConfig(model=model, instances=1, threads=1, dynamic_batching=False),
                            ModelInfo(3, (320, 320), dynamic=False, onnx=True))
     http, grpc = free_ports(2)
+    return TritonProcess(dist, models, "127.0.0.1", http, grpc, 0, exit_timeout_s=2)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Triton runs on Linux")
+def test_a_triton_that_fails_to_start_is_a_typed_error_and_leaves_nothing(tmp_path, demo_onnx):
+    """A Triton binary that exits at once (a stub that cannot start, a port taken meanwhile): ServeError
+    naming how it ended, and the repository folder removed."""
+    from engine.errors import ServeError
+
     with pytest.raises(ServeError, match="exited with code 3 while loading yolo, yolo_encoded"):
-        with TritonProcess(dist, models, "127.0.0.1", http, grpc, 0, exit_timeout_s=2) as triton:
+        with _fake_triton(tmp_path, "echo 'fake triton: failing' >&2\nexit 3\n", demo_onnx) as triton:
             folder = triton.workspace
             assert (folder / "models" / "yolo" / "config.pbtxt").is_file()
             triton.wait_ready(30)
@@ -673,26 +679,12 @@ def test_a_triton_that_fails_to_start_is_a_typed_error_and_leaves_nothing(tmp_pa
 def test_nothing_of_tritons_process_group_outlives_the_stop(tmp_path, demo_onnx):
     """A stop while Triton was still loading the models left Python-backend stubs (which ignore SIGTERM and
     SIGINT) running under init after Triton exited: here a fake Triton leaves such a child behind."""
-    from engine.serve import ServeConfig
-    from engine.serve.server import ModelInfo, served_models
-    from engine.serve.triton_process import TritonDist, TritonProcess
-
     child = tmp_path / "child.pid"
-    binary = tmp_path / "tritonserver"
-    binary.write_text("#!/bin/sh\n"
-                      "(trap '' INT TERM; exec sleep 120) &\n"
-                      f"echo $! > {child}\n"
-                      "trap 'exit 0' INT TERM\n"
-                      "while :; do sleep 0.1; done\n")
-    binary.chmod(0o755)
-    backend = tmp_path / "python"
-    backend.mkdir()
-    (backend / "libtriton_python.so").write_bytes(b"")
-    dist = TritonDist(binary=binary, python_backend=backend, stub=binary, libs=tmp_path)
-    models = served_models(ServeConfig(model=demo_onnx, instances=1, threads=1, dynamic_batching=False),
-                           ModelInfo(3, (320, 320), dynamic=False, onnx=True))
-    http, grpc = free_ports(2)
-    with TritonProcess(dist, models, "127.0.0.1", http, grpc, 0, exit_timeout_s=2) as triton:
+    script = ("(trap '' INT TERM; exec sleep 120) &\n"
+              f"echo $! > {child}\n"
+              "trap 'exit 0' INT TERM\n"
+              "while :; do sleep 0.1; done\n")
+    with _fake_triton(tmp_path, script, demo_onnx) as triton:
         deadline = time.monotonic() + 30
         while not child.exists() or not child.read_text().strip():
             assert time.monotonic() < deadline, "the fake Triton did not start its child"
