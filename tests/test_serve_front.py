@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import math
 import socket
 import threading
 import time
@@ -121,7 +122,7 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
 
 def _infer_body(shape, datatype="UINT8", name="image", nbytes=None) -> tuple[bytes, int]:
     """A KServe v2 binary inference request: JSON header, then the data; and the header's length."""
-    nbytes = nbytes if nbytes is not None else (int(__import__("math").prod(shape)) if datatype == "UINT8" else 4)
+    nbytes = nbytes if nbytes is not None else (math.prod(shape) if datatype == "UINT8" else 4)
     head = json.dumps({"inputs": [{"name": name, "shape": list(shape), "datatype": datatype,
                                    "parameters": {"binary_data_size": nbytes}}]}).encode()
     return head + b"\x07" * nbytes, len(head)
@@ -296,8 +297,6 @@ class _GrpcUpstream:
 
 
 def _request(shape, model="yolo", datatype="UINT8", nbytes=None, id_=""):
-    import math
-
     from tritonclient.grpc import service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=model, id=id_)

@@ -36,6 +36,12 @@ def loopback_ports(n: int) -> list[int]:
             s.close()
 
 
+def port_taken(flag: str, host: str, port: int, error: OSError) -> ConfigError:
+    """The error for a port that cannot be bound, naming its flag."""
+    return ConfigError(f"{flag} {port}: {host}:{port} is not available ({error.strerror or error})",
+                       f"stop what listens there, or pass another {flag}")
+
+
 class Front:
     """The public HTTP and gRPC endpoints (a context manager); a port of 0 leaves that endpoint off.
 
@@ -65,8 +71,7 @@ class Front:
         try:
             return kind(host, port, upstream, self.check, self._refused)
         except OSError as e:
-            raise ConfigError(f"{flag} {port}: {host}:{port} is not available ({e.strerror or e})",
-                              f"stop what listens there, or pass another {flag}") from None
+            raise port_taken(flag, host, port, e) from None
 
     def check(self, model: str, inputs: list[Tensor], request_id: str = "") -> Refusal | None:
         """:func:`~engine.serve.request_check.check` against the served models."""

@@ -52,7 +52,7 @@ from typing import Any
 from ..cli import Terminated
 from ..errors import ConfigError, DeployError, ModelLoadError, ServeError
 from ..signals import StopSignals
-from .front import LOOPBACK, Front, loopback_ports
+from .front import LOOPBACK, Front, loopback_ports, port_taken
 from .handler import BAD_REQUEST_LOG_LINES, BAD_REQUEST_LOG_WINDOW_S, DetectorModel, LogLimit  # noqa: F401
 from .protocol import ENCODED_INPUT, IMAGE_INPUT
 from .settings import StubSettings
@@ -140,8 +140,7 @@ def _check_ports(cfg: ServeConfig) -> None:
             try:
                 s.bind((cfg.host, port))
             except OSError as e:
-                raise ConfigError(f"{flag} {port}: {cfg.host}:{port} is not available ({e.strerror or e})",
-                                  f"stop what listens there, or pass another {flag}") from None
+                raise port_taken(flag, cfg.host, port, e) from None
 
 
 @dataclass(frozen=True)

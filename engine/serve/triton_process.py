@@ -374,19 +374,14 @@ class TritonProcess:
             self._kill()
 
     def _kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # Triton leads its own session: its stubs go with it
-        except (ProcessLookupError, PermissionError):
-            pass
+        self._kill_group()
         self.proc.wait()
 
-    def _kill_stubs(self) -> None:
-        """SIGKILL what is left of Triton's process group once Triton has exited: a stop while it was still
-        loading the models left Python-backend stubs running (ignoring SIGTERM, 150 MB each) under init."""
-        if self.proc is None or self.proc.poll() is None:
-            return
+    def _kill_group(self) -> None:
+        """SIGKILL Triton's process group: Triton leads its own session, so its stubs go with it (the group
+        outlives its leader only while a member runs)."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group outlives its leader only while a member runs
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -400,7 +395,8 @@ class TritonProcess:
                 else:
                     self.stop()
         finally:
-            self._kill_stubs()
+            if self.proc is not None:  # Triton has exited: a stop while it was still loading the models left
+                self._kill_group()  # Python-backend stubs (ignoring SIGTERM, 150 MB each) running under init
             if self.workspace is not None:
                 shutil.rmtree(self.workspace, ignore_errors=True)
             if SHM_DIR.is_dir():

@@ -173,8 +173,9 @@ def safe_filename(name: str) -> str:
 
 
 def check_file_names(names: Iterable[str], what: str) -> None:
-    """Refuse sources whose names would write the same file or folder (``what``: ``".mp4"``, ``"/"``): names
-    that differ only in case (one file on Windows and macOS) or in characters :func:`safe_filename` drops.
+    """Refuse sources whose names would write the same file or folder (``what`` follows the name in the message:
+    ``".mp4"``, ``"/ snapshot folder"``): names that differ only in case (one file on Windows and macOS) or in
+    characters :func:`safe_filename` drops.
 
     Raises:
         ConfigError: naming both sources.
