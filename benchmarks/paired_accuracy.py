@@ -1,0 +1,163 @@
+"""mAP of any set of models on one labelled split, each against a reference, with paired-bootstrap intervals.
+
+    python -m benchmarks.paired_accuracy --data fresh/data.yaml --imgsz 320 --ref fp32=deploy/demo.onnx \
+        --model cpu=deploy/demo.int8-cpu.onnx --model trt=deploy/demo.int8.onnx \
+        --peer ov=runs/openvino/320/ultralytics_int8_openvino_model --vs cpu:ov [--bootstrap 1000] [--out r.json]
+
+The tool behind the INT8 peer tables of ``benchmarks/RESULTS.md``: every model scores the same split with the
+build's accuracy-report settings (conf 0.001, IoU 0.7, 300 boxes, COCO mAP). ``--ref`` and ``--model`` run
+through our ``Detector`` (an ``.onnx`` file or an OpenVINO IR), ``--peer`` through Ultralytics ``predict`` (its
+``.pt`` or one of its exports). Each model's drop against the reference (points of mAP50-95, positive: it
+loses) and each ``--vs A:B`` difference (A's mAP minus B's, positive: A is ahead) come with 90 % and 95 %
+intervals over the same resampled images for every model, so they are paired. The interval covers the draw of
+the scored images, not of the calibration images; on 600 images it is about ±0.3 point wide, so a lead of a
+tenth or two needs a few thousand (``scripts/make_demo.py --data-only --n-val N`` makes more).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.cli import run_cli
+from engine.errors import ConfigError, ModelLoadError
+
+LEVELS = (90, 95)
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model to score: its name in the tables, its path, and whether Ultralytics runs it."""
+
+    name: str
+    path: Path
+    peer: bool = False
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A difference in points of mAP50-95 with its paired-bootstrap intervals (``{level: (low, high)}``)."""
+
+    value: float
+    bounds: dict[int, tuple[float, float]]
+
+    def text(self) -> str:
+        return f"{self.value:+.2f} " + " ".join(f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in self.bounds.values())
+
+
+def entry(spec: str, peer: bool = False) -> Entry:
+    """``NAME=PATH`` as an :class:`Entry`; the path must exist."""
+    name, sep, path = spec.partition("=")
+    if not sep or not NAME.fullmatch(name) or not path:
+        raise ConfigError(f"'{spec}' is not NAME=PATH", "name each model, e.g. --model cpu=deploy/demo.int8-cpu.onnx")
+    p = Path(path)
+    if not p.exists():
+        raise ModelLoadError(f"{p} not found (model '{name}')", "pass the path of a built model or export")
+    return Entry(name, p, peer)
+
+
+def pairs(specs: list[str], names: list[str]) -> list[tuple[str, str]]:
+    """``A:B`` specs as name pairs, each name one of ``names``."""
+    out = []
+    for spec in specs:
+        a, sep, b = spec.partition(":")
+        bad = [n for n in (a, b) if n not in names]
+        if not sep or bad or a == b:
+            raise ConfigError(f"--vs '{spec}' is not two different model names", f"use A:B with A, B among {names}")
+        out.append((a, b))
+    return out
+
+
+def interval(value: float, samples: np.ndarray) -> Interval:
+    """``value`` with the central ``LEVELS`` % ranges of the bootstrap ``samples`` (both in points)."""
+    return Interval(value, {lv: (float(np.percentile(samples, (100 - lv) / 2)),
+                                 float(np.percentile(samples, 100 - (100 - lv) / 2))) for lv in LEVELS})
+
+
+def measure(data: Path, imgsz: int, entries: list[Entry], vs: list[tuple[str, str]], rounds: int,
+            split: str = "val", log=print) -> dict:
+    """Score every entry (the first is the reference) and return the report."""
+    from benchmarks.openvino_accuracy import bootstrap_maps, detections
+    from engine.eval.datasets import load_split
+    from engine.eval.evaluate import evaluate_detections
+
+    items = load_split(data, split)
+    dets, rows = {}, {}
+    for e in entries:
+        dets[e.name] = detections("peer" if e.peer else "ours", e.path, imgsz, items)
+        r = evaluate_detections(items, dets[e.name])
+        rows[e.name] = {"file": str(e.path), "runner": "Ultralytics" if e.peer else "ours",
+                        "map50": r.map50, "map50_95": r.map50_95}
+        log(f"{e.name}: mAP50-95 {r.map50_95:.4f} ({e.path})")
+    boot = bootstrap_maps(items, dets, rounds)
+    ref = entries[0].name
+    for e in entries[1:]:
+        d = interval(100 * (rows[ref]["map50_95"] - rows[e.name]["map50_95"]), 100 * (boot[ref] - boot[e.name]))
+        rows[e.name]["drop"] = {"points": d.value, "intervals": {str(k): v for k, v in d.bounds.items()}}
+    diffs = []
+    for a, b in vs:
+        d = interval(100 * (rows[a]["map50_95"] - rows[b]["map50_95"]), 100 * (boot[a] - boot[b]))
+        diffs.append({"a": a, "b": b, "points": d.value, "intervals": {str(k): v for k, v in d.bounds.items()}})
+    return {"data": str(data), "split": split, "images": len(items), "imgsz": imgsz, "bootstrap": rounds,
+            "reference": ref, "models": rows, "differences": diffs}
+
+
+def table(report: dict) -> str:
+    """The report as Markdown: one row per model, then one line per ``--vs`` pair."""
+    levels = " ".join(f"[{lv} %]" for lv in LEVELS)
+    lines = [f"{report['images']} images of {report['data']} ({report['split']}), imgsz {report['imgsz']}; "
+             f"points of mAP50-95, paired bootstrap ({report['bootstrap']} resamples)", "",
+             f"| model | runs on | file | mAP50 | mAP50-95 | drop vs {report['reference']} {levels} |",
+             "|---|---|---|---|---|---|"]
+    for name, r in report["models"].items():
+        drop = r.get("drop")
+        cell = (Interval(drop["points"], {int(k): tuple(v) for k, v in drop["intervals"].items()}).text()
+                if drop else "reference")
+        lines.append(f"| {name} | {r['runner']} | {r['file']} | {r['map50']:.4f} | {r['map50_95']:.4f} | {cell} |")
+    for d in report["differences"]:
+        iv = Interval(d["points"], {int(k): tuple(v) for k, v in d["intervals"].items()})
+        lines.append(f"\n{d['a']} minus {d['b']} (positive: {d['a']} ahead): {iv.text()}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="labelled data.yaml (its --split is scored)")
+    ap.add_argument("--split", default="val", help="split scored (default: val)")
+    ap.add_argument("--imgsz", type=int, required=True, help="square inference size of every model")
+    ap.add_argument("--ref", required=True, help="NAME=PATH of the reference (ours, e.g. the FP32 ONNX)")
+    ap.add_argument("--model", action="append", default=[], help="NAME=PATH run by our Detector (repeatable)")
+    ap.add_argument("--peer", action="append", default=[], help="NAME=PATH run by Ultralytics (repeatable)")
+    ap.add_argument("--vs", action="append", default=[], help="A:B, report A's mAP minus B's (repeatable)")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default: 1000)")
+    ap.add_argument("--out", type=Path, help="also write the report as JSON here")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks")
+    args = ap.parse_args(argv)
+
+    def run() -> int:
+        entries = [entry(args.ref)] + [entry(s) for s in args.model] + [entry(s, peer=True) for s in args.peer]
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"model names repeat: {names}", "give each --ref/--model/--peer its own NAME")
+        if args.bootstrap < 10:
+            raise ConfigError(f"--bootstrap {args.bootstrap} is too few resamples", "use 200 or more (default 1000)")
+        vs = pairs(args.vs, names)
+        report = measure(args.data, args.imgsz, entries, vs, args.bootstrap, args.split)
+        print(table(report))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.out.with_name(args.out.name + ".tmp")
+            tmp.write_text(json.dumps(report, indent=1))
+            tmp.replace(args.out)
+        return 0
+
+    return run_cli(run, args.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
