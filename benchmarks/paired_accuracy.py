@@ -1,6 +1,6 @@
 """mAP of any set of models on one labelled split, each against a reference, with paired-bootstrap intervals.
 
-    python -m benchmarks.paired_accuracy --data fresh/data.yaml --imgsz 320 --ref fp32=deploy/demo.onnx \
+    python -m benchmarks.paired_accuracy --data fresh/data.yaml [--imgsz 320] --ref fp32=deploy/demo.onnx \
         --model cpu=deploy/demo.int8-cpu.onnx --model trt=deploy/demo.int8.onnx \
         --peer ov=runs/openvino/320/ultralytics_int8_openvino_model --vs cpu:ov [--bootstrap 1000] [--out r.json]
 
@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from engine.cli import run_cli
-from engine.errors import ConfigError, ModelLoadError
+from engine.errors import ConfigError, DatasetError, ModelLoadError
 
 LEVELS = (90, 95)
 NAME = re.compile(r"[A-Za-z0-9_.+-]+")
@@ -47,18 +49,57 @@ class Interval:
     bounds: dict[int, tuple[float, float]]
 
     def text(self) -> str:
-        return f"{self.value:+.2f} " + " ".join(f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in self.bounds.values())
+        return f"{_pts(self.value)} " + " ".join(f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in self.bounds.values())
 
 
-def entry(spec: str, peer: bool = False) -> Entry:
-    """``NAME=PATH`` as an :class:`Entry`; the path must exist."""
+def _pts(v: float) -> str:
+    """Points with a sign and two decimals; a value that rounds to zero is +0.00, never -0.00."""
+    text = f"{v:+.2f}"
+    return "+0.00" if text == "-0.00" else text
+
+
+def entry(spec: str, peer: bool = False, flag: str = "--model") -> Entry:
+    """``NAME=PATH`` (given with ``flag``) as an :class:`Entry`; the path must exist."""
     name, sep, path = spec.partition("=")
     if not sep or not NAME.fullmatch(name) or not path:
-        raise ConfigError(f"'{spec}' is not NAME=PATH", "name each model, e.g. --model cpu=deploy/demo.int8-cpu.onnx")
+        raise ConfigError(f"{flag} '{spec}' is not NAME=PATH",
+                          f"name it with letters, digits and _ . + - only, e.g. {flag} cpu=deploy/demo.int8-cpu.onnx")
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"{p} not found (model '{name}')", "pass the path of a built model or export")
+    if not peer and p.suffix == ".pt":
+        raise ConfigError(f"{flag} {spec}: a .pt runs only through Ultralytics",
+                          f"pass it with --peer {name}=...; --ref and --model take our .onnx files and OpenVINO IRs")
     return Entry(name, p, peer)
+
+
+def preflight(entries: list[Entry], imgsz: int, names: tuple[str, ...]) -> None:
+    """Load every model once before any is scored: a file that cannot run, was built for another size or
+    knows another number of classes fails here, not after minutes of scoring the ones before it."""
+    for e in entries:
+        if e.peer:
+            from exporters.ultralytics_ref import UltralyticsPredictor
+
+            try:  # one frame too: Ultralytics loads some exports only at the first predict
+                pred = UltralyticsPredictor(e.path, imgsz)
+                pred(np.zeros((imgsz, imgsz, 3), np.uint8))
+                model_names = pred.names
+            except Exception as err:  # Ultralytics raises many types for files it cannot run
+                raise ModelLoadError(f"Ultralytics cannot run {e.path} (model '{e.name}'): {err}",
+                                     "pass an Ultralytics .pt or export (an .onnx it wrote, a folder ending "
+                                     "_openvino_model); our own files go with --model") from None
+        else:
+            from engine import Detector
+
+            with Detector(e.path, device="cpu") as det:
+                model_names, size = det.names, det.imgsz
+            if size != (imgsz, imgsz):
+                raise ConfigError(f"{e.path} (model '{e.name}') runs at {size[0]}x{size[1]}, not --imgsz {imgsz}",
+                                  f"pass --imgsz {size[0]} if square, or the file built at {imgsz}")
+        if names and len(model_names) != len(names):
+            raise ConfigError(f"{e.path} (model '{e.name}') knows {len(model_names)} classes, the data "
+                              f"{len(names)} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})",
+                              "score each model on data of its own classes")
 
 
 def pairs(specs: list[str], names: list[str]) -> list[tuple[str, str]]:
@@ -69,7 +110,8 @@ def pairs(specs: list[str], names: list[str]) -> list[tuple[str, str]]:
         bad = [n for n in (a, b) if n not in names]
         if not sep or bad or a == b:
             raise ConfigError(f"--vs '{spec}' is not two different model names", f"use A:B with A, B among {names}")
-        out.append((a, b))
+        if (a, b) not in out:
+            out.append((a, b))
     return out
 
 
@@ -87,6 +129,9 @@ def measure(data: Path, imgsz: int, entries: list[Entry], vs: list[tuple[str, st
     from engine.eval.evaluate import evaluate_detections
 
     items = load_split(data, split)
+    if not any(len(i.boxes) for i in items):
+        raise DatasetError(f"the {split} split of {data} has no labelled object in its {len(items)} images",
+                           "score on a labelled split (YOLO .txt labels beside images/ in labels/)")
     dets, rows = {}, {}
     for e in entries:
         dets[e.name] = detections("peer" if e.peer else "ours", e.path, imgsz, items)
@@ -112,24 +157,52 @@ def table(report: dict) -> str:
     levels = " ".join(f"[{lv} %]" for lv in LEVELS)
     lines = [f"{report['images']} images of {report['data']} ({report['split']}), imgsz {report['imgsz']}; "
              f"points of mAP50-95, paired bootstrap ({report['bootstrap']} resamples)", "",
-             f"| model | runs on | file | mAP50 | mAP50-95 | drop vs {report['reference']} {levels} |",
+             f"| model | runs on | file | mAP50 | mAP50-95 | drop vs {report['reference']} (positive: loses) "
+             f"{levels} |",
              "|---|---|---|---|---|---|"]
     for name, r in report["models"].items():
         drop = r.get("drop")
         cell = (Interval(drop["points"], {int(k): tuple(v) for k, v in drop["intervals"].items()}).text()
                 if drop else "reference")
-        lines.append(f"| {name} | {r['runner']} | {r['file']} | {r['map50']:.4f} | {r['map50_95']:.4f} | {cell} |")
+        file = r["file"].replace("|", "\\|")
+        lines.append(f"| {name} | {r['runner']} | {file} | {r['map50']:.4f} | {r['map50_95']:.4f} | {cell} |")
     for d in report["differences"]:
         iv = Interval(d["points"], {int(k): tuple(v) for k, v in d["intervals"].items()})
         lines.append(f"\n{d['a']} minus {d['b']} (positive: {d['a']} ahead): {iv.text()}")
     return "\n".join(lines)
 
 
+def out_path(out: Path | None) -> Path | None:
+    """``--out`` checked before any scoring: not a folder, its folder made (or a :class:`ConfigError`)."""
+    if out is None:
+        return None
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder", f"name a file, e.g. --out {out / 'paired_accuracy.json'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: its folder cannot be made ({e.strerror})", "name a file in a writable folder")
+    return out
+
+
+def write_json(out: Path, report: dict) -> None:
+    """The report at ``out``, whole or not at all (a temporary file beside it, renamed)."""
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+        Path(tmp).replace(out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="labelled data.yaml (its --split is scored)")
     ap.add_argument("--split", default="val", help="split scored (default: val)")
-    ap.add_argument("--imgsz", type=int, required=True, help="square inference size of every model")
+    ap.add_argument("--imgsz", type=int, help="square size every model runs at (default: the reference's); "
+                                              "our files must have been built at it")
     ap.add_argument("--ref", required=True, help="NAME=PATH of the reference (ours, e.g. the FP32 ONNX)")
     ap.add_argument("--model", action="append", default=[], help="NAME=PATH run by our Detector (repeatable)")
     ap.add_argument("--peer", action="append", default=[], help="NAME=PATH run by Ultralytics (repeatable)")
@@ -140,20 +213,32 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def run() -> int:
-        entries = [entry(args.ref)] + [entry(s) for s in args.model] + [entry(s, peer=True) for s in args.peer]
+        from engine import Detector
+        from engine.eval.datasets import read_data_yaml
+
+        entries = ([entry(args.ref, flag="--ref")] + [entry(s) for s in args.model]
+                   + [entry(s, peer=True, flag="--peer") for s in args.peer])
         names = [e.name for e in entries]
         if len(set(names)) != len(names):
             raise ConfigError(f"model names repeat: {names}", "give each --ref/--model/--peer its own NAME")
-        if args.bootstrap < 10:
-            raise ConfigError(f"--bootstrap {args.bootstrap} is too few resamples", "use 200 or more (default 1000)")
+        if args.bootstrap < 100:
+            raise ConfigError(f"--bootstrap {args.bootstrap} is too few resamples", "use 100 or more (default 1000)")
+        if args.imgsz is not None and args.imgsz < 32:
+            raise ConfigError(f"--imgsz {args.imgsz} is not an inference size",
+                              "pass the size the models were built at")
         vs = pairs(args.vs, names)
-        report = measure(args.data, args.imgsz, entries, vs, args.bootstrap, args.split)
+        out = out_path(args.out)
+        classes = read_data_yaml(args.data).names if args.data.suffix in (".yaml", ".yml") else ()
+        if args.imgsz is None:
+            with Detector(entries[0].path, device="cpu") as det:
+                imgsz = det.imgsz[0]
+        else:
+            imgsz = args.imgsz
+        preflight(entries, imgsz, classes)
+        report = measure(args.data, imgsz, entries, vs, args.bootstrap, args.split)
         print(table(report))
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_name(args.out.name + ".tmp")
-            tmp.write_text(json.dumps(report, indent=1))
-            tmp.replace(args.out)
+        if out is not None:
+            write_json(out, report)
         return 0
 
     return run_cli(run, args.debug)

@@ -42,7 +42,7 @@ def test_the_same_model_twice_differs_by_exactly_nothing(demo_onnx, small_data, 
     unpaired bootstrap would give each its own resamples and a spread around zero)."""
     out = tmp_path / "r" / "report.json"
     rc = pa.main(["--data", str(small_data), "--imgsz", "320", "--ref", f"a={demo_onnx}", "--model", f"b={demo_onnx}",
-                  "--vs", "b:a", "--bootstrap", "50", "--out", str(out)])
+                  "--vs", "b:a", "--vs", "b:a", "--bootstrap", "100", "--out", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     assert report["images"] == 12 and report["reference"] == "a"
@@ -52,7 +52,7 @@ def test_the_same_model_twice_differs_by_exactly_nothing(demo_onnx, small_data, 
     assert report["differences"] == [{"a": "b", "b": "a", "points": 0.0,
                                       "intervals": {"90": [0.0, 0.0], "95": [0.0, 0.0]}}]
     printed = capsys.readouterr().out
-    assert "| b | ours |" in printed and "b minus a (positive: b ahead): +0.00" in printed
+    assert "| b | ours |" in printed and printed.count("b minus a (positive: b ahead): +0.00 [+0.00, +0.00]") == 1
     assert not list(out.parent.glob("*.tmp"))
 
 
@@ -90,3 +90,53 @@ def test_bad_arguments_are_one_line_errors(demo_onnx, small_data, capsys):
     assert "--vs 'a:zz'" in capsys.readouterr().err
     assert pa.main(base + ["--bootstrap", "3"]) != 0
     assert "too few resamples" in capsys.readouterr().err
+    assert pa.main(["--data", str(small_data), "--ref", "=x"]) != 0
+    assert "--ref '=x' is not NAME=PATH" in capsys.readouterr().err
+
+
+def _fails_before_scoring(capsys, argv: list[str], message: str) -> None:
+    """The run stops with ``message`` on stderr before any model is scored (nothing printed per model)."""
+    assert pa.main(argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "mAP50-95" not in captured.out and "Traceback" not in captured.err
+
+
+def test_files_that_cannot_be_scored_fail_before_any_scoring(demo_onnx, demo_pt, small_data, tmp_path, capsys):
+    base = ["--data", str(small_data), "--ref", f"a={demo_onnx}"]
+    _fails_before_scoring(capsys, base + ["--imgsz", "640"], "runs at 320x320, not --imgsz 640")
+    _fails_before_scoring(capsys, base + ["--model", f"p={demo_pt}"], "a .pt runs only through Ultralytics")
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("not a model")
+    _fails_before_scoring(capsys, base + ["--peer", f"u={junk}"], "Ultralytics cannot run")
+    _fails_before_scoring(capsys, base + ["--out", str(tmp_path)], "is a folder")
+    import yaml
+
+    other = tmp_path / "four.yaml"
+    cfg = yaml.safe_load(small_data.read_text())
+    cfg.update(path=str(small_data.parent), names=["a", "b", "c", "d"])
+    other.write_text(yaml.safe_dump(cfg))
+    _fails_before_scoring(capsys, ["--data", str(other), "--ref", f"a={demo_onnx}"], "knows 3 classes, the data 4")
+
+
+def test_a_split_without_labels_fails_before_inference(demo_onnx, small_data, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "d"
+    shutil.copytree(small_data.parent / "val" / "images", root / "val" / "images")
+    cfg = yaml.safe_load(small_data.read_text())
+    (root / "data.yaml").write_text(yaml.safe_dump({**cfg, "path": str(root)}))
+    _fails_before_scoring(capsys, ["--data", str(root / "data.yaml"), "--ref", f"a={demo_onnx}"],
+                          "has no labelled object in its 12 images")
+
+
+def test_the_table_reads_right():
+    report = {"images": 3, "data": "d.yaml", "split": "val", "imgsz": 320, "bootstrap": 100, "reference": "a",
+              "models": {"a": {"file": "x|y.onnx", "runner": "ours", "map50": 0.9, "map50_95": 0.8},
+                         "b": {"file": "b.onnx", "runner": "ours", "map50": 0.9, "map50_95": 0.8,
+                               "drop": {"points": -0.001, "intervals": {"90": [-0.004, 0.2], "95": [-0.3, 0.3]}}}},
+              "differences": []}
+    text = pa.table(report)
+    assert "| a | ours | x\\|y.onnx |" in text
+    assert "| +0.00 [+0.00, +0.20] [-0.30, +0.30] |" in text
