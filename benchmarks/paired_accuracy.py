@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +49,13 @@ class Interval:
     def text(self) -> str:
         return f"{_pts(self.value)} " + " ".join(f"[{_pts(lo)}, {_pts(hi)}]" for lo, hi in self.bounds.values())
 
+    def as_json(self) -> dict:
+        return {"points": self.value, "intervals": {str(k): v for k, v in self.bounds.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Interval":
+        return cls(d["points"], {int(k): tuple(v) for k, v in d["intervals"].items()})
+
 
 def _pts(v: float) -> str:
     """Points with a sign and two decimals; a value that rounds to zero is +0.00, never -0.00."""
@@ -73,9 +78,10 @@ def entry(spec: str, peer: bool = False, flag: str = "--model") -> Entry:
     return Entry(name, p, peer)
 
 
-def preflight(entries: list[Entry], imgsz: int, names: tuple[str, ...]) -> None:
+def preflight(entries: list[Entry], imgsz: int | None, names: tuple[str, ...]) -> int:
     """Load every model once before any is scored: a file that cannot run, was built for another size or
-    knows another number of classes fails here, not after minutes of scoring the ones before it."""
+    knows another number of classes fails here, not after minutes of scoring the ones before it. Returns
+    the size they run at (``imgsz``, or the reference's when ``None``: the reference is ours and first)."""
     for e in entries:
         if e.peer:
             from exporters.ultralytics_ref import UltralyticsPredictor
@@ -93,6 +99,7 @@ def preflight(entries: list[Entry], imgsz: int, names: tuple[str, ...]) -> None:
 
             with Detector(e.path, device="cpu") as det:
                 model_names, size = det.names, det.imgsz
+            imgsz = size[0] if imgsz is None else imgsz
             if size != (imgsz, imgsz):
                 raise ConfigError(f"{e.path} (model '{e.name}') runs at {size[0]}x{size[1]}, not --imgsz {imgsz}",
                                   f"pass --imgsz {size[0]} if square, or the file built at {imgsz}")
@@ -100,6 +107,7 @@ def preflight(entries: list[Entry], imgsz: int, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{e.path} (model '{e.name}') knows {len(model_names)} classes, the data "
                               f"{len(names)} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})",
                               "score each model on data of its own classes")
+    return imgsz
 
 
 def pairs(specs: list[str], names: list[str]) -> list[tuple[str, str]]:
@@ -143,11 +151,11 @@ def measure(data: Path, imgsz: int, entries: list[Entry], vs: list[tuple[str, st
     ref = entries[0].name
     for e in entries[1:]:
         d = interval(100 * (rows[ref]["map50_95"] - rows[e.name]["map50_95"]), 100 * (boot[ref] - boot[e.name]))
-        rows[e.name]["drop"] = {"points": d.value, "intervals": {str(k): v for k, v in d.bounds.items()}}
+        rows[e.name]["drop"] = d.as_json()
     diffs = []
     for a, b in vs:
         d = interval(100 * (rows[a]["map50_95"] - rows[b]["map50_95"]), 100 * (boot[a] - boot[b]))
-        diffs.append({"a": a, "b": b, "points": d.value, "intervals": {str(k): v for k, v in d.bounds.items()}})
+        diffs.append({"a": a, "b": b, **d.as_json()})
     return {"data": str(data), "split": split, "images": len(items), "imgsz": imgsz, "bootstrap": rounds,
             "reference": ref, "models": rows, "differences": diffs}
 
@@ -162,13 +170,11 @@ def table(report: dict) -> str:
              "|---|---|---|---|---|---|"]
     for name, r in report["models"].items():
         drop = r.get("drop")
-        cell = (Interval(drop["points"], {int(k): tuple(v) for k, v in drop["intervals"].items()}).text()
-                if drop else "reference")
+        cell = Interval.from_json(drop).text() if drop else "reference"
         file = r["file"].replace("|", "\\|")
         lines.append(f"| {name} | {r['runner']} | {file} | {r['map50']:.4f} | {r['map50_95']:.4f} | {cell} |")
     for d in report["differences"]:
-        iv = Interval(d["points"], {int(k): tuple(v) for k, v in d["intervals"].items()})
-        lines.append(f"\n{d['a']} minus {d['b']} (positive: {d['a']} ahead): {iv.text()}")
+        lines.append(f"\n{d['a']} minus {d['b']} (positive: {d['a']} ahead): {Interval.from_json(d).text()}")
     return "\n".join(lines)
 
 
@@ -183,18 +189,6 @@ def out_path(out: Path | None) -> Path | None:
     except OSError as e:
         raise ConfigError(f"--out {out}: its folder cannot be made ({e.strerror})", "name a file in a writable folder")
     return out
-
-
-def write_json(out: Path, report: dict) -> None:
-    """The report at ``out``, whole or not at all (a temporary file beside it, renamed)."""
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        Path(tmp).replace(out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def run() -> int:
-        from engine import Detector
         from engine.eval.datasets import read_data_yaml
 
         entries = ([entry(args.ref, flag="--ref")] + [entry(s) for s in args.model]
@@ -229,16 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         vs = pairs(args.vs, names)
         out = out_path(args.out)
         classes = read_data_yaml(args.data).names if args.data.suffix in (".yaml", ".yml") else ()
-        if args.imgsz is None:
-            with Detector(entries[0].path, device="cpu") as det:
-                imgsz = det.imgsz[0]
-        else:
-            imgsz = args.imgsz
-        preflight(entries, imgsz, classes)
+        imgsz = preflight(entries, args.imgsz, classes)
         report = measure(args.data, imgsz, entries, vs, args.bootstrap, args.split)
         print(table(report))
         if out is not None:
-            write_json(out, report)
+            from exporters.io import write_bytes_atomic
+
+            write_bytes_atomic(out, json.dumps(report, indent=1).encode())
         return 0
 
     return run_cli(run, args.debug)
